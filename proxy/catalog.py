@@ -10,12 +10,15 @@ import math
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 from importlib import resources
 from typing import Any, Literal, get_args
 
 Tier = Literal["economy", "standard", "premium"]
 Prefer = Literal["cheap", "fast", "balanced", "quality", "coding"]
-Capability = Literal["tools", "json", "vision", "logprobs", "fim", "reasoning"]
+# "chat": serves /v1/chat/completions (completions-only models such as instruct ones lack it);
+# "fim": serves legacy /v1/completions with prompt + suffix.
+Capability = Literal["chat", "tools", "json", "vision", "logprobs", "fim", "reasoning"]
 
 TIERS: tuple[Tier, ...] = get_args(Tier)
 PREFERS: tuple[Prefer, ...] = get_args(Prefer)
@@ -117,13 +120,15 @@ class Catalog:
         for m in ordered:
             for name in (m.id, *m.aliases):
                 if name in by_name and by_name[name] is not m:
-                    raise CatalogError(f"models.{m.id}: name {name!r} also used by {by_name[name].id}")
+                    raise CatalogError(
+                        f"models.{m.id}: name {name!r} also used by {by_name[name].id}"
+                    )
                 by_name[name] = m
         ranked: dict[tuple[str, str], tuple[Model, ...]] = {}
         for pool in ("any", *TIERS):
             members = [m for m in ordered if pool == "any" or m.tier == pool]
             for prefer in PREFERS:
-                ranked[(pool, prefer)] = tuple(sorted(members, key=lambda m, p=prefer: _sort_key(p, m)))  # type: ignore[misc]
+                ranked[(pool, prefer)] = tuple(sorted(members, key=partial(_sort_key, prefer)))
         by_price = tuple(sorted(ordered, key=lambda m: _sort_key("cheap", m)))
         return cls(models=ordered, by_name=by_name, ranked=ranked, by_price=by_price)
 
@@ -201,7 +206,7 @@ def parse_model(raw: Mapping[str, Any], path: str) -> Model:
     """One ``[[models]]`` table -> Model; raises CatalogError naming the key path."""
     _check_keys(raw, _MODEL_KEYS, path)
     model_id = _require(raw, "id", str, path)
-    tier = _require(raw, "tier", str, path)
+    tier: Tier = _require(raw, "tier", str, path)
     if tier not in TIERS:
         raise CatalogError(f"{path}.tier: {tier!r} is not one of {', '.join(TIERS)}")
     caps = _require(raw, "capabilities", list, path)
@@ -209,32 +214,51 @@ def parse_model(raw: Mapping[str, Any], path: str) -> Model:
         if cap not in CAPABILITIES:
             raise CatalogError(f"{path}.capabilities: unknown capability {cap!r}")
     nominal = float(_require(raw, "nominal_ttft_ms", (int, float), path))
+    aliases = raw.get("aliases", [])
+    if not isinstance(aliases, list) or not all(isinstance(a, str) and a for a in aliases):
+        raise CatalogError(f"{path}.aliases: expected an array of strings")
+    for key in ("name", "owned_by"):
+        if key in raw and not isinstance(raw[key], str):
+            raise CatalogError(f"{path}.{key}: expected str")
+    for key in ("nominal_ttft_ms", "tokens_per_second", "context_length", "max_output_tokens"):
+        if _require(raw, key, (int, float), path) <= 0:
+            raise CatalogError(f"{path}.{key}: must be positive")
     deps_raw = _require(raw, "deployments", list, path)
     if not deps_raw:
         raise CatalogError(f"{path}.deployments: at least one deployment is required")
-    deployments = []
+    deployments: list[Deployment] = []
     for i, d in enumerate(deps_raw):
         dpath = f"{path}.deployments[{i}]"
         if not isinstance(d, dict):
             raise CatalogError(f"{dpath}: expected a table")
         _check_keys(d, _DEPLOYMENT_KEYS, dpath)
+        provider = _require(d, "provider", str, dpath)
+        if any(dep.provider == provider for dep in deployments):
+            raise CatalogError(f"{dpath}.provider: {provider!r} already serves this model")
+        dep_ttft = (
+            float(_require(d, "nominal_ttft_ms", (int, float), dpath))
+            if "nominal_ttft_ms" in d
+            else nominal
+        )
+        if dep_ttft <= 0:
+            raise CatalogError(f"{dpath}.nominal_ttft_ms: must be positive")
         deployments.append(
             Deployment(
                 model_id=model_id,
-                provider=_require(d, "provider", str, dpath),
+                provider=provider,
                 upstream_id=_require(d, "upstream_id", str, dpath),
-                nominal_ttft_ms=float(d.get("nominal_ttft_ms", nominal)),
+                nominal_ttft_ms=dep_ttft,
             )
         )
-    for key in ("input_price", "output_price", "context_length", "max_output_tokens"):
+    for key in ("input_price", "output_price"):
         if _require(raw, key, (int, float), path) < 0:
             raise CatalogError(f"{path}.{key}: must not be negative")
     return Model(
         id=model_id,
         name=str(raw.get("name", model_id)),
-        aliases=tuple(raw.get("aliases", ())),
+        aliases=tuple(aliases),
         owned_by=str(raw.get("owned_by", "")),
-        tier=tier,  # type: ignore[arg-type]
+        tier=tier,
         context_length=int(raw["context_length"]),
         max_output_tokens=int(raw["max_output_tokens"]),
         input_price=float(raw["input_price"]),
@@ -257,4 +281,4 @@ def load_bundled() -> list[Model]:
     text = resources.files("proxy").joinpath("catalog.toml").read_text(encoding="utf-8")
     data = tomllib.loads(text)
     _check_keys(data, {"models"}, "catalog")
-    return parse_models(data["models"])
+    return parse_models(data.get("models", []))

@@ -53,7 +53,9 @@ class UpstreamError(Exception):
         self.param = param
 
     def __repr__(self) -> str:
-        return f"UpstreamError(kind={self.kind!r}, status={self.status!r}, message={self.message!r})"
+        return (
+            f"UpstreamError(kind={self.kind!r}, status={self.status!r}, message={self.message!r})"
+        )
 
 
 class UnsupportedFeatureError(Exception):

@@ -1,0 +1,452 @@
+"""Circuit breakers, one per deployment: CLOSED -> OPEN -> HALF_OPEN -> CLOSED.
+
+The clock and the jitter source are injected, so every transition is testable without sleeping.
+
+Semantics
+---------
+*CLOSED -> OPEN* when, counting live and probe results alike, any of these holds:
+``consecutive_failures`` health failures in a row; or, once the sliding ``window_s`` holds at
+least ``min_requests`` results, the failure share reaches ``failure_rate``; or the share of
+*slow* results (successes whose TTFT exceeds the key's threshold) reaches ``slow_rate``.
+
+*OPEN* lasts ``min(max_open_s, base_open_s * 2**(openings - 1))``, scaled by a uniform factor in
+``[1 - jitter, 1 + jitter]`` (applied after the cap, so breakers pinned at the cap still
+spread out). ``openings`` counts health openings since the last full close and resets when the
+breaker closes. Results that arrive while OPEN are ignored (they come from requests that
+started earlier), except a rate limit, which can only lengthen the wait.
+
+*Rate limits.* ``kind="rate_limited"`` with ``retry_after_s`` opens at once for exactly that
+long (no jitter, capped by ``max_retry_after_s`` so a bogus header cannot park a deployment for
+a day) and is not a health failure: it neither grows the backoff nor enters the window. Without
+a Retry-After it is an ordinary failure.
+
+*Client faults* (``kind="client"``: the request's own 4xx) never count at all.
+
+*HALF_OPEN* (reached when the OPEN period has elapsed, on the next ``allow`` / ``state`` /
+``open_until`` / ``rows`` call). Probes test it; live traffic gets one *trial* slot at a time.
+The slot is taken by ``allow`` and released by the next live (``probe=False``) ``record_*`` for
+the key, by ``release``, or after ``trial_timeout_s`` so a lost request cannot wedge it.
+``half_open_successes`` consecutive good results from probes or the trial close the breaker. A
+health failure from anyone reopens it with a grown backoff, and so does a slow probe or trial
+result: otherwise a deployment that answers, but slowly, would sit half-open and be probed
+back to back.
+
+``badness`` orders deployments for the "least bad" choice when every candidate is open:
+seconds until the breaker would let traffic through plus the failure share in the window.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+# Mirrors proxy.providers.base.CLIENT_FAULTS: probes/ may not import from proxy/.
+CLIENT_FAULTS: frozenset[str] = frozenset({"client"})
+RATE_LIMITED = "rate_limited"
+
+# 2**60 times any sane base_open_s is past every cap; the bound only stops float overflow.
+_MAX_EXPONENT = 60
+
+
+class State(enum.Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerPolicy:
+    consecutive_failures: int = 5
+    window_s: float = 30.0
+    failure_rate: float = 0.5
+    min_requests: int = 10
+    slow_ttft_ms: float | None = None  # default threshold; per key via BreakerBoard.set_threshold
+    slow_rate: float = 0.5
+    base_open_s: float = 5.0
+    max_open_s: float = 120.0
+    jitter: float = 0.2
+    half_open_successes: int = 2
+    max_retry_after_s: float = 600.0
+    trial_timeout_s: float = 60.0
+    # Bounds the window's memory at high request rates; the rates then cover the newest events.
+    max_events: int = 1000
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.consecutive_failures < 1:
+            problems.append("consecutive_failures must be >= 1")
+        if not self.window_s > 0:
+            problems.append("window_s must be > 0")
+        if not 0 < self.failure_rate <= 1:
+            problems.append("failure_rate must be within (0, 1]")
+        if self.min_requests < 1:
+            problems.append("min_requests must be >= 1")
+        if self.slow_ttft_ms is not None and not self.slow_ttft_ms > 0:
+            problems.append("slow_ttft_ms must be > 0 or None")
+        if not 0 < self.slow_rate <= 1:
+            problems.append("slow_rate must be within (0, 1]")
+        if not 0 < self.base_open_s <= self.max_open_s:
+            problems.append("need 0 < base_open_s <= max_open_s")
+        if not 0 <= self.jitter < 1:
+            problems.append("jitter must be within [0, 1)")
+        if self.half_open_successes < 1:
+            problems.append("half_open_successes must be >= 1")
+        if not self.max_retry_after_s > 0:
+            problems.append("max_retry_after_s must be > 0")
+        if not self.trial_timeout_s > 0:
+            problems.append("trial_timeout_s must be > 0")
+        if self.max_events < self.min_requests:
+            problems.append("max_events must be >= min_requests")
+        if problems:
+            raise ValueError("invalid BreakerPolicy: " + "; ".join(problems))
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerRow:
+    key: str
+    state: str
+    consecutive_failures: int
+    failure_rate: float  # share of failures among results in the window
+    slow_rate: float  # share of slow successes among results in the window
+    opened_count: int  # openings ever, rate limits included
+    open_remaining_s: float  # 0.0 unless OPEN
+    retry_after_remaining_s: float  # 0.0 unless OPEN because of a Retry-After
+    requests_in_window: int = 0
+    backoff_openings: int = 0  # health openings since the last full close
+    slow_ttft_ms: float | None = None
+
+
+class Breaker:
+    """One deployment's state machine. Times are the board's clock readings."""
+
+    __slots__ = (
+        "_failures",
+        "_slows",
+        "consecutive_failures",
+        "events",
+        "half_open_ok",
+        "open_until",
+        "opened_count",
+        "openings",
+        "policy",
+        "retry_until",
+        "rng",
+        "slow_ttft_ms",
+        "state",
+        "transitions",
+        "trial_since",
+    )
+
+    def __init__(
+        self, policy: BreakerPolicy, rng: random.Random, slow_ttft_ms: float | None = None
+    ) -> None:
+        self.policy = policy
+        self.rng = rng
+        self.slow_ttft_ms = slow_ttft_ms
+        self.state = State.CLOSED
+        self.consecutive_failures = 0
+        self.events: deque[tuple[float, bool, bool]] = deque()  # (time, ok, slow)
+        self._failures = 0  # failures in ``events``
+        self._slows = 0  # slow successes in ``events``
+        self.openings = 0
+        self.opened_count = 0
+        self.open_until = 0.0
+        self.retry_until: float | None = None
+        self.half_open_ok = 0
+        self.trial_since: float | None = None
+        self.transitions = 0
+
+    def poll(self, now: float) -> None:
+        """OPEN -> HALF_OPEN once the open period has elapsed."""
+        if self.state is State.OPEN and now >= self.open_until:
+            self._enter(State.HALF_OPEN)
+            self.half_open_ok = 0
+            self.trial_since = None
+            self.retry_until = None
+
+    def allow(self, now: float) -> bool:
+        self.poll(now)
+        if self.state is State.CLOSED:
+            return True
+        if self.state is State.OPEN:
+            return False
+        since = self.trial_since
+        if since is None or now - since >= self.policy.trial_timeout_s:
+            self.trial_since = now
+            return True
+        return False
+
+    def release(self) -> None:
+        self.trial_since = None
+
+    def on_success(self, now: float, ttft_ms: float | None, probe: bool) -> None:
+        self.poll(now)
+        holds_trial = not probe and self.trial_since is not None
+        if not probe:
+            self.trial_since = None
+        threshold = self.slow_ttft_ms
+        slow = ttft_ms is not None and threshold is not None and ttft_ms > threshold
+        if self.state is State.CLOSED:
+            self.consecutive_failures = 0
+            self._append(now, ok=True, slow=slow)
+            self._maybe_trip(now)
+        elif self.state is State.HALF_OPEN and (probe or holds_trial):
+            if slow:
+                self._open(now)
+                return
+            self.half_open_ok += 1
+            if self.half_open_ok >= self.policy.half_open_successes:
+                self._close()
+
+    def on_failure(self, now: float, kind: str, retry_after_s: float | None, probe: bool) -> None:
+        self.poll(now)
+        if not probe:
+            self.trial_since = None
+        if kind in CLIENT_FAULTS:
+            return
+        if kind == RATE_LIMITED and retry_after_s is not None and retry_after_s > 0:
+            self._rate_limit(now, min(retry_after_s, self.policy.max_retry_after_s))
+            return
+        if self.state is State.CLOSED:
+            self.consecutive_failures += 1
+            self._append(now, ok=False, slow=False)
+            self._maybe_trip(now)
+        elif self.state is State.HALF_OPEN:
+            self._open(now)
+
+    def prune(self, now: float) -> None:
+        events = self.events
+        horizon = now - self.policy.window_s
+        while events and events[0][0] <= horizon:
+            self._drop_oldest()
+
+    def rates(self, now: float) -> tuple[int, float, float]:
+        """(results in window, failure share, slow share)."""
+        self.prune(now)
+        n = len(self.events)
+        if n == 0:
+            return 0, 0.0, 0.0
+        return n, self._failures / n, self._slows / n
+
+    def open_remaining(self, now: float) -> float:
+        self.poll(now)
+        return max(0.0, self.open_until - now) if self.state is State.OPEN else 0.0
+
+    def _append(self, now: float, *, ok: bool, slow: bool) -> None:
+        self.prune(now)
+        if len(self.events) >= self.policy.max_events:
+            self._drop_oldest()
+        self.events.append((now, ok, slow))
+        if not ok:
+            self._failures += 1
+        if slow:
+            self._slows += 1
+
+    def _drop_oldest(self) -> None:
+        _, ok, slow = self.events.popleft()
+        if not ok:
+            self._failures -= 1
+        if slow:
+            self._slows -= 1
+
+    def _maybe_trip(self, now: float) -> None:
+        p = self.policy
+        if self.consecutive_failures >= p.consecutive_failures:
+            self._open(now)
+            return
+        n = len(self.events)
+        if n >= p.min_requests and (
+            self._failures >= p.failure_rate * n or self._slows >= p.slow_rate * n
+        ):
+            self._open(now)
+
+    def _open(self, now: float) -> None:
+        p = self.policy
+        self.openings += 1
+        self.opened_count += 1
+        base = min(p.max_open_s, p.base_open_s * 2.0 ** min(self.openings - 1, _MAX_EXPONENT))
+        factor = 1.0 + p.jitter * self.rng.uniform(-1.0, 1.0) if p.jitter else 1.0
+        self._enter(State.OPEN)
+        self.open_until = now + base * factor
+        self.retry_until = None
+        self.half_open_ok = 0
+        self.trial_since = None
+
+    def _rate_limit(self, now: float, seconds: float) -> None:
+        until = now + seconds
+        if self.state is State.OPEN:
+            # Already waiting: a Retry-After can only lengthen the wait, never shorten it.
+            if until > self.open_until:
+                self.open_until = until
+                self.retry_until = until
+            return
+        self.opened_count += 1
+        self._enter(State.OPEN)
+        self.open_until = until
+        self.retry_until = until
+        self.half_open_ok = 0
+        self.trial_since = None
+
+    def _enter(self, state: State) -> None:
+        # HALF_OPEN -> OPEN re-entry counts too: the board's version must move on every change.
+        self.state = state
+        self.transitions += 1
+
+    def _close(self) -> None:
+        self._enter(State.CLOSED)
+        self.openings = 0
+        self.consecutive_failures = 0
+        # The window that tripped the breaker must not trip it again the moment it closes.
+        self.events.clear()
+        self._failures = 0
+        self._slows = 0
+        self.half_open_ok = 0
+        self.trial_since = None
+        self.retry_until = None
+
+
+class BreakerBoard:
+    """Every deployment's breaker. Keys are created lazily by ``allow``, ``record_*`` and
+    ``set_threshold``; read-only calls on an unknown key answer as if it were closed."""
+
+    __slots__ = ("_breakers", "_clock", "_policy", "_rng", "_version")
+
+    def __init__(
+        self,
+        policy: BreakerPolicy,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._policy = policy
+        self._clock = clock
+        self._rng = rng if rng is not None else random.Random()
+        self._breakers: dict[str, Breaker] = {}
+        self._version = 0
+
+    @property
+    def policy(self) -> BreakerPolicy:
+        return self._policy
+
+    @property
+    def version(self) -> int:
+        """Bumps on every state transition: compare to detect a changed board."""
+        return self._version
+
+    def set_threshold(self, key: str, slow_ttft_ms: float | None) -> None:
+        """Per-key slow-TTFT threshold; None falls back to the policy's default."""
+        if slow_ttft_ms is not None and not slow_ttft_ms > 0:
+            raise ValueError(f"slow_ttft_ms must be > 0 or None, got {slow_ttft_ms!r}")
+        b = self._get(key)
+        b.slow_ttft_ms = slow_ttft_ms if slow_ttft_ms is not None else self._policy.slow_ttft_ms
+
+    def retain(self, keys: Iterable[str]) -> None:
+        """Forget every deployment not in ``keys`` (config reload removed it)."""
+        keep = set(keys)
+        for key in [k for k in self._breakers if k not in keep]:
+            del self._breakers[key]
+
+    def allow(self, key: str) -> bool:
+        """May a live request go? HALF_OPEN admits one trial at a time."""
+        b = self._get(key)
+        before = b.transitions
+        ok = b.allow(self._clock())
+        self._bump(before, b)
+        return ok
+
+    def release(self, key: str) -> None:
+        """Give back a HALF_OPEN trial slot whose request ended without an upstream verdict
+        (the client went away first)."""
+        b = self._breakers.get(key)
+        if b is not None:
+            b.release()
+
+    def state(self, key: str) -> State:
+        b = self._breakers.get(key)
+        if b is None:
+            return State.CLOSED
+        self._poll(b)
+        return b.state
+
+    def record_success(self, key: str, ttft_ms: float | None, *, probe: bool = False) -> None:
+        b = self._get(key)
+        before = b.transitions
+        b.on_success(self._clock(), ttft_ms, probe)
+        self._bump(before, b)
+
+    def record_failure(
+        self,
+        key: str,
+        kind: str,
+        *,
+        retry_after_s: float | None = None,
+        probe: bool = False,
+    ) -> None:
+        b = self._get(key)
+        before = b.transitions
+        b.on_failure(self._clock(), kind, retry_after_s, probe)
+        self._bump(before, b)
+
+    def badness(self, key: str) -> float:
+        """Lower is better: seconds until traffic is let through plus the window failure share."""
+        b = self._breakers.get(key)
+        if b is None:
+            return 0.0
+        now = self._clock()
+        before = b.transitions
+        remaining = b.open_remaining(now)
+        self._bump(before, b)
+        return remaining + b.rates(now)[1]
+
+    def open_until(self, key: str) -> float | None:
+        """Clock time at which an OPEN breaker will half-open; None unless OPEN."""
+        b = self._breakers.get(key)
+        if b is None:
+            return None
+        self._poll(b)
+        return b.open_until if b.state is State.OPEN else None
+
+    def rows(self) -> list[BreakerRow]:
+        now = self._clock()
+        out = []
+        for key in sorted(self._breakers):
+            b = self._breakers[key]
+            before = b.transitions
+            remaining = b.open_remaining(now)
+            self._bump(before, b)
+            n, failure_rate, slow_rate = b.rates(now)
+            retry = b.retry_until
+            out.append(
+                BreakerRow(
+                    key=key,
+                    state=b.state.value,
+                    consecutive_failures=b.consecutive_failures,
+                    failure_rate=failure_rate,
+                    slow_rate=slow_rate,
+                    opened_count=b.opened_count,
+                    open_remaining_s=remaining,
+                    retry_after_remaining_s=max(0.0, retry - now) if retry is not None else 0.0,
+                    requests_in_window=n,
+                    backoff_openings=b.openings,
+                    slow_ttft_ms=b.slow_ttft_ms,
+                )
+            )
+        return out
+
+    def _get(self, key: str) -> Breaker:
+        b = self._breakers.get(key)
+        if b is None:
+            b = self._breakers[key] = Breaker(self._policy, self._rng, self._policy.slow_ttft_ms)
+        return b
+
+    def _poll(self, b: Breaker) -> None:
+        before = b.transitions
+        b.poll(self._clock())
+        self._bump(before, b)
+
+    def _bump(self, before: int, b: Breaker) -> None:
+        self._version += b.transitions - before

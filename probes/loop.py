@@ -1,0 +1,326 @@
+"""The probe loop: one tiny streaming request per deployment on a jittered schedule.
+
+It keeps the latency table fed when live traffic is thin, and it is what tests a HALF_OPEN
+breaker before live traffic returns. It is handed a "send one probe" callable; it owns the
+schedule, its own concurrency cap, and the daily probe budget.
+
+Scheduling, per key, evaluated on every wake-up:
+- CLOSED: due ``interval_s * u`` after its last probe (``u`` drawn from ``1 ± jitter`` after
+  each probe), stretched by ``live_interval_factor`` while the key has had a live sample in the
+  last ``live_quiet_s`` seconds (live requests already measure it). A newly added key is first
+  probed within ``interval_s * jitter`` so the table is seeded soon after start-up.
+- OPEN: not probed; due when its breaker's open period ends.
+- HALF_OPEN: probed at once, then every ``half_open_gap_s`` until the breaker decides.
+The loop sleeps until the earliest due time, never longer than ``max_sleep_s`` so that
+``set_keys`` and breaker changes are picked up promptly.
+
+Spend: each probe sent adds ``cost_per_probe[key]`` (0 when absent) to today's total; the day
+is the UTC calendar day of ``wall_clock``. A probe that would take the total past
+``max_daily_spend_usd`` is skipped (and counted) until the next UTC midnight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from .breaker import BreakerBoard, State
+from .latency import LatencyTable
+
+log = logging.getLogger(__name__)
+
+SendProbe = Callable[[str], Awaitable[float]]
+Sleep = Callable[[float], Awaitable[None]]
+
+_DAY_S = 86_400.0
+# A floor on each sleep so float rounding at a due time can never spin the loop.
+_MIN_SLEEP_S = 0.001
+
+
+class ProbeFailed(Exception):
+    """A probe got a definite failure; ``kind`` is one of the provider failure classes.
+
+    Named as the serving layer's contract has it (not ``...Error``): it is a verdict the send
+    callable reports, not a fault in the loop."""
+
+    def __init__(self, kind: str, retry_after_s: float | None = None, message: str = "") -> None:
+        super().__init__(message or kind)
+        self.kind = kind
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeSettings:
+    enabled: bool = True
+    interval_s: float = 30.0
+    jitter: float = 0.2
+    concurrency: int = 4
+    # A key with a live sample this recent is probed every interval_s * live_interval_factor.
+    live_quiet_s: float = 120.0
+    live_interval_factor: float = 4.0
+    max_daily_spend_usd: float = 1.0
+    timeout_s: float = 10.0
+    half_open_gap_s: float = 1.0
+    max_sleep_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.interval_s > 0:
+            problems.append("interval_s must be > 0")
+        if not 0 <= self.jitter < 1:
+            problems.append("jitter must be within [0, 1)")
+        if self.concurrency < 1:
+            problems.append("concurrency must be >= 1")
+        if not self.live_quiet_s >= 0:
+            problems.append("live_quiet_s must be >= 0")
+        if not self.live_interval_factor >= 1:
+            problems.append("live_interval_factor must be >= 1")
+        if not self.max_daily_spend_usd >= 0:
+            problems.append("max_daily_spend_usd must be >= 0")
+        if not self.timeout_s > 0:
+            problems.append("timeout_s must be > 0")
+        if not self.half_open_gap_s > 0:
+            problems.append("half_open_gap_s must be > 0")
+        if not self.max_sleep_s > 0:
+            problems.append("max_sleep_s must be > 0")
+        if problems:
+            raise ValueError("invalid ProbeSettings: " + "; ".join(problems))
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeStats:
+    sent: int
+    failed: int
+    spend_today_usd: float
+    spend_cap_usd: float
+    skipped_for_budget: int
+    last_run: Mapping[str, float]  # key -> wall-clock time (epoch s) the last probe was sent
+    in_flight: int = 0
+
+
+class _Schedule:
+    __slots__ = ("first_due", "in_flight", "last_probe", "stretch")
+
+    def __init__(self, first_due: float, stretch: float) -> None:
+        self.first_due = first_due
+        self.last_probe: float | None = None  # clock time the last probe finished
+        self.stretch = stretch  # this round's 1 ± jitter factor
+        self.in_flight = False
+
+
+class ProbeLoop:
+    """Probes every key given in ``cost_per_probe`` (and later ``set_keys``)."""
+
+    def __init__(
+        self,
+        settings: ProbeSettings,
+        send: SendProbe,
+        table: LatencyTable,
+        board: BreakerBoard,
+        *,
+        cost_per_probe: Mapping[str, float],
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self._settings = settings
+        self._send = send
+        self._table = table
+        self._board = board
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._sleep = sleep
+        self._rng = rng if rng is not None else random.Random()
+        # Private to the loop: probes never queue behind, or hold up, live requests.
+        self._semaphore = asyncio.Semaphore(settings.concurrency)
+        self._keys: dict[str, _Schedule] = {}
+        self._costs: dict[str, float] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sent = 0
+        self._failed = 0
+        self._skipped = 0
+        self._spend = 0.0
+        self._day = self._utc_day()
+        self._cap_logged_day: int | None = None
+        self._last_run: dict[str, float] = {}
+        self.set_keys(cost_per_probe.keys(), cost_per_probe)
+
+    def set_keys(self, keys: Iterable[str], cost_per_probe: Mapping[str, float]) -> None:
+        """Replace the probed deployments (config reload). Known keys keep their schedule."""
+        wanted = list(dict.fromkeys(keys))
+        now = self._clock()
+        spread = self._settings.interval_s * self._settings.jitter
+        fresh = {}
+        for key in wanted:
+            sched = self._keys.get(key)
+            if sched is None:
+                sched = _Schedule(now + self._rng.uniform(0.0, spread), self._draw_stretch())
+            fresh[key] = sched
+        self._keys = fresh
+        self._costs = {k: float(cost_per_probe.get(k, 0.0)) for k in wanted}
+        for key, cost in self._costs.items():
+            if not (0.0 <= cost < math.inf):
+                raise ValueError(f"cost_per_probe[{key!r}] must be finite and >= 0, got {cost!r}")
+
+    async def run(self) -> None:
+        """Probe forever. Returns at once when disabled; otherwise ends only by cancellation,
+        which also cancels the probes in flight."""
+        if not self._settings.enabled:
+            return
+        try:
+            while True:
+                try:
+                    delay = self._tick()
+                except Exception:
+                    # A bug in one round must not end probing (and with it, breaker recovery).
+                    log.exception("probe loop round failed")
+                    delay = self._settings.max_sleep_s
+                await self._sleep(delay)
+        finally:
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def probe_once(self, key: str) -> None:
+        """Send one probe to ``key`` (within the concurrency cap and the budget) and feed the
+        result to the table (``source="probe"``) and the breaker board (``probe=True``)."""
+        try:
+            async with self._semaphore:
+                if not self._charge(key):
+                    return
+                self._sent += 1
+                self._last_run[key] = self._wall_clock()
+                await self._measure(key)
+        finally:
+            sched = self._keys.get(key)
+            if sched is not None:
+                sched.last_probe = self._clock()
+                sched.stretch = self._draw_stretch()
+
+    def stats(self) -> ProbeStats:
+        self._roll_day()
+        return ProbeStats(
+            sent=self._sent,
+            failed=self._failed,
+            spend_today_usd=self._spend,
+            spend_cap_usd=self._settings.max_daily_spend_usd,
+            skipped_for_budget=self._skipped,
+            last_run=MappingProxyType(dict(self._last_run)),
+            in_flight=sum(1 for s in self._keys.values() if s.in_flight),
+        )
+
+    async def _measure(self, key: str) -> None:
+        try:
+            async with asyncio.timeout(self._settings.timeout_s):
+                ttft_ms = await self._send(key)
+        except ProbeFailed as exc:
+            self._fail(key, exc.kind, exc.retry_after_s)
+        except TimeoutError:
+            self._fail(key, "timeout", None)
+        except OSError:
+            self._fail(key, "connect", None)
+        except Exception as exc:
+            # str() only: reprs of some client errors carry request headers (credentials).
+            log.warning("probe to %s raised %s: %s", key, type(exc).__name__, exc)
+            self._fail(key, "server", None)
+        else:
+            if not (0.0 <= ttft_ms < math.inf):
+                self._fail(key, "protocol", None)
+                return
+            self._table.observe(key, ttft_ms, "probe")
+            self._board.record_success(key, ttft_ms, probe=True)
+
+    def _fail(self, key: str, kind: str, retry_after_s: float | None) -> None:
+        self._failed += 1
+        self._board.record_failure(key, kind, retry_after_s=retry_after_s, probe=True)
+
+    def _tick(self) -> float:
+        """Launch every due probe; return how long to sleep."""
+        now = self._clock()
+        earliest = now + self._settings.max_sleep_s
+        due: list[tuple[float, str]] = []
+        for key, sched in self._keys.items():
+            if sched.in_flight:
+                continue
+            at = self._due(key, sched, now)
+            if at <= now:
+                due.append((at, key))
+            else:
+                earliest = min(earliest, at)
+        for _, key in sorted(due):
+            self._launch(key)
+        return max(_MIN_SLEEP_S, earliest - now)
+
+    def _due(self, key: str, sched: _Schedule, now: float) -> float:
+        state = self._board.state(key)
+        if state is State.OPEN:
+            until = self._board.open_until(key)
+            return now if until is None else until
+        last = sched.last_probe
+        if state is State.HALF_OPEN:
+            return now if last is None else last + self._settings.half_open_gap_s
+        if last is None:
+            return sched.first_due
+        s = self._settings
+        interval = s.interval_s * sched.stretch
+        live = self._table.last_live(key)
+        if live is not None and now - live <= s.live_quiet_s:
+            interval *= s.live_interval_factor
+        return last + interval
+
+    def _launch(self, key: str) -> None:
+        sched = self._keys[key]
+        sched.in_flight = True
+
+        async def probe() -> None:
+            try:
+                await self.probe_once(key)
+            except Exception:
+                log.exception("probe of %s failed inside the loop", key)
+            finally:
+                sched.in_flight = False
+
+        task = asyncio.create_task(probe(), name=f"probe:{key}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _charge(self, key: str) -> bool:
+        """Book the probe's cost against today's budget; False (and counted) if it won't fit."""
+        self._roll_day()
+        cost = self._costs.get(key, 0.0)
+        cap = self._settings.max_daily_spend_usd
+        # The epsilon absorbs float sums like 0.1 + 0.2 so a cap of exact multiples is reachable.
+        if self._spend + cost > cap + 1e-12:
+            self._skipped += 1
+            if self._cap_logged_day != self._day:
+                self._cap_logged_day = self._day
+                log.warning(
+                    "probe budget of $%.4f for today (UTC) is spent; probing pauses until midnight",
+                    cap,
+                )
+            return False
+        self._spend += cost
+        return True
+
+    def _roll_day(self) -> None:
+        day = self._utc_day()
+        if day != self._day:
+            self._day = day
+            self._spend = 0.0
+
+    def _utc_day(self) -> int:
+        # Epoch seconds are UTC and POSIX days are exactly 86 400 s, so this flips at UTC midnight.
+        return math.floor(self._wall_clock() / _DAY_S)
+
+    def _draw_stretch(self) -> float:
+        j = self._settings.jitter
+        return 1.0 + self._rng.uniform(-j, j) if j else 1.0

@@ -1,0 +1,196 @@
+"""HTTP handlers: parse -> plan -> dispatch, and the read-only endpoints. No policy here."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .catalog import PREFERS, TIERS
+from .dispatch import Outcome
+from .errors import RouterError, bad_request
+from .intent import forwarded_body, parse_intent
+from .providers.base import Endpoint
+from .routing import plan
+from .state import ROUTER, Router
+
+access_log = logging.getLogger("model_router.access")
+log = logging.getLogger("model_router")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def request_id(request: web.Request) -> str:
+    given = request.headers.get("x-request-id", "")
+    return given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+
+
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
+    )
+
+
+def error_response(err: RouterError, request_id: str | None = None) -> web.Response:
+    headers = dict(err.headers)
+    if request_id:
+        headers.setdefault("x-request-id", request_id)
+    return web.Response(
+        body=err.body(), status=err.status, content_type="application/json", headers=headers
+    )
+
+
+async def read_json(request: web.Request) -> Any:
+    raw = await request.read()
+    if not raw:
+        raise bad_request("the request body is empty; send a JSON object", None)
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(
+            f"the request body is not valid JSON: {exc}", None, "invalid_json"
+        ) from None
+    except RecursionError:
+        raise bad_request("the request body is nested too deeply", None, "invalid_json") from None
+
+
+async def _route(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
+    router: Router = request.app[ROUTER].current
+    started = time.perf_counter()
+    rid = request_id(request)
+    outcome = Outcome(request_id=rid, endpoint=endpoint, stream=False)
+    budget = router.dispatcher.budget
+    budget.active += 1
+    try:
+        body = await read_json(request)
+        intent = parse_intent(body, endpoint)
+        outcome.stream = intent.stream
+        outcome.intent = describe(intent.pinned, intent.prefer, intent.tier)
+        decision = plan(
+            intent, router.catalog, router.health.snapshot(), router.config.routing.max_attempts
+        )
+        outcome.reason = decision.reason
+        upstream_body = forwarded_body(body)
+        if intent.stream:
+            return await router.dispatcher.stream(request, intent, decision, upstream_body, outcome)
+        return await router.dispatcher.complete(intent, decision, upstream_body, outcome)
+    except RouterError as err:
+        outcome.status = err.status
+        outcome.error = outcome.error or err.code or err.type
+        return error_response(err, rid)
+    finally:
+        budget.active -= 1
+        log_outcome(outcome, time.perf_counter() - started)
+
+
+def describe(pinned: tuple[str, ...], prefer: str | None, tier: str | None) -> str:
+    if pinned:
+        return "pinned:" + ",".join(pinned)
+    return f"auto prefer={prefer} tier={tier or 'any'}"
+
+
+def log_outcome(outcome: Outcome, seconds: float) -> None:
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    record = {
+        "request_id": outcome.request_id,
+        "endpoint": outcome.endpoint,
+        "stream": outcome.stream,
+        "intent": outcome.intent,
+        "model": outcome.model,
+        "provider": outcome.provider,
+        "attempts": outcome.attempts,
+        "status": outcome.status or 499,
+        "error": outcome.error,
+        "ttft_ms": round(outcome.ttft_ms, 1) if outcome.ttft_ms is not None else None,
+        "total_ms": round(seconds * 1000, 1),
+        "prompt_tokens": outcome.prompt_tokens,
+        "completion_tokens": outcome.completion_tokens,
+        "cost": outcome.cost,
+    }
+    access_log.info(orjson.dumps(record).decode())
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _route(request, "chat")
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await _route(request, "completions")
+
+
+def _virtual_models() -> list[dict[str, Any]]:
+    names = ["auto", *(f"auto:{p}" for p in PREFERS), *(f"auto:{t}" for t in TIERS)]
+    names += [f"auto:{t}:{p}" for t in TIERS for p in PREFERS]
+    return [
+        {"id": n, "object": "model", "created": 0, "owned_by": "model-router", "virtual": True}
+        for n in names
+    ]
+
+
+async def list_models(request: web.Request) -> web.Response:
+    router: Router = request.app[ROUTER].current
+    return json_response({"object": "list", "data": router.models_listing + _virtual_models()})
+
+
+async def router_status(request: web.Request) -> web.Response:
+    router: Router = request.app[ROUTER].current
+    return json_response(router.status())
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    router: Router = request.app[ROUTER].current
+    snap = router.health.snapshot()
+    closed = [d.key for d in router.catalog.deployments() if d.key not in snap.open]
+    if not closed:
+        return json_response(
+            {"status": "unavailable", "reason": "every deployment's breaker is open"}, 503
+        )
+    return json_response({"status": "ready", "deployments_available": len(closed)})
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every error leaves in OpenAI's shape, including aiohttp's own (404, 405, 413)."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except RouterError as err:
+        return error_response(err)
+    except web.HTTPRequestEntityTooLarge as exc:
+        limit = exc.text or ""
+        return error_response(
+            RouterError(
+                413, f"the request body is too large ({limit.strip()})", code="request_too_large"
+            )
+        )
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(
+            RouterError(
+                exc.status,
+                f"{request.method} {request.path}: {exc.reason}",
+                type="invalid_request_error" if exc.status < 500 else "server_error",
+                code=exc.reason.lower().replace(" ", "_"),
+            )
+        )
+    except Exception as exc:
+        # Never the exception's repr: aiohttp's can carry request headers.
+        log.error("unhandled %s in %s %s", type(exc).__name__, request.method, request.path)
+        return error_response(
+            RouterError(
+                500, "internal error in the router", type="server_error", code="internal_error"
+            )
+        )

@@ -1,0 +1,93 @@
+"""Deployment health as the serving layer uses it: the latency table and breakers behind one
+object that records outcomes and hands routing a cached snapshot.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from probes.breaker import BreakerBoard, BreakerPolicy, State
+from probes.latency import LatencyTable, Source
+
+from .catalog import Catalog
+from .routing import Snapshot
+
+# TTFT changes reach routing at most this late; breaker transitions reach it at once.
+SNAPSHOT_MAX_AGE_S = 0.05
+
+
+class Health:
+    __slots__ = ("_built_at", "_catalog", "_clock", "_snap", "_versions", "board", "table")
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        table: LatencyTable,
+        board: BreakerBoard,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.table = table
+        self.board = board
+        self._clock = clock
+        self._catalog = catalog
+        self._snap = Snapshot.nominal(catalog)
+        self._built_at = -1e18
+        self._versions = (-1, -1)
+        self.set_catalog(catalog)
+
+    @classmethod
+    def create(
+        cls, catalog: Catalog, half_life_s: float, policy: BreakerPolicy | None = None
+    ) -> Health:
+        return cls(catalog, LatencyTable(half_life_s), BreakerBoard(policy or BreakerPolicy()))
+
+    def set_catalog(self, catalog: Catalog) -> None:
+        self._catalog = catalog
+        for d in catalog.deployments():
+            self.table.set_prior(d.key, d.nominal_ttft_ms)
+        self._built_at = -1e18
+
+    def snapshot(self) -> Snapshot:
+        now = self._clock()
+        age = now - self._built_at
+        table_v, board_v = self.table.version, self.board.version
+        if (
+            board_v == self._versions[1]
+            and age < 1.0
+            and (table_v == self._versions[0] or age < SNAPSHOT_MAX_AGE_S)
+        ):
+            return self._snap
+        keys = [d.key for d in self._catalog.deployments()]
+        ttft = {k: self.table.estimate_ms(k) for k in keys}
+        # state() also moves OPEN -> HALF_OPEN when the backoff has elapsed.
+        refusing = {k for k in keys if self.board.state(k) is State.OPEN}
+        badness = {k: self.board.badness(k) for k in refusing}
+        self._snap = Snapshot.build(self._catalog, ttft, refusing, badness)
+        self._built_at = now
+        self._versions = (self.table.version, self.board.version)
+        return self._snap
+
+    def allow(self, key: str) -> bool:
+        return self.board.allow(key)
+
+    def success(self, key: str, ttft_ms: float | None, source: Source = "live") -> None:
+        if ttft_ms is not None:
+            self.table.observe(key, ttft_ms, source)
+        self.board.record_success(key, ttft_ms, probe=source == "probe")
+
+    def failure(
+        self,
+        key: str,
+        kind: str,
+        *,
+        retry_after_s: float | None = None,
+        waited_ms: float | None = None,
+        source: Source = "live",
+    ) -> None:
+        if kind == "timeout" and waited_ms is not None:
+            # A deadline hit is a censored TTFT: at least this slow. Feeding it keeps a
+            # hanging deployment from looking fast on its old samples.
+            self.table.observe(key, waited_ms, source)
+        self.board.record_failure(key, kind, retry_after_s=retry_after_s, probe=source == "probe")

@@ -1,0 +1,225 @@
+"""Request body -> Intent: what the client asked for and what the request needs. Pure.
+
+Validation happens here, before anything is sent upstream; every error names its field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .catalog import PREFERS, TIERS, Prefer, Tier
+from .errors import RouterError, bad_request
+from .providers.base import Endpoint
+
+# Routing extensions: never forwarded upstream.
+EXTENSION_FIELDS = frozenset({"prefer", "tier", "min_coding_score", "models"})
+
+# Rough tokens for an image part; the context check only needs an upper-ish estimate.
+IMAGE_TOKENS = 800
+CHARS_PER_TOKEN = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    endpoint: Endpoint
+    auto: bool
+    pinned: tuple[str, ...]  # model names in the order the client gave them
+    prefer: Prefer | None
+    tier: Tier | None  # None: every tier
+    min_coding_score: float | None
+    needs: frozenset[str]
+    prompt_tokens: int  # estimated
+    max_output_tokens: int  # what the client reserved, 0 when it did not say
+    stream: bool
+    include_usage: bool  # the client asked for the usage chunk
+
+
+def _check_type(
+    body: Mapping[str, Any], name: str, kind: type | tuple[type, ...], what: str
+) -> Any:
+    value = body.get(name)
+    if value is None:
+        return None
+    if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
+        raise bad_request(f"'{name}' must be {what}", name)
+    return value
+
+
+def _parse_model(model: str) -> tuple[bool, Tier | None, Prefer | None]:
+    """'auto', 'auto:<prefer>', 'auto:<tier>', 'auto:<tier>:<prefer>' -> (auto, tier, prefer)."""
+    if model != "auto" and not model.startswith("auto:"):
+        return False, None, None
+    parts = model.split(":")[1:]
+    tier: Tier | None = None
+    prefer: Prefer | None = None
+    if len(parts) > 2 or any(not p for p in parts):
+        raise bad_request(_model_help(model), "model")
+    for i, part in enumerate(parts):
+        if part in TIERS and tier is None and i == 0:
+            tier = part
+        elif part in PREFERS and prefer is None and (i == 1 or (tier is None and len(parts) == 1)):
+            prefer = part
+        else:
+            raise bad_request(_model_help(model), "model")
+    return True, tier, prefer
+
+
+def _model_help(model: str) -> str:
+    return (
+        f"'model' {model!r} is not a valid auto route: use 'auto', 'auto:<prefer>', "
+        f"'auto:<tier>' or 'auto:<tier>:<prefer>' with tier in {', '.join(TIERS)} "
+        f"and prefer in {', '.join(PREFERS)}"
+    )
+
+
+def _content_tokens(content: Any, needs: set[str]) -> int:
+    if isinstance(content, str):
+        return len(content) // CHARS_PER_TOKEN
+    total = 0
+    if isinstance(content, list):
+        for part in content:
+            if not isinstance(part, dict):
+                continue
+            kind = part.get("type")
+            if kind in ("image_url", "input_image"):
+                needs.add("vision")
+                total += IMAGE_TOKENS
+            elif isinstance(part.get("text"), str):
+                total += len(part["text"]) // CHARS_PER_TOKEN
+    return total
+
+
+def _messages(body: Mapping[str, Any], needs: set[str]) -> int:
+    messages = body.get("messages")
+    if messages is None:
+        raise bad_request("'messages' is required", "messages")
+    if not isinstance(messages, list) or not messages:
+        raise bad_request("'messages' must be a non-empty array", "messages")
+    tokens = 0
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            raise bad_request(f"'messages[{i}]' must be an object", f"messages[{i}]")
+        role = msg.get("role")
+        if not isinstance(role, str) or not role:
+            raise bad_request(
+                f"'messages[{i}].role' must be a non-empty string", f"messages[{i}].role"
+            )
+        content = msg.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise bad_request(
+                f"'messages[{i}].content' must be a string or an array of parts",
+                f"messages[{i}].content",
+            )
+        tokens += 4 + _content_tokens(content, needs)
+        for call in msg.get("tool_calls") or ():
+            if isinstance(call, dict) and isinstance(call.get("function"), dict):
+                tokens += len(str(call["function"].get("arguments", ""))) // CHARS_PER_TOKEN
+    return tokens
+
+
+def _prompt(body: Mapping[str, Any], needs: set[str]) -> int:
+    prompt = body.get("prompt")
+    if prompt is None:
+        raise bad_request("'prompt' is required", "prompt")
+    if isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
+        if len(prompt) != 1:
+            raise bad_request(
+                "'prompt' must be one string (batched prompts are not routed)", "prompt"
+            )
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise bad_request("'prompt' must be a string", "prompt")
+    suffix = _check_type(body, "suffix", str, "a string")
+    needs.add("fim")
+    return (len(prompt) + len(suffix or "")) // CHARS_PER_TOKEN
+
+
+def _needs(body: Mapping[str, Any], needs: set[str]) -> None:
+    tools = _check_type(body, "tools", list, "an array")
+    if tools or body.get("functions"):
+        needs.add("tools")
+    fmt = _check_type(body, "response_format", dict, "an object")
+    if fmt and fmt.get("type") in ("json_object", "json_schema"):
+        needs.add("json")
+    if body.get("logprobs") is True or body.get("top_logprobs") is not None:
+        needs.add("logprobs")
+    if body.get("reasoning_effort") is not None:
+        needs.add("reasoning")
+
+
+def parse_intent(body: Any, endpoint: Endpoint) -> Intent:
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object", None)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("'model' is required: a model id, an alias or 'auto'", "model")
+    stream = _check_type(body, "stream", bool, "a boolean") or False
+    options = _check_type(body, "stream_options", dict, "an object") or {}
+    include_usage = options.get("include_usage", False)
+    if not isinstance(include_usage, bool):
+        raise bad_request(
+            "'stream_options.include_usage' must be a boolean", "stream_options.include_usage"
+        )
+    max_out = 0
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = _check_type(body, name, int, "a non-negative integer")
+        if value is not None and value < 0:
+            raise bad_request(f"'{name}' must be a non-negative integer", name)
+        if value is not None and not max_out:
+            max_out = value
+
+    needs: set[str] = {"chat"} if endpoint == "chat" else set()
+    prompt_tokens = _messages(body, needs) if endpoint == "chat" else _prompt(body, needs)
+    _needs(body, needs)
+
+    auto, tier, prefer = _parse_model(model)
+    if (p := body.get("prefer")) is not None:
+        if p not in PREFERS:
+            raise bad_request(f"'prefer' must be one of {', '.join(PREFERS)}; got {p!r}", "prefer")
+        prefer = p
+    if (t := body.get("tier")) is not None:
+        if t not in TIERS:
+            raise bad_request(f"'tier' must be one of {', '.join(TIERS)}; got {t!r}", "tier")
+        tier = t
+    score = body.get("min_coding_score")
+    if score is not None and (
+        isinstance(score, bool) or not isinstance(score, int | float) or not 0 <= score <= 100
+    ):
+        raise bad_request("'min_coding_score' must be a number from 0 to 100", "min_coding_score")
+    models = _check_type(body, "models", list, "an array of model ids") or []
+    if not all(isinstance(m, str) and m for m in models):
+        raise bad_request("'models' must be an array of model ids", "models")
+
+    pinned: tuple[str, ...] = (() if auto else (model,)) + tuple(models)
+    if auto and not pinned and prefer is None and tier is None and score is None:
+        tier, prefer = "standard", "balanced"  # a bare 'auto'
+    return Intent(
+        endpoint=endpoint,
+        auto=auto,
+        pinned=pinned,
+        prefer=None if pinned else (prefer or "balanced"),
+        tier=None if pinned else tier,
+        min_coding_score=None if pinned or score is None else float(score),
+        needs=frozenset(needs),
+        prompt_tokens=prompt_tokens,
+        max_output_tokens=max_out,
+        stream=stream,
+        include_usage=include_usage,
+    )
+
+
+def forwarded_body(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The client's body without routing extensions; ``model`` is set per attempt."""
+    return {k: v for k, v in body.items() if k not in EXTENSION_FIELDS}
+
+
+def not_found(model: str) -> RouterError:
+    return RouterError(
+        404,
+        f"The model {model!r} does not exist or is not enabled. GET /v1/models lists every "
+        "routable model; use 'auto' to route by intent.",
+        param="model",
+        code="model_not_found",
+    )

@@ -1,0 +1,162 @@
+"""The Anthropic Messages adapter: POST /v1/messages over the app's shared aiohttp session.
+
+Translation lives in ``anthropic_wire``; this module only sends, maps transport failures to
+``UpstreamError`` kinds and turns the SSE byte stream into OpenAI chunks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from .anthropic_wire import (
+    AnthropicStreamTranslator,
+    SSEDecoder,
+    from_anthropic_response,
+    json_tool_name,
+    to_anthropic_request,
+    upstream_error,
+)
+from .base import UnsupportedFeatureError, UpstreamError, UpstreamRequest
+from .openai import parse_retry_after, transport_error
+from .translate import DONE, sse
+
+ERROR_BODY_LIMIT = 64 * 1024
+
+
+class AnthropicStream:
+    """An accepted Messages stream, yielded as OpenAI SSE chunks."""
+
+    __slots__ = ("_gen", "_resp", "_translator")
+
+    def __init__(self, resp: aiohttp.ClientResponse, translator: AnthropicStreamTranslator) -> None:
+        self._resp = resp
+        self._translator = translator
+        self._gen: AsyncGenerator[bytes, None] | None = None
+
+    def __aiter__(self) -> AsyncGenerator[bytes, None]:
+        if self._gen is None:
+            self._gen = self._iterate()
+        return self._gen
+
+    async def _iterate(self) -> AsyncGenerator[bytes, None]:
+        decoder = SSEDecoder()
+        translator = self._translator
+        try:
+            async for data in self._resp.content.iter_any():
+                for _event, payload in decoder.feed(data):
+                    try:
+                        event = orjson.loads(payload)
+                    except orjson.JSONDecodeError:
+                        raise UpstreamError("protocol", "anthropic stream: invalid JSON") from None
+                    if not isinstance(event, dict):
+                        raise UpstreamError("protocol", "anthropic stream: event is not an object")
+                    for chunk in translator.feed(event):
+                        yield sse(chunk)
+                    if translator.done:
+                        yield DONE
+                        return
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise transport_error(exc) from None
+        raise UpstreamError("server", "anthropic stream ended before message_stop")
+
+    async def aclose(self) -> None:
+        if self._gen is not None:
+            await self._gen.aclose()
+        if self._translator.done:
+            self._resp.release()
+        else:
+            self._resp.close()  # mid-answer: the connection cannot be reused
+
+
+class AnthropicProvider:
+    """One Anthropic Messages endpoint (api.anthropic.com or a compatible server)."""
+
+    kind = "anthropic"
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        base_url: str,
+        api_key: str,
+        session: aiohttp.ClientSession,
+        version: str = "2023-06-01",
+        default_max_tokens: int = 4096,
+    ) -> None:
+        self.name = name
+        root = base_url.rstrip("/")
+        self._url = root + ("/messages" if root.endswith("/v1") else "/v1/messages")
+        self._headers = {
+            "x-api-key": api_key,
+            "anthropic-version": version,
+            "content-type": "application/json",
+        }
+        self._session = session
+        self.default_max_tokens = default_max_tokens
+
+    def __repr__(self) -> str:
+        return f"AnthropicProvider(name={self.name!r}, url={self._url!r})"
+
+    async def start(self) -> None:
+        """Nothing to create: the aiohttp session belongs to the app."""
+
+    async def close(self) -> None:
+        """Nothing to close: the aiohttp session belongs to the app."""
+
+    def _payload(self, request: UpstreamRequest, stream: bool) -> dict[str, Any]:
+        if request.endpoint != "chat":
+            raise UnsupportedFeatureError(
+                "prompt", "legacy completions are not supported by Anthropic"
+            )
+        body = {**request.body, "model": request.upstream_id, "stream": stream}
+        return to_anthropic_request(body, default_max_tokens=self.default_max_tokens)
+
+    async def _post(self, payload: dict[str, Any]) -> aiohttp.ClientResponse:
+        try:
+            resp = await self._session.post(
+                self._url, data=orjson.dumps(payload), headers=self._headers
+            )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise transport_error(exc) from None
+        if resp.status == 200:
+            return resp
+        try:
+            body = await resp.content.read(ERROR_BODY_LIMIT)
+        except (aiohttp.ClientError, TimeoutError):
+            body = b""
+        finally:
+            resp.release()
+        raise upstream_error(resp.status, body, parse_retry_after(resp.headers))
+
+    async def stream(self, request: UpstreamRequest) -> AnthropicStream:
+        payload = self._payload(request, stream=True)
+        translator = AnthropicStreamTranslator(
+            model=request.upstream_id,
+            created=int(time.time()),
+            json_tool=json_tool_name(request.body),
+        )
+        return AnthropicStream(await self._post(payload), translator)
+
+    async def complete(self, request: UpstreamRequest) -> dict[str, Any]:
+        payload = self._payload(request, stream=False)
+        resp = await self._post(payload)
+        try:
+            raw = await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise transport_error(exc) from None
+        finally:
+            resp.release()
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise UpstreamError("protocol", "anthropic answer is not JSON") from None
+        if not isinstance(parsed, dict):
+            raise UpstreamError("protocol", "anthropic answer is not an object")
+        return from_anthropic_response(
+            parsed, created=int(time.time()), json_tool=json_tool_name(request.body)
+        )

@@ -1,0 +1,178 @@
+"""OpenAI-compatible upstreams (OpenAI, Gemini's compat endpoint, OpenRouter, DeepSeek, ...):
+request bodies go as they are, stream bytes come back as they arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import orjson
+
+from .base import FailureKind, UpstreamError, UpstreamRequest
+
+USER_AGENT = "model-router/0.1"
+# Error bodies are read only this far: enough for a message, bounded against a hostile upstream.
+MAX_ERROR_BODY = 64 * 1024
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
+    if (ms := headers.get("retry-after-ms")) is not None:
+        try:
+            return max(float(ms) / 1000.0, 0.0)
+        except ValueError:
+            pass
+    value = headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+def kind_for_status(status: int) -> FailureKind:
+    if status == 429:
+        return "rate_limited"
+    if status in (401, 403):
+        return "auth"
+    if status in (400, 413, 422):
+        return "client"
+    if status == 408:
+        return "timeout"
+    if status in (503, 529):
+        return "overloaded"
+    return "server"  # 404 included: a deployment pointing at a model the upstream lacks
+
+
+def error_message(body: bytes) -> str:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return "upstream answered with a non-JSON error body"
+    err = data.get("error") if isinstance(data, dict) else None
+    msg = err.get("message") if isinstance(err, dict) else err
+    return str(msg)[:500] if msg else "upstream gave no error message"
+
+
+async def status_error(resp: aiohttp.ClientResponse) -> UpstreamError:
+    """An UpstreamError for a non-2xx response; releases the response."""
+    try:
+        body = await resp.content.read(MAX_ERROR_BODY)
+    except (TimeoutError, aiohttp.ClientError):
+        body = b""
+    finally:
+        resp.release()
+    return UpstreamError(
+        kind_for_status(resp.status),
+        f"upstream answered {resp.status}: {error_message(body)}",
+        status=resp.status,
+        retry_after=parse_retry_after(resp.headers),
+    )
+
+
+def transport_error(exc: BaseException) -> UpstreamError:
+    """Map aiohttp's exceptions without their repr (it carries request headers)."""
+    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        return UpstreamError("timeout", "upstream timed out")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamError("connect", f"could not connect to upstream {exc.host}:{exc.port}")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return UpstreamError("server", "upstream connection broke mid-answer")
+    return UpstreamError("connect", f"upstream connection failed ({type(exc).__name__})")
+
+
+class OpenAIStream:
+    """Yields the upstream's bytes as they arrive."""
+
+    __slots__ = ("_content", "_resp")
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self._resp = resp
+        self._content = resp.content
+
+    def __aiter__(self) -> OpenAIStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            data = await self._content.readany()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise transport_error(exc) from None
+        if not data:
+            raise StopAsyncIteration
+        return data
+
+    async def aclose(self) -> None:
+        # close(), not release(): an unfinished stream's connection must not be reused.
+        self._resp.close()
+
+
+class OpenAIProvider:
+    kind = "openai"
+
+    def __init__(
+        self, name: str, *, base_url: str, api_key: str, session: aiohttp.ClientSession
+    ) -> None:
+        self.name = name
+        self._session = session
+        base = base_url.rstrip("/")
+        self._urls = {"chat": f"{base}/chat/completions", "completions": f"{base}/completions"}
+        # Built from an allowlist: nothing from the client's request reaches the upstream.
+        self._headers = {
+            "Authorization": f"Bearer {api_key}",
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+        }
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None  # the session belongs to the app
+
+    async def _post(self, request: UpstreamRequest) -> aiohttp.ClientResponse:
+        try:
+            resp = await self._session.post(
+                self._urls[request.endpoint], data=orjson.dumps(request.body), headers=self._headers
+            )
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise transport_error(exc) from None
+        if resp.status >= 300:
+            raise await status_error(resp)
+        return resp
+
+    async def stream(self, request: UpstreamRequest) -> OpenAIStream:
+        resp = await self._post(request)
+        if not resp.content_type.startswith("text/event-stream"):
+            resp.close()
+            raise UpstreamError(
+                "protocol", f"upstream answered a stream with {resp.content_type!r}"
+            )
+        return OpenAIStream(resp)
+
+    async def complete(self, request: UpstreamRequest) -> dict[str, Any]:
+        resp = await self._post(request)
+        try:
+            body = await resp.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise transport_error(exc) from None
+        finally:
+            resp.release()
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise UpstreamError("protocol", "upstream answer is not valid JSON") from None
+        if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+            raise UpstreamError("protocol", "upstream answer has no choices")
+        return data

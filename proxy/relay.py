@@ -1,0 +1,142 @@
+"""SSE relay: frames upstream bytes into events and forwards them unchanged.
+
+Each event is checked (framing, JSON validity, in-band errors) so a malformed or failed
+upstream becomes an error event instead of bytes the client's SDK chokes on. Events pass
+through byte-for-byte; the only one rewritten is the usage event, which gains
+``usage.cost`` and is dropped when the client did not ask for usage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from .providers.base import UpstreamError
+
+# A single event larger than this is not an LLM chunk; refuse to buffer it.
+MAX_EVENT_BYTES = 1024 * 1024
+DONE = b"data: [DONE]"
+
+CostFn = Callable[[int, int], float]
+
+
+def _is_content(obj: dict[str, Any]) -> bool:
+    """True for the first chunk that carries answer content: text, a tool call, a refusal
+    or a finish reason. The role-only opening chunk of OpenAI streams is not content."""
+    for choice in obj.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        if choice.get("finish_reason") or choice.get("text"):
+            return True
+        delta = choice.get("delta")
+        if isinstance(delta, dict) and (
+            delta.get("content")
+            or delta.get("tool_calls")
+            or delta.get("refusal")
+            or delta.get("function_call")
+        ):
+            return True
+    return False
+
+
+class SSERelay:
+    """Per-stream state. ``feed`` returns the bytes to forward now; raises UpstreamError."""
+
+    __slots__ = ("buf", "content_seen", "cost", "done", "include_usage", "usage")
+
+    def __init__(self, include_usage: bool, cost: CostFn) -> None:
+        self.buf = b""
+        self.done = False
+        self.content_seen = False
+        self.include_usage = include_usage
+        self.cost = cost
+        self.usage: dict[str, Any] | None = None
+
+    def feed(self, chunk: bytes) -> bytes:
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n")
+        buf = self.buf + chunk if self.buf else chunk
+        start = 0
+        pieces: list[bytes] | None = None  # only built once an event is rewritten or dropped
+        while (end := buf.find(b"\n\n", start)) >= 0:
+            event = buf[start:end]
+            out = self._event(event)
+            if out is not event and pieces is None:
+                pieces = [buf[:start]] if start else []
+            if pieces is not None and out is not None:
+                pieces.append(out if out is not event else event + b"\n\n")
+            start = end + 2
+        self.buf = buf[start:]
+        if len(self.buf) > MAX_EVENT_BYTES:
+            raise UpstreamError("protocol", "upstream sent an event over 1 MiB without a boundary")
+        if pieces is None:
+            return buf[:start]
+        return b"".join(pieces)
+
+    def finish(self) -> None:
+        """The upstream ended: complete only if it said [DONE] with nothing left over."""
+        if self.buf.strip():
+            raise UpstreamError("protocol", "upstream stream ended inside an event")
+        if not self.done:
+            raise UpstreamError("server", "upstream closed the stream before it was complete")
+
+    def _event(self, event: bytes) -> bytes | None:
+        """The event to forward: ``event`` itself (unchanged), a rewrite, or None to drop it."""
+        payload: bytes | None
+        if event.startswith(b"data: ") and b"\n" not in event:
+            payload = event[6:]
+        elif event.startswith(b"data:") and b"\n" not in event:
+            payload = event[5:]
+        else:
+            payload = self._slow_path(event)
+            if payload is None:
+                return event  # comments and empty keep-alives
+        if payload == b"[DONE]":
+            self.done = True
+            return event
+        try:
+            obj = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(
+                "protocol", "upstream sent a chunk that is not valid JSON"
+            ) from None
+        if not isinstance(obj, dict):
+            raise UpstreamError("protocol", "upstream sent a chunk that is not a JSON object")
+        if "error" in obj:
+            err = obj["error"]
+            message = err.get("message") if isinstance(err, dict) else str(err)
+            raise UpstreamError("server", f"upstream error mid-stream: {message}")
+        if not self.content_seen and _is_content(obj):
+            self.content_seen = True
+        usage = obj.get("usage")
+        if isinstance(usage, dict):
+            return self._usage_event(obj, usage)
+        return event
+
+    def _slow_path(self, event: bytes) -> bytes | None:
+        data: list[bytes] = []
+        for line in event.split(b"\n"):
+            if not line or line.startswith(b":"):
+                continue
+            if line.startswith(b"data:"):
+                data.append(line[6:] if line.startswith(b"data: ") else line[5:])
+            elif line.startswith(b"event:"):
+                if line[6:].strip() == b"error":
+                    raise UpstreamError("server", "upstream sent an error event mid-stream")
+            elif not line.startswith((b"id:", b"retry:")):
+                raise UpstreamError(
+                    "protocol", "upstream sent a line that is not server-sent events"
+                )
+        return b"\n".join(data) if data else None
+
+    def _usage_event(self, obj: dict[str, Any], usage: dict[str, Any]) -> bytes | None:
+        prompt = usage.get("prompt_tokens")
+        completion = usage.get("completion_tokens")
+        if isinstance(prompt, int) and isinstance(completion, int):
+            usage["cost"] = round(self.cost(prompt, completion), 10)
+        self.usage = usage
+        if not obj.get("choices") and not self.include_usage:
+            return None
+        return b"data: " + orjson.dumps(obj) + b"\n\n"

@@ -1,0 +1,210 @@
+"""plan(intent, catalog, snapshot) -> Plan: ranked candidates and a reason. Pure: no I/O, no clock.
+
+Static rankings (cheap, quality, coding, balanced) are precomputed per pool when the
+catalog loads, and the fast ranking when a health snapshot is built, so a decision walks
+only as far down a ranked list as it needs to find ``limit`` eligible deployments.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from .catalog import TIERS, Catalog, Deployment, Model
+from .errors import RouterError, bad_request
+from .intent import Intent, not_found
+
+# The request field to name when no model supports what the request uses.
+CAPABILITY_PARAM = {
+    "chat": "model",
+    "tools": "tools",
+    "json": "response_format",
+    "vision": "messages",
+    "logprobs": "logprobs",
+    "fim": "model",
+    "reasoning": "reasoning_effort",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Deployment health as routing sees it at one moment."""
+
+    ttft_ms: Mapping[str, float]  # deployment key -> expected TTFT
+    open: frozenset[str] = frozenset()  # keys whose breaker refuses live traffic
+    badness: Mapping[str, float] = field(default_factory=dict)  # lower is better
+    fast_order: Mapping[str, tuple[Deployment, ...]] = field(
+        default_factory=dict
+    )  # pool -> by TTFT
+
+    @classmethod
+    def build(
+        cls,
+        catalog: Catalog,
+        ttft_ms: Mapping[str, float],
+        open: Iterable[str] = (),
+        badness: Mapping[str, float] | None = None,
+    ) -> Snapshot:
+        deps = sorted(
+            catalog.deployments(), key=lambda d: (ttft_ms.get(d.key, d.nominal_ttft_ms), d.key)
+        )
+        tier_of = {m.id: m.tier for m in catalog.models}
+        order = {"any": tuple(deps)}
+        for tier in TIERS:
+            order[tier] = tuple(d for d in deps if tier_of[d.model_id] == tier)
+        return cls(dict(ttft_ms), frozenset(open), dict(badness or {}), order)
+
+    @classmethod
+    def nominal(cls, catalog: Catalog) -> Snapshot:
+        return cls.build(catalog, {d.key: d.nominal_ttft_ms for d in catalog.deployments()})
+
+    def ttft(self, d: Deployment) -> float:
+        return self.ttft_ms.get(d.key, d.nominal_ttft_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    model: Model
+    deployment: Deployment
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    candidates: tuple[Candidate, ...]
+    reason: str
+    forced: bool = False  # every eligible deployment was open; these are the least bad
+
+
+def _fits(intent: Intent, m: Model) -> bool:
+    return intent.prompt_tokens + intent.max_output_tokens <= m.context_length
+
+
+def _capable(intent: Intent, m: Model) -> bool:
+    return intent.needs <= m.capabilities
+
+
+def _by_model(catalog: Catalog, intent: Intent, snap: Snapshot) -> Iterator[Deployment]:
+    if intent.min_coding_score is not None:
+        score = intent.min_coding_score
+        models: Iterable[Model] = (
+            m
+            for m in catalog.by_price
+            if m.coding.value >= score and (intent.tier in (None, m.tier))
+        )
+    elif intent.prefer == "fast":
+        yield from snap.fast_order.get(intent.tier or "any", ())
+        return
+    else:
+        models = catalog.ranked[(intent.tier or "any", intent.prefer or "balanced")]
+    for m in models:
+        if len(m.deployments) == 1:
+            yield m.deployments[0]
+        else:
+            yield from sorted(m.deployments, key=snap.ttft)
+
+
+def _pinned(catalog: Catalog, intent: Intent, snap: Snapshot) -> Iterator[Deployment]:
+    seen: set[str] = set()
+    for name in intent.pinned:
+        model = catalog.get(name)
+        if model is None:
+            raise not_found(name)
+        if model.id in seen:
+            continue
+        seen.add(model.id)
+        if not _capable(intent, model):
+            missing = sorted(intent.needs - model.capabilities)[0]
+            raise bad_request(
+                f"model {model.id!r} does not support {missing}",
+                CAPABILITY_PARAM[missing],
+                "unsupported_feature",
+            )
+        yield from sorted(model.deployments, key=snap.ttft)
+
+
+def _reason(intent: Intent, first: Candidate, snap: Snapshot, forced: bool) -> str:
+    m, d = first.model, first.deployment
+    if intent.pinned:
+        head = "pinned"
+    else:
+        head = f"prefer={intent.prefer} tier={intent.tier or 'any'}"
+        if intent.min_coding_score is not None:
+            head += f" min_coding_score={intent.min_coding_score:g} coding={m.coding.value:g}"
+    if intent.prefer == "fast" or intent.pinned:
+        detail = f"ttft_ewma_ms={snap.ttft(d):.0f}"
+    elif intent.prefer == "cheap" or intent.min_coding_score is not None:
+        detail = f"blended_usd_per_m={m.blended_price:.3g}"
+    elif intent.prefer == "quality":
+        detail = f"quality={m.quality.value:g}"
+    elif intent.prefer == "coding":
+        detail = f"coding={m.coding.value:g}"
+    else:
+        detail = f"balanced_score={m.balanced_score:.1f}"
+    tail = " forced=all_open_least_bad" if forced else ""
+    return f"{head} {detail}{tail}"
+
+
+def plan(intent: Intent, catalog: Catalog, snap: Snapshot, limit: int) -> Plan:
+    """The ranked deployments to try, at most ``limit``; raises RouterError when none can serve."""
+    source = _pinned(catalog, intent, snap) if intent.pinned else _by_model(catalog, intent, snap)
+    chosen: list[Candidate] = []
+    open_ones: list[Candidate] = []
+    too_small: list[Model] = []
+    incapable: list[Model] = []
+    for d in source:
+        model = catalog.by_name[d.model_id]
+        if not _capable(intent, model):
+            incapable.append(model)
+            continue
+        if not _fits(intent, model):
+            too_small.append(model)
+            continue
+        if d.key in snap.open:
+            open_ones.append(Candidate(model, d))
+            continue
+        chosen.append(Candidate(model, d))
+        if len(chosen) >= limit:
+            break
+    forced = False
+    if not chosen and open_ones:
+        # Every eligible deployment is open: try the least bad rather than fail blind.
+        open_ones.sort(
+            key=lambda c: (snap.badness.get(c.deployment.key, math.inf), c.deployment.key)
+        )
+        chosen, forced = open_ones[:limit], True
+    if not chosen:
+        raise _nothing_eligible(intent, too_small, incapable)
+    return Plan(tuple(chosen), _reason(intent, chosen[0], snap, forced), forced)
+
+
+def _nothing_eligible(
+    intent: Intent, too_small: list[Model], incapable: list[Model]
+) -> RouterError:
+    if too_small:
+        largest = max(m.context_length for m in too_small)
+        return RouterError(
+            400,
+            f"The request needs about {intent.prompt_tokens + intent.max_output_tokens} tokens "
+            f"(prompt estimate plus max_tokens) but the largest context window among eligible "
+            f"models is {largest} tokens.",
+            param="messages" if intent.endpoint == "chat" else "prompt",
+            code="context_length_exceeded",
+        )
+    if incapable:
+        common = frozenset.intersection(*(m.capabilities for m in incapable))
+        need = sorted(intent.needs - common or intent.needs)[0]
+        pool = f"tier {intent.tier}" if intent.tier else "any tier"
+        return bad_request(
+            f"no enabled model in {pool} supports {need}",
+            CAPABILITY_PARAM[need],
+            "unsupported_feature",
+        )
+    where = f"tier {intent.tier!r}" if intent.tier else "the catalog"
+    return RouterError(
+        503,
+        f"no model in {where} is enabled; configure a provider for it (see /v1/models)",
+        type="server_error",
+        param="tier" if intent.tier else None,
+        code="no_eligible_model",
+    )

@@ -1,0 +1,135 @@
+"""The router's reloadable state: config, enabled catalog, providers, health, dispatcher.
+
+Handlers read ``app[ROUTER].current`` once per request, so a reload swaps one reference
+and in-flight requests finish on the state they started with.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from probes.loop import ProbeLoop
+
+from .catalog import Catalog, Model
+from .config import Config
+from .dispatch import Dispatcher
+from .health import Health
+from .providers.base import Provider
+
+
+def model_entry(m: Model) -> dict[str, Any]:
+    return {
+        "id": m.id,
+        "object": "model",
+        "created": 0,
+        "owned_by": m.owned_by or m.deployments[0].provider,
+        "name": m.name,
+        "aliases": list(m.aliases),
+        "tier": m.tier,
+        "pricing": {"input": m.input_price, "output": m.output_price, "unit": "USD per 1M tokens"},
+        "pricing_source": m.pricing_source,
+        "context_length": m.context_length,
+        "max_output_tokens": m.max_output_tokens,
+        "capabilities": sorted(m.capabilities),
+        "scores": {
+            "quality": {
+                "value": m.quality.value,
+                "source": m.quality.source,
+                "date": m.quality.date,
+            },
+            "coding": {"value": m.coding.value, "source": m.coding.source, "date": m.coding.date},
+            "balanced": round(m.balanced_score, 2),
+        },
+        "nominal_ttft_ms": m.nominal_ttft_ms,
+        "deployments": [
+            {"provider": d.provider, "upstream_id": d.upstream_id} for d in m.deployments
+        ],
+    }
+
+
+@dataclass(slots=True)
+class Router:
+    config: Config
+    catalog: Catalog  # only models with at least one enabled deployment
+    providers: dict[str, Provider]
+    health: Health
+    dispatcher: Dispatcher
+    demo: bool = False
+    probe_loop: ProbeLoop | None = None
+    models_listing: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.models_listing = [model_entry(m) for m in self.catalog.models]
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        latency = {row.key: row for row in self.health.table.rows()}
+        breakers = {row.key: row for row in self.health.board.rows()}
+        rows = []
+        for d in self.catalog.deployments():
+            lat = latency.get(d.key)
+            brk = breakers.get(d.key)
+            rows.append(
+                {
+                    "deployment": d.key,
+                    "model": d.model_id,
+                    "provider": d.provider,
+                    "ttft_mean_ms": round(lat.mean_ms, 1) if lat else None,
+                    "ttft_p90_ms": round(lat.p90_ms, 1) if lat else None,
+                    "ttft_estimate_ms": round(lat.estimate_ms, 1) if lat else None,
+                    "nominal_ms": d.nominal_ttft_ms,
+                    "samples": lat.samples if lat else 0,
+                    "last_sample_age_s": round(lat.age_s, 1)
+                    if lat and lat.age_s is not None
+                    else None,
+                    "last_sample_source": lat.source if lat else None,
+                    "breaker": brk.state if brk else "closed",
+                    "breaker_detail": {
+                        "consecutive_failures": brk.consecutive_failures,
+                        "failure_rate": round(brk.failure_rate, 3),
+                        "slow_rate": round(brk.slow_rate, 3),
+                        "opened_count": brk.opened_count,
+                        "open_remaining_s": round(brk.open_remaining_s, 2),
+                    }
+                    if brk
+                    else None,
+                }
+            )
+        probes = None
+        if self.probe_loop is not None:
+            st = self.probe_loop.stats()
+            probes = {
+                "sent": st.sent,
+                "failed": st.failed,
+                "spend_today_usd": round(st.spend_today_usd, 6),
+                "spend_cap_usd": st.spend_cap_usd,
+                "skipped_for_budget": st.skipped_for_budget,
+                "interval_s": self.config.probes.interval_s,
+            }
+        budget = self.dispatcher.budget
+        return {
+            "object": "router.status",
+            "demo": self.demo,
+            "monotonic_s": round(now, 3),
+            "deployments": rows,
+            "probes": probes,
+            "retry_budget": {
+                "active": budget.active,
+                "retrying": budget.retrying,
+                "denied": budget.denied,
+            },
+        }
+
+
+class RouterHolder:
+    __slots__ = ("current",)
+
+    def __init__(self, current: Router) -> None:
+        self.current = current
+
+
+ROUTER = web.AppKey("router", RouterHolder)

@@ -1,0 +1,142 @@
+"""Fixtures: the simulated providers and the real proxy app, both on 127.0.0.1 ephemeral ports,
+served with the production server settings (``proxy.app.start_server``)."""
+
+from __future__ import annotations
+
+import os
+import selectors
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import openai
+import pytest
+from aiohttp import web
+
+from proxy.app import demo_config, make_app, start_server
+from proxy.config import Config, parse_config
+from proxy.sim.script import Profile
+from proxy.sim.server import SimState, start_sim
+from proxy.state import ROUTER, Router
+
+# Keys the proxy holds for its upstreams in tests; a test searches logs for them.
+UPSTREAM_ENV = {
+    "OPENAI_API_KEY": "sk-test-upstream-openai-0001",
+    "ANTHROPIC_API_KEY": "sk-ant-test-upstream-0002",
+    "GEMINI_API_KEY": "gm-test-upstream-0003",
+    "OPENROUTER_API_KEY": "sk-or-test-upstream-0004",
+    "DEEPSEEK_API_KEY": "sk-ds-test-upstream-0005",
+    "AWS_ACCESS_KEY_ID": "AKIATESTUPSTREAM0006",
+    "AWS_SECRET_ACCESS_KEY": "test-secret-upstream-0007",
+}
+
+
+@dataclass
+class Sim:
+    state: SimState
+    url: str
+
+
+@dataclass
+class Proxy:
+    url: str
+    app: web.Application
+    sim: Sim
+
+    @property
+    def router(self) -> Router:
+        return self.app[ROUTER].current
+
+    def client(self, **kw: Any) -> openai.AsyncOpenAI:
+        kw.setdefault("max_retries", 0)
+        return openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key="client-key", **kw)
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Sim]:
+    state = SimState(scale=1.0, default=Profile(ttft_ms=5.0, gap_ms=1.0, tokens=8))
+    runner, url = await start_sim(state)
+    yield Sim(state, url)
+    await runner.cleanup()
+
+
+def config_for(sim_url: str, data: dict[str, Any] | None = None) -> Config:
+    data = dict(data or {})
+    data.setdefault("probes", {"enabled": False})
+    return demo_config(parse_config(data), sim_url)
+
+
+StartProxy = Callable[..., Awaitable[Proxy]]
+
+
+@pytest.fixture
+async def start_proxy(sim: Sim) -> AsyncIterator[StartProxy]:
+    runners: list[web.AppRunner] = []
+
+    async def start(data: dict[str, Any] | None = None, *, config: Config | None = None) -> Proxy:
+        cfg = config or config_for(sim.url, data)
+        app = make_app(cfg, environ=UPSTREAM_ENV)
+        runner, port = await start_server(app, "127.0.0.1", 0)
+        runners.append(runner)
+        return Proxy(f"http://127.0.0.1:{port}", app, sim)
+
+    yield start
+    for runner in reversed(runners):
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def proxy(start_proxy: StartProxy) -> Proxy:
+    return await start_proxy()
+
+
+def spawn_server(args: list[str], env: dict[str, str] | None = None, timeout: float = 20.0) -> tuple[subprocess.Popen[str], str]:
+    """Start ``model-router`` as a subprocess and wait for its ready line; returns (proc, url)."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full_env,
+    )
+    assert proc.stdout is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
+        if sel.select(timeout=0.2):
+            line = proc.stdout.readline()
+            if "ready on " in line:
+                return proc, line.split("ready on ")[1].split()[0]
+    proc.kill()
+    raise RuntimeError("server did not become ready")
+
+
+def stop_server(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def demo_server() -> Iterator[str]:
+    """``model-router serve --demo`` as a subprocess, latencies scaled down for speed."""
+    proc, url = spawn_server(["serve", "--demo", "--port", "0"], {"MODEL_ROUTER_DEMO_SCALE": "0.02"})
+    try:
+        yield url
+    finally:
+        stop_server(proc)
+
+
+def with_server(config: Config, **changes: Any) -> Config:
+    return replace(config, server=replace(config.server, **changes))

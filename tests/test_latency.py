@@ -1,0 +1,357 @@
+"""The decayed TTFT table, driven by an injected clock (no sleeping)."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+
+import pytest
+
+from probes.latency import LatencyTable
+
+HALF_LIFE = 300.0
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _weighted_quantile(samples: list[tuple[float, float]], q: float) -> float:
+    """Exact quantile of (value, weight) pairs: the reference the histogram is judged by."""
+    ordered = sorted(samples)
+    total = sum(w for _, w in ordered)
+    running = 0.0
+    for value, w in ordered:
+        running += w
+        if running >= q * total:
+            return value
+    return ordered[-1][0]
+
+
+@pytest.mark.parametrize(
+    ("elapsed_s", "expected_weight"),
+    [
+        pytest.param(0.0, 1.0, id="fresh"),
+        pytest.param(150.0, 2**-0.5, id="half-a-half-life"),
+        pytest.param(300.0, 0.5, id="one-half-life"),
+        pytest.param(600.0, 0.25, id="two-half-lives"),
+        pytest.param(3000.0, 2**-10, id="ten-half-lives"),
+    ],
+)
+def test_a_samples_weight_halves_every_half_life(elapsed_s: float, expected_weight: float) -> None:
+    clock = FakeClock()
+    table = LatencyTable(HALF_LIFE, clock=clock)
+    table.observe("k", 100.0, "probe")
+    clock.now += elapsed_s
+    assert table.row("k").weight == pytest.approx(expected_weight, rel=1e-12)
+
+
+def test_decay_follows_elapsed_time_not_the_number_of_reads() -> None:
+    clock = FakeClock()
+    table = LatencyTable(HALF_LIFE, clock=clock)
+    table.observe("k", 100.0, "probe")
+    for _ in range(10):
+        clock.now += 30.0
+        table.estimate_ms("k")
+        table.rows()
+    assert table.row("k").weight == pytest.approx(0.5, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("gap_s", "expected_mean"),
+    [
+        # Weights at the read: old sample 2**(-gap/300), new sample 1.
+        pytest.param(0.0, 200.0, id="same-instant-plain-average"),
+        pytest.param(300.0, (0.5 * 100.0 + 300.0) / 1.5, id="one-half-life-apart"),
+        pytest.param(900.0, (0.125 * 100.0 + 300.0) / 1.125, id="three-half-lives-apart"),
+    ],
+)
+def test_mean_weights_older_samples_by_their_age(gap_s: float, expected_mean: float) -> None:
+    clock = FakeClock()
+    table = LatencyTable(HALF_LIFE, clock=clock, prior_weight=0.0)
+    table.observe("k", 100.0, "probe")
+    clock.now += gap_s
+    table.observe("k", 300.0, "probe")
+    assert table.row("k").mean_ms == pytest.approx(expected_mean, rel=1e-9)
+
+
+P90_Z = 1.2815515655446004  # standard normal 0.9 quantile
+
+
+@pytest.mark.parametrize(
+    ("draw", "true_p90"),
+    [
+        pytest.param(
+            lambda r: r.lognormvariate(math.log(200.0), 0.5),
+            200.0 * math.exp(0.5 * P90_Z),
+            id="lognormal-200ms",
+        ),
+        pytest.param(
+            lambda r: 50.0 + r.expovariate(1 / 100.0),
+            50.0 + 100.0 * math.log(10.0),
+            id="shifted-exponential",
+        ),
+        pytest.param(lambda r: r.uniform(100.0, 300.0), 280.0, id="uniform-100-300"),
+        pytest.param(
+            lambda r: (900.0 if r.random() < 0.15 else 100.0) * r.uniform(0.95, 1.05),
+            # P(X <= x) = 0.85 + 0.15 * (x/900 - 0.95) / 0.1 = 0.9 at x = 900 * (0.95 + 1/30)
+            900.0 * (0.95 + 1 / 30),
+            id="bimodal-with-slow-tail",
+        ),
+    ],
+)
+def test_p90_estimate_is_within_two_percent_of_a_known_distribution(
+    draw: Callable[[random.Random], float], true_p90: float
+) -> None:
+    clock = FakeClock()
+    # No prior and no decay to speak of, so the reading is the estimator alone.
+    table = LatencyTable(1e9, clock=clock, prior_weight=0.0)
+    rng = random.Random(7)
+    for _ in range(20_000):
+        clock.now += 0.01
+        table.observe("k", draw(rng), "live")
+    assert table.row("k").p90_ms == pytest.approx(true_p90, rel=0.02)
+
+
+def test_p90_matches_the_exact_time_weighted_quantile_of_the_samples() -> None:
+    clock = FakeClock()
+    table = LatencyTable(HALF_LIFE, clock=clock, prior_weight=0.0)
+    rng = random.Random(3)
+    seen: list[tuple[float, float]] = []  # (value, time)
+    for i in range(3000):
+        clock.now += 1.0
+        # Latency creeps upward, so old and new samples really differ and weighting matters.
+        value = rng.lognormvariate(math.log(100.0 + i / 10), 0.4)
+        seen.append((value, clock.now))
+        table.observe("k", value, "probe")
+    weighted = [(v, 2 ** (-(clock.now - t) / HALF_LIFE)) for v, t in seen]
+    unweighted = _weighted_quantile([(v, 1.0) for v, _ in seen], 0.9)
+    exact = _weighted_quantile(weighted, 0.9)
+    assert exact > unweighted * 1.2  # the check below could not tell decay from no decay otherwise
+    assert table.row("k").p90_ms == pytest.approx(exact, rel=0.03)
+
+
+def test_p90_forgets_an_old_regime_after_a_few_half_lives() -> None:
+    clock = FakeClock()
+    table = LatencyTable(HALF_LIFE, clock=clock, prior_weight=0.0)
+    rng = random.Random(11)
+    for _ in range(600):
+        clock.now += 1.0
+        table.observe("k", rng.uniform(900.0, 1100.0), "probe")
+    for _ in range(3000):  # ten half-lives of a faster regime
+        clock.now += 1.0
+        table.observe("k", rng.uniform(100.0, 200.0), "probe")
+    assert table.row("k").p90_ms == pytest.approx(190.0, rel=0.03)
+
+
+@pytest.mark.parametrize(
+    ("silence_s", "expected"),
+    [
+        # Ten samples at 1000 ms against one nominal pseudo-sample at 200 ms.
+        pytest.param(0.0, (10 * 1000.0 + 200.0) / 11, id="fresh-samples-dominate"),
+        pytest.param(300.0, (5 * 1000.0 + 200.0) / 6, id="one-half-life-later"),
+        pytest.param(1500.0, (10 / 32 * 1000.0 + 200.0) / (10 / 32 + 1), id="five-half-lives"),
+        pytest.param(30_000.0, 200.0, id="back-to-nominal"),
+    ],
+)
+def test_estimate_drifts_back_to_nominal_as_samples_age(silence_s: float, expected: float) -> None:
+    clock = FakeClock()
+    table = LatencyTable(HALF_LIFE, clock=clock, high_weight=0.0, prior_weight=1.0)
+    table.set_prior("k", 200.0)
+    for _ in range(10):
+        table.observe("k", 1000.0, "live")
+    clock.now += silence_s
+    assert table.estimate_ms("k") == pytest.approx(expected, rel=1e-9)
+
+
+def test_p90_drifts_to_nominal_too() -> None:
+    clock = FakeClock()
+    table = LatencyTable(HALF_LIFE, clock=clock, high_weight=1.0)
+    table.set_prior("k", 200.0)
+    for _ in range(10):
+        table.observe("k", 1000.0, "live")
+    assert table.row("k").p90_ms > 900.0
+    clock.now += 100 * HALF_LIFE
+    row = table.row("k")
+    assert row.p90_ms == pytest.approx(200.0, rel=1e-9)
+    assert row.estimate_ms == pytest.approx(200.0, rel=1e-9)
+
+
+def test_registered_deployment_without_samples_estimates_its_nominal() -> None:
+    table = LatencyTable(HALF_LIFE, clock=FakeClock())
+    table.set_prior("k", 350.0)
+    row = table.row("k")
+    assert (row.estimate_ms, row.samples, row.age_s, row.source) == (350.0, 0, None, None)
+
+
+def test_unknown_deployment_estimates_infinity() -> None:
+    table = LatencyTable(HALF_LIFE, clock=FakeClock())
+    assert table.estimate_ms("nowhere") == math.inf
+    assert table.last_live("nowhere") is None
+
+
+def test_observing_an_unknown_key_registers_it_with_the_sample_as_nominal() -> None:
+    table = LatencyTable(HALF_LIFE, clock=FakeClock())
+    table.observe("new", 420.0, "probe")
+    row = table.row("new")
+    assert row.nominal_ms == 420.0
+    assert row.estimate_ms == pytest.approx(420.0, rel=0.03)
+
+
+def test_live_and_probe_samples_feed_the_same_statistics() -> None:
+    clock = FakeClock()
+    table = LatencyTable(HALF_LIFE, clock=clock, prior_weight=0.0)
+    table.observe("k", 100.0, "probe")
+    assert table.last_live("k") is None
+    clock.now += 5.0
+    table.observe("k", 300.0, "live")
+    row = table.row("k")
+    w_old = 2 ** (-5.0 / HALF_LIFE)
+    assert row.mean_ms == pytest.approx((w_old * 100.0 + 300.0) / (w_old + 1.0), rel=1e-9)
+    assert (row.samples, row.source) == (2, "live")
+    assert table.last_live("k") == clock.now
+    clock.now += 7.0
+    table.observe("k", 150.0, "probe")
+    row = table.row("k")
+    assert (row.samples, row.source, row.age_s) == (3, "probe", 0.0)
+    assert table.last_live("k") == clock.now - 7.0
+
+
+def _jittery_and_steady(high_weight: float) -> tuple[float, float]:
+    clock = FakeClock()
+    table = LatencyTable(HALF_LIFE, clock=clock, high_weight=high_weight, prior_weight=0.0)
+    for i in range(100):
+        table.observe("steady", 200.0, "live")
+        # Mean 190 ms, but 15 % of requests take 700 ms.
+        table.observe("jittery", 700.0 if i % 100 < 15 else 100.0, "live")
+    return table.estimate_ms("steady"), table.estimate_ms("jittery")
+
+
+@pytest.mark.parametrize(
+    ("high_weight", "jittery_wins"),
+    [
+        pytest.param(0.0, True, id="mean-only-favours-the-jittery-model"),
+        pytest.param(0.5, False, id="default-mix-favours-the-steady-model"),
+        pytest.param(1.0, False, id="p90-only-favours-the-steady-model"),
+    ],
+)
+def test_estimate_mixes_mean_and_p90_so_jitter_costs(
+    high_weight: float, jittery_wins: bool
+) -> None:
+    steady, jittery = _jittery_and_steady(high_weight)
+    assert (jittery < steady) is jittery_wins
+
+
+@pytest.mark.parametrize("high_weight", [0.0, 0.25, 0.5, 1.0])
+def test_estimate_is_the_weighted_mix_of_mean_and_p90(high_weight: float) -> None:
+    clock = FakeClock()
+    table = LatencyTable(HALF_LIFE, clock=clock, high_weight=high_weight)
+    table.set_prior("k", 300.0)
+    rng = random.Random(5)
+    for _ in range(200):
+        clock.now += 1.0
+        table.observe("k", rng.uniform(50.0, 500.0), "probe")
+    clock.now += 120.0
+    row = table.row("k")
+    assert row.p90_ms > row.mean_ms
+    expected = (1 - high_weight) * row.mean_ms + high_weight * row.p90_ms
+    assert row.estimate_ms == pytest.approx(expected, rel=1e-12)
+    assert table.estimate_ms("k") == pytest.approx(expected, rel=1e-12)
+
+
+def test_version_bumps_on_every_observation() -> None:
+    table = LatencyTable(HALF_LIFE, clock=FakeClock())
+    table.set_prior("k", 100.0)
+    v0 = table.version
+    table.observe("k", 100.0, "probe")
+    table.observe("k", 100.0, "live")
+    assert table.version == v0 + 2
+    table.estimate_ms("k")
+    table.rows()
+    assert table.version == v0 + 2
+
+
+def test_set_prior_is_idempotent_and_updates_the_nominal() -> None:
+    table = LatencyTable(HALF_LIFE, clock=FakeClock())
+    table.set_prior("k", 100.0)
+    table.observe("k", 500.0, "probe")
+    v = table.version
+    table.set_prior("k", 100.0)
+    assert table.version == v
+    assert table.row("k").samples == 1
+    table.set_prior("k", 250.0)
+    assert table.row("k").nominal_ms == 250.0
+    assert table.row("k").samples == 1
+
+
+def test_retain_forgets_removed_deployments() -> None:
+    table = LatencyTable(HALF_LIFE, clock=FakeClock())
+    for key in ("a", "b", "c"):
+        table.set_prior(key, 100.0)
+    table.retain(["a", "c"])
+    assert [r.key for r in table.rows()] == ["a", "c"]
+
+
+def test_a_sample_after_a_very_long_silence_is_taken_at_face_value() -> None:
+    clock = FakeClock()
+    table = LatencyTable(HALF_LIFE, clock=clock, prior_weight=0.0)
+    for _ in range(50):
+        table.observe("k", 5000.0, "probe")
+    clock.now += 1e8  # hundreds of thousands of half-lives: the inflation must not overflow
+    table.observe("k", 80.0, "probe")
+    row = table.row("k")
+    assert row.mean_ms == pytest.approx(80.0, rel=1e-9)
+    assert row.p90_ms == pytest.approx(80.0, rel=0.05)
+
+
+def test_sub_millisecond_samples_keep_their_resolution() -> None:
+    table = LatencyTable(HALF_LIFE, clock=FakeClock(), prior_weight=0.0)
+    for _ in range(20):
+        table.observe("local", 0.4, "live")
+    assert table.row("local").p90_ms == pytest.approx(0.4, rel=0.05)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(math.nan, id="nan"),
+        pytest.param(-1.0, id="negative"),
+        pytest.param(math.inf, id="infinite"),
+    ],
+)
+def test_rejects_samples_that_would_poison_the_mean(bad: float) -> None:
+    table = LatencyTable(HALF_LIFE, clock=FakeClock())
+    with pytest.raises(ValueError, match="ttft_ms"):
+        table.observe("k", bad, "probe")
+    assert "k" not in table
+
+
+def test_rows_are_sorted_by_key_and_report_sample_age() -> None:
+    clock = FakeClock()
+    table = LatencyTable(HALF_LIFE, clock=clock)
+    table.observe("b", 100.0, "probe")
+    clock.now += 4.0
+    table.observe("a", 100.0, "live")
+    clock.now += 1.0
+    rows = table.rows()
+    assert [(r.key, r.age_s) for r in rows] == [("a", 1.0), ("b", 5.0)]
+
+
+def test_p90_stays_accurate_across_the_periodic_rescale() -> None:
+    clock = FakeClock()
+    table = LatencyTable(100.0, clock=clock, prior_weight=0.0)
+    rng = random.Random(13)
+    seen: list[tuple[float, float]] = []
+    for _ in range(8000):  # 80 half-lives: the inflated masses are rescaled twice
+        clock.now += 1.0
+        value = rng.uniform(100.0, 300.0)
+        seen.append((value, clock.now))
+        table.observe("k", value, "probe")
+    exact = _weighted_quantile([(v, 2 ** (-(clock.now - t) / 100.0)) for v, t in seen], 0.9)
+    assert table.row("k").p90_ms == pytest.approx(exact, rel=0.02)
+    assert table.row("k").weight == pytest.approx(1 / (1 - 2 ** (-1 / 100.0)), rel=1e-6)

@@ -1,0 +1,422 @@
+"""The probe scheduler, run against fake send callables (stand-ins for the network) and fake
+time: the loop's sleep advances the clock instead of waiting, so hours pass in milliseconds."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import math
+import random
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+import pytest
+
+from probes.breaker import BreakerBoard, BreakerPolicy, State
+from probes.latency import LatencyTable
+from probes.loop import ProbeFailed, ProbeLoop, ProbeSettings
+
+MIDNIGHT = datetime(2025, 3, 2, tzinfo=UTC).timestamp()
+
+
+class FakeTime:
+    """Clock plus the loop's sleep: sleeping moves the clock, and parks at the horizon."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+        self.horizon = math.inf
+        self.reached = asyncio.Event()
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        # Let the probes launched this round run to completion at the current instant.
+        for _ in range(5):
+            await asyncio.sleep(0)
+        self.sleeps.append(seconds)
+        if self.now + seconds > self.horizon:
+            self.now = self.horizon
+            self.reached.set()
+            await asyncio.Future()  # parked until the test cancels the loop
+        self.now += seconds
+
+
+class Recorder:
+    """A fake upstream: answers every probe at once and remembers when it was asked."""
+
+    def __init__(self, clock: FakeTime, ttft_ms: float = 120.0) -> None:
+        self.clock = clock
+        self.ttft_ms = ttft_ms
+        self.calls: list[tuple[str, float]] = []
+        self.failures: dict[str, list[BaseException]] = {}
+
+    async def __call__(self, key: str) -> float:
+        self.calls.append((key, self.clock.now))
+        pending = self.failures.get(key)
+        if pending:
+            raise pending.pop(0)
+        return self.ttft_ms
+
+    def times(self, key: str) -> list[float]:
+        return [t for k, t in self.calls if k == key]
+
+
+def gaps(times: list[float]) -> list[float]:
+    return [b - a for a, b in itertools.pairwise(times)]
+
+
+def build(
+    clock: FakeTime,
+    send: Callable[[str], Awaitable[float]],
+    costs: dict[str, float],
+    *,
+    board: BreakerBoard | None = None,
+    table: LatencyTable | None = None,
+    wall: Callable[[], float] | None = None,
+    seed: int = 0,
+    **settings: object,
+) -> tuple[ProbeLoop, LatencyTable, BreakerBoard]:
+    fields: dict[str, object] = {"interval_s": 30.0, "jitter": 0.0}
+    fields.update(settings)
+    table = table or LatencyTable(300.0, clock=clock)
+    board = board or BreakerBoard(BreakerPolicy(jitter=0.0), clock=clock, rng=random.Random(0))
+    loop = ProbeLoop(
+        ProbeSettings(**fields),  # type: ignore[arg-type]
+        send,
+        table,
+        board,
+        cost_per_probe=costs,
+        clock=clock,
+        wall_clock=wall or (lambda: MIDNIGHT - 43_200.0 + clock.now),
+        rng=random.Random(seed),
+        sleep=clock.sleep,
+    )
+    return loop, table, board
+
+
+async def run_for(loop: ProbeLoop, clock: FakeTime, seconds: float) -> None:
+    clock.horizon = clock.now + seconds
+    clock.reached.clear()
+    task = asyncio.create_task(loop.run())
+    await asyncio.wait_for(clock.reached.wait(), timeout=10.0)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert task.cancelled()
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    for _ in range(10_000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition never became true")
+
+
+async def test_probes_a_quiet_key_every_interval_without_jitter() -> None:
+    clock = FakeTime()
+    send = Recorder(clock)
+    loop, table, _ = build(clock, send, {"a": 0.0}, interval_s=30.0, jitter=0.0)
+    await run_for(loop, clock, 300.0)
+    times = send.times("a")
+    assert times[0] == 0.0
+    assert len(times) == 11
+    assert gaps(times) == pytest.approx([30.0] * 10, abs=0.01)
+    row = table.row("a")
+    assert (row.samples, row.source) == (11, "probe")
+
+
+async def test_jitter_spreads_probe_intervals_within_its_bounds() -> None:
+    clock = FakeTime()
+    send = Recorder(clock)
+    keys = {f"k{i}": 0.0 for i in range(5)}
+    loop, _, _ = build(clock, send, keys, interval_s=30.0, jitter=0.2, seed=42)
+    await run_for(loop, clock, 3000.0)
+    all_gaps = [g for key in keys for g in gaps(send.times(key))]
+    assert len(all_gaps) > 400
+    assert min(all_gaps) >= 24.0 - 0.01
+    assert max(all_gaps) <= 36.0 + 0.01
+    assert min(all_gaps) < 25.0
+    assert max(all_gaps) > 35.0
+    # New keys are seeded within interval * jitter of start-up, not all at the same instant.
+    firsts = [send.times(key)[0] for key in keys]
+    assert max(firsts) <= 6.0
+    assert len(set(firsts)) == len(keys)
+
+
+@pytest.mark.parametrize(
+    ("live_quiet_s", "expected_gap"),
+    [
+        pytest.param(10_000.0, 120.0, id="recent-live-traffic-stretches-the-interval"),
+        pytest.param(5.0, 30.0, id="old-live-traffic-does-not"),
+    ],
+)
+async def test_live_traffic_reduces_the_probe_rate(
+    live_quiet_s: float, expected_gap: float
+) -> None:
+    clock = FakeTime()
+    send = Recorder(clock)
+    loop, table, _ = build(
+        clock,
+        send,
+        {"busy": 0.0, "quiet": 0.0},
+        interval_s=30.0,
+        jitter=0.0,
+        live_quiet_s=live_quiet_s,
+        live_interval_factor=4.0,
+    )
+    table.observe("busy", 200.0, "live")
+    await run_for(loop, clock, 600.0)
+    assert gaps(send.times("busy")) == pytest.approx(
+        [expected_gap] * (len(send.times("busy")) - 1), abs=0.01
+    )
+    assert len(send.times("busy")) == 600 // expected_gap + 1
+    assert gaps(send.times("quiet")) == pytest.approx([30.0] * 20, abs=0.01)
+
+
+async def test_probing_stops_at_the_daily_budget_and_counts_the_skips() -> None:
+    clock = FakeTime()
+    send = Recorder(clock)
+    loop, _, _ = build(
+        clock, send, {"a": 0.25, "free": 0.0}, interval_s=30.0, max_daily_spend_usd=1.0
+    )
+    await run_for(loop, clock, 600.0)
+    assert send.times("a") == pytest.approx([0.0, 30.0, 60.0, 90.0], abs=0.01)
+    assert len(send.times("free")) == 21  # a probe that costs nothing is never held back
+    stats = loop.stats()
+    assert stats.spend_today_usd == pytest.approx(1.0)
+    assert stats.spend_cap_usd == 1.0
+    assert stats.sent == 4 + 21
+    assert stats.skipped_for_budget == 21 - 4
+
+
+async def test_the_budget_resets_at_utc_midnight() -> None:
+    clock = FakeTime()
+    send = Recorder(clock)
+    loop, _, _ = build(
+        clock,
+        send,
+        {"a": 0.25},
+        wall=lambda: MIDNIGHT - 100.0 + clock.now,
+        interval_s=30.0,
+        max_daily_spend_usd=0.5,
+    )
+    await run_for(loop, clock, 99.0)
+    assert send.times("a") == pytest.approx([0.0, 30.0], abs=0.01)
+    assert loop.stats().spend_today_usd == pytest.approx(0.5)
+    clock.now = 100.0  # 00:00:00 UTC
+    assert loop.stats().spend_today_usd == 0.0
+    await run_for(loop, clock, 200.0)
+    assert send.times("a") == pytest.approx([0.0, 30.0, 120.0, 150.0], abs=0.01)
+    assert loop.stats().skipped_for_budget == 2 + 5  # 60 and 90; then 180 to 300
+
+
+async def test_a_half_open_breaker_is_probed_at_once_and_closed_by_probes() -> None:
+    clock = FakeTime()
+    send = Recorder(clock)
+    board = BreakerBoard(
+        BreakerPolicy(base_open_s=5.0, jitter=0.0, half_open_successes=2),
+        clock=clock,
+        rng=random.Random(0),
+    )
+    for _ in range(5):
+        board.record_failure("a", "server")
+    assert board.state("a") is State.OPEN
+    loop, _, _ = build(clock, send, {"a": 0.0}, board=board, interval_s=30.0, half_open_gap_s=1.0)
+    await run_for(loop, clock, 40.0)
+    # Nothing while open; at 5 s it half-opens and is probed at once, again a gap later, which
+    # closes it; then it is back on the ordinary interval.
+    assert send.times("a") == pytest.approx([5.0, 6.0, 36.0], abs=0.01)
+    assert board.state("a") is State.CLOSED
+
+
+async def test_a_failed_half_open_probe_waits_out_the_longer_backoff() -> None:
+    clock = FakeTime()
+    send = Recorder(clock)
+    send.failures["a"] = [ProbeFailed("overloaded")]
+    board = BreakerBoard(
+        BreakerPolicy(base_open_s=5.0, jitter=0.0, half_open_successes=2),
+        clock=clock,
+        rng=random.Random(0),
+    )
+    for _ in range(5):
+        board.record_failure("a", "server")
+    loop, _, _ = build(clock, send, {"a": 0.0}, board=board, interval_s=30.0, half_open_gap_s=1.0)
+    await run_for(loop, clock, 20.0)
+    assert send.times("a") == pytest.approx([5.0, 15.0, 16.0], abs=0.01)
+    assert board.state("a") is State.CLOSED
+
+
+async def test_concurrent_probes_never_exceed_the_cap() -> None:
+    clock = FakeTime()
+    gate = asyncio.Event()
+    active = 0
+    peak = 0
+    done: list[str] = []
+
+    async def send(key: str) -> float:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        try:
+            await gate.wait()
+        finally:
+            active -= 1
+        done.append(key)
+        return 100.0
+
+    keys = {f"k{i}": 0.0 for i in range(10)}
+    loop, _, _ = build(clock, send, keys, concurrency=3, timeout_s=1e9)
+    task = asyncio.create_task(loop.run())
+    await wait_until(lambda: active == 3 and clock.now > 5.0)
+    assert loop.stats().in_flight == 10
+    gate.set()
+    await wait_until(lambda: set(done) == set(keys))
+    assert peak == 3
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def test_cancelling_the_loop_cancels_probes_in_flight_and_leaves_no_tasks() -> None:
+    started = asyncio.Event()
+    cancelled: list[str] = []
+
+    async def send(key: str) -> float:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(key)
+            raise
+        return 1.0
+
+    table = LatencyTable()
+    board = BreakerBoard(BreakerPolicy())
+    loop = ProbeLoop(
+        ProbeSettings(interval_s=30.0, jitter=0.0), send, table, board, cost_per_probe={"a": 0.0}
+    )
+    task = asyncio.create_task(loop.run())
+    await asyncio.wait_for(started.wait(), timeout=5.0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert cancelled == ["a"]
+    assert loop.stats().in_flight == 0
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+    # A cancelled probe is not a verdict on the deployment.
+    assert board.rows() == []
+
+
+async def test_run_returns_at_once_when_probing_is_disabled() -> None:
+    clock = FakeTime()
+    send = Recorder(clock)
+    loop, _, _ = build(clock, send, {"a": 0.0}, enabled=False)
+    await asyncio.wait_for(loop.run(), timeout=1.0)
+    assert send.calls == []
+
+
+async def test_the_loop_sleeps_until_the_next_due_probe_rather_than_spinning() -> None:
+    clock = FakeTime()
+    send = Recorder(clock)
+    loop, _, _ = build(clock, send, {"a": 0.0}, interval_s=30.0, max_sleep_s=1.0)
+    await run_for(loop, clock, 300.0)
+    # One wake-up per second at most (the cap that lets set_keys take effect), never a spin.
+    assert len(clock.sleeps) <= 300 + 11
+    assert min(clock.sleeps) > 0.0
+
+
+async def test_set_keys_adds_and_removes_deployments() -> None:
+    clock = FakeTime()
+    send = Recorder(clock)
+    loop, _, _ = build(clock, send, {"old": 0.0})
+    await run_for(loop, clock, 50.0)
+    loop.set_keys(["new"], {"new": 0.0})
+    await run_for(loop, clock, 100.0)
+    assert send.times("old") == pytest.approx([0.0, 30.0], abs=0.01)
+    assert send.times("new") == pytest.approx([50.0, 80.0, 110.0, 140.0], abs=0.01)
+    assert set(loop.stats().last_run) == {"old", "new"}
+
+
+async def test_probe_once_feeds_a_success_to_the_table_and_the_board() -> None:
+    clock = FakeTime(100.0)
+    send = Recorder(clock, ttft_ms=87.0)
+    loop, table, board = build(clock, send, {"a": 0.01})
+    await loop.probe_once("a")
+    row = table.row("a")
+    assert (row.samples, row.source) == (1, "probe")
+    assert row.mean_ms == pytest.approx(87.0)
+    assert board.rows()[0].requests_in_window == 1
+    stats = loop.stats()
+    assert (stats.sent, stats.failed, stats.spend_today_usd) == (1, 0, 0.01)
+    assert stats.last_run["a"] == MIDNIGHT - 43_200.0 + 100.0
+
+
+@pytest.mark.parametrize(
+    ("error", "consecutive", "open_s"),
+    [
+        pytest.param(ProbeFailed("server"), 1, None, id="server-failure-counts"),
+        pytest.param(ProbeFailed("client"), 0, None, id="client-fault-ignored"),
+        pytest.param(ProbeFailed("rate_limited", 12.0), 0, 12.0, id="retry-after-opens-exactly"),
+        pytest.param(ConnectionRefusedError(), 1, None, id="os-error-counts-as-connect"),
+        pytest.param(RuntimeError("boom"), 1, None, id="unexpected-error-counts"),
+    ],
+)
+async def test_probe_once_feeds_failures_to_the_board(
+    error: BaseException, consecutive: int, open_s: float | None
+) -> None:
+    clock = FakeTime(100.0)
+    send = Recorder(clock)
+    send.failures["a"] = [error]
+    loop, table, board = build(clock, send, {"a": 0.0})
+    await loop.probe_once("a")
+    row = board.rows()[0]
+    assert row.consecutive_failures == consecutive
+    until = board.open_until("a")
+    assert (None if until is None else until - clock.now) == open_s
+    assert "a" not in table
+    assert loop.stats().failed == 1
+
+
+async def test_a_probe_that_outlives_its_timeout_counts_as_a_timeout() -> None:
+    async def send(key: str) -> float:
+        await asyncio.sleep(30.0)
+        return 1.0
+
+    board = BreakerBoard(BreakerPolicy(consecutive_failures=1))
+    loop = ProbeLoop(
+        ProbeSettings(timeout_s=0.01),
+        send,
+        LatencyTable(),
+        board,
+        cost_per_probe={"a": 0.0},
+    )
+    await loop.probe_once("a")
+    assert board.state("a") is State.OPEN
+    assert loop.stats().failed == 1
+
+
+async def test_a_nonsense_ttft_counts_as_a_protocol_failure() -> None:
+    clock = FakeTime()
+    send = Recorder(clock, ttft_ms=-5.0)
+    loop, table, board = build(clock, send, {"a": 0.0})
+    await loop.probe_once("a")
+    assert "a" not in table
+    assert board.rows()[0].consecutive_failures == 1
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param({"interval_s": 0.0}, id="zero-interval"),
+        pytest.param({"concurrency": 0}, id="zero-concurrency"),
+        pytest.param({"live_interval_factor": 0.5}, id="factor-below-one"),
+        pytest.param({"jitter": 1.0}, id="jitter-of-one"),
+    ],
+)
+def test_settings_reject_nonsense(bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="invalid ProbeSettings"):
+        ProbeSettings(**bad)  # type: ignore[arg-type]
