@@ -22,8 +22,8 @@ a Retry-After it is an ordinary failure.
 
 *Client faults* (``kind="client"``: the request's own 4xx) never count at all.
 
-*HALF_OPEN* (reached when the OPEN period has elapsed, on the next ``allow`` / ``state`` /
-``open_until`` / ``rows`` call). Probes test it; live traffic gets one *trial* slot at a time.
+*HALF_OPEN* is entered lazily, by the first call that looks at the key once the OPEN period
+has elapsed. Probes test it; live traffic gets one *trial* slot at a time.
 The slot is taken by ``allow`` and released by the next live (``probe=False``) ``record_*`` for
 the key, by ``release``, or after ``trial_timeout_s`` so a lost request cannot wedge it.
 ``half_open_successes`` consecutive good results from probes or the trial close the breaker. A

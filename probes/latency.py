@@ -13,8 +13,8 @@ no background timer. ``LatencyRow.weight`` is the current total weight of real s
 weight.
 
 *p90.* The 0.9 quantile of the same time-decayed sample distribution, read from a histogram of
-``_N_BUCKETS`` fixed log-spaced buckets (each 5 % wider than the last, 0.1 ms to 10 min,
-geometric interpolation inside a bucket). Decay costs nothing per bucket: instead of shrinking
+321 fixed log-spaced buckets (each 5 % wider than the last, 0.1 ms to 10 min, geometric
+interpolation inside a bucket). Decay costs nothing per bucket: instead of shrinking
 old mass, each new sample is *inflated* by ``2**((t - t_ref) / half_life)``; only the ratios
 between buckets matter for a quantile, and the buckets are rescaled once every ~30 half-lives to
 keep the numbers small. A cursor remembers which bucket holds the quantile and usually moves by

@@ -101,7 +101,7 @@ class ProbeStats:
     spend_cap_usd: float
     skipped_for_budget: int
     last_run: Mapping[str, float]  # key -> wall-clock time (epoch s) the last probe was sent
-    in_flight: int = 0
+    in_flight: int = 0  # launched and unfinished, including probes queued on the cap
 
 
 class _Schedule:

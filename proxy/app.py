@@ -224,6 +224,7 @@ def build_router(
     dispatcher = Dispatcher(providers, health, config.routing, config.server)
     router = Router(config, catalog, providers, health, dispatcher, demo=demo)
     router.probe_loop = make_probe_sender(router)
+    router.sinks.append(handlers.access_log_sink)
     return router
 
 

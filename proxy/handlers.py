@@ -87,7 +87,9 @@ async def _route(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
         return error_response(err, rid)
     finally:
         budget.active -= 1
-        log_outcome(outcome, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        for sink in router.sinks:
+            sink(outcome, seconds)
 
 
 def describe(pinned: tuple[str, ...], prefer: str | None, tier: str | None) -> str:
@@ -96,7 +98,8 @@ def describe(pinned: tuple[str, ...], prefer: str | None, tier: str | None) -> s
     return f"auto prefer={prefer} tier={tier or 'any'}"
 
 
-def log_outcome(outcome: Outcome, seconds: float) -> None:
+def access_log_sink(outcome: Outcome, seconds: float) -> None:
+    """One JSON line per request; never prompts, completions or keys."""
     if not access_log.isEnabledFor(logging.INFO):
         return
     record = {

@@ -7,6 +7,7 @@ and in-flight requests finish on the state they started with.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +17,7 @@ from probes.loop import ProbeLoop
 
 from .catalog import Catalog, Model
 from .config import Config
-from .dispatch import Dispatcher
+from .dispatch import Dispatcher, Outcome
 from .health import Health
 from .providers.base import Provider
 
@@ -61,6 +62,9 @@ class Router:
     demo: bool = False
     probe_loop: ProbeLoop | None = None
     models_listing: list[dict[str, Any]] = field(default_factory=list)
+    # Called once per request with its Outcome and duration in seconds, after the answer
+    # (or error) has gone out: the access log, metrics and the usage log subscribe here.
+    sinks: list[Callable[[Outcome, float], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.models_listing = [model_entry(m) for m in self.catalog.models]

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import openai
@@ -45,14 +45,18 @@ class Proxy:
     url: str
     app: web.Application
     sim: Sim
+    clients: list[openai.AsyncOpenAI] = field(default_factory=list)
 
     @property
     def router(self) -> Router:
         return self.app[ROUTER].current
 
     def client(self, **kw: Any) -> openai.AsyncOpenAI:
+        """An SDK client for this proxy; closed when the test's proxy stops."""
         kw.setdefault("max_retries", 0)
-        return openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key="client-key", **kw)
+        client = openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key="client-key", **kw)
+        self.clients.append(client)
+        return client
 
 
 @pytest.fixture
@@ -75,15 +79,20 @@ StartProxy = Callable[..., Awaitable[Proxy]]
 @pytest.fixture
 async def start_proxy(sim: Sim) -> AsyncIterator[StartProxy]:
     runners: list[web.AppRunner] = []
+    proxies: list[Proxy] = []
 
     async def start(data: dict[str, Any] | None = None, *, config: Config | None = None) -> Proxy:
         cfg = config or config_for(sim.url, data)
         app = make_app(cfg, environ=UPSTREAM_ENV)
         runner, port = await start_server(app, "127.0.0.1", 0)
         runners.append(runner)
-        return Proxy(f"http://127.0.0.1:{port}", app, sim)
+        proxies.append(Proxy(f"http://127.0.0.1:{port}", app, sim))
+        return proxies[-1]
 
     yield start
+    for p in proxies:
+        for client in p.clients:
+            await client.close()
     for runner in reversed(runners):
         await runner.cleanup()
 
@@ -93,7 +102,9 @@ async def proxy(start_proxy: StartProxy) -> Proxy:
     return await start_proxy()
 
 
-def spawn_server(args: list[str], env: dict[str, str] | None = None, timeout: float = 20.0) -> tuple[subprocess.Popen[str], str]:
+def spawn_server(
+    args: list[str], env: dict[str, str] | None = None, timeout: float = 20.0
+) -> tuple[subprocess.Popen[str], str]:
     """Start ``model-router`` as a subprocess and wait for its ready line; returns (proc, url)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.Popen(
@@ -109,7 +120,9 @@ def spawn_server(args: list[str], env: dict[str, str] | None = None, timeout: fl
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
+            raise RuntimeError(
+                f"server exited {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}"
+            )
         if sel.select(timeout=0.2):
             line = proc.stdout.readline()
             if "ready on " in line:
@@ -131,7 +144,9 @@ def stop_server(proc: subprocess.Popen[str]) -> None:
 @pytest.fixture(scope="module")
 def demo_server() -> Iterator[str]:
     """``model-router serve --demo`` as a subprocess, latencies scaled down for speed."""
-    proc, url = spawn_server(["serve", "--demo", "--port", "0"], {"MODEL_ROUTER_DEMO_SCALE": "0.02"})
+    proc, url = spawn_server(
+        ["serve", "--demo", "--port", "0"], {"MODEL_ROUTER_DEMO_SCALE": "0.02"}
+    )
     try:
         yield url
     finally:

@@ -69,7 +69,9 @@ def test_a_header_name_over_255_bytes_is_refused() -> None:
 EVENTS = [
     encode_bedrock_event("messageStart", {"role": "assistant"}),
     encode_bedrock_event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "Hi"}}),
-    encode_bedrock_event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "ü" * 300}}),
+    encode_bedrock_event(
+        "contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "ü" * 300}}
+    ),
     encode_bedrock_event("messageStop", {"stopReason": "end_turn"}),
     encode_bedrock_exception("throttlingException", "slow down"),
 ]

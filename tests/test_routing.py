@@ -14,31 +14,56 @@ from proxy.routing import Snapshot, plan
 ALL = frozenset({"chat", "tools", "json", "vision", "logprobs"})
 
 
-def model(mid: str, tier: str, price: float, quality: float, coding: float, ttft: float, *, ctx: int = 100_000,
-          caps: frozenset[str] = ALL, providers: tuple[str, ...] = ("p1",)) -> Model:
+def model(
+    mid: str,
+    tier: str,
+    price: float,
+    quality: float,
+    coding: float,
+    ttft: float,
+    *,
+    ctx: int = 100_000,
+    caps: frozenset[str] = ALL,
+    providers: tuple[str, ...] = ("p1",),
+) -> Model:
     deps = tuple(Deployment(mid, p, f"{p}/{mid}", ttft + 10 * i) for i, p in enumerate(providers))
     return Model(
-        id=mid, name=mid, tier=tier, context_length=ctx, max_output_tokens=4096,  # type: ignore[arg-type]
-        input_price=price, output_price=price * 4, pricing_source="test", capabilities=caps,
-        quality=Score(quality, "test", "2026-01"), coding=Score(coding, "test", "2026-01"),
-        nominal_ttft_ms=ttft, tokens_per_second=100, deployments=deps, aliases=(f"{mid}-alias",),
+        id=mid,
+        name=mid,
+        tier=tier,
+        context_length=ctx,
+        max_output_tokens=4096,  # type: ignore[arg-type]
+        input_price=price,
+        output_price=price * 4,
+        pricing_source="test",
+        capabilities=caps,
+        quality=Score(quality, "test", "2026-01"),
+        coding=Score(coding, "test", "2026-01"),
+        nominal_ttft_ms=ttft,
+        tokens_per_second=100,
+        deployments=deps,
+        aliases=(f"{mid}-alias",),
     )
 
 
-CATALOG = Catalog.build([
-    model("eco-cheap", "economy", 0.05, 40, 20, 300),
-    model("eco-fast", "economy", 0.20, 45, 30, 120, caps=frozenset({"chat"})),
-    model("eco-smart", "economy", 0.40, 55, 50, 400),
-    model("std-coder", "standard", 1.00, 60, 72, 500, providers=("p1", "p2")),
-    model("std-general", "standard", 0.80, 65, 55, 350, ctx=32_000),
-    model("pre-best", "premium", 5.00, 80, 78, 900),
-    model("pre-fast", "premium", 3.00, 74, 70, 250, caps=frozenset({"chat", "tools"})),
-    model("fim-only", "economy", 0.10, 20, 30, 200, caps=frozenset({"fim"})),
-])
+CATALOG = Catalog.build(
+    [
+        model("eco-cheap", "economy", 0.05, 40, 20, 300),
+        model("eco-fast", "economy", 0.20, 45, 30, 120, caps=frozenset({"chat"})),
+        model("eco-smart", "economy", 0.40, 55, 50, 400),
+        model("std-coder", "standard", 1.00, 60, 72, 500, providers=("p1", "p2")),
+        model("std-general", "standard", 0.80, 65, 55, 350, ctx=32_000),
+        model("pre-best", "premium", 5.00, 80, 78, 900),
+        model("pre-fast", "premium", 3.00, 74, 70, 250, caps=frozenset({"chat", "tools"})),
+        model("fim-only", "economy", 0.10, 20, 30, 200, caps=frozenset({"fim"})),
+    ]
+)
 NOMINAL = Snapshot.nominal(CATALOG)
 
 
-def route(body: dict[str, Any], snap: Snapshot = NOMINAL, limit: int = 3, endpoint: str = "chat") -> list[str]:
+def route(
+    body: dict[str, Any], snap: Snapshot = NOMINAL, limit: int = 3, endpoint: str = "chat"
+) -> list[str]:
     body = {"messages": [{"role": "user", "content": "hi"}], **body} if endpoint == "chat" else body
     p = plan(parse_intent(body, endpoint), CATALOG, snap, limit)  # type: ignore[arg-type]
     return [c.deployment.key for c in p.candidates]
@@ -47,17 +72,41 @@ def route(body: dict[str, Any], snap: Snapshot = NOMINAL, limit: int = 3, endpoi
 @pytest.mark.parametrize(
     ("body", "first"),
     [
-        pytest.param({"model": "auto", "prefer": "cheap"}, "eco-cheap@p1", id="cheap-is-lowest-blended-price"),
-        pytest.param({"model": "auto", "prefer": "quality"}, "pre-best@p1", id="quality-is-highest-score"),
-        pytest.param({"model": "auto", "prefer": "coding"}, "pre-best@p1", id="coding-is-highest-coding"),
+        pytest.param(
+            {"model": "auto", "prefer": "cheap"}, "eco-cheap@p1", id="cheap-is-lowest-blended-price"
+        ),
+        pytest.param(
+            {"model": "auto", "prefer": "quality"}, "pre-best@p1", id="quality-is-highest-score"
+        ),
+        pytest.param(
+            {"model": "auto", "prefer": "coding"}, "pre-best@p1", id="coding-is-highest-coding"
+        ),
         pytest.param({"model": "auto", "prefer": "fast"}, "eco-fast@p1", id="fast-is-lowest-ttft"),
         pytest.param({"model": "auto:economy:quality"}, "eco-smart@p1", id="tier-constrains-pool"),
-        pytest.param({"model": "auto", "tier": "standard", "prefer": "cheap"}, "std-general@p1", id="cheap-within-standard"),
+        pytest.param(
+            {"model": "auto", "tier": "standard", "prefer": "cheap"},
+            "std-general@p1",
+            id="cheap-within-standard",
+        ),
         pytest.param({"model": "auto"}, "std-general@p1", id="bare-auto-standard-balanced"),
-        pytest.param({"model": "auto", "min_coding_score": 70}, "std-coder@p1", id="min-coding-score-cheapest-above"),
-        pytest.param({"model": "auto", "min_coding_score": 70, "tier": "premium"}, "pre-fast@p1", id="min-coding-within-tier"),
-        pytest.param({"model": "pre-best-alias", "prefer": "cheap"}, "pre-best@p1", id="alias-pins"),
-        pytest.param({"model": "auto", "prefer": "fast", "tools": [{"type": "function"}]}, "pre-fast@p1", id="tools-exclude-incapable"),
+        pytest.param(
+            {"model": "auto", "min_coding_score": 70},
+            "std-coder@p1",
+            id="min-coding-score-cheapest-above",
+        ),
+        pytest.param(
+            {"model": "auto", "min_coding_score": 70, "tier": "premium"},
+            "pre-fast@p1",
+            id="min-coding-within-tier",
+        ),
+        pytest.param(
+            {"model": "pre-best-alias", "prefer": "cheap"}, "pre-best@p1", id="alias-pins"
+        ),
+        pytest.param(
+            {"model": "auto", "prefer": "fast", "tools": [{"type": "function"}]},
+            "pre-fast@p1",
+            id="tools-exclude-incapable",
+        ),
     ],
 )
 def test_first_choice_follows_the_intent(body: dict[str, Any], first: str) -> None:
@@ -65,7 +114,12 @@ def test_first_choice_follows_the_intent(body: dict[str, Any], first: str) -> No
 
 
 def test_ranking_is_deterministic_and_limited() -> None:
-    assert route({"model": "auto", "prefer": "cheap"}, limit=4) == ["eco-cheap@p1", "eco-fast@p1", "eco-smart@p1", "std-general@p1"]
+    assert route({"model": "auto", "prefer": "cheap"}, limit=4) == [
+        "eco-cheap@p1",
+        "eco-fast@p1",
+        "eco-smart@p1",
+        "std-general@p1",
+    ]
 
 
 def test_a_model_with_two_deployments_lists_the_faster_first() -> None:
@@ -89,7 +143,14 @@ def test_when_every_candidate_is_open_the_least_bad_is_tried() -> None:
     keys = {d.key for d in CATALOG.deployments()}
     badness = dict.fromkeys(keys, 10.0) | {"eco-smart@p1": 1.0}
     snap = Snapshot.build(CATALOG, {}, open=keys, badness=badness)
-    p = plan(parse_intent({"model": "auto:economy:cheap", "messages": [{"role": "user", "content": "x"}]}, "chat"), CATALOG, snap, 2)
+    p = plan(
+        parse_intent(
+            {"model": "auto:economy:cheap", "messages": [{"role": "user", "content": "x"}]}, "chat"
+        ),
+        CATALOG,
+        snap,
+        2,
+    )
     assert p.forced and p.candidates[0].deployment.key == "eco-smart@p1"
     assert "least_bad" in p.reason
 
@@ -120,10 +181,19 @@ def test_pinned_model_without_a_capability_names_the_field() -> None:
 
 
 def test_completions_route_only_to_fim_models_and_chat_never_does() -> None:
-    assert route({"model": "auto:fast", "prompt": "def f(", "suffix": ")"}, endpoint="completions") == ["fim-only@p1"]
+    assert route(
+        {"model": "auto:fast", "prompt": "def f(", "suffix": ")"}, endpoint="completions"
+    ) == ["fim-only@p1"]
     assert "fim-only@p1" not in route({"model": "auto:fast"}, limit=10)
 
 
 def test_reason_says_what_drove_the_choice() -> None:
-    p = plan(parse_intent({"model": "auto:fast", "messages": [{"role": "user", "content": "x"}]}, "chat"), CATALOG, NOMINAL, 1)
+    p = plan(
+        parse_intent(
+            {"model": "auto:fast", "messages": [{"role": "user", "content": "x"}]}, "chat"
+        ),
+        CATALOG,
+        NOMINAL,
+        1,
+    )
     assert p.reason == "prefer=fast tier=any ttft_ewma_ms=120"
