@@ -194,6 +194,8 @@ def _routing(raw: dict[str, Any]) -> RoutingSettings:
     base: RoutingSettings = _typed(
         RoutingSettings, {k: v for k, v in raw.items() if k != "ttft_deadline_ms"}, "routing"
     )
+    if base.max_attempts < 1:
+        raise ConfigError("routing.max_attempts: must be at least 1")
     if deadlines is None:
         return base
     if not isinstance(deadlines, dict):
@@ -205,8 +207,6 @@ def _routing(raw: dict[str, Any]) -> RoutingSettings:
         if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
             raise ConfigError(f"routing.ttft_deadline_ms.{key}: expected a positive number")
         merged[key] = float(value)
-    if base.max_attempts < 1:
-        raise ConfigError("routing.max_attempts: must be at least 1")
     return replace(base, ttft_deadline_ms=merged)
 
 

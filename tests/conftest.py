@@ -7,6 +7,7 @@ import os
 import selectors
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -103,42 +104,61 @@ async def proxy(start_proxy: StartProxy) -> Proxy:
 
 
 def spawn_server(
-    args: list[str], env: dict[str, str] | None = None, timeout: float = 20.0
+    args: list[str],
+    env: dict[str, str] | None = None,
+    timeout: float = 20.0,
+    log_path: str | None = None,
 ) -> tuple[subprocess.Popen[str], str]:
-    """Start ``model-router`` as a subprocess and wait for its ready line; returns (proc, url)."""
+    """Start ``model-router`` as a subprocess and wait for its ready line; returns (proc, url).
+
+    Its log (stderr) goes to ``log_path`` (a temp file by default), never to a pipe nobody
+    drains: a chatty server would block on a full pipe.
+    """
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=full_env,
-    )
+    if log_path is None:
+        fd, log_path = tempfile.mkstemp(prefix="model-router-", suffix=".log")
+        os.close(fd)
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "proxy", *args],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            env=full_env,
+        )
     assert proc.stdout is not None
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(
-                f"server exited {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}"
-            )
-        if sel.select(timeout=0.2):
-            line = proc.stdout.readline()
-            if "ready on " in line:
-                return proc, line.split("ready on ")[1].split()[0]
-    proc.kill()
-    raise RuntimeError("server did not become ready")
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                with open(log_path) as fh:
+                    raise RuntimeError(f"server exited {proc.returncode}: {fh.read()[-3000:]}")
+            if sel.select(timeout=0.2):
+                line = proc.stdout.readline()
+                if "ready on " in line:
+                    return proc, line.split("ready on ")[1].split()[0]
+        raise RuntimeError("server did not become ready")
+    except BaseException:
+        stop_server(proc)
+        raise
+    finally:
+        sel.close()
 
 
-def stop_server(proc: subprocess.Popen[str]) -> None:
+def stop_server(proc: subprocess.Popen[str]) -> int:
+    """SIGTERM, then SIGKILL if it lingers; closes the pipe; returns the exit status."""
     if proc.poll() is None:
         proc.terminate()
         try:
-            proc.wait(10)
+            proc.wait(15)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+    if proc.stdout is not None:
+        proc.stdout.close()
+    return proc.returncode
 
 
 @pytest.fixture(scope="module")

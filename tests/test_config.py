@@ -1,0 +1,144 @@
+"""Config: TOML -> dataclasses, unknown keys named by path; the CLI's refusals."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proxy.config import ConfigError, parse_config
+
+
+@pytest.mark.parametrize(
+    ("data", "path"),
+    [
+        pytest.param({"sever": {}}, "sever", id="top-level-typo"),
+        pytest.param({"server": {"prot": 1}}, "server.prot", id="server-key-typo"),
+        pytest.param({"server": {"port": "80"}}, "server.port", id="server-wrong-type"),
+        pytest.param({"routing": {"max_attempts": 0}}, "routing.max_attempts", id="zero-attempts"),
+        pytest.param(
+            {"routing": {"ttft_deadline_ms": {"speedy": 5}}},
+            "routing.ttft_deadline_ms.speedy",
+            id="deadline-unknown-prefer",
+        ),
+        pytest.param(
+            {"providers": {"openai": {"api_key": "sk-x"}}},
+            "providers.openai.api_key",
+            id="inline-key-refused",
+        ),
+        pytest.param(
+            {"providers": {"mine": {"base_url": "http://x"}}},
+            "providers.mine.kind",
+            id="new-provider-needs-kind",
+        ),
+        pytest.param(
+            {"overrides": {"gpt-4o": {"price": 1}}},
+            "overrides.gpt-4o.price",
+            id="override-key-typo",
+        ),
+        pytest.param(
+            {"overrides": {"gpt-99": {"tier": "economy"}}},
+            "overrides.gpt-99",
+            id="override-unknown-model",
+        ),
+        pytest.param({"models": [{"id": "x"}]}, "models[0]", id="added-model-incomplete"),
+        pytest.param({"probes": {"interval_s": -1}}, "probes.interval_s", id="negative-interval"),
+    ],
+)
+def test_invalid_config_names_the_offending_key(data: dict[str, Any], path: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert str(err.value).startswith(path), str(err.value)
+
+
+def test_overrides_change_a_model_and_can_disable_one() -> None:
+    cfg = parse_config(
+        {
+            "overrides": {
+                "gpt-4o": {"input_price": 0.01, "tier": "economy"},
+                "gpt-4.1": {"enabled": False},
+            }
+        }
+    )
+    m = cfg.catalog.get("gpt-4o")
+    assert m is not None and m.input_price == 0.01 and m.tier == "economy"
+    assert cfg.catalog.get("gpt-4.1") is None
+
+
+def test_user_provider_and_model_are_added() -> None:
+    cfg = parse_config(
+        {
+            "providers": {
+                "local": {
+                    "kind": "openai",
+                    "base_url": "http://127.0.0.1:9/v1",
+                    "api_key_env": "LOCAL_KEY",
+                }
+            },
+            "models": [
+                {
+                    "id": "my-llama",
+                    "tier": "economy",
+                    "context_length": 8192,
+                    "max_output_tokens": 2048,
+                    "input_price": 0,
+                    "output_price": 0,
+                    "pricing_source": "self-hosted",
+                    "capabilities": ["chat"],
+                    "quality": {"value": 30, "source": "guess", "date": "2026-01"},
+                    "coding": {"value": 10, "source": "guess", "date": "2026-01"},
+                    "nominal_ttft_ms": 100,
+                    "tokens_per_second": 50,
+                    "deployments": [{"provider": "local", "upstream_id": "llama"}],
+                }
+            ],
+        }
+    )
+    assert cfg.providers["local"].base_url == "http://127.0.0.1:9/v1"
+    assert cfg.catalog.get("my-llama") is not None
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.endswith("_API_KEY") and not k.startswith("AWS_")
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args],
+        capture_output=True,
+        text=True,
+        env={**clean, **(env or {})},
+        timeout=60,
+    )
+
+
+def test_check_config_lists_enabled_models(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("[server]\nport = 9000\n")
+    out = cli("check-config", str(path), env={"OPENAI_API_KEY": "sk-test"})
+    assert out.returncode == 0, out.stderr
+    assert "gpt-4o-mini" in out.stdout and "providers with credentials: openai" in out.stdout
+    assert "claude-opus-4-5" not in out.stdout.split("providers with credentials")[1]
+
+
+def test_check_config_exits_2_naming_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("[routing]\nmax_attempt = 2\n")
+    out = cli("check-config", str(path))
+    assert out.returncode == 2 and "routing.max_attempt: unknown key" in out.stderr
+
+
+def test_serve_without_credentials_refuses_and_says_how_to_configure() -> None:
+    out = cli("serve", "--port", "0")
+    assert out.returncode == 2
+    assert (
+        "OPENAI_API_KEY" in out.stderr
+        and "ANTHROPIC_API_KEY" in out.stderr
+        and "--demo" in out.stderr
+    )
+    assert "ready on" not in out.stdout

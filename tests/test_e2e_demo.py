@@ -1,0 +1,155 @@
+"""`model-router serve --demo` as a subprocess, driven by the real OpenAI SDK (sync and async,
+streaming and not): the routing promises hold against the published /v1/models figures."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from typing import Any
+
+import openai
+import pytest
+
+from tests.openapi_schema import assert_valid
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.load(resp)
+
+
+MSG: list[Any] = [{"role": "user", "content": "complete this line for me"}]
+
+
+@pytest.fixture(scope="module")
+def models(demo_server: str) -> list[dict[str, Any]]:
+    data = get_json(f"{demo_server}/v1/models")["data"]
+    return [m for m in data if not m.get("virtual")]
+
+
+@pytest.fixture(scope="module")
+def client(demo_server: str) -> Any:
+    with openai.OpenAI(base_url=f"{demo_server}/v1", api_key="unused", max_retries=0) as c:
+        yield c
+
+
+def blended(m: dict[str, Any]) -> float:
+    return 0.75 * m["pricing"]["input"] + 0.25 * m["pricing"]["output"]
+
+
+def routed(client: openai.OpenAI, **extra: Any) -> tuple[str, Any]:
+    model = extra.pop("model", "auto")
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=MSG, extra_body=extra or None
+    )
+    body = raw.parse()
+    assert_valid("CreateChatCompletionResponse", body.model_dump(exclude_unset=True))
+    return raw.headers["x-router-model"], raw
+
+
+def test_prefer_cheap_returns_the_cheapest_model_by_published_pricing(
+    client: openai.OpenAI, models: list[dict[str, Any]]
+) -> None:
+    chosen, raw = routed(client, prefer="cheap")
+    cheapest = min(blended(m) for m in models if "chat" in m["capabilities"])
+    assert blended(next(m for m in models if m["id"] == chosen)) == cheapest
+    assert raw.headers["x-router-reason"].startswith("prefer=cheap tier=any")
+
+
+def test_prefer_quality_returns_the_highest_quality_model(
+    client: openai.OpenAI, models: list[dict[str, Any]]
+) -> None:
+    chosen, _ = routed(client, prefer="quality")
+    best = max(m["scores"]["quality"]["value"] for m in models if "chat" in m["capabilities"])
+    assert next(m for m in models if m["id"] == chosen)["scores"]["quality"]["value"] == best
+
+
+def test_economy_tier_with_quality_stays_in_economy(
+    client: openai.OpenAI, models: list[dict[str, Any]]
+) -> None:
+    chosen, _ = routed(client, tier="economy", prefer="quality")
+    economy = [m for m in models if m["tier"] == "economy" and "chat" in m["capabilities"]]
+    assert (
+        chosen == max(economy, key=lambda m: (m["scores"]["quality"]["value"], -blended(m)))["id"]
+    )
+
+
+def test_pinned_model_routes_directly_and_ignores_intent(client: openai.OpenAI) -> None:
+    chosen, raw = routed(client, model="claude-sonnet-4-5", prefer="cheap", tier="economy")
+    assert chosen == "claude-sonnet-4-5" and raw.headers["x-router-reason"].startswith("pinned")
+
+
+def test_alias_maps_to_its_catalog_entry(client: openai.OpenAI) -> None:
+    chosen, _ = routed(client, model="gpt-4o-2024-08-06")
+    assert chosen == "gpt-4o"
+
+
+def test_auto_fast_shorthand_picks_the_lowest_expected_ttft(
+    client: openai.OpenAI, demo_server: str
+) -> None:
+    chosen, raw = routed(client, model="auto:fast")
+    assert raw.headers["x-router-reason"].startswith("prefer=fast tier=any ttft_ewma_ms=")
+    rows = get_json(f"{demo_server}/v1/router/status")["deployments"]
+    chat = {
+        m["id"]
+        for m in get_json(f"{demo_server}/v1/models")["data"]
+        if "chat" in m.get("capabilities", [])
+    }
+    fastest = min(
+        (r for r in rows if r["model"] in chat and r["breaker"] != "open"),
+        key=lambda r: r["ttft_estimate_ms"],
+    )
+    # The table moves with probes; the pick must be within one probe's noise of the best.
+    pick = min(r["ttft_estimate_ms"] for r in rows if r["model"] == chosen)
+    assert pick <= fastest["ttft_estimate_ms"] * 1.5
+
+
+def test_min_coding_score_returns_the_cheapest_model_reaching_it(
+    client: openai.OpenAI, models: list[dict[str, Any]]
+) -> None:
+    chosen, _ = routed(client, min_coding_score=70)
+    able = [
+        m for m in models if m["scores"]["coding"]["value"] >= 70 and "chat" in m["capabilities"]
+    ]
+    assert blended(next(m for m in models if m["id"] == chosen)) == min(blended(m) for m in able)
+
+
+def test_sync_stream_carries_router_headers_and_every_chunk_validates(
+    client: openai.OpenAI,
+) -> None:
+    with client.chat.completions.with_streaming_response.create(
+        model="auto",
+        messages=MSG,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"prefer": "fast"},
+    ) as resp:
+        assert resp.headers["x-router-model"] and resp.headers["x-router-provider"]
+        assert (
+            resp.headers["x-router-reason"].startswith("prefer=fast")
+            and resp.headers["x-router-attempts"] == "1"
+        )
+        chunks = list(resp.parse())
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text
+    for c in chunks:
+        assert_valid("CreateChatCompletionStreamResponse", c.model_dump(exclude_unset=True))
+    assert chunks[-1].usage is not None and chunks[-1].usage.model_extra["cost"] > 0
+
+
+def test_stream_without_include_usage_gets_no_usage_chunk(client: openai.OpenAI) -> None:
+    chunks = list(client.chat.completions.create(model="auto:cheap", messages=MSG, stream=True))
+    assert chunks and all(c.choices for c in chunks)
+
+
+async def test_async_sdk_streaming_and_not(demo_server: str) -> None:
+    async with openai.AsyncOpenAI(
+        base_url=f"{demo_server}/v1", api_key="unused", max_retries=0
+    ) as client:
+        done = await client.chat.completions.create(model="auto:economy:fast", messages=MSG)
+        assert done.choices[0].message.content
+        stream = await client.chat.completions.create(
+            model="auto:premium", messages=MSG, stream=True
+        )
+        pieces = [c.choices[0].delta.content or "" async for c in stream if c.choices]
+        assert "".join(pieces)

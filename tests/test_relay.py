@@ -1,0 +1,126 @@
+"""SSERelay: framing across arbitrary splits, unchanged bytes, usage cost, and refusals."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from proxy.providers.base import UpstreamError
+from proxy.relay import SSERelay
+
+
+def chunk(content: str | None = None, finish: str | None = None, role: bool = False) -> bytes:
+    delta: dict[str, str] = {"role": "assistant", "content": ""} if role else {}
+    if content is not None:
+        delta["content"] = content
+    body = {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        "usage": None,
+    }
+    return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+USAGE = b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[],"usage":{"prompt_tokens":1000,"completion_tokens":500,"total_tokens":1500}}\n\n'
+STREAM = (
+    chunk(role=True)
+    + chunk("Hel")
+    + chunk("lo")
+    + chunk(finish="stop")
+    + USAGE
+    + b"data: [DONE]\n\n"
+)
+
+
+def cost(p: int, c: int) -> float:
+    return (p * 2.0 + c * 8.0) / 1e6  # $2 / $8 per 1M
+
+
+def run(relay: SSERelay, data: bytes, size: int) -> bytes:
+    out = b"".join(relay.feed(data[i : i + size]) for i in range(0, len(data), size))
+    relay.finish()
+    return out
+
+
+@pytest.mark.parametrize("size", [1, 7, 64, 10_000])
+def test_events_pass_through_unchanged_whatever_the_split(size: int) -> None:
+    relay = SSERelay(include_usage=True, cost=cost)
+    out = run(relay, STREAM, size)
+
+    def without_usage(data: bytes) -> list[bytes]:
+        return [e for e in data.split(b"\n\n") if b'"usage":{' not in e]
+
+    assert without_usage(out) == without_usage(STREAM)
+    assert relay.done and relay.content_seen
+
+
+def test_usage_event_gains_cost_when_the_client_asked() -> None:
+    relay = SSERelay(include_usage=True, cost=cost)
+    out = run(relay, STREAM, 10_000)
+    usage_event = next(e for e in out.split(b"\n\n") if b'"usage":{' in e)
+    assert orjson.loads(usage_event[6:])["usage"]["cost"] == pytest.approx(0.006)
+
+
+def test_usage_event_is_withheld_when_the_client_did_not_ask() -> None:
+    relay = SSERelay(include_usage=False, cost=cost)
+    out = run(relay, STREAM, 10_000)
+    assert b'"usage":{' not in out and out.endswith(b"data: [DONE]\n\n")
+    assert relay.usage is not None and relay.usage["cost"] == pytest.approx(0.006)
+
+
+def test_role_only_chunk_is_not_content() -> None:
+    relay = SSERelay(include_usage=False, cost=cost)
+    relay.feed(chunk(role=True))
+    assert not relay.content_seen
+    relay.feed(chunk("x"))
+    assert relay.content_seen
+
+
+def test_crlf_framing_and_comments_are_accepted() -> None:
+    relay = SSERelay(include_usage=False, cost=cost)
+    out = run(relay, b": keep-alive\r\n\r\n" + STREAM.replace(b"\n", b"\r\n"), 13)
+    assert b"Hel" in out and relay.done
+
+
+@pytest.mark.parametrize(
+    ("bad", "kind"),
+    [
+        pytest.param(b"this is not sse\n\n", "protocol", id="malformed-line"),
+        pytest.param(b'data: {"id": "x", "choices": [\n\n', "protocol", id="invalid-json"),
+        pytest.param(b"data: [1, 2]\n\n", "protocol", id="json-not-object"),
+        pytest.param(
+            b'data: {"error": {"message": "overloaded"}}\n\n', "server", id="in-band-error"
+        ),
+        pytest.param(b'event: error\ndata: {"x": 1}\n\n', "server", id="error-event-type"),
+    ],
+)
+def test_broken_events_raise_instead_of_being_forwarded(bad: bytes, kind: str) -> None:
+    relay = SSERelay(include_usage=False, cost=cost)
+    relay.feed(chunk("ok"))
+    with pytest.raises(UpstreamError) as err:
+        relay.feed(bad)
+    assert err.value.kind == kind
+
+
+def test_stream_ending_without_done_is_not_complete() -> None:
+    relay = SSERelay(include_usage=False, cost=cost)
+    relay.feed(chunk("partial"))
+    with pytest.raises(UpstreamError):
+        relay.finish()
+
+
+def test_stream_ending_inside_an_event_is_not_complete() -> None:
+    relay = SSERelay(include_usage=False, cost=cost)
+    relay.feed(chunk("x") + b"data: [DONE]\n\n" + b'data: {"trailing')
+    with pytest.raises(UpstreamError):
+        relay.finish()
+
+
+def test_an_endless_event_is_refused_rather_than_buffered() -> None:
+    relay = SSERelay(include_usage=False, cost=cost)
+    with pytest.raises(UpstreamError):
+        for _ in range(300):
+            relay.feed(b"data: " + b"x" * 4096)
