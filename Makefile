@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
+SRC := proxy probes tests $(wildcard benchmarks)
 
 .PHONY: serve test lint typecheck pytest bench clean
 
@@ -24,8 +25,8 @@ serve: $(VENV)/.installed
 	$(BIN)/model-router serve --demo --host $(HOST) --port $(PORT)
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff format --check proxy probes tests benchmarks
-	$(BIN)/ruff check proxy probes tests benchmarks
+	$(BIN)/ruff format --check $(SRC)
+	$(BIN)/ruff check $(SRC)
 
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy --strict proxy probes
