@@ -126,6 +126,7 @@ def build_provider(
     key: str | None,
     sessions: Mapping[str, aiohttp.ClientSession],
     aws_credentials: dict[str, str] | None,
+    timeouts: tuple[float, float] = (5.0, 60.0),
 ) -> Provider:
     if pc.kind == "openai":
         return OpenAIProvider(
@@ -140,7 +141,12 @@ def build_provider(
     from .providers.bedrock import BedrockProvider
 
     return BedrockProvider(
-        pc.name, region=pc.region, endpoint_url=pc.endpoint_url or None, credentials=aws_credentials
+        pc.name,
+        region=pc.region,
+        endpoint_url=pc.endpoint_url or None,
+        credentials=aws_credentials,
+        connect_timeout_s=timeouts[0],
+        read_timeout_s=timeouts[1],
     )
 
 
@@ -214,6 +220,7 @@ def build_router(
             DEMO_KEY if demo else provider_key(pc, environ),
             sessions,
             aws_credentials_from(environ, demo),
+            (config.server.connect_timeout_s, config.server.upstream_idle_s),
         )
         for name, pc in enabled.items()
     }

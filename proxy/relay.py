@@ -36,6 +36,8 @@ def _is_content(obj: dict[str, Any]) -> bool:
             or delta.get("tool_calls")
             or delta.get("refusal")
             or delta.get("function_call")
+            # Reasoning models think first; their first thought is their first sign of life.
+            or delta.get("reasoning_content")
         ):
             return True
     return False

@@ -14,15 +14,20 @@ from proxy.providers.anthropic_wire import (
     SSEDecoder,
     error_kind,
     from_anthropic_response,
-    json_tool_name,
     to_anthropic_request,
     upstream_error,
 )
 from proxy.providers.base import UnsupportedFeatureError, UpstreamError
-from tests.openapi_nullable import assert_chunks_valid, assert_valid
+from proxy.providers.translate import json_tool_name
+from tests.openapi_schema import assert_valid
 
 PNG = "iVBORw0KGgo="
 USER = {"role": "user", "content": "hi"}
+
+
+def assert_chunks_valid(chunks: list[dict[str, Any]]) -> None:
+    for chunk in chunks:
+        assert_valid("CreateChatCompletionStreamResponse", chunk)
 
 
 def body(**fields: Any) -> dict[str, Any]:
@@ -272,6 +277,7 @@ UNSUPPORTED = [
     pytest.param(body(reasoning_effort="high"), "reasoning_effort", id="reasoning_effort"),
     pytest.param(body(temperature=1.5), "temperature", id="temperature-above-1"),
     pytest.param(body(max_tokens=0), "max_tokens", id="max-tokens-zero"),
+    pytest.param(body(temperature="hot"), "temperature", id="temperature-not-a-number"),
     pytest.param(
         body(response_format={"type": "json_object"}, tools=[TOOL]),
         "response_format",
@@ -688,10 +694,10 @@ def test_sse_decoder_handles_any_split(size: int) -> None:
 
 def test_sse_decoder_refuses_lines_that_are_not_sse() -> None:
     with pytest.raises(UpstreamError) as caught:
-        SSEDecoder().feed(b"this line is not server-sent events\n\n")
+        list(SSEDecoder().feed(b"this line is not server-sent events\n\n"))
     assert caught.value.kind == "protocol"
 
 
 def test_sse_decoder_bounds_a_line_without_newline() -> None:
     with pytest.raises(UpstreamError):
-        SSEDecoder(max_line=100).feed(b"data: " + b"x" * 200)
+        list(SSEDecoder(max_line=100).feed(b"data: " + b"x" * 200))

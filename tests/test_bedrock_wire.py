@@ -20,7 +20,7 @@ from proxy.providers.bedrock_wire import (
     to_converse_request,
     upstream_error,
 )
-from tests.openapi_nullable import assert_chunks_valid, assert_valid
+from tests.openapi_schema import assert_valid
 
 MODEL = "us.anthropic.claude-3-5-haiku-20241022-v1:0"
 PNG = "iVBORw0KGgo="
@@ -30,6 +30,11 @@ TOOL = {
     "type": "function",
     "function": {"name": "f", "description": "d", "parameters": {"type": "object"}},
 }
+
+
+def assert_chunks_valid(chunks: list[dict[str, Any]]) -> None:
+    for chunk in chunks:
+        assert_valid("CreateChatCompletionStreamResponse", chunk)
 
 
 def body(**fields: Any) -> dict[str, Any]:
@@ -203,6 +208,47 @@ REQUESTS = [
         {"modelId": MODEL},
         id="no-op-values-accepted",
     ),
+    pytest.param(
+        body(
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "place", "schema": {"type": "object", "required": ["c"]}},
+            }
+        ),
+        {
+            "toolConfig": {
+                "tools": [
+                    {
+                        "toolSpec": {
+                            "name": "place",
+                            "inputSchema": {"json": {"type": "object", "required": ["c"]}},
+                            "description": "Answer with JSON matching the schema.",
+                        }
+                    }
+                ],
+                "toolChoice": {"tool": {"name": "place"}},
+            }
+        },
+        id="json-schema-as-forced-tool",
+    ),
+    pytest.param(
+        body(response_format={"type": "json_object"}),
+        {
+            "toolConfig": {
+                "tools": [
+                    {
+                        "toolSpec": {
+                            "name": "json_response",
+                            "inputSchema": {"json": {"type": "object"}},
+                            "description": "Answer with a JSON object.",
+                        }
+                    }
+                ],
+                "toolChoice": {"tool": {"name": "json_response"}},
+            }
+        },
+        id="json-object-as-forced-tool",
+    ),
 ]
 
 
@@ -220,12 +266,19 @@ UNSUPPORTED = [
     pytest.param(body(logprobs=True), "logprobs", id="logprobs"),
     pytest.param(body(presence_penalty=0.2), "presence_penalty", id="presence_penalty"),
     pytest.param(
-        body(response_format={"type": "json_object"}), "response_format", id="json_object"
+        body(response_format={"type": "json_object"}, tools=[TOOL]),
+        "response_format",
+        id="json-and-tools",
     ),
     pytest.param(
-        body(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}),
+        body(
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "array"}},
+            }
+        ),
         "response_format",
-        id="json_schema",
+        id="json-schema-array-root",
     ),
     pytest.param(
         body(tools=[TOOL], parallel_tool_calls=False), "parallel_tool_calls", id="serial-tools"
@@ -410,6 +463,15 @@ def test_reasoning_blocks_become_reasoning_content() -> None:
     assert out["choices"][0]["message"]["content"] == "42"
 
 
+def test_forced_json_tool_comes_back_as_content() -> None:
+    content = [{"toolUse": {"toolUseId": "t", "name": "place", "input": {"c": "Rome"}}}]
+    raw = answer(content, "tool_use")
+    out = from_converse_response(raw, id="c", created=1, model=MODEL, json_tool="place")
+    assert out["choices"][0]["message"]["content"] == '{"c":"Rome"}'
+    assert "tool_calls" not in out["choices"][0]["message"]
+    assert out["choices"][0]["finish_reason"] == "stop"
+
+
 def test_an_answer_without_output_is_a_protocol_error() -> None:
     with pytest.raises(UpstreamError) as caught:
         from_converse_response({"stopReason": "end_turn"}, id="c", created=1, model=MODEL)
@@ -509,6 +571,24 @@ def test_tool_use_stream_gives_incremental_tool_call_deltas() -> None:
     assert chunks[-1]["usage"]["prompt_tokens"] == 150
     assert chunks[-1]["usage"]["completion_tokens"] == 64
     assert chunks[-1]["usage"]["prompt_tokens_details"]["cached_tokens"] == 30
+
+
+def test_forced_json_tool_streams_as_content() -> None:
+    start = {"toolUse": {"toolUseId": "t", "name": "place"}}
+    events = [
+        {"messageStart": {"role": "assistant"}},
+        {"contentBlockStart": {"contentBlockIndex": 0, "start": start}},
+        {"contentBlockDelta": {"contentBlockIndex": 0, "delta": {"toolUse": {"input": '{"c": '}}}},
+        {"contentBlockDelta": {"contentBlockIndex": 0, "delta": {"toolUse": {"input": '"Rome"}'}}}},
+        {"messageStop": {"stopReason": "tool_use"}},
+        metadata(4, 6),
+    ]
+    t = ConverseStreamTranslator(id="c", model=MODEL, created=1, json_tool="place")
+    chunks = [c for e in events for c in t.feed(e)]
+    assert_chunks_valid(chunks)
+    assert "".join(d.get("content") or "" for d in deltas(chunks)) == '{"c": "Rome"}'
+    assert not any("tool_calls" in d for d in deltas(chunks))
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
 
 
 def test_reasoning_deltas_pass_as_reasoning_content() -> None:

@@ -17,13 +17,12 @@ from .anthropic_wire import (
     AnthropicStreamTranslator,
     SSEDecoder,
     from_anthropic_response,
-    json_tool_name,
     to_anthropic_request,
     upstream_error,
 )
 from .base import UnsupportedFeatureError, UpstreamError, UpstreamRequest
 from .openai import parse_retry_after, transport_error
-from .translate import DONE, sse
+from .translate import DONE, json_tool_name, sse
 
 ERROR_BODY_LIMIT = 64 * 1024
 
@@ -55,7 +54,14 @@ class AnthropicStream:
                         raise UpstreamError("protocol", "anthropic stream: invalid JSON") from None
                     if not isinstance(event, dict):
                         raise UpstreamError("protocol", "anthropic stream: event is not an object")
-                    for chunk in translator.feed(event):
+                    try:
+                        chunks = translator.feed(event)
+                    except (TypeError, ValueError, AttributeError):
+                        kind = event.get("type")
+                        raise UpstreamError(
+                            "protocol", f"anthropic: malformed {kind} event"
+                        ) from None
+                    for chunk in chunks:
                         yield sse(chunk)
                     if translator.done:
                         yield DONE
@@ -157,6 +163,9 @@ class AnthropicProvider:
             raise UpstreamError("protocol", "anthropic answer is not JSON") from None
         if not isinstance(parsed, dict):
             raise UpstreamError("protocol", "anthropic answer is not an object")
-        return from_anthropic_response(
-            parsed, created=int(time.time()), json_tool=json_tool_name(request.body)
-        )
+        try:
+            return from_anthropic_response(
+                parsed, created=int(time.time()), json_tool=json_tool_name(request.body)
+            )
+        except (TypeError, ValueError, AttributeError):
+            raise UpstreamError("protocol", "anthropic answer is malformed") from None

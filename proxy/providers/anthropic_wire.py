@@ -1,13 +1,14 @@
 """Anthropic Messages <-> OpenAI Chat Completions: requests, answers, stream events, errors.
 
 Pure translation, no I/O. ``response_format`` (json_object / json_schema) is served with a
-forced tool whose input is the JSON answer; the translators turn that tool's input back into
-message content, so the client sees ordinary JSON text with ``finish_reason: "stop"``.
+forced tool whose input is the JSON answer (``translate.json_response_tool``); the
+translators turn that tool's input back into message content, so the client sees ordinary
+JSON text with ``finish_reason: "stop"``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import orjson
@@ -23,6 +24,7 @@ from .translate import (
     completion,
     conversation,
     function_tools,
+    json_response_tool,
     max_tokens_of,
     stop_list,
     tool_call,
@@ -31,7 +33,6 @@ from .translate import (
 )
 
 WIRE = "the Anthropic Messages API"
-DEFAULT_JSON_TOOL = "json_response"
 
 STOP_REASONS: Mapping[str, str] = {
     "end_turn": "stop",
@@ -117,44 +118,6 @@ def _block(part: Part) -> dict[str, Any]:
     return {"type": "tool_result", "tool_use_id": part.tool_use_id, "content": part.text}
 
 
-def _json_tool(body: Mapping[str, Any]) -> dict[str, Any] | None:
-    fmt = body.get("response_format")
-    if fmt is None:
-        return None
-    kind = fmt.get("type") if isinstance(fmt, dict) else None
-    if kind == "text":
-        return None
-    if body.get("tools"):
-        raise UnsupportedFeatureError(
-            "response_format", f"response_format {kind} cannot be combined with tools on {WIRE}"
-        )
-    if kind == "json_object":
-        return {
-            "name": DEFAULT_JSON_TOOL,
-            "description": "Answer with a JSON object.",
-            "input_schema": {"type": "object"},
-        }
-    if kind == "json_schema" and isinstance(fmt, dict):
-        spec = fmt.get("json_schema") or {}
-        schema = spec.get("schema") or {"type": "object"}
-        if not isinstance(schema, dict) or schema.get("type") != "object":
-            raise UnsupportedFeatureError(
-                "response_format", f"{WIRE} needs a json_schema whose root is an object"
-            )
-        return {
-            "name": str(spec.get("name") or DEFAULT_JSON_TOOL),
-            "description": str(spec.get("description") or "Answer with JSON matching the schema."),
-            "input_schema": schema,
-        }
-    raise UnsupportedFeatureError("response_format", f"response_format {kind!r} is not supported")
-
-
-def json_tool_name(body: Mapping[str, Any]) -> str | None:
-    """The forced tool that carries a ``response_format`` JSON answer, if one was asked for."""
-    tool = _json_tool(body)
-    return str(tool["name"]) if tool is not None else None
-
-
 def to_anthropic_request(
     body: Mapping[str, Any], *, default_max_tokens: int = 4096
 ) -> dict[str, Any]:
@@ -164,7 +127,11 @@ def to_anthropic_request(
     """
     check_fields(body, WIRE, extra=frozenset({"top_k"}))
     temperature = body.get("temperature")
-    if temperature is not None and not 0 <= temperature <= 1:
+    if temperature is not None and (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, int | float)
+        or not 0 <= temperature <= 1
+    ):
         raise UnsupportedFeatureError("temperature", f"{WIRE} accepts temperature from 0 to 1")
     conv = conversation(body)
     out: dict[str, Any] = {
@@ -190,9 +157,15 @@ def to_anthropic_request(
         for t in function_tools(body)
     ]
     choice = tool_choice_of(body)
-    if (json_tool := _json_tool(body)) is not None:
-        out["tools"] = [json_tool]
-        out["tool_choice"] = {"type": "tool", "name": json_tool["name"]}
+    if (forced := json_response_tool(body, WIRE)) is not None:
+        out["tools"] = [
+            {
+                "name": forced.name,
+                "description": forced.description,
+                "input_schema": forced.parameters,
+            }
+        ]
+        out["tool_choice"] = {"type": "tool", "name": forced.name}
     elif tools:
         out["tools"] = tools
         tc: dict[str, Any] = {
@@ -266,15 +239,15 @@ class SSEDecoder:
         self._data: list[bytes] = []
         self.max_line = max_line
 
-    def feed(self, data: bytes) -> list[tuple[str, bytes]]:
+    def feed(self, data: bytes) -> Iterator[tuple[str, bytes]]:
+        """Events completed by ``data``, lazily: those before a bad line still come out."""
         self._buf += data
-        events: list[tuple[str, bytes]] = []
         while (nl := self._buf.find(b"\n")) >= 0:
             line = self._buf[:nl].rstrip(b"\r")
             self._buf = self._buf[nl + 1 :]
             if not line:
                 if self._data:
-                    events.append((self._event, b"\n".join(self._data)))
+                    yield self._event, b"\n".join(self._data)
                 self._event, self._data = "", []
                 continue
             name, colon, value = line.partition(b":")
@@ -289,7 +262,6 @@ class SSEDecoder:
                 raise UpstreamError("protocol", "anthropic stream: a line that is not SSE")
         if len(self._buf) > self.max_line:
             raise UpstreamError("protocol", "anthropic stream: an SSE line is too long")
-        return events
 
 
 class AnthropicStreamTranslator:

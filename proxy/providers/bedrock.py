@@ -37,7 +37,7 @@ from .bedrock_wire import (
     to_converse_request,
     upstream_error,
 )
-from .translate import DONE, sse
+from .translate import DONE, json_tool_name, sse
 
 SERVICE = "bedrock-runtime"
 CREDENTIAL_KEYS = frozenset({"aws_access_key_id", "aws_secret_access_key", "aws_session_token"})
@@ -89,7 +89,13 @@ class BedrockStream:
         translator = self._translator
         try:
             async for event in self._events:
-                for chunk in translator.feed(event):
+                try:
+                    chunks = translator.feed(event)
+                except (TypeError, ValueError, AttributeError):
+                    raise UpstreamError(
+                        "protocol", f"bedrock: malformed {list(event)} event"
+                    ) from None
+                for chunk in chunks:
                     yield sse(chunk)
         except _FAILURES as exc:
             raise _failure(exc, mid_stream=True) from None
@@ -191,7 +197,10 @@ class BedrockProvider:
         except _FAILURES as exc:
             raise _failure(exc) from None
         translator = ConverseStreamTranslator(
-            id=self._id(resp), model=request.upstream_id, created=int(time.time())
+            id=self._id(resp),
+            model=request.upstream_id,
+            created=int(time.time()),
+            json_tool=json_tool_name(request.body),
         )
         return BedrockStream(resp["stream"], translator)
 
@@ -201,6 +210,13 @@ class BedrockProvider:
             resp = await self._client.converse(**kwargs)
         except _FAILURES as exc:
             raise _failure(exc) from None
-        return from_converse_response(
-            resp, id=self._id(resp), created=int(time.time()), model=request.upstream_id
-        )
+        try:
+            return from_converse_response(
+                resp,
+                id=self._id(resp),
+                created=int(time.time()),
+                model=request.upstream_id,
+                json_tool=json_tool_name(request.body),
+            )
+        except (TypeError, ValueError, AttributeError):
+            raise UpstreamError("protocol", "bedrock answer is malformed") from None

@@ -2,7 +2,9 @@
 
 Pure translation, no I/O: requests become keyword arguments for ``converse`` /
 ``converse_stream``; parsed answers and stream events become OpenAI objects; botocore error
-codes become failure classes.
+codes become failure classes. ``response_format`` JSON is a forced tool, as for Anthropic;
+Bedrock accepts a forced tool (``toolChoice.tool``) only for some models (Claude, Mistral
+Large, Nova), so the catalog should claim "json" only for those.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from .translate import (
     completion,
     conversation,
     function_tools,
+    json_response_tool,
     max_tokens_of,
     stop_list,
     tool_call,
@@ -134,11 +137,6 @@ def _block(part: Part) -> dict[str, Any]:
 def to_converse_request(upstream_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
     """OpenAI chat body -> ``converse(**kwargs)``. Raises UnsupportedFeatureError naming a field."""
     check_fields(body, WIRE)
-    fmt = body.get("response_format")
-    if fmt is not None and (fmt.get("type") if isinstance(fmt, dict) else fmt) != "text":
-        raise UnsupportedFeatureError(
-            "response_format", f"response_format is not supported by {WIRE}"
-        )
     if body.get("parallel_tool_calls") is False:
         raise UnsupportedFeatureError("parallel_tool_calls", f"{WIRE} cannot forbid parallel calls")
     conv = conversation(body)
@@ -160,6 +158,8 @@ def to_converse_request(upstream_id: str, body: Mapping[str, Any]) -> dict[str, 
         out["inferenceConfig"] = inference
     tools = function_tools(body)
     choice = tool_choice_of(body)
+    if (forced := json_response_tool(body, WIRE)) is not None:
+        tools, choice = [forced], forced.name
     if tools and choice == "none":
         if conv.uses_tools:  # Converse wants toolConfig whenever the history holds tool blocks
             raise UnsupportedFeatureError("tool_choice", f"{WIRE} has no tool_choice 'none'")
@@ -190,7 +190,7 @@ def _usage_of(u: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def from_converse_response(
-    resp: Mapping[str, Any], *, id: str, created: int, model: str
+    resp: Mapping[str, Any], *, id: str, created: int, model: str, json_tool: str | None = None
 ) -> dict[str, Any]:
     """A parsed ``converse`` answer -> ``chat.completion``."""
     message = (resp.get("output") or {}).get("message")
@@ -207,18 +207,24 @@ def from_converse_response(
         elif "toolUse" in block:
             use = block["toolUse"]
             args = orjson.dumps(use.get("input") or {}).decode()
-            calls.append(tool_call(str(use.get("toolUseId")), str(use.get("name")), args))
+            if json_tool is not None and use.get("name") == json_tool:
+                texts.append(args)
+            else:
+                calls.append(tool_call(str(use.get("toolUseId")), str(use.get("name")), args))
         elif "reasoningContent" in block:
             reasoning.append(
                 str((block["reasoningContent"].get("reasoningText") or {}).get("text", ""))
             )
+    finish = STOP_REASONS.get(str(resp.get("stopReason")), "stop")
+    if json_tool is not None and finish == "tool_calls":
+        finish = "stop"
     return completion(
         id=id,
         created=created,
         model=model,
         text="".join(texts) if texts or not calls else None,
         tool_calls=calls,
-        finish_reason=STOP_REASONS.get(str(resp.get("stopReason")), "stop"),
+        finish_reason=finish,
         usage=_usage_of(resp.get("usage") or {}),
         reasoning="".join(reasoning) or None,
     )
@@ -233,11 +239,14 @@ class ConverseStreamTranslator:
     ``delta.reasoning_content``, the field vLLM and DeepSeek's own API use.
     """
 
-    __slots__ = ("_maker", "_tools", "done")
+    __slots__ = ("_calls", "_json_tool", "_maker", "_tools", "done")
 
-    def __init__(self, *, id: str, model: str, created: int) -> None:
+    def __init__(self, *, id: str, model: str, created: int, json_tool: str | None = None) -> None:
         self._maker = ChunkMaker(id, created, model)
-        self._tools: dict[int, int] = {}  # contentBlockIndex -> tool call index
+        self._json_tool = json_tool
+        # contentBlockIndex -> tool call index; None for the forced JSON tool (its input is text)
+        self._tools: dict[int, int | None] = {}
+        self._calls = 0
         self.done = False
 
     def feed(self, event: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -248,7 +257,12 @@ class ConverseStreamTranslator:
             use = (start.get("start") or {}).get("toolUse")
             if use is None:
                 return []
-            index = self._tools[int(start.get("contentBlockIndex", 0))] = len(self._tools)
+            block_index = int(start.get("contentBlockIndex", 0))
+            if self._json_tool is not None and use.get("name") == self._json_tool:
+                self._tools[block_index] = None
+                return []
+            index = self._tools[block_index] = self._calls
+            self._calls += 1
             first = {"index": index, "id": str(use.get("toolUseId", "")), "type": "function"}
             first["function"] = {"name": str(use.get("name", "")), "arguments": ""}
             return [m.chunk({"tool_calls": [first]})]
@@ -256,7 +270,10 @@ class ConverseStreamTranslator:
             return self._delta(block)
         if (stop := event.get("messageStop")) is not None:
             self.done = True
-            return [m.chunk({}, STOP_REASONS.get(str(stop.get("stopReason")), "stop"))]
+            finish = STOP_REASONS.get(str(stop.get("stopReason")), "stop")
+            if self._json_tool is not None and finish == "tool_calls":
+                finish = "stop"
+            return [m.chunk({}, finish)]
         if (meta := event.get("metadata")) is not None:
             return [m.usage_chunk(_usage_of(meta.get("usage") or {}))]
         return []  # contentBlockStop, and event types added after this was written
@@ -269,12 +286,15 @@ class ConverseStreamTranslator:
         if "text" in delta:
             return [m.chunk({"content": str(delta["text"])})]
         if "toolUse" in delta:
-            call = self._tools.get(int(block.get("contentBlockIndex", 0)))
-            partial = str((delta["toolUse"] or {}).get("input", ""))
-            if call is None:
+            index = int(block.get("contentBlockIndex", 0))
+            if index not in self._tools:
                 raise UpstreamError("protocol", "bedrock stream: toolUse delta before its start")
+            partial = str((delta["toolUse"] or {}).get("input", ""))
+            call = self._tools[index]
             if not partial:
                 return []
+            if call is None:
+                return [m.chunk({"content": partial})]
             return [m.chunk({"tool_calls": [{"index": call, "function": {"arguments": partial}}]})]
         if "reasoningContent" in delta:
             text = (delta["reasoningContent"] or {}).get("text")

@@ -313,6 +313,40 @@ def function_tools(body: Mapping[str, Any]) -> list[FunctionTool]:
     return out
 
 
+DEFAULT_JSON_TOOL = "json_response"
+
+
+def json_response_tool(body: Mapping[str, Any], wire: str) -> FunctionTool | None:
+    """``response_format`` json_object / json_schema as a tool the model is forced to call;
+    its input is the JSON answer. None for text (or no) response_format."""
+    fmt = body.get("response_format")
+    kind = fmt.get("type") if isinstance(fmt, dict) else fmt
+    if kind in (None, "text"):
+        return None
+    if body.get("tools"):
+        raise UnsupportedFeatureError(
+            "response_format", f"response_format {kind} cannot be combined with tools on {wire}"
+        )
+    if kind == "json_object":
+        return FunctionTool(DEFAULT_JSON_TOOL, "Answer with a JSON object.", {"type": "object"})
+    if kind == "json_schema" and isinstance(fmt, dict):
+        spec = fmt.get("json_schema") or {}
+        schema = spec.get("schema") or {"type": "object"}
+        if not isinstance(schema, dict) or schema.get("type") != "object":
+            raise UnsupportedFeatureError(
+                "response_format", f"{wire} needs a json_schema whose root is an object"
+            )
+        description = str(spec.get("description") or "Answer with JSON matching the schema.")
+        return FunctionTool(str(spec.get("name") or DEFAULT_JSON_TOOL), description, schema)
+    raise UnsupportedFeatureError("response_format", f"response_format {kind!r} is not supported")
+
+
+def json_tool_name(body: Mapping[str, Any]) -> str | None:
+    """The forced tool that carries a ``response_format`` JSON answer, if one was asked for."""
+    tool = json_response_tool(body, "this upstream")
+    return tool.name if tool is not None else None
+
+
 ToolChoice = Literal["auto", "none", "required"] | str
 
 

@@ -218,5 +218,10 @@ async def messages(request: web.Request) -> web.StreamResponse:
 
 
 def add_anthropic_routes(app: web.Application) -> None:
-    """Register the Anthropic wire on a simulator app (one that holds ``SIM_STATE``)."""
+    """Register the Anthropic wire on a simulator app (one that holds ``SIM_STATE``).
+
+    Idempotent, so tests may call it whether or not ``make_sim_app`` already did.
+    """
+    if any(r.canonical == "/v1/messages" for r in app.router.resources()):
+        return
     app.router.add_post("/v1/messages", messages)

@@ -229,7 +229,10 @@ async def converse_stream(request: web.Request) -> web.StreamResponse:
 def add_bedrock_routes(app: web.Application) -> None:
     """Register the Bedrock wire on a simulator app (one that holds ``SIM_STATE``).
 
-    Model and inference-profile ids hold ':' and '/', hence the greedy patterns.
+    Model and inference-profile ids hold ':' and '/', hence the greedy patterns. Idempotent,
+    so tests may call it whether or not ``make_sim_app`` already did.
     """
+    if any(r.canonical == "/model/{model_id}/converse" for r in app.router.resources()):
+        return
     app.router.add_post("/model/{model_id:.+}/converse", converse)
     app.router.add_post("/model/{model_id:.+}/converse-stream", converse_stream)

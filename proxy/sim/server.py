@@ -428,6 +428,12 @@ def make_sim_app(state: SimState) -> web.Application:
     app.router.add_post("/_sim/fault", control_fault)
     app.router.add_post("/_sim/reset", control_reset)
     app.router.add_get("/_sim/stats", control_stats)
+    # Imported here: the wire modules import this one for the pacing and fault helpers.
+    from .anthropic_wire import add_anthropic_routes
+    from .bedrock_wire import add_bedrock_routes
+
+    add_anthropic_routes(app)
+    add_bedrock_routes(app)
     return app
 
 
