@@ -83,16 +83,18 @@ def how_to_enable(config: Config) -> str:
 
 
 def demo_config(config: Config, sim_url: str) -> Config:
-    """Every provider pointed at the local simulator; the catalog is unchanged."""
+    """Every provider pointed at the local simulator (unless the config disabled it); the
+    catalog is unchanged."""
     providers = {}
     for name, pc in config.providers.items():
+        on = pc.enabled is not False
         if pc.kind == "openai":
-            providers[name] = replace(pc, base_url=f"{sim_url}/v1", enabled=True)
+            providers[name] = replace(pc, base_url=f"{sim_url}/v1", enabled=on)
         elif pc.kind == "anthropic":
-            providers[name] = replace(pc, base_url=sim_url, enabled=True)
+            providers[name] = replace(pc, base_url=sim_url, enabled=on)
         else:
             providers[name] = replace(
-                pc, endpoint_url=sim_url, region=pc.region or "us-east-1", enabled=True
+                pc, endpoint_url=sim_url, region=pc.region or "us-east-1", enabled=on
             )
     return config.with_providers(providers)
 
