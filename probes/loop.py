@@ -12,11 +12,18 @@ Scheduling, per key, evaluated on every wake-up:
 - OPEN: not probed; due when its breaker's open period ends.
 - HALF_OPEN: probed at once, then every ``half_open_gap_s`` until the breaker decides.
 The loop sleeps until the earliest due time, never longer than ``max_sleep_s`` so that
-``set_keys`` and breaker changes are picked up promptly.
+``set_keys`` and breaker changes are picked up promptly, and while a probe is in flight never
+longer than the shortest gap after which it could be due again.
 
 Spend: each probe sent adds ``cost_per_probe[key]`` (0 when absent) to today's total; the day
 is the UTC calendar day of ``wall_clock``. A probe that would take the total past
-``max_daily_spend_usd`` is skipped (and counted) until the next UTC midnight.
+``max_daily_spend_usd`` is skipped (and counted) until the next UTC midnight. The cap is a
+backstop: ``paced_interval_s`` picks an interval whose full day of probing fits under it, so
+probing slows down instead of stopping at mid-morning.
+
+A probe that times out feeds ``timeout_s`` to the table as a (censored) sample, as a live
+request that misses its deadline does: a deployment that stops answering must not keep its
+old, fast estimate while its breaker counts up.
 """
 
 from __future__ import annotations
@@ -53,6 +60,20 @@ class ProbeFailed(Exception):
         super().__init__(message or kind)
         self.kind = kind
         self.retry_after_s = retry_after_s
+
+
+def paced_interval_s(
+    cost_per_round_usd: float, interval_s: float, max_daily_spend_usd: float, headroom: float = 0.9
+) -> float:
+    """``interval_s``, or longer if probing every deployment that often all day would spend more
+    than ``headroom`` of the daily cap (the rest is left for half-open probing, which does not
+    wait for the interval). A cap of 0 is left to the per-probe check: nothing is spent."""
+    if not (interval_s > 0 and cost_per_round_usd >= 0 and max_daily_spend_usd >= 0):
+        raise ValueError("interval_s must be > 0; cost and cap must be >= 0")
+    if cost_per_round_usd == 0 or max_daily_spend_usd == 0:
+        return interval_s
+    rounds_per_day = headroom * max_daily_spend_usd / cost_per_round_usd
+    return max(interval_s, _DAY_S / rounds_per_day)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +173,10 @@ class ProbeLoop:
         self._last_run: dict[str, float] = {}
         self.set_keys(cost_per_probe.keys(), cost_per_probe)
 
+    @property
+    def settings(self) -> ProbeSettings:
+        return self._settings
+
     def set_keys(self, keys: Iterable[str], cost_per_probe: Mapping[str, float]) -> None:
         """Replace the probed deployments (config reload). Known keys keep their schedule."""
         wanted = list(dict.fromkeys(keys))
@@ -223,8 +248,11 @@ class ProbeLoop:
             async with asyncio.timeout(self._settings.timeout_s):
                 ttft_ms = await self._send(key)
         except ProbeFailed as exc:
+            if exc.kind == "timeout":
+                self._table.observe(key, self._settings.timeout_s * 1000.0, "probe")
             self._fail(key, exc.kind, exc.retry_after_s)
         except TimeoutError:
+            self._table.observe(key, self._settings.timeout_s * 1000.0, "probe")
             self._fail(key, "timeout", None)
         except OSError:
             self._fail(key, "connect", None)
@@ -246,10 +274,13 @@ class ProbeLoop:
     def _tick(self) -> float:
         """Launch every due probe; return how long to sleep."""
         now = self._clock()
-        earliest = now + self._settings.max_sleep_s
+        s = self._settings
+        earliest = now + s.max_sleep_s
         due: list[tuple[float, str]] = []
+        busy = False
         for key, sched in self._keys.items():
             if sched.in_flight:
+                busy = True
                 continue
             at = self._due(key, sched, now)
             if at <= now:
@@ -258,6 +289,11 @@ class ProbeLoop:
                 earliest = min(earliest, at)
         for _, key in sorted(due):
             self._launch(key)
+        if busy or due:
+            # A probe in flight is next due no sooner than this after it ends, so waking this
+            # often never misses it, whereas sleeping the full max_sleep_s would stretch short
+            # intervals to max_sleep_s.
+            earliest = min(earliest, now + min(s.interval_s * (1 - s.jitter), s.half_open_gap_s))
         return max(_MIN_SLEEP_S, earliest - now)
 
     def _due(self, key: str, sched: _Schedule, now: float) -> float:

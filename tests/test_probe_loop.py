@@ -15,7 +15,7 @@ import pytest
 
 from probes.breaker import BreakerBoard, BreakerPolicy, State
 from probes.latency import LatencyTable
-from probes.loop import ProbeFailed, ProbeLoop, ProbeSettings
+from probes.loop import ProbeFailed, ProbeLoop, ProbeSettings, paced_interval_s
 
 MIDNIGHT = datetime(2025, 3, 2, tzinfo=UTC).timestamp()
 
@@ -420,3 +420,73 @@ async def test_a_nonsense_ttft_counts_as_a_protocol_failure() -> None:
 def test_settings_reject_nonsense(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="invalid ProbeSettings"):
         ProbeSettings(**bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("per_round", "interval_s", "cap", "expected"),
+    [
+        pytest.param(0.001, 30.0, 10.0, 30.0, id="fits-the-cap"),
+        # 2880 rounds a day at $0.001 is $2.88; 90 % of $1 buys 900 rounds: one per 96 s.
+        pytest.param(0.001, 30.0, 1.0, 96.0, id="stretched-to-fit"),
+        pytest.param(0.0, 30.0, 1.0, 30.0, id="free-probes"),
+        pytest.param(0.001, 30.0, 0.0, 30.0, id="zero-cap-left-to-the-budget-check"),
+    ],
+)
+def test_paced_interval_keeps_a_full_day_of_probing_under_the_cap(
+    per_round: float, interval_s: float, cap: float, expected: float
+) -> None:
+    assert paced_interval_s(per_round, interval_s, cap) == pytest.approx(expected)
+
+
+async def test_a_paced_loop_probes_all_day_without_hitting_the_cap() -> None:
+    clock = FakeTime()
+    send = Recorder(clock)
+    costs = {"a": 0.0006, "b": 0.0004}
+    interval = paced_interval_s(sum(costs.values()), 30.0, 1.0)
+    loop, _, _ = build(
+        clock,
+        send,
+        costs,
+        wall=lambda: MIDNIGHT + clock.now,
+        interval_s=interval,
+        jitter=0.2,
+        max_sleep_s=10.0,
+    )
+    await run_for(loop, clock, 86_000.0)
+    stats = loop.stats()
+    assert stats.skipped_for_budget == 0
+    assert 0.8 < stats.spend_today_usd <= 1.0
+    assert send.times("a")[-1] > 80_000.0  # still probing late in the day
+
+
+async def test_a_probe_timeout_feeds_the_table_a_censored_sample() -> None:
+    async def send(key: str) -> float:
+        if key == "sdk":
+            raise ProbeFailed("timeout")
+        await asyncio.sleep(30.0)
+        return 1.0
+
+    table = LatencyTable(prior_weight=0.0)
+    loop = ProbeLoop(
+        ProbeSettings(timeout_s=0.01),
+        send,
+        table,
+        BreakerBoard(BreakerPolicy()),
+        cost_per_probe={"a": 0.0, "sdk": 0.0},
+    )
+    await loop.probe_once("a")
+    await loop.probe_once("sdk")
+    for key in ("a", "sdk"):
+        row = table.row(key)
+        assert (row.samples, row.source) == (1, "probe")
+        assert row.mean_ms == pytest.approx(10.0)  # at least as slow as the deadline
+
+
+async def test_an_interval_shorter_than_max_sleep_is_kept_when_every_key_is_due_together() -> None:
+    clock = FakeTime()
+    send = Recorder(clock)
+    loop, _, _ = build(clock, send, {"a": 0.0, "b": 0.0}, interval_s=0.1, max_sleep_s=1.0)
+    await run_for(loop, clock, 2.0)
+    for key in ("a", "b"):
+        assert gaps(send.times(key)) == pytest.approx([0.1] * (len(send.times(key)) - 1))
+        assert len(send.times(key)) >= 19
