@@ -29,6 +29,13 @@ and moves smoothly, which is what routing needs.)
 
 *Estimate.* ``estimate_ms = (1 - high_weight) * mean + high_weight * p90``, so a jittery
 deployment does not win on its mean alone. Unknown keys estimate to ``inf``.
+
+*How heavy the prior is.* ``prior_weight`` is in units of fresh samples, but what it competes
+with is the weight a deployment's samples settle at, which depends on how often it is measured
+relative to the half-life: probed every ``interval`` alone, just before each probe it is
+``1 / (2**(interval / half_life) - 1)`` (about 14 at 30 s / 300 s, under 2 at 0.2 s / 0.3 s).
+``prior_weight_for`` sizes the prior as a fixed share of that, so the nominal biases a measured
+deployment equally little whatever the time constants.
 """
 
 from __future__ import annotations
@@ -69,6 +76,25 @@ class LatencyRow:
     age_s: float | None  # since the last sample; None before the first
     source: Source | None  # of the last sample
     nominal_ms: float
+
+
+def settled_weight(interval_s: float, half_life_s: float) -> float:
+    """The real-sample weight of a deployment measured once every ``interval_s`` and nothing
+    else, at its lowest (just before a measurement): ``r + r**2 + ... = r / (1 - r)`` with
+    ``r = 2**(-interval_s / half_life_s)``."""
+    if not (interval_s > 0.0 and half_life_s > 0.0):
+        raise ValueError("interval_s and half_life_s must be positive")
+    return 1.0 / math.expm1(interval_s / half_life_s * math.log(2.0))
+
+
+def prior_weight_for(interval_s: float, half_life_s: float, share: float) -> float:
+    """The ``prior_weight`` at which a catalog nominal makes up ``share`` of the estimate of a
+    deployment probed every ``interval_s`` (at its lightest, just before a probe); live traffic
+    only shrinks that share. Once measurements stop, the estimate is halfway back to nominal
+    after ``log2((1 - share) / share)`` half-lives (4.2 for a share of 0.05)."""
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"share must be within [0, 1), got {share!r}")
+    return share / (1.0 - share) * settled_weight(interval_s, half_life_s)
 
 
 def _bucket(ms: float) -> int:
@@ -185,6 +211,18 @@ class LatencyTable:
         self._prior_weight = prior_weight
         self._entries: dict[str, _Entry] = {}
         self._version = 0
+
+    @property
+    def half_life_s(self) -> float:
+        return self._half_life_s
+
+    @property
+    def high_weight(self) -> float:
+        return self._high_weight
+
+    @property
+    def prior_weight(self) -> float:
+        return self._prior_weight
 
     @property
     def version(self) -> int:

@@ -10,15 +10,16 @@ import logging
 import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from probes.breaker import BreakerPolicy
-from probes.loop import ProbeFailed, ProbeLoop, ProbeSettings
+from probes.loop import ProbeFailed, ProbeLoop, ProbeSettings, paced_interval_s
 
 from . import handlers
-from .catalog import Catalog
+from .catalog import Catalog, Deployment, Model
 from .config import Config, ProviderConfig
 from .credentials import read_credential
 from .dispatch import Dispatcher, first_content
@@ -159,8 +160,45 @@ def make_session(config: Config) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=connector, timeout=timeout)
 
 
+# What a probe is billed: "ping" in a chat template is ~8 input tokens, and 1 output token.
+PROBE_TOKENS = (8, 1)
+
+
+def probe_costs(catalog: Catalog) -> dict[str, float]:
+    """Estimated USD per probe, per deployment key, from catalog prices."""
+    return {d.key: m.cost_usd(*PROBE_TOKENS) for m in catalog.models for d in m.deployments}
+
+
+def probe_interval(config: Config, catalog: Catalog) -> float:
+    """The configured interval, stretched so a full day of probing fits the spend cap."""
+    pc = config.probes
+    per_round = sum(probe_costs(catalog).values())
+    return paced_interval_s(per_round, pc.interval_s, pc.max_daily_spend_usd)
+
+
+def probe_body(model: Model, d: Deployment, provider: ProviderConfig | None) -> dict[str, Any]:
+    """The smallest streaming request that yields a first token."""
+    body: dict[str, Any] = {"model": d.upstream_id, "stream": True}
+    body["stream_options"] = {"include_usage": True}
+    if "chat" in model.capabilities:
+        body["messages"] = [{"role": "user", "content": "ping"}]
+        # OpenAI's reasoning models refuse max_tokens; everywhere else (DeepSeek, and
+        # OpenAI-compatible hosts) max_tokens is the one understood.
+        official = provider is not None and provider.name == "openai"
+        body["max_completion_tokens" if official else "max_tokens"] = 1
+    else:
+        body["prompt"] = "ping"
+        body["max_tokens"] = 1
+    return body
+
+
 def make_probe_sender(router: Router) -> ProbeLoop | None:
-    """The probe loop, handed a send-probe callable that uses the live adapters."""
+    """The probe loop, handed a send-probe callable that uses the live adapters.
+
+    It shares the adapters' connection pools with live traffic (so it measures what live
+    requests see) but no queue or lock: the pools are unbounded and the loop's concurrency
+    cap is its own.
+    """
     pc = router.config.probes
     if not pc.enabled:
         return None
@@ -169,12 +207,7 @@ def make_probe_sender(router: Router) -> ProbeLoop | None:
     async def send(key: str) -> float:
         model, d = by_key[key]
         endpoint: Endpoint = "chat" if "chat" in model.capabilities else "completions"
-        body: dict[str, object] = {"model": d.upstream_id, "max_tokens": 1, "stream": True}
-        body["stream_options"] = {"include_usage": True}
-        if endpoint == "chat":
-            body["messages"] = [{"role": "user", "content": "ping"}]
-        else:
-            body["prompt"] = "ping"
+        body = probe_body(model, d, router.config.providers.get(d.provider))
         request = UpstreamRequest(endpoint, d.upstream_id, body, True)
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -194,15 +227,27 @@ def make_probe_sender(router: Router) -> ProbeLoop | None:
                 await upstream.aclose()
         return (loop.time() - started) * 1000
 
-    costs = {key: m.cost_usd(8, 1) for key, (m, _) in by_key.items()}
     settings = ProbeSettings(
         enabled=True,
-        interval_s=pc.interval_s,
+        interval_s=probe_interval(router.config, router.catalog),
         jitter=pc.jitter,
         concurrency=pc.concurrency,
+        live_quiet_s=pc.live_quiet_s,
+        live_interval_factor=pc.live_interval_factor,
         max_daily_spend_usd=pc.max_daily_spend_usd,
         timeout_s=pc.timeout_s,
     )
+    costs = probe_costs(router.catalog)
+    interval = settings.interval_s
+    if interval > pc.interval_s:
+        log.info(
+            "probing every %.0f s instead of %g s to keep %d deployments within "
+            "max_daily_spend_usd=%g",
+            interval,
+            pc.interval_s,
+            len(costs),
+            pc.max_daily_spend_usd,
+        )
     return ProbeLoop(settings, send, router.health.table, router.health.board, cost_per_probe=costs)
 
 
@@ -227,7 +272,13 @@ def build_router(
         for name, pc in enabled.items()
     }
     if health is None:
-        health = Health.create(catalog, config.probes.half_life_s, BreakerPolicy())
+        health = Health.create(
+            catalog,
+            config.probes.half_life_s,
+            BreakerPolicy(),
+            p90_weight=config.probes.p90_weight,
+            probe_interval_s=probe_interval(config, catalog) if config.probes.enabled else None,
+        )
     else:
         health.set_catalog(catalog)
     dispatcher = Dispatcher(providers, health, config.routing, config.server)

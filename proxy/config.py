@@ -13,7 +13,15 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from .catalog import PREFERS, Catalog, CatalogError, Model, load_bundled, parse_model
+from .catalog import (
+    PREFERS,
+    Catalog,
+    CatalogError,
+    Deployment,
+    Model,
+    load_bundled,
+    parse_model,
+)
 
 ProviderKind = Literal["openai", "anthropic", "bedrock"]
 PROVIDER_KINDS = ("openai", "anthropic", "bedrock")
@@ -79,15 +87,31 @@ class ProviderConfig:
 @dataclass(frozen=True, slots=True)
 class ProbeConfig:
     enabled: bool = True
-    # 30 s keeps a 300 s half-life table fed with ~10 samples per half-life per
-    # deployment while costing well under a cent a day per model at max_tokens=1.
+    # 30 s keeps a 300 s half-life table fed with ~14 samples' weight per deployment even with
+    # no traffic, and a slowdown shows within two probes. At max_tokens=1 a probe costs
+    # ~$1e-6-2e-4; the whole bundled catalog on every provider is ~$4/day at 30 s, so the loop
+    # stretches the interval to stay within max_daily_spend_usd rather than stop mid-day.
     interval_s: float = 30.0
+    # Spreads probes so 60+ deployments are not hit in the same instant every round.
     jitter: float = 0.2
     # Latency shifts by the hour; 5 minutes forgets a bad spell quickly but not from one probe.
+    # A slowdown outranks a 2x slower rival after 1-2 samples; a recovery needs the slow
+    # spell's share of the weight under 10 % (p90), about 3.3 half-lives of probing alone.
     half_life_s: float = 300.0
+    # Probes run beside live traffic and never share its queues; 4 at a time bounds a
+    # probe burst after a restart to a handful of connections per provider.
     concurrency: int = 4
+    # $30/month at most, whatever the catalog; see interval_s for how it is kept.
     max_daily_spend_usd: float = 1.0
+    # A probe with no first token by then is a failure (and a censored 10 s TTFT sample).
     timeout_s: float = 10.0
+    # A deployment with a live sample in the last live_quiet_s is probed live_interval_factor
+    # times less often: its own traffic already measures it.
+    live_quiet_s: float = 120.0
+    live_interval_factor: float = 4.0
+    # prefer=fast ranks by (1 - p90_weight) * mean + p90_weight * p90 of the decayed TTFT, so a
+    # deployment that is fast on average but slow one request in ten does not win on its mean.
+    p90_weight: float = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +234,24 @@ def _routing(raw: dict[str, Any]) -> RoutingSettings:
     return replace(base, ttft_deadline_ms=merged)
 
 
+def _probes(raw: Any) -> ProbeConfig:
+    p: ProbeConfig = _typed(ProbeConfig, _check(raw, ProbeConfig, "probes"), "probes")
+    # Negatives are refused by _typed; zeroes here would divide or spin later.
+    checks = [
+        ("interval_s", p.interval_s > 0, "must be > 0"),
+        ("half_life_s", p.half_life_s > 0, "must be > 0"),
+        ("timeout_s", p.timeout_s > 0, "must be > 0"),
+        ("concurrency", p.concurrency >= 1, "must be at least 1"),
+        ("jitter", p.jitter < 1, "must be within [0, 1)"),
+        ("live_interval_factor", p.live_interval_factor >= 1, "must be at least 1"),
+        ("p90_weight", p.p90_weight <= 1, "must be within [0, 1]"),
+    ]
+    for key, ok, limit in checks:
+        if not ok:
+            raise ConfigError(f"probes.{key}: {limit}")
+    return p
+
+
 def _providers(raw: Any) -> dict[str, ProviderConfig]:
     providers = dict(BUILTIN_PROVIDERS)
     if raw is None:
@@ -259,11 +301,22 @@ def _apply_overrides(models: list[Model], raw: Any) -> list[Model]:
         for key in ("input_price", "output_price", "nominal_ttft_ms"):
             if key in changes:
                 changes[key] = float(changes[key])
+        if "nominal_ttft_ms" in changes:
+            changes["deployments"] = _scaled_nominals(by_id[model_id], changes["nominal_ttft_ms"])
         try:
             by_id[model_id] = replace(by_id[model_id], **changes)
         except TypeError as exc:
             raise ConfigError(f"{path}: {exc}") from None
     return list(by_id.values())
+
+
+def _scaled_nominals(model: Model, nominal_ms: float) -> tuple[Deployment, ...]:
+    """prefer=fast reads each deployment's nominal, so an overridden model nominal moves them
+    all, keeping the providers' relative offsets."""
+    if not nominal_ms > 0:
+        raise ConfigError(f"overrides.{model.id}.nominal_ttft_ms: must be positive")
+    ratio = nominal_ms / model.nominal_ttft_ms
+    return tuple(replace(d, nominal_ttft_ms=d.nominal_ttft_ms * ratio) for d in model.deployments)
 
 
 TOP_LEVEL = {"server", "routing", "probes", "providers", "models", "overrides"}
@@ -276,7 +329,7 @@ def parse_config(data: Mapping[str, Any], source: str = "<string>") -> Config:
     server = _typed(
         ServerSettings, _check(data.get("server", {}), ServerSettings, "server"), "server"
     )
-    probes = _typed(ProbeConfig, _check(data.get("probes", {}), ProbeConfig, "probes"), "probes")
+    probes = _probes(data.get("probes", {}))
     routing = _routing(data.get("routing", {}))
     providers = _providers(data.get("providers"))
     try:

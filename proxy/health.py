@@ -8,13 +8,17 @@ import time
 from collections.abc import Callable
 
 from probes.breaker import BreakerBoard, BreakerPolicy, State
-from probes.latency import LatencyTable, Source
+from probes.latency import LatencyTable, Source, prior_weight_for
 
 from .catalog import Catalog
 from .routing import Snapshot
 
 # TTFT changes reach routing at most this late; breaker transitions reach it at once.
 SNAPSHOT_MAX_AGE_S = 0.05
+# The catalog nominal's share of a probed deployment's estimate: enough to rank deployments
+# before their first sample and to pull a stale one back (halfway after ~4 half-lives), small
+# next to measurements: a nominal 2x the measured TTFT lifts a probed estimate by at most 5 %.
+PRIOR_SHARE = 0.05
 
 
 class Health:
@@ -39,9 +43,23 @@ class Health:
 
     @classmethod
     def create(
-        cls, catalog: Catalog, half_life_s: float, policy: BreakerPolicy | None = None
+        cls,
+        catalog: Catalog,
+        half_life_s: float,
+        policy: BreakerPolicy | None = None,
+        *,
+        p90_weight: float = 0.5,
+        probe_interval_s: float | None = None,
     ) -> Health:
-        return cls(catalog, LatencyTable(half_life_s), BreakerBoard(policy or BreakerPolicy()))
+        """``probe_interval_s`` sizes the nominal prior against what probing at that interval
+        feeds the table (see ``prior_weight_for``); None keeps one pseudo-sample."""
+        prior = (
+            1.0
+            if probe_interval_s is None
+            else prior_weight_for(probe_interval_s, half_life_s, PRIOR_SHARE)
+        )
+        table = LatencyTable(half_life_s, high_weight=p90_weight, prior_weight=prior)
+        return cls(catalog, table, BreakerBoard(policy or BreakerPolicy()))
 
     def set_catalog(self, catalog: Catalog) -> None:
         self._catalog = catalog

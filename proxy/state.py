@@ -109,10 +109,13 @@ class Router:
             probes = {
                 "sent": st.sent,
                 "failed": st.failed,
+                "in_flight": st.in_flight,
                 "spend_today_usd": round(st.spend_today_usd, 6),
                 "spend_cap_usd": st.spend_cap_usd,
                 "skipped_for_budget": st.skipped_for_budget,
-                "interval_s": self.config.probes.interval_s,
+                # Longer than configured when the spend cap paces probing.
+                "interval_s": round(self.probe_loop.settings.interval_s, 3),
+                "half_life_s": self.config.probes.half_life_s,
             }
         budget = self.dispatcher.budget
         return {

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from probes.latency import LatencyTable
+from probes.latency import LatencyTable, prior_weight_for, settled_weight
 
 HALF_LIFE = 300.0
 
@@ -355,3 +355,53 @@ def test_p90_stays_accurate_across_the_periodic_rescale() -> None:
     exact = _weighted_quantile([(v, 2 ** (-(clock.now - t) / 100.0)) for v, t in seen], 0.9)
     assert table.row("k").p90_ms == pytest.approx(exact, rel=0.02)
     assert table.row("k").weight == pytest.approx(1 / (1 - 2 ** (-1 / 100.0)), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("interval_s", "half_life_s", "expected"),
+    [
+        pytest.param(300.0, 300.0, 1.0, id="one-half-life-apart"),
+        pytest.param(600.0, 300.0, 1 / 3, id="two-half-lives-apart"),
+        pytest.param(30.0, 300.0, 1 / (2**0.1 - 1), id="defaults"),
+    ],
+)
+def test_settled_weight_is_the_geometric_sum_of_earlier_probes(
+    interval_s: float, half_life_s: float, expected: float
+) -> None:
+    assert settled_weight(interval_s, half_life_s) == pytest.approx(expected, rel=1e-12)
+
+
+def test_settled_weight_matches_a_table_fed_at_that_interval() -> None:
+    clock = FakeClock()
+    table = LatencyTable(0.3, clock=clock)
+    for _ in range(200):
+        table.observe("k", 80.0, "probe")
+        clock.now += 0.2
+    assert table.row("k").weight == pytest.approx(settled_weight(0.2, 0.3), rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("interval_s", "half_life_s"),
+    [
+        pytest.param(30.0, 300.0, id="production"),
+        pytest.param(0.2, 0.3, id="test-speed"),
+        pytest.param(1.0, 0.5, id="half-life-shorter-than-interval"),
+    ],
+)
+def test_prior_sized_for_the_schedule_is_the_same_share_of_a_probed_estimate(
+    interval_s: float, half_life_s: float
+) -> None:
+    clock = FakeClock()
+    prior = prior_weight_for(interval_s, half_life_s, 0.05)
+    table = LatencyTable(half_life_s, clock=clock, high_weight=0.0, prior_weight=prior)
+    table.set_prior("k", 1100.0)
+    for _ in range(500):
+        table.observe("k", 100.0, "probe")
+        clock.now += interval_s
+    # Just before the next probe: 95 % measured, 5 % nominal, whatever the time constants.
+    assert table.estimate_ms("k") == pytest.approx(0.95 * 100.0 + 0.05 * 1100.0, rel=1e-9)
+
+
+def test_prior_share_out_of_range_is_refused() -> None:
+    with pytest.raises(ValueError, match="share"):
+        prior_weight_for(30.0, 300.0, 1.0)
