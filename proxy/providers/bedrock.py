@@ -41,6 +41,8 @@ from .translate import DONE, json_tool_name, sse
 
 SERVICE = "bedrock-runtime"
 CREDENTIAL_KEYS = frozenset({"aws_access_key_id", "aws_secret_access_key", "aws_session_token"})
+# Far above the streams one process can hold open; a bound only because botocore wants one.
+MAX_POOL_CONNECTIONS = 4096
 
 
 def _failure(exc: BaseException, *, mid_stream: bool = False) -> UpstreamError:
@@ -136,6 +138,9 @@ class BedrockProvider:
             read_timeout=read_timeout_s,
             # One attempt in total ("max_attempts" would mean one *retry*): fallback is ours.
             retries={"total_max_attempts": 1, "mode": "standard"},
+            # botocore's default pool of 10 would queue the 11th concurrent stream, live
+            # requests behind hanging probes among them; the aiohttp sessions have no limit.
+            max_pool_connections=MAX_POOL_CONNECTIONS,
         )
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: Any = None

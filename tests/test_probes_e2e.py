@@ -1,0 +1,296 @@
+"""The probe loop and the decayed TTFT table driving prefer=fast, end to end: the real proxy, the
+simulated providers and the OpenAI SDK, all on 127.0.0.1.
+
+Latency shift: model A answers in 80 ms, B in 150 ms; A slows to 400 ms and prefer=fast must move
+to B within two probe intervals (plus the slow probe's own 400 ms), then back when A recovers.
+With a 0.2 s interval the time constants are chosen so one slow probe is enough:
+
+- half_life_s = 0.3: A's weight just before a probe settles near 1.1 (``settled_weight``); the
+  first 400 ms sample arrives ~0.6 s after the previous one, by which time the older samples
+  weigh ~0.5, so it carries two thirds of the weight. The decayed mean moves to ~290 ms and the
+  p90 to 400 ms at once, so the estimate (half mean, half p90) is ~350 ms against B's ~150 ms
+  (~210 ms with its nominal's 5 % share at its lightest). A half-life of several intervals would
+  need several slow samples before the mean alone moved past B; the p90 term is what makes a
+  single sample enough, since it jumps as soon as the new regime holds over 10 % of the weight.
+- Recovery is slower by design: the p90 stays at 400 ms until the slow spell is under 10 % of
+  the weight, about 3.3 half-lives of probing (~1-1.5 s here), so the test waits for it without
+  putting a number on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+import aiohttp
+import openai
+import orjson
+import pytest
+
+from probes.latency import settled_weight
+from proxy.health import SNAPSHOT_MAX_AGE_S
+from proxy.sim.catalogs import only_models, sim_model, upstream_id
+from proxy.sim.script import Fault, Profile
+from tests.conftest import Proxy, StartProxy
+
+MSG: Any = [{"role": "user", "content": "complete this"}]
+
+INTERVAL_S = 0.2
+JITTER = 0.1
+HALF_LIFE_S = 0.3
+# The nominal priors are deliberately backwards (A looks slower on paper): measurements must win.
+A = sim_model("fast-a", nominal_ttft_ms=900)
+B = sim_model("steady-b", nominal_ttft_ms=790)
+
+
+def probing(**changes: Any) -> dict[str, Any]:
+    probes = {
+        "enabled": True,
+        "interval_s": INTERVAL_S,
+        "jitter": JITTER,
+        "half_life_s": HALF_LIFE_S,
+        "timeout_s": 2.0,
+        # At 0.2 s, pacing for a $1 cap would stretch the interval; the test wants it as set.
+        "max_daily_spend_usd": 1000.0,
+    }
+    probes.update(changes)
+    return probes
+
+
+def set_ttft(proxy: Proxy, model: dict[str, Any], ttft_ms: float) -> None:
+    proxy.sim.state.profiles[upstream_id(model["id"])] = Profile(
+        ttft_ms=ttft_ms, gap_ms=1.0, tokens=4
+    )
+
+
+async def routed_model(client: openai.AsyncOpenAI) -> str:
+    """Where prefer=fast goes now. Non-streaming, so it adds no TTFT sample of its own: what
+    moves routing in these tests is the probes."""
+    raw = await client.chat.completions.with_raw_response.create(
+        model="auto:fast", messages=MSG, max_tokens=2
+    )
+    return raw.headers["x-router-model"]
+
+
+async def stream_once(proxy: Proxy, model: str) -> str:
+    stream = await proxy.client().chat.completions.create(model=model, messages=MSG, stream=True)
+    text = ""
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            text += chunk.choices[0].delta.content
+    return text
+
+
+async def status(proxy: Proxy) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as s, s.get(f"{proxy.url}/v1/router/status") as resp:
+        assert resp.status == 200
+        data: dict[str, Any] = orjson.loads(await resp.read())
+        return data
+
+
+def row(data: dict[str, Any], model_id: str) -> dict[str, Any]:
+    (found,) = (r for r in data["deployments"] if r["model"] == model_id)
+    return found
+
+
+async def until(condition: Any, *, timeout_s: float, every_s: float = 0.05) -> float:
+    """Poll ``condition`` until it holds; returns the seconds it took (a bounded wait, not a
+    timing assertion)."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for _ in range(math.ceil(timeout_s / every_s)):
+        if await condition():
+            return loop.time() - started
+        await asyncio.sleep(every_s)
+    raise AssertionError(f"{condition.__name__} did not hold within {timeout_s:g} s")
+
+
+async def test_prefer_fast_follows_a_latency_shift_within_two_probe_intervals_and_back(
+    start_proxy: StartProxy,
+) -> None:
+    proxy = await start_proxy({**only_models(A, B), "probes": probing()})
+    set_ttft(proxy, A, 80.0)
+    set_ttft(proxy, B, 150.0)
+    # One client, made and used before measuring starts: building one blocks the event loop
+    # (TLS context) that the probes in flight are timed on, in this single-process setup.
+    client = proxy.client()
+    await routed_model(client)
+
+    async def both_measured() -> bool:
+        data = await status(proxy)
+        return all(row(data, m["id"])["samples"] >= 5 for m in (A, B))
+
+    await until(both_measured, timeout_s=10.0)
+    assert [await routed_model(client) for _ in range(3)] == ["fast-a"] * 3
+
+    set_ttft(proxy, A, 400.0)
+    # Two jittered intervals until the first probe that sees 400 ms is sent, its own 400 ms,
+    # and the snapshot cache; a probe already in flight at the switch reports 80 ms first.
+    slowest_interval = INTERVAL_S * (1 + JITTER)
+    await asyncio.sleep(2 * slowest_interval + 0.4 + SNAPSHOT_MAX_AGE_S + 0.1)
+    assert [await routed_model(client) for _ in range(3)] == ["steady-b"] * 3
+    slow = row(await status(proxy), "fast-a")
+    assert slow["ttft_p90_ms"] > 300.0 and slow["last_sample_source"] == "probe"
+
+    set_ttft(proxy, A, 80.0)
+
+    async def back_on_a() -> bool:
+        return await routed_model(client) == "fast-a"
+
+    await until(back_on_a, timeout_s=10.0, every_s=0.1)
+
+
+async def test_probe_settings_reach_the_loop_and_the_table_from_config(
+    start_proxy: StartProxy,
+) -> None:
+    proxy = await start_proxy(
+        {
+            **only_models(A, B),
+            "probes": probing(live_quiet_s=7.0, live_interval_factor=3.0, p90_weight=0.25),
+        }
+    )
+    loop = proxy.router.probe_loop
+    assert loop is not None
+    s = loop.settings
+    assert (s.interval_s, s.jitter, s.concurrency, s.timeout_s) == (INTERVAL_S, JITTER, 4, 2.0)
+    assert (s.live_quiet_s, s.live_interval_factor) == (7.0, 3.0)
+    table = proxy.router.health.table
+    assert table.high_weight == 0.25
+    assert table.prior_weight == pytest.approx(
+        0.05 / 0.95 * settled_weight(INTERVAL_S, HALF_LIFE_S)
+    )
+
+
+async def test_a_deployment_with_live_traffic_is_probed_less(start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(
+        {
+            **only_models(A, B),
+            "probes": probing(interval_s=0.1, live_quiet_s=60.0, live_interval_factor=20.0),
+        }
+    )
+    set_ttft(proxy, A, 5.0)
+    set_ttft(proxy, B, 5.0)
+    requests = proxy.sim.state.requests
+    live = 0
+    # Live streaming traffic to A for ~1.5 s: its TTFTs land in the table as "live" samples.
+    async with asyncio.timeout(20.0):
+        loop = asyncio.get_running_loop()
+        until_t = loop.time() + 1.5
+        while loop.time() < until_t:
+            assert await stream_once(proxy, "fast-a")
+            live += 1
+            await asyncio.sleep(0.02)
+    probes_a = requests[upstream_id("fast-a")] - live
+    probes_b = requests[upstream_id("steady-b")]
+    # B, quiet, is probed every ~0.1 s (~12 times); A at most once before its first live sample
+    # and then every 2 s.
+    assert probes_b >= 6
+    assert probes_a <= 2 < probes_b
+    data = await status(proxy)
+    assert row(data, "fast-a")["last_sample_source"] == "live"
+    assert row(data, "steady-b")["last_sample_source"] == "probe"
+
+
+async def test_status_reports_every_deployment_and_probe_spend_over_http(
+    start_proxy: StartProxy,
+) -> None:
+    proxy = await start_proxy({**only_models(A, B), "probes": probing()})
+    set_ttft(proxy, A, 20.0)
+    set_ttft(proxy, B, 40.0)
+    assert await stream_once(proxy, "steady-b")
+
+    async def probed() -> bool:
+        data = await status(proxy)
+        return data["probes"]["sent"] >= 4 and row(data, "fast-a")["samples"] >= 2
+
+    await until(probed, timeout_s=10.0)
+    data = await status(proxy)
+    assert {r["deployment"] for r in data["deployments"]} == {
+        "fast-a@openrouter",
+        "steady-b@openrouter",
+    }
+    a = row(data, "fast-a")
+    assert a["provider"] == "openrouter"
+    assert a["breaker"] == "closed"
+    assert a["last_sample_source"] == "probe"
+    assert 0.0 <= a["last_sample_age_s"] < 5.0
+    # Measured ~20 ms (more on a loaded machine) against a 900 ms nominal: the measurements,
+    # not the prior, set the figures.
+    assert 15.0 < a["ttft_mean_ms"] < 450.0
+    assert a["ttft_mean_ms"] <= a["ttft_p90_ms"] * 1.05
+    assert a["nominal_ms"] == 900.0
+    probes = data["probes"]
+    # Each probe is billed as 8 input and 1 output token at $1 / $2 per million.
+    assert probes["spend_today_usd"] >= probes["sent"] * 10e-6 * 0.99
+    assert probes["spend_cap_usd"] == 1000.0
+    assert probes["interval_s"] == INTERVAL_S
+    assert probes["failed"] == 0
+
+
+async def test_a_hanging_probe_never_makes_a_live_request_wait(start_proxy: StartProxy) -> None:
+    stalled = sim_model("stalled-c", nominal_ttft_ms=100)
+    proxy = await start_proxy(
+        {
+            **only_models(A, stalled),
+            # One probe at a time, and the stalled one holds that slot for the whole test.
+            "probes": probing(concurrency=1, interval_s=0.05, timeout_s=30.0),
+        }
+    )
+    set_ttft(proxy, A, 5.0)
+    proxy.sim.state.set_fault(upstream_id("stalled-c"), Fault(mode="hang_first_token"))
+    loop = proxy.router.probe_loop
+    assert loop is not None
+
+    async def probe_hanging() -> bool:
+        return proxy.sim.state.requests[upstream_id("stalled-c")] >= 1
+
+    await until(probe_hanging, timeout_s=5.0)
+    sent = loop.stats().sent
+    client = proxy.client(timeout=10.0)
+
+    async def live() -> str:
+        raw = await client.chat.completions.with_raw_response.create(
+            model="fast-a", messages=MSG, stream=True
+        )
+        chunks = [c async for c in raw.parse()]
+        assert raw.headers["x-router-model"] == "fast-a"
+        return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+    answers = await asyncio.gather(*(live() for _ in range(20)))
+    assert all(answers)
+    # The probe loop was stuck behind the hanging probe the whole time.
+    assert loop.stats().sent == sent
+    assert loop.stats().in_flight >= 1
+
+
+async def test_probes_hanging_on_bedrock_do_not_starve_its_live_requests(
+    start_proxy: StartProxy,
+) -> None:
+    """Probes and live traffic share each adapter's connection pool; a bounded pool (botocore's
+    default is 10) would make them queue behind each other."""
+    stalled = [sim_model(f"stalled-{i}", provider="bedrock") for i in range(12)]
+    target = sim_model("bedrock-live", provider="bedrock", nominal_ttft_ms=100)
+    proxy = await start_proxy(
+        {
+            **only_models(target, *stalled),
+            "probes": probing(concurrency=13, interval_s=0.05, timeout_s=30.0),
+        }
+    )
+    for m in stalled:
+        proxy.sim.state.set_fault(upstream_id(m["id"]), Fault(mode="hang_first_token"))
+    set_ttft(proxy, target, 5.0)
+
+    async def pool_full() -> bool:
+        return proxy.sim.state.open_streams >= 10
+
+    await until(pool_full, timeout_s=10.0)
+    client = proxy.client(timeout=10.0)
+    try:
+        raw = await client.chat.completions.with_raw_response.create(
+            model="bedrock-live", messages=MSG
+        )
+    except openai.APITimeoutError:
+        raise AssertionError("the live request queued behind hanging probes") from None
+    assert raw.headers["x-router-provider"] == "bedrock"
+    assert raw.parse().choices[0].message.content
