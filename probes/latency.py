@@ -30,6 +30,22 @@ and moves smoothly, which is what routing needs.)
 *Estimate.* ``estimate_ms = (1 - high_weight) * mean + high_weight * p90``, so a jittery
 deployment does not win on its mean alone. Unknown keys estimate to ``inf``.
 
+*Regime change.* Decay alone adapts slowly where it matters most. A deployment that got faster
+waits until its old slow samples hold under 10 % of the weight (about 3.3 half-lives) before
+its p90 lets it win; a busy deployment that got slower carries the weight of thousands of live
+samples, and its p90 moves only when a tenth of that weight is new. So with
+``shift_samples = k`` (0, the default here, turns it off) a *run* of samples that all fall
+beyond the entry's band, below its p10 / (1 + ``shift_margin``) or above its p90 x (1 +
+``shift_margin``) as they stood when the run began, at least ``k`` long and either spanning
+``shift_span_s`` or ``_BUSY_RUN`` (10) long, means the deployment has moved: the entry forgets
+everything before the run (its newest ``_RUN_KEEP`` samples become the whole history). Noise
+seldom trips it: with a 30 % lognormal spread one sample in 250 lands beyond the band, so two
+in a row are rare (4 restarts in 20,000 probes in the tests). A busy deployment's short run
+must reach ten, which jitter never does by chance. A probed-only jittery deployment (15 % 7x
+slower) trips on two slow probes in a row, 1 % of probes, and two normal ones restart it
+back; over a long run its estimate sat below a steady 200 ms deployment's 30 % of the time
+instead of 26 % (mean 190 ms, 15 % of samples at 700 ms).
+
 *How heavy the prior is.* ``prior_weight`` is in units of fresh samples, but what it competes
 with is the weight a deployment's samples settle at, which depends on how often it is measured
 relative to the half-life: probed every ``interval`` alone, just before each probe it is
@@ -49,6 +65,7 @@ from typing import Literal
 Source = Literal["probe", "live"]
 
 QUANTILE = 0.9
+LOW_QUANTILE = 0.1
 
 # Bucket geometry: 5 % steps bound the interpolation error to a few percent, and 0.1 ms keeps
 # the simulated upstreams on 127.0.0.1 (sub-millisecond TTFTs) out of the floor bucket.
@@ -57,6 +74,15 @@ _MAX_MS = 600_000.0
 _RATIO = 1.05
 _LOG_RATIO = math.log(_RATIO)
 _N_BUCKETS = math.ceil(math.log(_MAX_MS / _MIN_MS) / _LOG_RATIO) + 1
+
+# A run this long is a regime change however short its span: ten samples in a row beyond the
+# band is what a deployment sending many requests a second shows within a second of moving,
+# and what noise that stays inside the band even 92 % of the time shows once in 10**11 samples.
+_BUSY_RUN = 10
+
+# A regime restart keeps this many of the run's newest samples as the new history: plenty to
+# place a mean and a p90, and the bound on a run's memory however busy the deployment.
+_RUN_KEEP = 32
 
 # Inflated masses are rescaled past 2**30: far from overflow, and old samples are negligible
 # (a billionth) relative to new ones by then, so float precision is never the limit.
@@ -76,6 +102,7 @@ class LatencyRow:
     age_s: float | None  # since the last sample; None before the first
     source: Source | None  # of the last sample
     nominal_ms: float
+    shifts: int = 0  # regime changes adopted (see "Regime change" above)
 
 
 def settled_weight(interval_s: float, half_life_s: float) -> float:
@@ -117,11 +144,20 @@ class _Entry:
         "last_live",
         "last_sample",
         "last_source",
+        "lo_below",
+        "lo_cursor",
         "mean",
         "mix",
         "nominal",
+        "p10",
         "p90",
+        "run",
+        "run_bound",
+        "run_count",
+        "run_dir",
+        "run_start",
         "samples",
+        "shifts",
         "t_ref",
         "total",
         "updated",
@@ -134,6 +170,7 @@ class _Entry:
         self.updated = now
         self.mean = nominal  # real-sample mean; meaningless while weight is 0
         self.p90 = nominal  # real-sample p90, cached at observe time
+        self.p10 = nominal  # real-sample p10, likewise (the faster-regime test reads it)
         self.mix = nominal  # (1 - high_weight) * mean + high_weight * p90 of real samples
         self.samples = 0
         self.last_sample: float | None = None
@@ -142,8 +179,18 @@ class _Entry:
         self.hist: list[float] = [0.0] * _N_BUCKETS
         self.t_ref = now  # time at which a new sample's inflated mass is 1
         self.total = 0.0  # sum of hist
-        self.cursor = 0  # bucket holding the quantile
+        self.cursor = 0  # bucket holding the p90
         self.below = 0.0  # sum of hist[:cursor]
+        self.lo_cursor = 0  # bucket holding the p10
+        self.lo_below = 0.0  # sum of hist[:lo_cursor]
+        # The current run of samples beyond the band: its newest (time, ms), its direction
+        # (-1 faster, +1 slower, 0 none), the band edge it must stay beyond, start and length.
+        self.run: list[tuple[float, float]] = []
+        self.run_dir = 0
+        self.run_bound = 0.0
+        self.run_start = 0.0
+        self.run_count = 0
+        self.shifts = 0  # regime changes adopted
 
 
 def _rescale(e: _Entry, now: float, half_life_s: float) -> None:
@@ -155,22 +202,16 @@ def _rescale(e: _Entry, now: float, half_life_s: float) -> None:
             hist[i] = m * factor
     e.total = math.fsum(hist)
     e.below = math.fsum(hist[: e.cursor])
+    e.lo_below = math.fsum(hist[: e.lo_cursor])
     e.t_ref = now
 
 
-def _add_to_histogram(e: _Entry, ms: float, now: float, half_life_s: float) -> None:
-    if (now - e.t_ref) / half_life_s > _RESCALE_HALF_LIVES:
-        _rescale(e, now, half_life_s)
-    mass = math.exp2((now - e.t_ref) / half_life_s)
-    hist = e.hist
-    index = _bucket(ms)
-    hist[index] += mass
-    e.total += mass
-    cursor = e.cursor
-    below = e.below
-    if index < cursor:
-        below += mass
-    target = QUANTILE * e.total
+def _seek(
+    hist: list[float], cursor: int, below: float, q: float, total: float
+) -> tuple[int, float, float]:
+    """Move a quantile cursor to the bucket holding ``q * total``; returns (cursor, below,
+    interpolated value). Usually a step or two from where it was."""
+    target = q * total
     # Invariant: below <= target < below + hist[cursor], i.e. the quantile lies in ``cursor``.
     while cursor > 0 and below > target:
         cursor -= 1
@@ -179,17 +220,59 @@ def _add_to_histogram(e: _Entry, ms: float, now: float, half_life_s: float) -> N
         below += hist[cursor]
         cursor += 1
     below = max(below, 0.0)  # incremental float error must not push the fraction past 1
-    e.cursor = cursor
-    e.below = below
     in_bucket = hist[cursor]
     fraction = (target - below) / in_bucket if in_bucket > 0.0 else 0.5
-    e.p90 = _bucket_value(cursor, min(1.0, max(0.0, fraction)))
+    return cursor, below, _bucket_value(cursor, min(1.0, max(0.0, fraction)))
+
+
+def _add_to_histogram(e: _Entry, ms: float, now: float, half_life_s: float) -> None:
+    if (now - e.t_ref) / half_life_s > _RESCALE_HALF_LIVES:
+        _rescale(e, now, half_life_s)
+    mass = math.exp2((now - e.t_ref) / half_life_s)
+    index = _bucket(ms)
+    e.hist[index] += mass
+    e.total += mass
+    if index < e.cursor:
+        e.below += mass
+    if index < e.lo_cursor:
+        e.lo_below += mass
+    e.cursor, e.below, e.p90 = _seek(e.hist, e.cursor, e.below, QUANTILE, e.total)
+    e.lo_cursor, e.lo_below, e.p10 = _seek(e.hist, e.lo_cursor, e.lo_below, LOW_QUANTILE, e.total)
+
+
+def _restart(e: _Entry, run: list[tuple[float, float]], now: float, half_life_s: float) -> None:
+    """Forget everything but ``run``: the deployment has moved to a new regime."""
+    e.hist = [0.0] * _N_BUCKETS
+    e.t_ref = now
+    weight = 0.0
+    weighted = 0.0
+    for t, ms in run:
+        mass = math.exp2((t - now) / half_life_s)
+        e.hist[_bucket(ms)] += mass
+        weight += mass
+        weighted += mass * ms
+    e.total = weight
+    e.weight = weight
+    e.mean = weighted / weight
+    e.cursor, e.below, e.p90 = _seek(e.hist, 0, 0.0, QUANTILE, weight)
+    e.lo_cursor, e.lo_below, e.p10 = _seek(e.hist, 0, 0.0, LOW_QUANTILE, weight)
+    e.shifts += 1
 
 
 class LatencyTable:
     """Decayed TTFT statistics per deployment key. Not thread-safe; one event loop owns it."""
 
-    __slots__ = ("_clock", "_entries", "_half_life_s", "_high_weight", "_prior_weight", "_version")
+    __slots__ = (
+        "_clock",
+        "_entries",
+        "_half_life_s",
+        "_high_weight",
+        "_prior_weight",
+        "_shift_margin",
+        "_shift_samples",
+        "_shift_span_s",
+        "_version",
+    )
 
     def __init__(
         self,
@@ -198,6 +281,9 @@ class LatencyTable:
         clock: Callable[[], float] = time.monotonic,
         high_weight: float = 0.5,
         prior_weight: float = 1.0,
+        shift_samples: int = 0,
+        shift_margin: float = 0.5,
+        shift_span_s: float = 0.0,
     ) -> None:
         if not half_life_s > 0.0:
             raise ValueError(f"half_life_s must be positive, got {half_life_s!r}")
@@ -205,10 +291,19 @@ class LatencyTable:
             raise ValueError(f"high_weight must be within [0, 1], got {high_weight!r}")
         if not prior_weight >= 0.0:
             raise ValueError(f"prior_weight must be >= 0, got {prior_weight!r}")
+        if shift_samples < 0:
+            raise ValueError(f"shift_samples must be >= 0, got {shift_samples!r}")
+        if not shift_margin >= 0.0:
+            raise ValueError(f"shift_margin must be >= 0, got {shift_margin!r}")
+        if not shift_span_s >= 0.0:
+            raise ValueError(f"shift_span_s must be >= 0, got {shift_span_s!r}")
         self._half_life_s = half_life_s
         self._clock = clock
         self._high_weight = high_weight
         self._prior_weight = prior_weight
+        self._shift_samples = shift_samples
+        self._shift_margin = shift_margin
+        self._shift_span_s = shift_span_s
         self._entries: dict[str, _Entry] = {}
         self._version = 0
 
@@ -223,6 +318,14 @@ class LatencyTable:
     @property
     def prior_weight(self) -> float:
         return self._prior_weight
+
+    @property
+    def shift_samples(self) -> int:
+        return self._shift_samples
+
+    @property
+    def shift_span_s(self) -> float:
+        return self._shift_span_s
 
     @property
     def version(self) -> int:
@@ -258,11 +361,15 @@ class LatencyTable:
         e = self._entries.get(key)
         if e is None:
             e = self._entries[key] = _Entry(ttft_ms, now)
+        restart = self._extend_run(e, ttft_ms, now)
         weight = self._decayed_weight(e, now) + 1.0
         e.mean += (ttft_ms - e.mean) / weight
         e.weight = weight
         e.updated = max(now, e.updated)
         _add_to_histogram(e, ttft_ms, now, self._half_life_s)
+        if restart:
+            _restart(e, e.run, now, self._half_life_s)
+            e.run, e.run_dir, e.run_count = [], 0, 0
         e.mix = (1.0 - self._high_weight) * e.mean + self._high_weight * e.p90
         e.samples += 1
         e.last_sample = now
@@ -270,6 +377,29 @@ class LatencyTable:
         if source == "live":
             e.last_live = now
         self._version += 1
+
+    def _extend_run(self, e: _Entry, ttft_ms: float, now: float) -> bool:
+        """Track the run of samples beyond the band; True when it amounts to a new regime."""
+        if not self._shift_samples or e.weight == 0.0:
+            return False
+        if e.run_dir:
+            beyond = ttft_ms < e.run_bound if e.run_dir < 0 else ttft_ms > e.run_bound
+            if not beyond:
+                e.run, e.run_dir, e.run_count = [], 0, 0
+        if not e.run_dir:
+            low = e.p10 / (1.0 + self._shift_margin)
+            high = e.p90 * (1.0 + self._shift_margin)
+            if low <= ttft_ms <= high:
+                return False
+            e.run_dir, e.run_bound = (-1, low) if ttft_ms < low else (1, high)
+            e.run_start = now
+        e.run.append((now, ttft_ms))
+        if len(e.run) > _RUN_KEEP:
+            del e.run[0]
+        e.run_count += 1
+        if e.run_count < self._shift_samples:
+            return False
+        return e.run_count >= _BUSY_RUN or now - e.run_start >= self._shift_span_s
 
     def estimate_ms(self, key: str) -> float:
         """The routing number: mean/p90 mix drifted toward nominal. O(1); unknown key -> inf."""
@@ -315,6 +445,7 @@ class LatencyTable:
             age_s=None if e.last_sample is None else max(0.0, now - e.last_sample),
             source=e.last_source,
             nominal_ms=e.nominal,
+            shifts=e.shifts,
         )
 
     def _decayed_weight(self, e: _Entry, now: float) -> float:

@@ -277,7 +277,8 @@ def build_router(
             config.probes.half_life_s,
             BreakerPolicy(),
             p90_weight=config.probes.p90_weight,
-            probe_interval_s=probe_interval(config, catalog) if config.probes.enabled else None,
+            probe_interval_s=probe_interval(config, catalog),
+            shift_samples=config.probes.shift_samples,
         )
     else:
         health.set_catalog(catalog)

@@ -95,8 +95,8 @@ class ProbeConfig:
     # Spreads probes so 60+ deployments are not hit in the same instant every round.
     jitter: float = 0.2
     # Latency shifts by the hour; 5 minutes forgets a bad spell quickly but not from one probe.
-    # A slowdown outranks a 2x slower rival after 1-2 samples; a recovery needs the slow
-    # spell's share of the weight under 10 % (p90), about 3.3 half-lives of probing alone.
+    # A slowdown outranks a 2x slower rival after 1-2 samples (the p90 sees it); a deployment
+    # that got faster is caught by shift_samples below, or else after ~3.3 half-lives.
     half_life_s: float = 300.0
     # Probes run beside live traffic and never share its queues; 4 at a time bounds a
     # probe burst after a restart to a handful of connections per provider.
@@ -106,12 +106,20 @@ class ProbeConfig:
     # A probe with no first token by then is a failure (and a censored 10 s TTFT sample).
     timeout_s: float = 10.0
     # A deployment with a live sample in the last live_quiet_s is probed live_interval_factor
-    # times less often: its own traffic already measures it.
-    live_quiet_s: float = 120.0
+    # times less often: its own traffic already measures it. One interval: traffic of two
+    # requests a minute counts, and a deployment that routing has just left (because it got
+    # slow) is back on the normal schedule within 30 s, so its recovery is seen.
+    live_quiet_s: float = 30.0
     live_interval_factor: float = 4.0
     # prefer=fast ranks by (1 - p90_weight) * mean + p90_weight * p90 of the decayed TTFT, so a
     # deployment that is fast on average but slow one request in ten does not win on its mean.
     p90_weight: float = 0.5
+    # This many samples in a row 50 % beyond a deployment's p10-p90 band, over at least half a
+    # probe interval, mean it moved: its history is dropped so a deployment that got faster
+    # wins within two probes (not after its old slow tail decays, ~3.3 half-lives) and a busy
+    # one that got slower loses within half an interval (not after a tenth of its live weight
+    # is slow). Noise seldom does this; see probes/latency.py. 0 turns it off.
+    shift_samples: int = 2
 
 
 @dataclass(frozen=True, slots=True)

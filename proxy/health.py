@@ -50,15 +50,24 @@ class Health:
         *,
         p90_weight: float = 0.5,
         probe_interval_s: float | None = None,
+        shift_samples: int = 0,
     ) -> Health:
         """``probe_interval_s`` sizes the nominal prior against what probing at that interval
-        feeds the table (see ``prior_weight_for``); None keeps one pseudo-sample."""
+        feeds the table (see ``prior_weight_for``; None keeps one pseudo-sample), and a regime
+        change must span half of it, so two probes in a row make one but a busy deployment
+        needs a sustained change, not two unlucky requests."""
         prior = (
             1.0
             if probe_interval_s is None
             else prior_weight_for(probe_interval_s, half_life_s, PRIOR_SHARE)
         )
-        table = LatencyTable(half_life_s, high_weight=p90_weight, prior_weight=prior)
+        table = LatencyTable(
+            half_life_s,
+            high_weight=p90_weight,
+            prior_weight=prior,
+            shift_samples=shift_samples,
+            shift_span_s=0.0 if probe_interval_s is None else probe_interval_s / 2,
+        )
         return cls(catalog, table, BreakerBoard(policy or BreakerPolicy()))
 
     def set_catalog(self, catalog: Catalog) -> None:

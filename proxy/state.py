@@ -91,6 +91,7 @@ class Router:
                     if lat and lat.age_s is not None
                     else None,
                     "last_sample_source": lat.source if lat else None,
+                    "regime_changes": lat.shifts if lat else 0,
                     "breaker": brk.state if brk else "closed",
                     "breaker_detail": {
                         "consecutive_failures": brk.consecutive_failures,

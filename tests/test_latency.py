@@ -405,3 +405,162 @@ def test_prior_sized_for_the_schedule_is_the_same_share_of_a_probed_estimate(
 def test_prior_share_out_of_range_is_refused() -> None:
     with pytest.raises(ValueError, match="share"):
         prior_weight_for(30.0, 300.0, 1.0)
+
+
+def _regime_table(shift_samples: int, clock: FakeClock) -> LatencyTable:
+    table = LatencyTable(
+        HALF_LIFE, clock=clock, high_weight=0.5, prior_weight=0.0, shift_samples=shift_samples
+    )
+    for _ in range(100):  # a long, steady 220 ms history, one probe every 30 s
+        clock.now += 30.0
+        table.observe("k", 220.0, "probe")
+    return table
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_a_faster_regime_is_adopted_after_k_samples_in_a_row(k: int) -> None:
+    clock = FakeClock()
+    table = _regime_table(k, clock)
+    for _ in range(k - 1):
+        clock.now += 30.0
+        table.observe("k", 60.0, "probe")
+    assert table.estimate_ms("k") > 150.0  # the old regime's p90 still holds it up
+    clock.now += 30.0
+    table.observe("k", 60.0, "probe")
+    row = table.row("k")
+    assert row.shifts == 1
+    assert row.estimate_ms == pytest.approx(60.0, rel=0.03)
+    assert row.weight == pytest.approx(sum(2 ** (-30.0 * i / HALF_LIFE) for i in range(k)))
+
+
+def test_without_shift_samples_a_faster_regime_waits_for_decay() -> None:
+    clock = FakeClock()
+    table = _regime_table(0, clock)
+    for _ in range(5):
+        clock.now += 30.0
+        table.observe("k", 60.0, "probe")
+    assert table.estimate_ms("k") > 150.0
+    assert table.row("k").shifts == 0
+
+
+def test_a_sample_back_at_the_old_level_breaks_the_run() -> None:
+    clock = FakeClock()
+    table = _regime_table(2, clock)
+    for value in (60.0, 220.0, 60.0, 200.0, 60.0):
+        clock.now += 30.0
+        table.observe("k", value, "probe")
+    assert table.row("k").shifts == 0
+
+
+def test_the_floor_is_the_one_before_the_run_began() -> None:
+    """Two probes against a light history: the first fast sample alone pulls the p10 down, so
+    comparing the second with the moved p10 would never see a run."""
+    clock = FakeClock()
+    table = LatencyTable(0.5, clock=clock, prior_weight=0.0, shift_samples=2)
+    for _ in range(20):
+        clock.now += 0.3
+        table.observe("k", 220.0, "probe")
+    for _ in range(2):
+        clock.now += 0.3
+        table.observe("k", 60.0, "probe")
+    assert table.row("k").shifts == 1
+
+
+def test_a_slower_regime_is_adopted_after_two_slow_probes() -> None:
+    clock = FakeClock()
+    table = LatencyTable(HALF_LIFE, clock=clock, prior_weight=0.0, shift_samples=2)
+    for _ in range(100):
+        clock.now += 30.0
+        table.observe("k", 80.0, "probe")
+    clock.now += 30.0
+    table.observe("k", 400.0, "probe")
+    assert table.row("k").shifts == 0
+    clock.now += 30.0
+    table.observe("k", 400.0, "probe")
+    row = table.row("k")
+    assert row.shifts == 1
+    assert row.mean_ms == pytest.approx(400.0)
+
+
+@pytest.mark.parametrize(
+    ("every_s", "slow_for_s"),
+    [
+        pytest.param(0.05, 0.5, id="busy-ten-samples-in-half-a-second"),
+        pytest.param(2.0, 18.0, id="trickle-a-run-spanning-15-s"),
+    ],
+)
+def test_live_traffic_adopts_a_slower_regime_after_ten_samples_or_the_span(
+    every_s: float, slow_for_s: float
+) -> None:
+    """Twenty live samples a second build a weight of thousands: without the regime test the
+    p90 would need a tenth of that to be slow before it moved."""
+    clock = FakeClock()
+    table = LatencyTable(
+        HALF_LIFE, clock=clock, prior_weight=0.0, shift_samples=2, shift_span_s=15.0
+    )
+    for _ in range(int(600 / every_s)):
+        clock.now += every_s
+        table.observe("k", 80.0, "live")
+    slow_for = 0.0
+    while table.row("k").shifts == 0:
+        clock.now += every_s
+        slow_for += every_s
+        table.observe("k", 400.0, "live")
+    assert slow_for == pytest.approx(slow_for_s)
+    assert table.estimate_ms("k") == pytest.approx(400.0, rel=0.03)
+
+
+@pytest.mark.parametrize(
+    "draw",
+    [
+        pytest.param(
+            lambda r: (700.0 if r.random() < 0.15 else 100.0) * r.uniform(0.95, 1.05),
+            id="bimodal-15-percent-slow",
+        ),
+        pytest.param(
+            lambda r: r.lognormvariate(math.log(200.0), math.sqrt(math.log(1.09))),
+            id="lognormal-30-percent-spread",
+        ),
+    ],
+)
+def test_a_busy_deployment_never_trips_the_regime_test_by_chance(
+    draw: Callable[[random.Random], float],
+) -> None:
+    clock = FakeClock()
+    table = LatencyTable(
+        HALF_LIFE, clock=clock, prior_weight=0.0, shift_samples=2, shift_span_s=1.0
+    )
+    rng = random.Random(2)
+    for _ in range(50_000):  # 20 a second
+        clock.now += 0.05
+        table.observe("k", draw(rng), "live")
+    assert table.row("k").shifts == 0
+
+
+def test_jitter_keeps_costing_with_the_regime_test_on() -> None:
+    clock = FakeClock()
+    table = LatencyTable(
+        HALF_LIFE, clock=clock, prior_weight=0.0, shift_samples=2, shift_span_s=1.0
+    )
+    rng = random.Random(2)
+    for _ in range(20_000):
+        clock.now += 0.05
+        slow = rng.random() < 0.15
+        table.observe("jittery", (700.0 if slow else 100.0) * rng.uniform(0.95, 1.05), "live")
+        table.observe("steady", 200.0 * rng.uniform(0.95, 1.05), "live")
+    assert table.estimate_ms("jittery") > table.estimate_ms("steady")
+
+
+def test_noise_on_a_probed_only_deployment_rarely_trips_the_regime_test() -> None:
+    """One probe every 30 s, 30 % lognormal spread: a probe lands 50 % beyond the band 0.4 %
+    of the time, so two in a row are rare (each restart may set off one more)."""
+    clock = FakeClock()
+    table = LatencyTable(
+        HALF_LIFE, clock=clock, prior_weight=0.0, shift_samples=2, shift_span_s=15.0
+    )
+    rng = random.Random(4)
+    sigma = math.sqrt(math.log(1 + 0.3**2))
+    for _ in range(20_000):
+        clock.now += 30.0
+        table.observe("k", rng.lognormvariate(math.log(200.0), sigma), "probe")
+    assert table.row("k").shifts <= 20

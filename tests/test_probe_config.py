@@ -41,6 +41,7 @@ def test_every_key_is_read() -> None:
         "live_quiet_s": 10,
         "live_interval_factor": 2,
         "p90_weight": 0.0,
+        "shift_samples": 3,
     }
     probes = parse_config({"probes": raw}).probes
     assert {k: getattr(probes, k) for k in raw} == raw
@@ -61,6 +62,7 @@ def test_every_key_is_read() -> None:
         ),
         pytest.param({"p90_weight": 1.5}, "probes.p90_weight: must be within", id="mix-over-one"),
         pytest.param({"interval_s": -1}, "probes.interval_s: must not be negative", id="negative"),
+        pytest.param({"shift_samples": 1.5}, "probes.shift_samples: expected int", id="fraction"),
         pytest.param({"interval_s": "30s"}, "probes.interval_s: expected float", id="string"),
         pytest.param({"half_life": 300}, "probes.half_life: unknown key", id="unknown-key"),
     ],

@@ -9,12 +9,12 @@ With a 0.2 s interval the time constants are chosen so one slow probe is enough:
   first 400 ms sample arrives ~0.6 s after the previous one, by which time the older samples
   weigh ~0.5, so it carries two thirds of the weight. The decayed mean moves to ~290 ms and the
   p90 to 400 ms at once, so the estimate (half mean, half p90) is ~350 ms against B's ~150 ms
-  (~210 ms with its nominal's 5 % share at its lightest). A half-life of several intervals would
-  need several slow samples before the mean alone moved past B; the p90 term is what makes a
-  single sample enough, since it jumps as soon as the new regime holds over 10 % of the weight.
-- Recovery is slower by design: the p90 stays at 400 ms until the slow spell is under 10 % of
-  the weight, about 3.3 half-lives of probing (~1-1.5 s here), so the test waits for it without
-  putting a number on it.
+  (~210 ms with its nominal's 5 % share at its lightest). The p90 term is what makes a single
+  sample enough: it jumps as soon as the new regime holds over 10 % of the weight, so even the
+  shipped 300 s half-life (weight ~14) needs only two slow probes.
+- Back to 80 ms: the p90 alone would hold A at ~400 ms until the slow spell fell under 10 % of
+  the weight (~3.3 half-lives); the regime test (two probes in a row 50 % under A's p10) drops
+  the slow history after two fast probes instead. The test waits for it without a number.
 """
 
 from __future__ import annotations
@@ -133,12 +133,21 @@ async def test_prefer_fast_follows_a_latency_shift_within_two_probe_intervals_an
     slow = row(await status(proxy), "fast-a")
     assert slow["ttft_p90_ms"] > 300.0 and slow["last_sample_source"] == "probe"
 
+    async def slow_regime_adopted() -> bool:
+        return bool(row(await status(proxy), "fast-a")["regime_changes"] >= 1)
+
+    # A second slow probe makes 400 ms A's whole history (the regime test going up).
+    await until(slow_regime_adopted, timeout_s=5.0)
+    changes = row(await status(proxy), "fast-a")["regime_changes"]
+
     set_ttft(proxy, A, 80.0)
 
     async def back_on_a() -> bool:
         return await routed_model(client) == "fast-a"
 
     await until(back_on_a, timeout_s=10.0, every_s=0.1)
+    # Back on A by the regime test, not by waiting out the slow spell's decay.
+    assert row(await status(proxy), "fast-a")["regime_changes"] > changes
 
 
 async def test_probe_settings_reach_the_loop_and_the_table_from_config(
@@ -157,6 +166,7 @@ async def test_probe_settings_reach_the_loop_and_the_table_from_config(
     assert (s.live_quiet_s, s.live_interval_factor) == (7.0, 3.0)
     table = proxy.router.health.table
     assert table.high_weight == 0.25
+    assert (table.shift_samples, table.shift_span_s) == (2, INTERVAL_S / 2)
     assert table.prior_weight == pytest.approx(
         0.05 / 0.95 * settled_weight(INTERVAL_S, HALF_LIFE_S)
     )
@@ -220,6 +230,7 @@ async def test_status_reports_every_deployment_and_probe_spend_over_http(
     assert 15.0 < a["ttft_mean_ms"] < 450.0
     assert a["ttft_mean_ms"] <= a["ttft_p90_ms"] * 1.05
     assert a["nominal_ms"] == 900.0
+    assert a["regime_changes"] >= 0 and a["ttft_estimate_ms"] > 0
     probes = data["probes"]
     # Each probe is billed as 8 input and 1 output token at $1 / $2 per million.
     assert probes["spend_today_usd"] >= probes["sent"] * 10e-6 * 0.99
