@@ -83,7 +83,7 @@ class ProbeSettings:
     jitter: float = 0.2
     concurrency: int = 4
     # A key with a live sample this recent is probed every interval_s * live_interval_factor.
-    live_quiet_s: float = 120.0
+    live_quiet_s: float = 30.0
     live_interval_factor: float = 4.0
     max_daily_spend_usd: float = 1.0
     timeout_s: float = 10.0
