@@ -112,13 +112,13 @@ class ProbeConfig:
     live_quiet_s: float = 30.0
     live_interval_factor: float = 4.0
     # prefer=fast ranks by (1 - p90_weight) * mean + p90_weight * p90 of the decayed TTFT, so a
-    # deployment that is fast on average but slow one request in ten does not win on its mean.
+    # deployment that is fast on average but slow on over one request in ten does not win.
     p90_weight: float = 0.5
     # This many samples in a row 50 % beyond a deployment's p10-p90 band, over at least half a
     # probe interval, mean it moved: its history is dropped so a deployment that got faster
     # wins within two probes (not after its old slow tail decays, ~3.3 half-lives) and a busy
-    # one that got slower loses within half an interval (not after a tenth of its live weight
-    # is slow). Noise seldom does this; see probes/latency.py. 0 turns it off.
+    # one that got slower loses within ten requests or half an interval (not once a tenth of
+    # its live weight is slow). Noise seldom does this; see probes/latency.py. 0 turns it off.
     shift_samples: int = 2
 
 
