@@ -81,9 +81,14 @@ async def start_proxy(sim: Sim) -> AsyncIterator[StartProxy]:
     runners: list[web.AppRunner] = []
     proxies: list[Proxy] = []
 
-    async def start(data: dict[str, Any] | None = None, *, config: Config | None = None) -> Proxy:
+    async def start(
+        data: dict[str, Any] | None = None,
+        *,
+        config: Config | None = None,
+        config_path: str | None = None,
+    ) -> Proxy:
         cfg = config or config_for(sim.url, data)
-        app = make_app(cfg, environ=UPSTREAM_ENV)
+        app = make_app(cfg, environ=UPSTREAM_ENV, config_path=config_path)
         runner, port = await start_server(app, "127.0.0.1", 0)
         runners.append(runner)
         proxies.append(Proxy(f"http://127.0.0.1:{port}", app, sim))
