@@ -63,14 +63,16 @@ class Runtime:
             try:
                 new = self._rebuild(old)
             except ConfigError as exc:
-                old.health.set_catalog(old.catalog)
                 raise ReloadError(str(exc)) from None
             except Exception as exc:
                 # str() only: an exception's repr may carry request headers.
-                old.health.set_catalog(old.catalog)
                 raise ReloadError(
                     f"building the router failed: {type(exc).__name__}: {exc}"
                 ) from None
+            finally:
+                # Building pointed the shared Health at the new catalog; until the swap,
+                # requests still plan on the old one and need snapshots of it.
+                old.health.set_catalog(old.catalog)
             fresh = [p for name, p in new.providers.items() if old.providers.get(name) is not p]
             started: list[Provider] = []
             try:
@@ -80,10 +82,11 @@ class Runtime:
             except Exception as exc:
                 for provider in started:
                     await provider.close()
-                old.health.set_catalog(old.catalog)
                 raise ReloadError(
                     f"starting provider {provider.name} failed: {type(exc).__name__}: {exc}"
                 ) from None
+            # Both in one step, with no await between: no request sees one without the other.
+            new.health.set_catalog(new.catalog)
             self.holder.current = new
             await self._stop_probes()
             if new.probe_loop is not None and old.probe_loop is not None:
