@@ -11,9 +11,13 @@ import sys
 from collections.abc import Sequence
 
 import uvloop
+from prometheus_client import disable_created_metrics
 
-from .app import enabled_providers, how_to_enable, make_app, start_server
+from .app import NOTIFIER, RUNTIME, enabled_providers, how_to_enable, make_app, start_server
 from .config import Config, ConfigError, load_config
+from .drain import IN_FLIGHT, drain
+from .metrics import METRICS
+from .reload import ReloadError
 from .state import ROUTER
 
 log = logging.getLogger("model_router")
@@ -40,9 +44,11 @@ def _load(path: str | None) -> Config:
         raise SystemExit(2) from None
 
 
-async def serve(config: Config, *, demo: bool) -> None:
-    app = make_app(config, demo=demo)
+async def serve(config: Config, *, demo: bool, config_path: str | None = None) -> None:
+    """Run until SIGTERM/SIGINT, then drain; SIGHUP reloads ``config_path``."""
+    app = make_app(config, demo=demo, config_path=config_path)
     runner, port = await start_server(app, config.server.host, config.server.port)
+    notifier = app[NOTIFIER]
     router = app[ROUTER].current
     mode = "demo, simulated providers" if demo else "live providers"
     print(
@@ -50,23 +56,66 @@ async def serve(config: Config, *, demo: bool) -> None:
         f"({len(router.catalog.models)} models enabled, {mode})",
         flush=True,
     )
+    notifier.ready(f"serving {len(router.catalog.models)} models on port {port}")
     stop = asyncio.Event()
+    reloads: set[asyncio.Task[None]] = set()
+
+    async def reload() -> None:
+        notifier.reloading()
+        try:
+            summary = await app[RUNTIME].reload()
+        except ReloadError as exc:
+            app[METRICS].reloads.labels("rejected").inc()
+            log.error("config reload rejected, the previous config keeps serving: %s", exc)
+            notifier.ready(f"reload rejected: {exc}")
+        else:
+            app[METRICS].reloads.labels("applied").inc()
+            log.info("%s", summary)
+            notifier.ready(summary)
+
+    def on_hup() -> None:
+        task = asyncio.create_task(reload(), name="reload")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     try:
         await stop.wait()
+        notifier.stopping()
+        in_flight = app[IN_FLIGHT]
+        drain_s = app[ROUTER].current.config.server.drain_s
+        notifier.status(f"draining {len(in_flight.requests)} request(s) for up to {drain_s:g} s")
+        for task in list(reloads):
+            task.cancel()
+        await drain(runner, in_flight, drain_s)
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
         await runner.cleanup()
+
+
+def _logging() -> None:
+    level = os.environ.get("MODEL_ROUTER_LOG_LEVEL", "INFO")
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
+    )
+    # The access log is bare JSON, one object per line, so `journalctl -o cat | jq` works.
+    access = logging.getLogger("model_router.access")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access.addHandler(handler)
+    access.propagate = False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("MODEL_ROUTER_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    _logging()
+    # A process-wide switch of the library: no `_created` line beside every counter and
+    # histogram, which halves what a scrape formats on the event loop.
+    disable_created_metrics()  # type: ignore[no-untyped-call]
     if args.command == "check-config":
         config = _load(args.path)
         enabled = enabled_providers(config, os.environ)
@@ -91,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"model-router: {how_to_enable(config)}", file=sys.stderr)
         return 2
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(config, demo=args.demo))
+        runner.run(serve(config, demo=args.demo, config_path=args.config))
     return 0
 
 

@@ -170,7 +170,9 @@ def _typed(cls: type, raw: dict[str, Any], path: str, **fixed: Any) -> Any:
             continue
         value, default = raw[f.name], getattr(defaults, f.name)
         if isinstance(default, bool) or (default is None and f.name == "enabled"):
-            ok = isinstance(value, bool)
+            # None is "enabled when its credentials are present": a built-in provider's
+            # setting, carried over when a user table overrides its other fields.
+            ok = isinstance(value, bool) or (default is None and value is None)
         elif isinstance(default, float):
             ok = isinstance(value, int | float) and not isinstance(value, bool)
             value = float(value) if ok else value

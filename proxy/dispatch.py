@@ -18,6 +18,7 @@ import orjson
 from aiohttp import web
 
 from .config import RoutingSettings, ServerSettings
+from .drain import IN_FLIGHT, InFlight, OpenStream, shutdown_error
 from .errors import RouterError
 from .health import Health
 from .intent import Intent
@@ -241,23 +242,28 @@ class Dispatcher:
         outcome.status = 200
         loop = asyncio.get_running_loop()
         idle, stall = self.server.upstream_idle_s, self.server.write_stall_s
+        in_flight = request.app.get(IN_FLIGHT) or InFlight()
         writing = True
+        stream: OpenStream | None = None
         try:
+            # One timer serves the write-stall and upstream-idle deadlines, and the drain
+            # pulls it in to end the stream at shutdown (stream.cut).
             async with asyncio.timeout(loop.time() + stall) as timer:
-                await resp.prepare(request)
-                await resp.write(head)
-                if not relay.done:
-                    writing = False
-                    timer.reschedule(loop.time() + idle)
-                    async for chunk in upstream:
-                        out = relay.feed(chunk)
-                        if out:
-                            writing = True
-                            timer.reschedule(loop.time() + stall)
-                            await resp.write(out)
-                            writing = False
-                        timer.reschedule(loop.time() + idle)
-                    relay.finish()
+                with in_flight.stream(timer) as stream:
+                    await resp.prepare(request)
+                    await resp.write(head)
+                    if not relay.done:
+                        writing = False
+                        stream.extend(idle)
+                        async for chunk in upstream:
+                            out = relay.feed(chunk)
+                            if out:
+                                writing = True
+                                stream.extend(stall)
+                                await resp.write(out)
+                                writing = False
+                            stream.extend(idle)
+                        relay.finish()
         except TimeoutError:
             if writing:
                 # The client stopped reading; nothing can reach it, so end the connection.
@@ -268,12 +274,15 @@ class Dispatcher:
                 if request.transport is not None:
                     request.transport.abort()
                 return resp
-            await self._mid_stream_error(
-                resp,
-                cand,
-                UpstreamError("timeout", f"upstream went quiet for {idle:g} s mid-stream"),
-                outcome,
-            )
+            if stream is not None and stream.cut:
+                await self._shutdown_error(resp, outcome)
+            else:
+                await self._mid_stream_error(
+                    resp,
+                    cand,
+                    UpstreamError("timeout", f"upstream went quiet for {idle:g} s mid-stream"),
+                    outcome,
+                )
         except UpstreamError as exc:
             await self._mid_stream_error(resp, cand, exc, outcome)
         finally:
@@ -281,6 +290,12 @@ class Dispatcher:
             outcome.take_usage(relay.usage)
         await resp.write_eof()
         return resp
+
+    async def _shutdown_error(self, resp: web.StreamResponse, outcome: Outcome) -> None:
+        """The drain deadline passed mid-answer: the stream ends with an error event."""
+        outcome.error, outcome.status = "server_shutting_down", 503
+        with contextlib.suppress(ConnectionError):
+            await resp.write(shutdown_error().sse())
 
     async def _mid_stream_error(
         self, resp: web.StreamResponse, cand: Candidate, exc: UpstreamError, outcome: Outcome

@@ -23,11 +23,26 @@ access_log = logging.getLogger("model_router.access")
 log = logging.getLogger("model_router")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+REQUEST_ID = web.RequestKey("request_id", str)
 
 
 def request_id(request: web.Request) -> str:
-    given = request.headers.get("x-request-id", "")
-    return given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+    """The client's ``x-request-id`` when it is sane, else a new one; fixed per request."""
+    rid = request.get(REQUEST_ID)
+    if rid is None:
+        given = request.headers.get("x-request-id", "")
+        rid = request[REQUEST_ID] = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+    return rid
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every response carries the request id: errors, 404s and /metrics too. (Streams are
+    sent from inside the handler, so dispatch puts it in their headers itself.)"""
+    response: web.StreamResponse = await handler(request)
+    if not response.prepared:
+        response.headers.setdefault("x-request-id", request_id(request))
+    return response
 
 
 def json_response(
@@ -85,6 +100,9 @@ async def _route(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
         outcome.status = err.status
         outcome.error = outcome.error or err.code or err.type
         return error_response(err, rid)
+    except web.HTTPException as exc:  # 413 from the body read; error_middleware answers it
+        outcome.status, outcome.error = exc.status, exc.reason.lower().replace(" ", "_")
+        raise
     finally:
         budget.active -= 1
         seconds = time.perf_counter() - started

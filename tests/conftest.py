@@ -82,9 +82,14 @@ async def start_proxy(sim: Sim) -> AsyncIterator[StartProxy]:
     runners: list[web.AppRunner] = []
     proxies: list[Proxy] = []
 
-    async def start(data: dict[str, Any] | None = None, *, config: Config | None = None) -> Proxy:
+    async def start(
+        data: dict[str, Any] | None = None,
+        *,
+        config: Config | None = None,
+        config_path: str | None = None,
+    ) -> Proxy:
         cfg = config or config_for(sim.url, data)
-        app = make_app(cfg, environ=UPSTREAM_ENV)
+        app = make_app(cfg, environ=UPSTREAM_ENV, config_path=config_path)
         runner, port = await start_server(app, "127.0.0.1", 0)
         runners.append(runner)
         proxies.append(Proxy(f"http://127.0.0.1:{port}", app, sim))
@@ -126,6 +131,7 @@ def spawn_server(
             text=True,
             env=full_env,
         )
+    proc.log_path = log_path  # type: ignore[attr-defined]
     assert proc.stdout is not None
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
@@ -145,6 +151,12 @@ def spawn_server(
         raise
     finally:
         sel.close()
+
+
+def server_log(proc: subprocess.Popen[str]) -> str:
+    """Everything a server started by ``spawn_server`` has logged so far."""
+    with open(proc.log_path) as fh:  # type: ignore[attr-defined]
+        return fh.read()
 
 
 def stop_server(proc: subprocess.Popen[str]) -> int:

@@ -439,7 +439,7 @@ def make_sim_app(state: SimState) -> web.Application:
 
 def bound_port(site: web.TCPSite) -> int:
     """The port a site listens on (it may have been asked for port 0)."""
-    # asyncio's and uvloop's Server classes differ; both have .sockets once started.
+    # asyncio's Server and uvloop's both have .sockets; neither is the other's subclass.
     sockets = getattr(site._server, "sockets", None)
     if not sockets:
         raise RuntimeError("site is not started")
