@@ -121,7 +121,11 @@ NEGATIONS = ("NOT", "EXCEPT", "LEAST", "NEVER", "FALSE")
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*%?")
 # Arithmetic and formal notation, logic connectives included (∀x)(Px ⊃ Qx).
-_MATH = re.compile(r"[=^<>±×÷√∑∫π≤≥∞∀∃∧∨¬⊃≡⊢⊨↔]|\\(?:frac|sum|int|sqrt|cdot|le|ge)|\d\s*[-+*/]\s*\d")
+_MATH = re.compile(
+    "[=^<>\u00b1\u00d7\u00f7\u221a\u2211\u222b\u03c0\u2264\u2265\u221e"
+    "\u2200\u2203\u2227\u2228\u00ac\u2283\u2261\u22a2\u22a8\u2194]|"
+    r"\\(?:frac|sum|int|sqrt|cdot|le|ge)|\d\s*[-+*/]\s*\d"
+)
 _CODE = re.compile(
     r"```|^\s*(?:def|class|import|from|return|public|private|fn|func|function|const|let|var|"
     r"#include|SELECT|package)\b|[;{}]\s*$|\w\(\)|=>|->|::|\b\w+_\w+\b",
@@ -272,10 +276,10 @@ def signals_of(body: Mapping[str, Any]) -> dict[str, float]:
     max_out = max_out if isinstance(max_out, int) and not isinstance(max_out, bool) else 0
     fmt = body.get("response_format")
     structured = isinstance(fmt, dict) and fmt.get("type") == "json_schema"
-    effort = body.get("reasoning_effort")
-
+    effort = {"high": 1.0, "medium": 0.5}.get(str(body.get("reasoning_effort")), 0.0)
+    # 0 up to 256 output tokens, 1 at 16k: a long answer is a bigger job.
     output = min(1.0, max(0.0, math.log2(max(max_out, 1) / 256.0) / 6.0))
-    output = max(output, 0.5 if structured else 0.0, {"high": 1.0, "medium": 0.5}.get(effort, 0.0))
+    output = max(output, 0.5 if structured else 0.0, effort)
     return {
         "length": length,
         "math": _saturate(math_marks + 0.25 * numbers, 6.0),
