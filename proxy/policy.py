@@ -22,8 +22,10 @@ class PolicyError(ValueError):
 @dataclass(frozen=True, slots=True)
 class ClassifierSettings:
     # score < economy_below -> economy; score >= premium_from -> premium; else standard.
-    economy_below: float = 0.35
-    premium_from: float = 0.65
+    # With the default weights a greeting or lookup scores ~0.06, a short coding or design
+    # question ~0.3, a long code review ~0.6 (examples in tests/test_classifier.py).
+    economy_below: float = 0.2
+    premium_from: float = 0.4
     weights: Weights = DEFAULT_WEIGHTS
 
     def tier_for(self, score: float) -> Tier:
