@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import itertools
 import json
 import random
 import statistics
@@ -201,7 +202,7 @@ def share_for_gap(
 ) -> Point | None:
     """The cheapest point on the curve (interpolated) that recovers ``frac`` of the gap."""
     target = weak_acc + frac * (strong_acc - weak_acc)
-    for a, b in zip(points, points[1:], strict=False):
+    for a, b in itertools.pairwise(points):
         if a.accuracy >= target:
             return a
         if b.accuracy >= target > a.accuracy:

@@ -20,9 +20,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from routing_quality import Item, apgr, body_of, curve, data_dir, held_out, load_gsm8k, load_mmlu  # noqa: E402
+from routing_quality import Item, apgr, body_of, curve, data_dir, held_out, load_gsm8k, load_mmlu
 
-from proxy.classifier import DEFAULT_WEIGHTS, SIGNALS, signals_of  # noqa: E402
+from proxy.classifier import DEFAULT_WEIGHTS, SIGNALS, signals_of
 
 BOUNDS = {
     "length": (0.0, 3.0),
