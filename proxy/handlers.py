@@ -151,6 +151,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
 def _virtual_models() -> list[dict[str, Any]]:
     names = ["auto", *(f"auto:{p}" for p in PREFERS), *(f"auto:{t}" for t in TIERS)]
     names += [f"auto:{t}:{p}" for t in TIERS for p in PREFERS]
+    names += ["auto:auto", *(f"auto:auto:{p}" for p in PREFERS)]  # tier chosen by the classifier
     return [
         {"id": n, "object": "model", "created": 0, "owned_by": "model-router", "virtual": True}
         for n in names

@@ -228,3 +228,9 @@ async def test_experiment_matches_by_client_key(start_proxy: StartProxy) -> None
         )
     assert mine.headers["x-router-arm"] == "up:treatment"
     assert "x-router-arm" not in other.headers
+
+
+async def test_models_list_the_auto_tier_routes(proxy: Proxy) -> None:
+    async with aiohttp.ClientSession() as s, s.get(f"{proxy.url}/v1/models") as resp:
+        ids = {m["id"] for m in (await resp.json())["data"]}
+    assert {"auto:auto", "auto:auto:cheap", "auto:auto:coding"} <= ids
