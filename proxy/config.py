@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .catalog import PREFERS, Catalog, CatalogError, Model, load_bundled, parse_model
+from .policy import TOP_LEVEL_KEYS as POLICY_KEYS
+from .policy import Policy, PolicyError, parse_policy
 
 ProviderKind = Literal["openai", "anthropic", "bedrock"]
 PROVIDER_KINDS = ("openai", "anthropic", "bedrock")
@@ -98,6 +100,7 @@ class Config:
     providers: Mapping[str, ProviderConfig] = field(default_factory=dict)
     catalog: Catalog = field(default_factory=lambda: Catalog.build(()))
     source: str = "<defaults>"
+    policy: Policy = field(default_factory=Policy)
 
     def with_providers(self, providers: Mapping[str, ProviderConfig]) -> Config:
         return replace(self, providers=dict(providers))
@@ -268,7 +271,7 @@ def _apply_overrides(models: list[Model], raw: Any) -> list[Model]:
     return list(by_id.values())
 
 
-TOP_LEVEL = {"server", "routing", "probes", "providers", "models", "overrides"}
+TOP_LEVEL = {"server", "routing", "probes", "providers", "models", "overrides", *POLICY_KEYS}
 
 
 def parse_config(data: Mapping[str, Any], source: str = "<string>") -> Config:
@@ -297,6 +300,10 @@ def parse_config(data: Mapping[str, Any], source: str = "<string>") -> Config:
         catalog = Catalog.build(models)
     except CatalogError as exc:
         raise ConfigError(str(exc)) from None
+    try:
+        policy = parse_policy(data, catalog.by_name)
+    except PolicyError as exc:
+        raise ConfigError(str(exc)) from None
     return Config(
         server=server,
         routing=routing,
@@ -304,6 +311,7 @@ def parse_config(data: Mapping[str, Any], source: str = "<string>") -> Config:
         providers=providers,
         catalog=catalog,
         source=source,
+        policy=policy,
     )
 
 

@@ -76,6 +76,9 @@ class Outcome:
     completion_tokens: int = 0
     cost: float = 0.0
     error: str | None = None  # failure kind of the final error, if any
+    escalated_from: str | None = None  # the tier whose answer was retried a tier up
+    arm: str | None = None  # experiment arm, "<name>:control" or "<name>:treatment"
+    complexity: float | None = None  # the classifier's score when tier was auto
 
     def take_usage(self, usage: Mapping[str, Any] | None) -> None:
         if not usage:
@@ -86,13 +89,18 @@ class Outcome:
 
 
 def router_headers(cand: Candidate, plan: Plan, outcome: Outcome) -> dict[str, str]:
-    return {
+    headers = {
         "x-router-model": cand.model.id,
         "x-router-provider": cand.deployment.provider,
         "x-router-reason": plan.reason,
         "x-router-attempts": str(outcome.attempts),
         "x-request-id": outcome.request_id,
     }
+    if outcome.arm:
+        headers["x-router-arm"] = outcome.arm
+    if outcome.escalated_from:
+        headers["x-router-escalated"] = f"{outcome.escalated_from}->{cand.model.tier}"
+    return headers
 
 
 class Dispatcher:

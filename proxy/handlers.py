@@ -14,8 +14,11 @@ from aiohttp import web
 from .catalog import PREFERS, TIERS
 from .dispatch import Outcome
 from .errors import RouterError, bad_request
+from .escalation import complete_escalating
+from .experiments import key_id
 from .intent import forwarded_body, parse_intent
 from .providers.base import Endpoint
+from .resolve import resolve
 from .routing import plan
 from .state import ROUTER, Router
 
@@ -85,16 +88,27 @@ async def _route(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
     budget.active += 1
     try:
         body = await read_json(request)
-        intent = parse_intent(body, endpoint)
+        policy = router.config.policy
+        intent = parse_intent(body, endpoint, policy.tasks)
         outcome.stream = intent.stream
-        outcome.intent = describe(intent.pinned, intent.prefer, intent.tier)
-        decision = plan(
-            intent, router.catalog, router.health.snapshot(), router.config.routing.max_attempts
+        outcome.intent = describe(
+            intent.pinned, intent.prefer, "auto" if intent.tier_auto else intent.tier, intent.task
+        )
+        chosen = resolve(intent, body, policy, rid, key_id(request.headers.get("Authorization")))
+        intent, outcome.complexity, outcome.arm = chosen.intent, chosen.complexity, chosen.arm
+        decision = chosen.annotate(
+            plan(
+                intent, router.catalog, router.health.snapshot(), router.config.routing.max_attempts
+            )
         )
         outcome.reason = decision.reason
         upstream_body = forwarded_body(body)
         if intent.stream:
             return await router.dispatcher.stream(request, intent, decision, upstream_body, outcome)
+        if intent.escalate:
+            return await complete_escalating(
+                router, intent, decision, upstream_body, outcome, chosen.notes
+            )
         return await router.dispatcher.complete(intent, decision, upstream_body, outcome)
     except RouterError as err:
         outcome.status = err.status
@@ -110,10 +124,12 @@ async def _route(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
             sink(outcome, seconds)
 
 
-def describe(pinned: tuple[str, ...], prefer: str | None, tier: str | None) -> str:
+def describe(
+    pinned: tuple[str, ...], prefer: str | None, tier: str | None, task: str | None = None
+) -> str:
     if pinned:
         return "pinned:" + ",".join(pinned)
-    return f"auto prefer={prefer} tier={tier or 'any'}"
+    return f"auto prefer={prefer} tier={tier or 'any'}" + (f" task={task}" if task else "")
 
 
 def access_log_sink(outcome: Outcome, seconds: float) -> None:
@@ -135,6 +151,9 @@ def access_log_sink(outcome: Outcome, seconds: float) -> None:
         "prompt_tokens": outcome.prompt_tokens,
         "completion_tokens": outcome.completion_tokens,
         "cost": outcome.cost,
+        "complexity": outcome.complexity,
+        "arm": outcome.arm,
+        "escalated_from": outcome.escalated_from,
     }
     access_log.info(orjson.dumps(record).decode())
 
@@ -150,6 +169,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
 def _virtual_models() -> list[dict[str, Any]]:
     names = ["auto", *(f"auto:{p}" for p in PREFERS), *(f"auto:{t}" for t in TIERS)]
     names += [f"auto:{t}:{p}" for t in TIERS for p in PREFERS]
+    names += ["auto:auto", *(f"auto:auto:{p}" for p in PREFERS)]  # tier chosen by the classifier
     return [
         {"id": n, "object": "model", "created": 0, "owned_by": "model-router", "virtual": True}
         for n in names
