@@ -17,6 +17,9 @@ SECRET_PROMPT = "the launch code is swordfish-7781"
 MSG = [{"role": "user", "content": SECRET_PROMPT}]
 FIELDS = {
     "request_id",
+    "arm",
+    "complexity",
+    "escalated_from",
     "endpoint",
     "stream",
     "intent",
