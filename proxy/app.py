@@ -18,6 +18,7 @@ from probes.breaker import BreakerPolicy
 from probes.loop import ProbeFailed, ProbeLoop, ProbeSettings
 
 from . import handlers
+from .accounting import accounting_ctx
 from .catalog import Catalog
 from .config import Config, ProviderConfig
 from .credentials import read_credential
@@ -281,6 +282,7 @@ def make_app(
                 await sim_runner.cleanup()
 
     app.cleanup_ctx.append(lifecycle)
+    app.cleanup_ctx.append(accounting_ctx(config, env))
     app.router.add_post("/v1/chat/completions", handlers.chat_completions)
     app.router.add_post("/v1/completions", handlers.completions)
     app.router.add_get("/v1/models", handlers.list_models)

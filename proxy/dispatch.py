@@ -75,6 +75,10 @@ class Outcome:
     completion_tokens: int = 0
     cost: float = 0.0
     error: str | None = None  # failure kind of the final error, if any
+    key_id: str | None = None  # the client's API key id (never the key), once keys exist
+    prefer: str | None = None  # as requested (None for pinned models)
+    tier: str | None = None  # as requested (None: any tier, or pinned)
+    cache_hit: bool = False
 
     def take_usage(self, usage: Mapping[str, Any] | None) -> None:
         if not usage:

@@ -14,7 +14,8 @@ from .errors import RouterError, bad_request
 from .providers.base import Endpoint
 
 # Routing extensions: never forwarded upstream.
-EXTENSION_FIELDS = frozenset({"prefer", "tier", "min_coding_score", "models"})
+# "cache": true/false opts a request in or out of the response cache (proxy/cache.py).
+EXTENSION_FIELDS = frozenset({"prefer", "tier", "min_coding_score", "models", "cache"})
 
 # Rough tokens for an image part; the context check only needs an upper-ish estimate.
 IMAGE_TOKENS = 800
