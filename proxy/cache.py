@@ -182,14 +182,22 @@ def _chat_chunks(data: Mapping[str, Any], include_usage: bool) -> list[bytes]:
 
 
 def _completion_chunks(data: Mapping[str, Any]) -> list[bytes]:
+    # One chunk per choice, text and finish reason together: OpenAI's schema for legacy
+    # completion chunks has no null finish_reason, and a replay has nothing to wait for.
     base = _base(data, "completions")
-    events = []
-    for choice in data.get("choices") or ():
-        index = choice.get("index", 0)
-        text = {"text": choice.get("text", ""), "index": index}
-        text |= {"logprobs": choice.get("logprobs"), "finish_reason": None}
-        end = {"text": "", "index": index, "logprobs": None}
-        end["finish_reason"] = choice.get("finish_reason") or "stop"
-        events.append(_sse({**base, "choices": [text]}))
-        events.append(_sse({**base, "choices": [end]}))
-    return events
+    return [
+        _sse(
+            {
+                **base,
+                "choices": [
+                    {
+                        "text": choice.get("text", ""),
+                        "index": choice.get("index", 0),
+                        "logprobs": choice.get("logprobs"),
+                        "finish_reason": choice.get("finish_reason") or "stop",
+                    }
+                ],
+            }
+        )
+        for choice in data.get("choices") or ()
+    ]

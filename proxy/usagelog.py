@@ -138,6 +138,7 @@ class UsageLog:
         self.settings = settings
         self._monotonic = monotonic
         self._rows: list[Row] = []
+        self._inflight = 0  # rows handed to the writer thread, not yet committed
         self._wake = asyncio.Event()
         self._stopping = False
         self._closed = False
@@ -172,16 +173,19 @@ class UsageLog:
 
     @property
     def queued(self) -> int:
-        return len(self._rows)
+        """Rows not yet committed, including the batch being written."""
+        return len(self._rows) + self._inflight
 
     async def flush(self) -> None:
         """Write what is queued now; on failure the rows stay queued (as far as they fit)."""
         if not self._rows:
             return
         batch, self._rows = self._rows, []
+        self._inflight = len(batch)
         try:
             await self._in_thread(self._write, batch)
         except (sqlite3.Error, OSError) as exc:
+            self._inflight = 0
             keep = self.settings.queue_max - len(self._rows)
             requeue = batch[: max(keep, 0)]
             lost = len(batch) - len(requeue)
@@ -189,6 +193,7 @@ class UsageLog:
             self.dropped_rows += lost
             self._failed(exc, lost)
         else:
+            self._inflight = 0
             self.written_rows += len(batch)
 
     async def close(self) -> None:
@@ -209,7 +214,7 @@ class UsageLog:
         return {
             "path": self.path,
             "written_rows": self.written_rows,
-            "queued_rows": len(self._rows),
+            "queued_rows": self.queued,
             "dropped_rows": self.dropped_rows,
             "write_errors": self.write_errors,
         }
