@@ -176,7 +176,10 @@ def render(summary: dict[str, Any], since_text: str) -> str:
     return "\n".join(lines)
 
 
-def run_report(path: str, since_text: str, by: str, as_json: bool, out: TextIO = sys.stdout) -> int:
+def run_report(
+    path: str, since_text: str, by: str, as_json: bool, out: TextIO | None = None
+) -> int:
+    out = out or sys.stdout
     try:
         summary = summarize(path, parse_since(since_text, time.time()), by)
     except ReportError as exc:

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
+from proxy.__main__ import main
 from proxy.report import ReportError, parse_since, percentile
 from proxy.usagelog import COLUMNS, connect, insert
 
@@ -98,6 +99,13 @@ def as_json(db: str, *args: str) -> dict[str, Any]:
     return result
 
 
+def in_process(capsys: pytest.CaptureFixture[str], db: str, *args: str) -> dict[str, Any]:
+    """The same CLI entry point without a new interpreter (for the many small cases)."""
+    assert main(["report", "--db", db, "--json", *args]) == 0
+    result: dict[str, Any] = orjson.loads(capsys.readouterr().out)
+    return result
+
+
 def test_totals_and_groups_by_model_match_the_rows(db: str) -> None:
     data = as_json(db)
     assert data["total"] == {
@@ -127,15 +135,17 @@ def test_totals_and_groups_by_model_match_the_rows(db: str) -> None:
         pytest.param("key", {"team-a": 11, None: 2}, id="key"),
     ],
 )
-def test_groups_by_tier_prefer_and_key(db: str, by: str, expected: dict[Any, int]) -> None:
-    data = as_json(db, "--by", by)
+def test_groups_by_tier_prefer_and_key(
+    capsys: pytest.CaptureFixture[str], db: str, by: str, expected: dict[Any, int]
+) -> None:
+    data = in_process(capsys, db, "--by", by)
     assert {g[by]: g["calls"] for g in data["groups"]} == expected
 
 
-def test_since_filters_rows(db: str) -> None:
-    assert as_json(db, "--since", "all")["total"]["calls"] == 14
-    assert as_json(db, "--since", "all")["total"]["cost_usd"] == pytest.approx(7.06)
-    assert as_json(db, "--since", "30s")["total"]["calls"] == 0
+def test_since_filters_rows(capsys: pytest.CaptureFixture[str], db: str) -> None:
+    everything = in_process(capsys, db, "--since", "all")["total"]
+    assert (everything["calls"], everything["cost_usd"]) == (14, pytest.approx(7.06))
+    assert in_process(capsys, db, "--since", "30s")["total"]["calls"] == 0
 
 
 def test_table_is_readable_in_a_terminal(db: str) -> None:
