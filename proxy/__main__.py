@@ -1,4 +1,4 @@
-"""The CLI and composition root: ``model-router serve | check-config``."""
+"""The CLI and composition root: ``model-router serve | check-config | report``."""
 
 from __future__ import annotations
 
@@ -33,6 +33,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--demo", action="store_true", help="route to built-in simulated providers")
     check = sub.add_parser("check-config", help="validate a config and list the enabled models")
     check.add_argument("path")
+    report = sub.add_parser("report", help="calls, spend and TTFT from the usage log")
+    report.add_argument("--db", help="usage log (default: as `serve` would place it)")
+    report.add_argument("--config", help="take the usage log path from this config")
+    report.add_argument("--since", default="24h", help="24h, 30m, 7d, today, all or a date")
+    report.add_argument("--by", choices=("model", "tier", "prefer", "key"), default="model")
+    report.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -116,6 +122,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A process-wide switch of the library: no `_created` line beside every counter and
     # histogram, which halves what a scrape formats on the event loop.
     disable_created_metrics()  # type: ignore[no-untyped-call]
+    if args.command == "report":
+        from .report import run_report
+        from .usagelog import db_path
+
+        db = args.db or db_path(_load(args.config).usage, os.environ)
+        return run_report(db, args.since, args.by, args.json)
     if args.command == "check-config":
         config = _load(args.path)
         enabled = enabled_providers(config, os.environ)

@@ -19,6 +19,7 @@ from probes.breaker import BreakerPolicy
 from probes.loop import ProbeFailed, ProbeLoop, ProbeSettings
 
 from . import handlers
+from .accounting import ACCOUNTING, accounting_ctx
 from .catalog import Catalog
 from .config import Config, ProviderConfig, load_config
 from .credentials import read_credential
@@ -343,7 +344,11 @@ def make_app(
             return router
 
         def rebuild(previous: Router) -> Router:
-            return build(keep_listen_address(load_config(config_path), config), previous)
+            router = build(keep_listen_address(load_config(config_path), config), previous)
+            # The usage log and budget live across reloads; the new router must feed them.
+            if (accounting := app.get(ACCOUNTING)) is not None:
+                accounting.attach(router)
+            return router
 
         router = build(config, None)
         for provider in router.providers.values():
@@ -369,6 +374,7 @@ def make_app(
             app[NOTIFIER].close()
 
     app.cleanup_ctx.append(lifecycle)
+    app.cleanup_ctx.append(accounting_ctx(config, env))
     app.router.add_post("/v1/chat/completions", handlers.chat_completions)
     app.router.add_post("/v1/completions", handlers.completions)
     app.router.add_get("/v1/models", handlers.list_models)

@@ -93,10 +93,44 @@ class ProbeConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class UsageSettings:
+    """The SQLite usage log (proxy/usagelog.py)."""
+
+    enabled: bool = True
+    # "": $STATE_DIRECTORY/model-router.db under systemd, else ./model-router.db.
+    path: str = ""
+    # A crash loses at most the rows of one flush interval (and never more than queue_max).
+    flush_ms: float = 500.0
+    flush_rows: int = 256
+    # Rows waiting for the writer; past this (a stuck disk) rows are dropped and counted.
+    queue_max: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    """The response cache (proxy/cache.py): temperature-0 or opted-in requests."""
+
+    enabled: bool = True
+    max_entries: int = 1024
+    ttl_s: float = 300.0
+    # Worst-case memory is max_entries x max_entry_bytes (64 MiB at the defaults).
+    max_entry_bytes: int = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetSettings:
+    # Global spend cap per UTC day in USD; 0 means no budget.
+    daily_usd: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerSettings = ServerSettings()
     routing: RoutingSettings = RoutingSettings()
     probes: ProbeConfig = ProbeConfig()
+    usage: UsageSettings = UsageSettings()
+    cache: CacheSettings = CacheSettings()
+    budget: BudgetSettings = BudgetSettings()
     providers: Mapping[str, ProviderConfig] = field(default_factory=dict)
     catalog: Catalog = field(default_factory=lambda: Catalog.build(()))
     source: str = "<defaults>"
@@ -272,6 +306,27 @@ def _apply_overrides(models: list[Model], raw: Any) -> list[Model]:
 
 
 TOP_LEVEL = {"server", "routing", "probes", "providers", "models", "overrides", *POLICY_KEYS}
+TOP_LEVEL |= {"usage", "cache", "budget"}
+
+
+def _accounting(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The [usage], [cache] and [budget] tables, checked."""
+    usage = _typed(UsageSettings, _check(data.get("usage", {}), UsageSettings, "usage"), "usage")
+    cache = _typed(CacheSettings, _check(data.get("cache", {}), CacheSettings, "cache"), "cache")
+    budget = _typed(
+        BudgetSettings, _check(data.get("budget", {}), BudgetSettings, "budget"), "budget"
+    )
+    for path, value in (
+        ("usage.flush_ms", usage.flush_ms),
+        ("usage.flush_rows", usage.flush_rows),
+        ("usage.queue_max", usage.queue_max),
+        ("cache.max_entries", cache.max_entries),
+        ("cache.ttl_s", cache.ttl_s),
+        ("cache.max_entry_bytes", cache.max_entry_bytes),
+    ):
+        if value <= 0:
+            raise ConfigError(f"{path}: must be positive")
+    return {"usage": usage, "cache": cache, "budget": budget}
 
 
 def parse_config(data: Mapping[str, Any], source: str = "<string>") -> Config:
@@ -312,6 +367,7 @@ def parse_config(data: Mapping[str, Any], source: str = "<string>") -> Config:
         catalog=catalog,
         source=source,
         policy=policy,
+        **_accounting(data),
     )
 
 

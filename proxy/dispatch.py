@@ -79,6 +79,10 @@ class Outcome:
     escalated_from: str | None = None  # the tier whose answer was retried a tier up
     arm: str | None = None  # experiment arm, "<name>:control" or "<name>:treatment"
     complexity: float | None = None  # the classifier's score when tier was auto
+    key_id: str | None = None  # the client's API key id (never the key), once keys exist
+    prefer: str | None = None  # as requested (None for pinned models)
+    tier: str | None = None  # as requested (None: any tier, or pinned)
+    cache_hit: bool = False
 
     def take_usage(self, usage: Mapping[str, Any] | None) -> None:
         if not usage:

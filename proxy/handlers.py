@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from .accounting import ACCOUNTING
 from .catalog import PREFERS, TIERS
 from .dispatch import Outcome
 from .errors import RouterError, bad_request
@@ -96,20 +97,30 @@ async def _route(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
         )
         chosen = resolve(intent, body, policy, rid, key_id(request.headers.get("Authorization")))
         intent, outcome.complexity, outcome.arm = chosen.intent, chosen.complexity, chosen.arm
+        outcome.prefer, outcome.tier = intent.prefer, intent.tier
         decision = chosen.annotate(
             plan(
                 intent, router.catalog, router.health.snapshot(), router.config.routing.max_attempts
             )
         )
         outcome.reason = decision.reason
+        accounting = request.app.get(ACCOUNTING)
+        admission = accounting.admit(intent, decision, body, outcome) if accounting else None
+        if admission is not None and admission.hit is not None:
+            stall_s = router.config.server.write_stall_s
+            return await admission.replay(request, intent, decision, outcome, stall_s)
         upstream_body = forwarded_body(body)
         if intent.stream:
             return await router.dispatcher.stream(request, intent, decision, upstream_body, outcome)
         if intent.escalate:
-            return await complete_escalating(
+            response = await complete_escalating(
                 router, intent, decision, upstream_body, outcome, chosen.notes
             )
-        return await router.dispatcher.complete(intent, decision, upstream_body, outcome)
+        else:
+            response = await router.dispatcher.complete(intent, decision, upstream_body, outcome)
+        if admission is not None:
+            admission.remember(response, outcome)
+        return response
     except RouterError as err:
         outcome.status = err.status
         outcome.error = outcome.error or err.code or err.type
@@ -154,6 +165,7 @@ def access_log_sink(outcome: Outcome, seconds: float) -> None:
         "complexity": outcome.complexity,
         "arm": outcome.arm,
         "escalated_from": outcome.escalated_from,
+        "cache_hit": outcome.cache_hit,
     }
     access_log.info(orjson.dumps(record).decode())
 
@@ -183,7 +195,10 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def router_status(request: web.Request) -> web.Response:
     router: Router = request.app[ROUTER].current
-    return json_response(router.status())
+    status = router.status()
+    if (accounting := request.app.get(ACCOUNTING)) is not None:
+        status |= accounting.status()
+    return json_response(status)
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -15,7 +15,10 @@ from .policy import DEFAULT_TASKS, TaskRoute
 from .providers.base import Endpoint
 
 # Routing extensions: never forwarded upstream.
-EXTENSION_FIELDS = frozenset({"prefer", "tier", "min_coding_score", "models", "task", "escalate"})
+# "cache": true/false opts a request in or out of the response cache (proxy/cache.py).
+EXTENSION_FIELDS = frozenset(
+    {"prefer", "tier", "min_coding_score", "models", "task", "escalate", "cache"}
+)
 
 # Rough tokens for an image part; the context check only needs an upper-ish estimate.
 IMAGE_TOKENS = 800

@@ -11,6 +11,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -78,7 +79,7 @@ StartProxy = Callable[..., Awaitable[Proxy]]
 
 
 @pytest.fixture
-async def start_proxy(sim: Sim) -> AsyncIterator[StartProxy]:
+async def start_proxy(sim: Sim, tmp_path: Path) -> AsyncIterator[StartProxy]:
     runners: list[web.AppRunner] = []
     proxies: list[Proxy] = []
 
@@ -89,7 +90,10 @@ async def start_proxy(sim: Sim) -> AsyncIterator[StartProxy]:
         config_path: str | None = None,
     ) -> Proxy:
         cfg = config or config_for(sim.url, data)
-        app = make_app(cfg, environ=UPSTREAM_ENV, config_path=config_path)
+        # As under systemd: the usage log goes to $STATE_DIRECTORY, here the test's tmp dir.
+        app = make_app(
+            cfg, environ={**UPSTREAM_ENV, "STATE_DIRECTORY": str(tmp_path)}, config_path=config_path
+        )
         runner, port = await start_server(app, "127.0.0.1", 0)
         runners.append(runner)
         proxies.append(Proxy(f"http://127.0.0.1:{port}", app, sim))
@@ -174,10 +178,12 @@ def stop_server(proc: subprocess.Popen[str]) -> int:
 
 
 @pytest.fixture(scope="module")
-def demo_server() -> Iterator[str]:
+def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``model-router serve --demo`` as a subprocess, latencies scaled down for speed."""
+    state_dir = str(tmp_path_factory.mktemp("state"))
     proc, url = spawn_server(
-        ["serve", "--demo", "--port", "0"], {"MODEL_ROUTER_DEMO_SCALE": "0.02"}
+        ["serve", "--demo", "--port", "0"],
+        {"MODEL_ROUTER_DEMO_SCALE": "0.02", "STATE_DIRECTORY": state_dir},
     )
     try:
         yield url

@@ -19,6 +19,7 @@ FIELDS = {
     "request_id",
     "arm",
     "complexity",
+    "cache_hit",
     "escalated_from",
     "endpoint",
     "stream",
