@@ -170,7 +170,8 @@ def _typed(cls: type, raw: dict[str, Any], path: str, **fixed: Any) -> Any:
             continue
         value, default = raw[f.name], getattr(defaults, f.name)
         if isinstance(default, bool) or (default is None and f.name == "enabled"):
-            ok = isinstance(value, bool)
+            # None comes only from a built-in provider's fields merged under an override.
+            ok = isinstance(value, bool) or (value is None and default is None)
         elif isinstance(default, float):
             ok = isinstance(value, int | float) and not isinstance(value, bool)
             value = float(value) if ok else value
