@@ -18,11 +18,13 @@ from probes.breaker import BreakerPolicy
 from probes.loop import ProbeFailed, ProbeLoop, ProbeSettings
 
 from . import handlers
+from .auth import ACCESS, Access, auth_middleware
 from .catalog import Catalog
 from .config import Config, ProviderConfig
 from .credentials import read_credential
 from .dispatch import Dispatcher, first_content
 from .health import Health
+from .limits import GuardedRunner
 from .providers.base import Endpoint, Provider, UpstreamError, UpstreamRequest, UpstreamStream
 from .providers.openai import OpenAIProvider
 from .relay import SSERelay
@@ -232,9 +234,10 @@ async def start_server(app: web.Application, host: str, port: int) -> tuple[web.
     """Serve ``app`` the way production does; returns the runner and the bound port.
 
     run_app/AppRunner default ``handler_cancellation`` to False; without it a client that
-    leaves goes unnoticed until the next write and its upstream keeps generating.
+    leaves goes unnoticed until the next write and its upstream keeps generating. The
+    guarded runner adds the header deadline and the connection cap ([limits]).
     """
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    runner = GuardedRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024)
     await site.start()
@@ -246,8 +249,10 @@ def make_app(
 ) -> web.Application:
     env = dict(os.environ if environ is None else environ)
     app = web.Application(
-        client_max_size=config.server.max_body_bytes, middlewares=[handlers.error_middleware]
+        client_max_size=config.server.max_body_bytes,
+        middlewares=[handlers.error_middleware, auth_middleware],
     )
+    app[ACCESS] = Access()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         cfg = config
