@@ -1,4 +1,4 @@
-"""The CLI and composition root: ``model-router serve | check-config | report``."""
+"""The CLI and composition root: ``model-router serve | check-config | report | hash-key``."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import uvloop
 from prometheus_client import disable_created_metrics
 
 from .app import NOTIFIER, RUNTIME, enabled_providers, how_to_enable, make_app, start_server
+from .auth import hash_key, is_loopback
 from .config import Config, ConfigError, load_config
 from .drain import IN_FLIGHT, drain
 from .metrics import METRICS
@@ -21,6 +22,10 @@ from .reload import ReloadError
 from .state import ROUTER
 
 log = logging.getLogger("model_router")
+
+# Libraries that log whole requests at DEBUG (botocore: the body, i.e. the prompt, and the
+# SigV4 Authorization header). They stay at WARNING whatever MODEL_ROUTER_LOG_LEVEL says.
+CHATTY_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3transfer", "urllib3")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,6 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default 8080; 0 picks a free one)")
     serve.add_argument("--demo", action="store_true", help="route to built-in simulated providers")
+    serve.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="allow binding a non-loopback address with no [[keys]] configured",
+    )
     check = sub.add_parser("check-config", help="validate a config and list the enabled models")
     check.add_argument("path")
     report = sub.add_parser("report", help="calls, spend and TTFT from the usage log")
@@ -39,7 +49,21 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--since", default="24h", help="24h, 30m, 7d, today, all or a date")
     report.add_argument("--by", choices=("model", "tier", "prefer", "key"), default="model")
     report.add_argument("--json", action="store_true", help="machine-readable output")
+    sub.add_parser(
+        "hash-key",
+        help="read a client API key on stdin and print the SHA-256 digest for [[keys]] sha256",
+    )
     return parser
+
+
+def _hash_key() -> int:
+    # One line: the key must not sit in shell history or the process list.
+    key = sys.stdin.readline().strip()
+    if not key:
+        print("model-router: hash-key: no key on stdin", file=sys.stderr)
+        return 2
+    print(hash_key(key))
+    return 0
 
 
 def _load(path: str | None) -> Config:
@@ -119,6 +143,8 @@ def _logging() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _logging()
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
     # A process-wide switch of the library: no `_created` line beside every counter and
     # histogram, which halves what a scrape formats on the event loop.
     disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -128,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         db = args.db or db_path(_load(args.config).usage, os.environ)
         return run_report(db, args.since, args.by, args.json)
+    if args.command == "hash-key":
+        return _hash_key()
     if args.command == "check-config":
         config = _load(args.path)
         enabled = enabled_providers(config, os.environ)
@@ -148,6 +176,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             port=server.port if args.port is None else args.port,
         )
         config = replace(config, server=server)
+    if not config.keys and not is_loopback(server.host) and not args.insecure_no_auth:
+        print(
+            f"model-router: refusing to serve {server.host!r} without client keys: anyone "
+            "who can reach it could spend your provider credit. Add [[keys]] to the config "
+            "(`model-router hash-key` prints a key's digest), bind 127.0.0.1, or pass "
+            "--insecure-no-auth if something in front of the router authenticates.",
+            file=sys.stderr,
+        )
+        return 2
     if not args.demo and not enabled_providers(config, os.environ):
         print(f"model-router: {how_to_enable(config)}", file=sys.stderr)
         return 2

@@ -58,6 +58,8 @@ class Accounting:
     def attach(self, router: Router) -> None:
         """Subscribe to a router's outcomes (again after a reload builds a new router)."""
         self._tiers = {m.id: m.tier for m in router.catalog.models}
+        # Per-key daily caps come from [[keys]] daily_usd; a reload may change them.
+        self.budget.key_limits = {k.id: k.daily_usd for k in router.config.keys if k.daily_usd}
         router.sinks.append(self.sink)
 
     def sink(self, outcome: Outcome, seconds: float) -> None:

@@ -20,12 +20,14 @@ from probes.loop import ProbeFailed, ProbeLoop, ProbeSettings
 
 from . import handlers
 from .accounting import ACCOUNTING, accounting_ctx
+from .auth import ACCESS, Access, auth_middleware
 from .catalog import Catalog
 from .config import Config, ProviderConfig, load_config
 from .credentials import read_credential
 from .dispatch import Dispatcher, first_content
 from .drain import IN_FLIGHT, InFlight, in_flight_middleware
 from .health import Health
+from .limits import GuardedRunner
 from .metrics import METRICS, Metrics, metrics_endpoint
 from .notify import Notifier, watchdog_task
 from .providers.base import Endpoint, Provider, UpstreamError, UpstreamRequest, UpstreamStream
@@ -285,9 +287,10 @@ async def start_server(app: web.Application, host: str, port: int) -> tuple[web.
     run_app/AppRunner default ``handler_cancellation`` to False; without it a client that
     leaves goes unnoticed until the next write and its upstream keeps generating.
     ``shutdown_timeout`` bounds what ``runner.cleanup()`` waits for handlers: the drain
-    (proxy/drain.py) has already ended the streams by then.
+    (proxy/drain.py) has already ended the streams by then. The guarded runner adds the
+    header deadline and the connection cap ([limits]).
     """
-    runner = web.AppRunner(
+    runner = GuardedRunner(
         app, handler_cancellation=True, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S
     )
     await runner.setup()
@@ -312,11 +315,13 @@ def make_app(
             handlers.request_id_middleware,
             in_flight_middleware,
             handlers.error_middleware,
+            auth_middleware,
         ],
     )
     app[IN_FLIGHT] = InFlight()
     app[NOTIFIER] = Notifier.from_env(env)
     metrics = app[METRICS] = Metrics(app)
+    app[ACCESS] = Access()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         sim_runner = None

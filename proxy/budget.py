@@ -61,7 +61,7 @@ class Budget:
         if key_id is not None and (limit := self.key_limits.get(key_id)) is not None:
             spent = self.by_key.get(key_id, 0.0)
             if spent >= limit:
-                self._refuse(f"the daily budget of ${limit:.2f} for key {key_id!r}", spent)
+                self._refuse(f"the daily_usd budget of ${limit:.2f} for API key {key_id!r}", spent)
 
     def reset_in_s(self) -> float:
         return (day_of(self._clock()) + 1) * DAY_S - self._clock()

@@ -400,6 +400,14 @@ async def first_content(upstream: UpstreamStream, relay: SSERelay) -> bytes:
     return b"".join(pending)
 
 
+def public_message(exc: UpstreamError) -> str:
+    """What a client may read of an upstream failure. A refusal of our credentials is not
+    echoed: providers quote (part of) the key they were sent."""
+    if exc.kind == "auth":
+        return f"the provider refused the router's credentials (HTTP {exc.status or '?'})"
+    return exc.message
+
+
 def exhausted(failures: list[tuple[Candidate, UpstreamError]], outcome: Outcome) -> RouterError:
     """Every attempt failed (or none could be made): say so once, and tell the SDK not to retry."""
     headers = {"x-should-retry": "false", "x-router-attempts": str(outcome.attempts)}
@@ -415,7 +423,7 @@ def exhausted(failures: list[tuple[Candidate, UpstreamError]], outcome: Outcome)
             headers=headers,
         )
     kinds = {exc.kind for _, exc in failures}
-    detail = "; ".join(f"{c.deployment.key}: {exc.message}" for c, exc in failures)
+    detail = "; ".join(f"{c.deployment.key}: {public_message(exc)}" for c, exc in failures)
     outcome.error = failures[-1][1].kind
     if kinds == {"rate_limited"}:
         waits = [exc.retry_after for _, exc in failures if exc.retry_after is not None]

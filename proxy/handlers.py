@@ -11,10 +11,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from . import limits
 from .accounting import ACCOUNTING
+from .auth import Ticket, principal
 from .catalog import PREFERS, TIERS
 from .dispatch import Outcome
-from .errors import RouterError, bad_request
+from .errors import RouterError
 from .escalation import complete_escalating
 from .experiments import key_id
 from .intent import forwarded_body, parse_intent
@@ -66,41 +68,37 @@ def error_response(err: RouterError, request_id: str | None = None) -> web.Respo
     )
 
 
-async def read_json(request: web.Request) -> Any:
-    raw = await request.read()
-    if not raw:
-        raise bad_request("the request body is empty; send a JSON object", None)
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise bad_request(
-            f"the request body is not valid JSON: {exc}", None, "invalid_json"
-        ) from None
-    except RecursionError:
-        raise bad_request("the request body is nested too deeply", None, "invalid_json") from None
-
-
 async def _route(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
     router: Router = request.app[ROUTER].current
     started = time.perf_counter()
     rid = request_id(request)
-    outcome = Outcome(request_id=rid, endpoint=endpoint, stream=False)
+    caller = principal(request)
+    outcome = Outcome(request_id=rid, endpoint=endpoint, stream=False, key_id=caller.key_id)
+    ticket: Ticket | None = None
     budget = router.dispatcher.budget
     budget.active += 1
     try:
-        body = await read_json(request)
+        body = await limits.read_json(request, router.config.limits)
         policy = router.config.policy
         intent = parse_intent(body, endpoint, policy.tasks)
         outcome.stream = intent.stream
         outcome.intent = describe(
             intent.pinned, intent.prefer, "auto" if intent.tier_auto else intent.tier, intent.task
         )
-        chosen = resolve(intent, body, policy, rid, key_id(request.headers.get("Authorization")))
+        # The key's own limits and allowances see what the client asked for, before the
+        # classifier or an experiment picks a tier.
+        ticket = caller.admit(intent, router.catalog)
+        who = caller.key_id or key_id(request.headers.get("Authorization"))
+        chosen = resolve(intent, body, policy, rid, who)
         intent, outcome.complexity, outcome.arm = chosen.intent, chosen.complexity, chosen.arm
         outcome.prefer, outcome.tier = intent.prefer, intent.tier
         decision = chosen.annotate(
             plan(
-                intent, router.catalog, router.health.snapshot(), router.config.routing.max_attempts
+                intent,
+                router.catalog,
+                router.health.snapshot(),
+                router.config.routing.max_attempts,
+                allow=caller.allow,
             )
         )
         outcome.reason = decision.reason
@@ -130,6 +128,8 @@ async def _route(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
         raise
     finally:
         budget.active -= 1
+        if ticket is not None:
+            ticket.settle(outcome)
         seconds = time.perf_counter() - started
         for sink in router.sinks:
             sink(outcome, seconds)
@@ -149,6 +149,7 @@ def access_log_sink(outcome: Outcome, seconds: float) -> None:
         return
     record = {
         "request_id": outcome.request_id,
+        "key_id": outcome.key_id,
         "endpoint": outcome.endpoint,
         "stream": outcome.stream,
         "intent": outcome.intent,

@@ -121,7 +121,12 @@ def _messages(body: Mapping[str, Any], needs: set[str]) -> int:
                 f"messages[{i}].content",
             )
         tokens += 4 + _content_tokens(content, needs)
-        for call in msg.get("tool_calls") or ():
+        calls = msg.get("tool_calls")
+        if calls is not None and not isinstance(calls, list):
+            raise bad_request(
+                f"'messages[{i}].tool_calls' must be an array", f"messages[{i}].tool_calls"
+            )
+        for call in calls or ():
             if isinstance(call, dict) and isinstance(call.get("function"), dict):
                 tokens += len(str(call["function"].get("arguments", ""))) // CHARS_PER_TOKEN
     return tokens

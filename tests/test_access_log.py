@@ -20,6 +20,7 @@ FIELDS = {
     "arm",
     "complexity",
     "cache_hit",
+    "key_id",
     "escalated_from",
     "endpoint",
     "stream",

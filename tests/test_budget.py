@@ -65,7 +65,7 @@ def test_per_key_cap_refuses_only_that_key_and_names_it() -> None:
     budget.check("team-b")
     budget.check(None)
     err = refusal(budget, "team-a")
-    assert "daily budget of $0.50 for key 'team-a'" in err.message
+    assert "daily_usd budget of $0.50 for API key 'team-a'" in err.message
 
 
 def test_restored_spend_counts_toward_today() -> None:
