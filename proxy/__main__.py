@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--db", help="usage log (default: as `serve` would place it)")
     report.add_argument("--config", help="take the usage log path from this config")
     report.add_argument("--since", default="24h", help="24h, 30m, 7d, today, all or a date")
-    report.add_argument("--by", choices=("model", "tier", "prefer", "key"), default="model")
+    report.add_argument("--by", choices=("model", "tier", "prefer", "key", "arm"), default="model")
     report.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser(
         "hash-key",

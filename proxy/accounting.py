@@ -90,6 +90,9 @@ class Accounting:
                 outcome.completion_tokens,
                 outcome.cost,
                 int(outcome.cache_hit),
+                outcome.arm,
+                outcome.escalated_from,
+                outcome.complexity,
             )
         )
 

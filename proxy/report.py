@@ -16,6 +16,7 @@ from urllib.parse import quote
 import orjson
 
 from .budget import DAY_S
+from .experiments_report import arm_stats, compare, format_table
 
 # --by choice -> usage column. "tier" is the tier of the model that answered.
 GROUPS = {"model": "model", "tier": "model_tier", "prefer": "prefer", "key": "key_id"}
@@ -180,6 +181,8 @@ def run_report(
     path: str, since_text: str, by: str, as_json: bool, out: TextIO | None = None
 ) -> int:
     out = out or sys.stdout
+    if by == "arm":
+        return _run_arm_report(path, since_text, as_json, out)
     try:
         summary = summarize(path, parse_since(since_text, time.time()), by)
     except ReportError as exc:
@@ -189,4 +192,48 @@ def run_report(
         out.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         out.write(render(summary, since_text) + "\n")
+    return 0
+
+
+def _run_arm_report(path: str, since_text: str, as_json: bool, out: TextIO) -> int:
+    """Experiment arms side by side: calls, cost, TTFT, error and escalation rates."""
+    try:
+        since = parse_since(since_text, time.time())
+        conn = _connect(path)
+    except ReportError as exc:
+        print(f"model-router report: {exc}", file=sys.stderr)
+        return 2
+    try:
+        conn.row_factory = sqlite3.Row
+        query = (
+            "SELECT arm, cost, ttft_ms, status, escalated_from FROM usage "
+            "WHERE ts >= ? AND arm IS NOT NULL"
+        )
+        try:
+            rows = [dict(r) for r in conn.execute(query, (since,))]
+        except sqlite3.OperationalError:  # a log from before arms were recorded
+            rows = []
+    finally:
+        conn.close()
+    stats = arm_stats(rows)
+    comparisons = compare(stats)
+    if as_json:
+        data = {
+            "period": _period(since_text),
+            "arms": [s.as_dict() for s in stats],
+            "comparisons": [
+                {
+                    "experiment": c.experiment,
+                    "cost_per_call_change": c.cost_per_call_change,
+                    "error_rate_z": c.error_rate_z,
+                    "escalation_rate_z": c.escalation_rate_z,
+                }
+                for c in comparisons
+            ],
+        }
+        out.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+    elif not stats:
+        out.write(f"{_period(since_text)}: no requests in an experiment\n")
+    else:
+        out.write(format_table(stats, comparisons) + "\n")
     return 0

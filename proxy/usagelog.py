@@ -50,7 +50,10 @@ CREATE TABLE IF NOT EXISTS usage (
     prompt_tokens INTEGER NOT NULL,
     completion_tokens INTEGER NOT NULL,
     cost REAL NOT NULL,            -- USD; 0 for cache hits
-    cache_hit INTEGER NOT NULL
+    cache_hit INTEGER NOT NULL,
+    arm TEXT,                      -- experiment arm, "<name>:control" / "<name>:treatment"
+    escalated_from TEXT,           -- the tier whose answer was retried a tier up
+    complexity REAL                -- the classifier's score when the tier was auto
 );
 CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts);
 """
@@ -75,7 +78,12 @@ COLUMNS = (
     "completion_tokens",
     "cost",
     "cache_hit",
+    "arm",
+    "escalated_from",
+    "complexity",
 )
+# Columns added after the first release of the table; an older database gains them.
+LATER_COLUMNS = {"arm": "TEXT", "escalated_from": "TEXT", "complexity": "REAL"}
 INSERT = f"INSERT INTO usage ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 
 Row = tuple[Any, ...]
@@ -99,6 +107,10 @@ def connect(path: str) -> sqlite3.Connection:
         # In WAL mode NORMAL never corrupts; a power cut may lose the last commits.
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.executescript(SCHEMA)
+        have = {row[1] for row in conn.execute("PRAGMA table_info(usage)")}
+        for column, kind in LATER_COLUMNS.items():
+            if column not in have:
+                conn.execute(f"ALTER TABLE usage ADD COLUMN {column} {kind}")
     except BaseException:
         conn.close()
         raise

@@ -40,6 +40,9 @@ def row(**values: Any) -> tuple[Any, ...]:
         "completion_tokens": 20,
         "cost": 0.001,
         "cache_hit": 0,
+        "arm": None,
+        "escalated_from": None,
+        "complexity": None,
     }
     base.update(values)
     return tuple(base[c] for c in COLUMNS)
@@ -218,3 +221,43 @@ def test_nearest_rank_percentiles() -> None:
         20.0,
     )
     assert percentile([], 50) is None and percentile([7.0], 95) == 7.0
+
+
+def test_by_arm_compares_experiment_arms(tmp_path: Path) -> None:
+    path = str(tmp_path / "arms.db")
+    conn = connect(path)
+    control = [row(arm="x:control", cost=0.002, ttft_ms=float(t)) for t in (100, 200, 300, 400)]
+    treatment = [row(arm="x:treatment", cost=0.001, ttft_ms=50.0) for _ in range(3)]
+    treatment.append(row(arm="x:treatment", cost=0.001, status=502, escalated_from="economy"))
+    insert(conn, [*control, *treatment, row()])  # the last row is in no experiment
+    conn.close()
+    data = as_json(path, "--by", "arm")
+    arms = {a["arm"]: a for a in data["arms"]}
+    assert set(arms) == {"x:control", "x:treatment"}
+    assert arms["x:control"]["calls"] == 4 and arms["x:control"]["cost"] == pytest.approx(0.008)
+    assert (
+        arms["x:treatment"]["error_rate"] == 0.25 and arms["x:treatment"]["escalation_rate"] == 0.25
+    )
+    assert arms["x:control"]["ttft_p50_ms"] == 200.0
+    (comparison,) = data["comparisons"]
+    assert comparison["experiment"] == "x" and comparison["cost_per_call_change"] == pytest.approx(
+        -0.5
+    )
+    table = report("--db", path, "--by", "arm")
+    assert table.returncode == 0 and "x:treatment" in table.stdout
+
+
+def test_older_log_without_arm_columns_gains_them(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = str(tmp_path / "old.db")
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE usage (id INTEGER PRIMARY KEY, ts REAL NOT NULL, request_id TEXT NOT NULL, key_id TEXT, endpoint TEXT NOT NULL, stream INTEGER NOT NULL, intent TEXT NOT NULL, prefer TEXT, tier TEXT, model TEXT, provider TEXT, model_tier TEXT, attempts INTEGER NOT NULL, status INTEGER NOT NULL, error TEXT, ttft_ms REAL, total_ms REAL NOT NULL, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, cost REAL NOT NULL, cache_hit INTEGER NOT NULL)"
+    )
+    old.commit()
+    old.close()
+    conn = connect(path)
+    insert(conn, [row(arm="y:control")])
+    conn.close()
+    assert as_json(path, "--by", "arm")["arms"][0]["arm"] == "y:control"
