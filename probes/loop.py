@@ -194,6 +194,26 @@ class ProbeLoop:
             if not (0.0 <= cost < math.inf):
                 raise ValueError(f"cost_per_probe[{key!r}] must be finite and >= 0, got {cost!r}")
 
+    def adopt(self, previous: ProbeLoop) -> None:
+        """Carry on from ``previous`` (a config reload built this loop to replace it): its
+        counters, today's spend and, for keys both probe, when each was last probed. Without
+        this every reload would reset the daily cap and re-probe every deployment at once.
+        ``previous`` must be stopped first: its probes in flight are not carried over."""
+        self._sent, self._failed, self._skipped = (
+            previous._sent,
+            previous._failed,
+            previous._skipped,
+        )
+        if previous._day == self._day:
+            self._spend = previous._spend
+            self._cap_logged_day = previous._cap_logged_day
+        self._last_run.update(previous._last_run)
+        for key, sched in self._keys.items():
+            old = previous._keys.get(key)
+            if old is not None:
+                sched.first_due, sched.last_probe = old.first_due, old.last_probe
+                sched.stretch = old.stretch
+
     async def run(self) -> None:
         """Probe forever. Returns at once when disabled; otherwise ends only by cancellation,
         which also cancels the probes in flight."""

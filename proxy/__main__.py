@@ -1,4 +1,4 @@
-"""The CLI and composition root: ``model-router serve | check-config``."""
+"""The CLI and composition root: ``model-router serve | check-config | report | hash-key``."""
 
 from __future__ import annotations
 
@@ -11,12 +11,21 @@ import sys
 from collections.abc import Sequence
 
 import uvloop
+from prometheus_client import disable_created_metrics
 
-from .app import enabled_providers, how_to_enable, make_app, start_server
+from .app import NOTIFIER, RUNTIME, enabled_providers, how_to_enable, make_app, start_server
+from .auth import hash_key, is_loopback
 from .config import Config, ConfigError, load_config
+from .drain import IN_FLIGHT, drain
+from .metrics import METRICS
+from .reload import ReloadError
 from .state import ROUTER
 
 log = logging.getLogger("model_router")
+
+# Libraries that log whole requests at DEBUG (botocore: the body, i.e. the prompt, and the
+# SigV4 Authorization header). They stay at WARNING whatever MODEL_ROUTER_LOG_LEVEL says.
+CHATTY_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3transfer", "urllib3")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,9 +36,34 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default 8080; 0 picks a free one)")
     serve.add_argument("--demo", action="store_true", help="route to built-in simulated providers")
+    serve.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="allow binding a non-loopback address with no [[keys]] configured",
+    )
     check = sub.add_parser("check-config", help="validate a config and list the enabled models")
     check.add_argument("path")
+    report = sub.add_parser("report", help="calls, spend and TTFT from the usage log")
+    report.add_argument("--db", help="usage log (default: as `serve` would place it)")
+    report.add_argument("--config", help="take the usage log path from this config")
+    report.add_argument("--since", default="24h", help="24h, 30m, 7d, today, all or a date")
+    report.add_argument("--by", choices=("model", "tier", "prefer", "key", "arm"), default="model")
+    report.add_argument("--json", action="store_true", help="machine-readable output")
+    sub.add_parser(
+        "hash-key",
+        help="read a client API key on stdin and print the SHA-256 digest for [[keys]] sha256",
+    )
     return parser
+
+
+def _hash_key() -> int:
+    # One line: the key must not sit in shell history or the process list.
+    key = sys.stdin.readline().strip()
+    if not key:
+        print("model-router: hash-key: no key on stdin", file=sys.stderr)
+        return 2
+    print(hash_key(key))
+    return 0
 
 
 def _load(path: str | None) -> Config:
@@ -40,9 +74,11 @@ def _load(path: str | None) -> Config:
         raise SystemExit(2) from None
 
 
-async def serve(config: Config, *, demo: bool) -> None:
-    app = make_app(config, demo=demo)
+async def serve(config: Config, *, demo: bool, config_path: str | None = None) -> None:
+    """Run until SIGTERM/SIGINT, then drain; SIGHUP reloads ``config_path``."""
+    app = make_app(config, demo=demo, config_path=config_path)
     runner, port = await start_server(app, config.server.host, config.server.port)
+    notifier = app[NOTIFIER]
     router = app[ROUTER].current
     mode = "demo, simulated providers" if demo else "live providers"
     print(
@@ -50,23 +86,76 @@ async def serve(config: Config, *, demo: bool) -> None:
         f"({len(router.catalog.models)} models enabled, {mode})",
         flush=True,
     )
+    notifier.ready(f"serving {len(router.catalog.models)} models on port {port}")
     stop = asyncio.Event()
+    reloads: set[asyncio.Task[None]] = set()
+
+    async def reload() -> None:
+        notifier.reloading()
+        try:
+            summary = await app[RUNTIME].reload()
+        except ReloadError as exc:
+            app[METRICS].reloads.labels("rejected").inc()
+            log.error("config reload rejected, the previous config keeps serving: %s", exc)
+            notifier.ready(f"reload rejected: {exc}")
+        else:
+            app[METRICS].reloads.labels("applied").inc()
+            log.info("%s", summary)
+            notifier.ready(summary)
+
+    def on_hup() -> None:
+        task = asyncio.create_task(reload(), name="reload")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     try:
         await stop.wait()
+        notifier.stopping()
+        in_flight = app[IN_FLIGHT]
+        drain_s = app[ROUTER].current.config.server.drain_s
+        notifier.status(f"draining {len(in_flight.requests)} request(s) for up to {drain_s:g} s")
+        for task in list(reloads):
+            task.cancel()
+        await drain(runner, in_flight, drain_s)
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
         await runner.cleanup()
+
+
+def _logging() -> None:
+    level = os.environ.get("MODEL_ROUTER_LOG_LEVEL", "INFO")
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
+    )
+    # The access log is bare JSON, one object per line, so `journalctl -o cat | jq` works.
+    access = logging.getLogger("model_router.access")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access.addHandler(handler)
+    access.propagate = False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("MODEL_ROUTER_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    _logging()
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
+    # A process-wide switch of the library: no `_created` line beside every counter and
+    # histogram, which halves what a scrape formats on the event loop.
+    disable_created_metrics()  # type: ignore[no-untyped-call]
+    if args.command == "report":
+        from .report import run_report
+        from .usagelog import db_path
+
+        db = args.db or db_path(_load(args.config).usage, os.environ)
+        return run_report(db, args.since, args.by, args.json)
+    if args.command == "hash-key":
+        return _hash_key()
     if args.command == "check-config":
         config = _load(args.path)
         enabled = enabled_providers(config, os.environ)
@@ -87,11 +176,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             port=server.port if args.port is None else args.port,
         )
         config = replace(config, server=server)
+    if not config.keys and not is_loopback(server.host) and not args.insecure_no_auth:
+        print(
+            f"model-router: refusing to serve {server.host!r} without client keys: anyone "
+            "who can reach it could spend your provider credit. Add [[keys]] to the config "
+            "(`model-router hash-key` prints a key's digest), bind 127.0.0.1, or pass "
+            "--insecure-no-auth if something in front of the router authenticates.",
+            file=sys.stderr,
+        )
+        return 2
     if not args.demo and not enabled_providers(config, os.environ):
         print(f"model-router: {how_to_enable(config)}", file=sys.stderr)
         return 2
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(config, demo=args.demo))
+        runner.run(serve(config, demo=args.demo, config_path=args.config))
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping
@@ -19,14 +20,21 @@ from probes.breaker import BreakerPolicy
 from probes.loop import ProbeFailed, ProbeLoop, ProbeSettings, paced_interval_s
 
 from . import handlers
+from .accounting import ACCOUNTING, accounting_ctx
+from .auth import ACCESS, Access, auth_middleware
 from .catalog import Catalog, Deployment, Model
-from .config import Config, ProviderConfig
+from .config import Config, ProviderConfig, load_config
 from .credentials import read_credential
 from .dispatch import Dispatcher, first_content
+from .drain import IN_FLIGHT, InFlight, in_flight_middleware
 from .health import Health
+from .limits import GuardedRunner
+from .metrics import METRICS, Metrics, metrics_endpoint
+from .notify import Notifier, watchdog_task
 from .providers.base import Endpoint, Provider, UpstreamError, UpstreamRequest, UpstreamStream
 from .providers.openai import OpenAIProvider
 from .relay import SSERelay
+from .reload import Runtime, keep_listen_address
 from .sim.script import Profile
 from .sim.server import SimState, bound_port, start_sim
 from .state import ROUTER, Router, RouterHolder
@@ -40,8 +48,14 @@ AWS_ENV_HINTS = (
     "AWS_WEB_IDENTITY_TOKEN_FILE",
     "AWS_CONTAINER_CREDENTIALS_FULL_URI",
 )
+# systemd credential names for a static AWS key pair (see systemd/model-router.service).
+AWS_CREDENTIALS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")
 SIM = web.AppKey("sim", SimState)
 SIM_URL = web.AppKey("sim_url", str)
+NOTIFIER = web.AppKey("notifier", Notifier)
+RUNTIME = web.AppKey("runtime", Runtime)
+# What runner.cleanup() waits for handlers after the drain has cut the streams.
+SHUTDOWN_TIMEOUT_S = 5.0
 
 
 def provider_key(pc: ProviderConfig, environ: Mapping[str, str]) -> str | None:
@@ -51,6 +65,17 @@ def provider_key(pc: ProviderConfig, environ: Mapping[str, str]) -> str | None:
     return environ.get(pc.api_key_env) or None if pc.api_key_env else None
 
 
+def aws_credential_files() -> dict[str, str] | None:
+    """A static AWS key pair handed over as systemd credentials (LoadCredential=)."""
+    key_id, secret = read_credential(AWS_CREDENTIALS[0]), read_credential(AWS_CREDENTIALS[1])
+    if not (key_id and secret):
+        return None
+    creds = {"aws_access_key_id": key_id, "aws_secret_access_key": secret}
+    if token := read_credential(AWS_CREDENTIALS[2]):
+        creds["aws_session_token"] = token
+    return creds
+
+
 def enabled_providers(config: Config, environ: Mapping[str, str]) -> dict[str, ProviderConfig]:
     """Providers that can serve: explicitly enabled, or with their credentials present."""
     enabled = {}
@@ -58,7 +83,9 @@ def enabled_providers(config: Config, environ: Mapping[str, str]) -> dict[str, P
         if pc.enabled is False:
             continue
         if pc.kind == "bedrock":
-            has_creds = any(environ.get(v) for v in AWS_ENV_HINTS)
+            has_creds = (
+                any(environ.get(v) for v in AWS_ENV_HINTS) or aws_credential_files() is not None
+            )
         else:
             has_creds = provider_key(pc, environ) is not None
         if pc.enabled or has_creds:
@@ -71,7 +98,8 @@ def how_to_enable(config: Config) -> str:
     for name, pc in sorted(config.providers.items()):
         if pc.kind == "bedrock":
             lines.append(
-                f"  {name:<11} AWS credentials (AWS_ACCESS_KEY_ID / AWS_PROFILE), "
+                f"  {name:<11} AWS credentials (AWS_ACCESS_KEY_ID / AWS_PROFILE, or systemd "
+                f"credentials {AWS_CREDENTIALS[0]!r} + {AWS_CREDENTIALS[1]!r}), "
                 f"or [providers.{name}] enabled = true"
             )
         else:
@@ -111,10 +139,12 @@ def demo_profiles(catalog: Catalog) -> dict[str, Profile]:
 
 
 def aws_credentials_from(environ: Mapping[str, str], demo: bool) -> dict[str, str] | None:
-    """Static AWS keys when given in ``environ`` (or the demo's dummies); None means the
-    standard AWS credential chain."""
+    """Static AWS keys from systemd credentials or ``environ`` (or the demo's dummies); None
+    means the standard AWS credential chain."""
     if demo:
         return {"aws_access_key_id": "sim", "aws_secret_access_key": "sim"}
+    if (creds := aws_credential_files()) is not None:
+        return creds
     if environ.get("AWS_ACCESS_KEY_ID") and environ.get("AWS_SECRET_ACCESS_KEY"):
         creds = {"aws_access_key_id": environ["AWS_ACCESS_KEY_ID"]}
         creds["aws_secret_access_key"] = environ["AWS_SECRET_ACCESS_KEY"]
@@ -251,6 +281,14 @@ def make_probe_sender(router: Router) -> ProbeLoop | None:
     return ProbeLoop(settings, send, router.health.table, router.health.board, cost_per_probe=costs)
 
 
+def provider_fingerprint(
+    pc: ProviderConfig, key: str | None, aws_credentials: Mapping[str, str] | None
+) -> str:
+    """A digest of everything a provider is built from; secrets enter only hashed."""
+    material = repr((pc, key, sorted((aws_credentials or {}).items())))
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
 def build_router(
     config: Config,
     sessions: Mapping[str, aiohttp.ClientSession],
@@ -258,19 +296,24 @@ def build_router(
     environ: Mapping[str, str],
     demo: bool,
     health: Health | None = None,
+    previous: Router | None = None,
 ) -> Router:
+    """The Router for ``config``. On reload, ``health`` and ``previous`` are the live
+    Router's: latency and breakers carry over, and providers built from the same settings
+    and credentials are shared instead of rebuilt."""
     enabled = enabled_providers(config, environ)
     catalog = config.catalog.only_providers(enabled)
-    providers = {
-        name: build_provider(
-            pc,
-            DEMO_KEY if demo else provider_key(pc, environ),
-            sessions,
-            aws_credentials_from(environ, demo),
-            (config.server.connect_timeout_s, config.server.upstream_idle_s),
-        )
-        for name, pc in enabled.items()
-    }
+    providers: dict[str, Provider] = {}
+    fingerprints: dict[str, str] = {}
+    for name, pc in enabled.items():
+        key = DEMO_KEY if demo else provider_key(pc, environ)
+        aws = aws_credentials_from(environ, demo) if pc.kind == "bedrock" else None
+        fingerprints[name] = provider_fingerprint(pc, key, aws)
+        if previous is not None and previous.provider_fingerprints.get(name) == fingerprints[name]:
+            providers[name] = previous.providers[name]  # a reload that left it unchanged
+        else:
+            timeouts = (config.server.connect_timeout_s, config.server.upstream_idle_s)
+            providers[name] = build_provider(pc, key, sessions, aws, timeouts)
     if health is None:
         health = Health.create(
             catalog,
@@ -284,6 +327,7 @@ def build_router(
         health.set_catalog(catalog)
     dispatcher = Dispatcher(providers, health, config.routing, config.server)
     router = Router(config, catalog, providers, health, dispatcher, demo=demo)
+    router.provider_fingerprints = fingerprints
     router.probe_loop = make_probe_sender(router)
     router.sinks.append(handlers.access_log_sink)
     return router
@@ -294,8 +338,13 @@ async def start_server(app: web.Application, host: str, port: int) -> tuple[web.
 
     run_app/AppRunner default ``handler_cancellation`` to False; without it a client that
     leaves goes unnoticed until the next write and its upstream keeps generating.
+    ``shutdown_timeout`` bounds what ``runner.cleanup()`` waits for handlers: the drain
+    (proxy/drain.py) has already ended the streams by then. The guarded runner adds the
+    header deadline and the connection cap ([limits]).
     """
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    runner = GuardedRunner(
+        app, handler_cancellation=True, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024)
     await site.start()
@@ -303,49 +352,91 @@ async def start_server(app: web.Application, host: str, port: int) -> tuple[web.
 
 
 def make_app(
-    config: Config, *, demo: bool = False, environ: Mapping[str, str] | None = None
+    config: Config,
+    *,
+    demo: bool = False,
+    environ: Mapping[str, str] | None = None,
+    config_path: str | None = None,
 ) -> web.Application:
+    """The app for ``config``. A reload (``app[RUNTIME].reload()``, on SIGHUP) re-reads
+    ``config_path`` (the built-in defaults when None) and keeps the listen address."""
     env = dict(os.environ if environ is None else environ)
     app = web.Application(
-        client_max_size=config.server.max_body_bytes, middlewares=[handlers.error_middleware]
+        client_max_size=config.server.max_body_bytes,
+        middlewares=[
+            handlers.request_id_middleware,
+            in_flight_middleware,
+            handlers.error_middleware,
+            auth_middleware,
+        ],
     )
+    app[IN_FLIGHT] = InFlight()
+    app[NOTIFIER] = Notifier.from_env(env)
+    metrics = app[METRICS] = Metrics(app)
+    app[ACCESS] = Access()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        cfg = config
         sim_runner = None
+        sim: tuple[SimState, str] | None = None
         if demo:
             state = SimState(scale=float(env.get("MODEL_ROUTER_DEMO_SCALE", "1.0")))
-            state.profiles.update(demo_profiles(config.catalog))
             sim_runner, sim_url = await start_sim(state)
             app[SIM], app[SIM_URL] = state, sim_url
-            cfg = demo_config(config, sim_url)
-        sessions = {"openai": make_session(cfg), "anthropic": make_session(cfg)}
-        router = build_router(cfg, sessions, environ=env, demo=demo)
+            sim = state, sim_url
+        sessions = {"openai": make_session(config), "anthropic": make_session(config)}
+
+        def build(cfg: Config, previous: Router | None) -> Router:
+            if sim is not None:  # the demo: every provider is the simulator
+                sim[0].profiles.update(demo_profiles(cfg.catalog))
+                cfg = demo_config(cfg, sim[1])
+            router = build_router(
+                cfg,
+                sessions,
+                environ=env,
+                demo=demo,
+                health=previous.health if previous else None,
+                previous=previous,
+            )
+            router.sinks.append(metrics.sink)
+            return router
+
+        def rebuild(previous: Router) -> Router:
+            router = build(keep_listen_address(load_config(config_path), config), previous)
+            # The usage log and budget live across reloads; the new router must feed them.
+            if (accounting := app.get(ACCOUNTING)) is not None:
+                accounting.attach(router)
+            return router
+
+        router = build(config, None)
         for provider in router.providers.values():
             await provider.start()
         app[ROUTER] = RouterHolder(router)
-        probe_task = None
-        if router.probe_loop is not None:
-            probe_task = asyncio.create_task(router.probe_loop.run(), name="probe-loop")
+        app[RUNTIME] = runtime = Runtime(app[ROUTER], rebuild, app[IN_FLIGHT])
+        # Both tick on the event loop itself: a blocked loop stops the watchdog pings (and
+        # systemd restarts the service) and shows up as lag.
+        watchdog = asyncio.create_task(watchdog_task(app[NOTIFIER]), name="watchdog")
+        lag = asyncio.create_task(metrics.watch_loop_lag(), name="loop-lag")
         try:
             yield
         finally:
-            if probe_task is not None:
-                probe_task.cancel()
+            for task in (watchdog, lag):
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await probe_task
-            for provider in app[ROUTER].current.providers.values():
-                await provider.close()
+                    await task
+            await runtime.close()
             for session in sessions.values():
                 await session.close()
             if sim_runner is not None:
                 await sim_runner.cleanup()
+            app[NOTIFIER].close()
 
     app.cleanup_ctx.append(lifecycle)
+    app.cleanup_ctx.append(accounting_ctx(config, env))
     app.router.add_post("/v1/chat/completions", handlers.chat_completions)
     app.router.add_post("/v1/completions", handlers.completions)
     app.router.add_get("/v1/models", handlers.list_models)
     app.router.add_get("/v1/router/status", handlers.router_status)
+    app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     return app

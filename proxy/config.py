@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from .catalog import (
     PREFERS,
+    TIERS,
     Catalog,
     CatalogError,
     Deployment,
@@ -22,6 +23,8 @@ from .catalog import (
     load_bundled,
     parse_model,
 )
+from .policy import TOP_LEVEL_KEYS as POLICY_KEYS
+from .policy import Policy, PolicyError, parse_policy
 
 ProviderKind = Literal["openai", "anthropic", "bedrock"]
 PROVIDER_KINDS = ("openai", "anthropic", "bedrock")
@@ -123,13 +126,85 @@ class ProbeConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class UsageSettings:
+    """The SQLite usage log (proxy/usagelog.py)."""
+
+    enabled: bool = True
+    # "": $STATE_DIRECTORY/model-router.db under systemd, else ./model-router.db.
+    path: str = ""
+    # A crash loses at most the rows of one flush interval (and never more than queue_max).
+    flush_ms: float = 500.0
+    flush_rows: int = 256
+    # Rows waiting for the writer; past this (a stuck disk) rows are dropped and counted.
+    queue_max: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    """The response cache (proxy/cache.py): temperature-0 or opted-in requests."""
+
+    enabled: bool = True
+    max_entries: int = 1024
+    ttl_s: float = 300.0
+    # Worst-case memory is max_entries x max_entry_bytes (64 MiB at the defaults).
+    max_entry_bytes: int = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetSettings:
+    # Global spend cap per UTC day in USD; 0 means no budget.
+    daily_usd: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsSettings:
+    """Hostile-input limits; each answers with its own status naming the limit."""
+
+    # Real chat bodies nest about 6 deep (messages[].content[].image_url.url, tool schemas
+    # somewhat more); 64 leaves room for deep JSON schemas and stops pathological nesting.
+    max_json_depth: int = 64
+    max_messages: int = 2048
+    # From connection open (or a request's first byte on a kept-alive connection) to the
+    # end of its headers; aiohttp alone has no such deadline.
+    header_timeout_s: float = 10.0
+    # For the whole body once the headers are in: 8 MiB in 30 s is ~280 KB/s at the least.
+    body_timeout_s: float = 30.0
+    # An idle kept-alive connection is closed after this long.
+    keepalive_timeout_s: float = 75.0
+    # Connections past this get 503 and are closed; 512 concurrent streams fit with room.
+    max_connections: int = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class KeyConfig:
+    """One client API key, stored only as the SHA-256 hex digest of the key.
+
+    Empty ``allowed_*`` and zero limits mean unrestricted."""
+
+    id: str
+    sha256: str
+    allowed_tiers: tuple[str, ...] = ()
+    allowed_models: tuple[str, ...] = ()  # catalog ids (aliases are resolved when parsed)
+    rpm: int = 0
+    tpm: int = 0
+    daily_usd: float = 0.0
+    max_concurrent_streams: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerSettings = ServerSettings()
     routing: RoutingSettings = RoutingSettings()
     probes: ProbeConfig = ProbeConfig()
+    usage: UsageSettings = UsageSettings()
+    cache: CacheSettings = CacheSettings()
+    budget: BudgetSettings = BudgetSettings()
     providers: Mapping[str, ProviderConfig] = field(default_factory=dict)
     catalog: Catalog = field(default_factory=lambda: Catalog.build(()))
     source: str = "<defaults>"
+    policy: Policy = field(default_factory=Policy)
+    limits: LimitsSettings = LimitsSettings()
+    keys: tuple[KeyConfig, ...] = ()
 
     def with_providers(self, providers: Mapping[str, ProviderConfig]) -> Config:
         return replace(self, providers=dict(providers))
@@ -202,7 +277,9 @@ def _typed(cls: type, raw: dict[str, Any], path: str, **fixed: Any) -> Any:
             continue
         value, default = raw[f.name], getattr(defaults, f.name)
         if isinstance(default, bool) or (default is None and f.name == "enabled"):
-            ok = isinstance(value, bool)
+            # None is "enabled when its credentials are present": a built-in provider's
+            # setting, carried over when a user table overrides its other fields.
+            ok = isinstance(value, bool) or (default is None and value is None)
         elif isinstance(default, float):
             ok = isinstance(value, int | float) and not isinstance(value, bool)
             value = float(value) if ok else value
@@ -327,7 +404,95 @@ def _scaled_nominals(model: Model, nominal_ms: float) -> tuple[Deployment, ...]:
     return tuple(replace(d, nominal_ttft_ms=d.nominal_ttft_ms * ratio) for d in model.deployments)
 
 
-TOP_LEVEL = {"server", "routing", "probes", "providers", "models", "overrides"}
+TOP_LEVEL = {"server", "routing", "probes", "providers", "models", "overrides", *POLICY_KEYS}
+TOP_LEVEL |= {"usage", "cache", "budget", "limits", "keys"}
+
+
+def _accounting(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The [usage], [cache] and [budget] tables, checked."""
+    usage = _typed(UsageSettings, _check(data.get("usage", {}), UsageSettings, "usage"), "usage")
+    cache = _typed(CacheSettings, _check(data.get("cache", {}), CacheSettings, "cache"), "cache")
+    budget = _typed(
+        BudgetSettings, _check(data.get("budget", {}), BudgetSettings, "budget"), "budget"
+    )
+    for path, value in (
+        ("usage.flush_ms", usage.flush_ms),
+        ("usage.flush_rows", usage.flush_rows),
+        ("usage.queue_max", usage.queue_max),
+        ("cache.max_entries", cache.max_entries),
+        ("cache.ttl_s", cache.ttl_s),
+        ("cache.max_entry_bytes", cache.max_entry_bytes),
+    ):
+        if value <= 0:
+            raise ConfigError(f"{path}: must be positive")
+    return {"usage": usage, "cache": cache, "budget": budget}
+
+
+def _limits(raw: Any) -> LimitsSettings:
+    limits: LimitsSettings = _typed(LimitsSettings, _check(raw, LimitsSettings, "limits"), "limits")
+    for f in fields(LimitsSettings):
+        if getattr(limits, f.name) <= 0:
+            raise ConfigError(f"limits.{f.name}: must be positive")
+    return limits
+
+
+_SHA256_HEX = frozenset("0123456789abcdef")
+
+
+def _names(raw: Any, path: str) -> list[str]:
+    if not isinstance(raw, list) or not all(isinstance(v, str) and v for v in raw):
+        raise ConfigError(f"{path}: expected an array of strings")
+    return raw
+
+
+def _key(raw: Any, path: str, catalog: Catalog) -> KeyConfig:
+    table = dict(_check(raw, KeyConfig, path))
+    key_id = table.get("id")
+    if not isinstance(key_id, str) or not key_id:
+        raise ConfigError(f"{path}.id: required, a non-empty name for the key")
+    digest = table.get("sha256")
+    # Never echo the value: a plaintext key pasted here by mistake must not reach a log.
+    if not isinstance(digest, str) or len(digest) != 64 or set(digest.lower()) - _SHA256_HEX:
+        raise ConfigError(
+            f"{path}.sha256: expected the key's SHA-256 hex digest (64 hex characters); "
+            "`model-router hash-key` prints it"
+        )
+    tiers = _names(table.pop("allowed_tiers", []), f"{path}.allowed_tiers")
+    for tier in tiers:
+        if tier not in TIERS:
+            raise ConfigError(f"{path}.allowed_tiers: {tier!r} is not one of {', '.join(TIERS)}")
+    models = []
+    for name in _names(table.pop("allowed_models", []), f"{path}.allowed_models"):
+        model = catalog.get(name)
+        if model is None:
+            raise ConfigError(f"{path}.allowed_models: no catalog model named {name!r}")
+        models.append(model.id)
+    del table["id"], table["sha256"]
+    key: KeyConfig = _typed(
+        KeyConfig,
+        table,
+        path,
+        id=key_id,
+        sha256=digest.lower(),
+        allowed_tiers=tuple(tiers),
+        allowed_models=tuple(dict.fromkeys(models)),
+    )
+    return key
+
+
+def _keys(raw: Any, catalog: Catalog) -> tuple[KeyConfig, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError("keys: expected an array of tables ([[keys]])")
+    keys = tuple(_key(table, f"keys[{i}]", catalog) for i, table in enumerate(raw))
+    seen: dict[tuple[str, str], int] = {}
+    for i, key in enumerate(keys):
+        for what, value in (("id", key.id), ("sha256", key.sha256)):
+            if (what, value) in seen:
+                raise ConfigError(f"keys[{i}].{what}: same as keys[{seen[(what, value)]}]")
+            seen[(what, value)] = i
+    return keys
 
 
 def parse_config(data: Mapping[str, Any], source: str = "<string>") -> Config:
@@ -356,6 +521,10 @@ def parse_config(data: Mapping[str, Any], source: str = "<string>") -> Config:
         catalog = Catalog.build(models)
     except CatalogError as exc:
         raise ConfigError(str(exc)) from None
+    try:
+        policy = parse_policy(data, catalog.by_name)
+    except PolicyError as exc:
+        raise ConfigError(str(exc)) from None
     return Config(
         server=server,
         routing=routing,
@@ -363,6 +532,10 @@ def parse_config(data: Mapping[str, Any], source: str = "<string>") -> Config:
         providers=providers,
         catalog=catalog,
         source=source,
+        policy=policy,
+        **_accounting(data),
+        limits=_limits(data.get("limits", {})),
+        keys=_keys(data.get("keys"), catalog),
     )
 
 

@@ -18,6 +18,7 @@ import orjson
 from aiohttp import web
 
 from .config import RoutingSettings, ServerSettings
+from .drain import IN_FLIGHT, InFlight, OpenStream, shutdown_error
 from .errors import RouterError
 from .health import Health
 from .intent import Intent
@@ -75,6 +76,13 @@ class Outcome:
     completion_tokens: int = 0
     cost: float = 0.0
     error: str | None = None  # failure kind of the final error, if any
+    escalated_from: str | None = None  # the tier whose answer was retried a tier up
+    arm: str | None = None  # experiment arm, "<name>:control" or "<name>:treatment"
+    complexity: float | None = None  # the classifier's score when tier was auto
+    key_id: str | None = None  # the client's API key id (never the key), once keys exist
+    prefer: str | None = None  # as requested (None for pinned models)
+    tier: str | None = None  # as requested (None: any tier, or pinned)
+    cache_hit: bool = False
 
     def take_usage(self, usage: Mapping[str, Any] | None) -> None:
         if not usage:
@@ -85,13 +93,18 @@ class Outcome:
 
 
 def router_headers(cand: Candidate, plan: Plan, outcome: Outcome) -> dict[str, str]:
-    return {
+    headers = {
         "x-router-model": cand.model.id,
         "x-router-provider": cand.deployment.provider,
         "x-router-reason": plan.reason,
         "x-router-attempts": str(outcome.attempts),
         "x-request-id": outcome.request_id,
     }
+    if outcome.arm:
+        headers["x-router-arm"] = outcome.arm
+    if outcome.escalated_from:
+        headers["x-router-escalated"] = f"{outcome.escalated_from}->{cand.model.tier}"
+    return headers
 
 
 class Dispatcher:
@@ -241,23 +254,28 @@ class Dispatcher:
         outcome.status = 200
         loop = asyncio.get_running_loop()
         idle, stall = self.server.upstream_idle_s, self.server.write_stall_s
+        in_flight = request.app.get(IN_FLIGHT) or InFlight()
         writing = True
+        stream: OpenStream | None = None
         try:
+            # One timer serves the write-stall and upstream-idle deadlines, and the drain
+            # pulls it in to end the stream at shutdown (stream.cut).
             async with asyncio.timeout(loop.time() + stall) as timer:
-                await resp.prepare(request)
-                await resp.write(head)
-                if not relay.done:
-                    writing = False
-                    timer.reschedule(loop.time() + idle)
-                    async for chunk in upstream:
-                        out = relay.feed(chunk)
-                        if out:
-                            writing = True
-                            timer.reschedule(loop.time() + stall)
-                            await resp.write(out)
-                            writing = False
-                        timer.reschedule(loop.time() + idle)
-                    relay.finish()
+                with in_flight.stream(timer) as stream:
+                    await resp.prepare(request)
+                    await resp.write(head)
+                    if not relay.done:
+                        writing = False
+                        stream.extend(idle)
+                        async for chunk in upstream:
+                            out = relay.feed(chunk)
+                            if out:
+                                writing = True
+                                stream.extend(stall)
+                                await resp.write(out)
+                                writing = False
+                            stream.extend(idle)
+                        relay.finish()
         except TimeoutError:
             if writing:
                 # The client stopped reading; nothing can reach it, so end the connection.
@@ -268,12 +286,15 @@ class Dispatcher:
                 if request.transport is not None:
                     request.transport.abort()
                 return resp
-            await self._mid_stream_error(
-                resp,
-                cand,
-                UpstreamError("timeout", f"upstream went quiet for {idle:g} s mid-stream"),
-                outcome,
-            )
+            if stream is not None and stream.cut:
+                await self._shutdown_error(resp, outcome)
+            else:
+                await self._mid_stream_error(
+                    resp,
+                    cand,
+                    UpstreamError("timeout", f"upstream went quiet for {idle:g} s mid-stream"),
+                    outcome,
+                )
         except UpstreamError as exc:
             await self._mid_stream_error(resp, cand, exc, outcome)
         finally:
@@ -281,6 +302,12 @@ class Dispatcher:
             outcome.take_usage(relay.usage)
         await resp.write_eof()
         return resp
+
+    async def _shutdown_error(self, resp: web.StreamResponse, outcome: Outcome) -> None:
+        """The drain deadline passed mid-answer: the stream ends with an error event."""
+        outcome.error, outcome.status = "server_shutting_down", 503
+        with contextlib.suppress(ConnectionError):
+            await resp.write(shutdown_error().sse())
 
     async def _mid_stream_error(
         self, resp: web.StreamResponse, cand: Candidate, exc: UpstreamError, outcome: Outcome
@@ -373,6 +400,14 @@ async def first_content(upstream: UpstreamStream, relay: SSERelay) -> bytes:
     return b"".join(pending)
 
 
+def public_message(exc: UpstreamError) -> str:
+    """What a client may read of an upstream failure. A refusal of our credentials is not
+    echoed: providers quote (part of) the key they were sent."""
+    if exc.kind == "auth":
+        return f"the provider refused the router's credentials (HTTP {exc.status or '?'})"
+    return exc.message
+
+
 def exhausted(failures: list[tuple[Candidate, UpstreamError]], outcome: Outcome) -> RouterError:
     """Every attempt failed (or none could be made): say so once, and tell the SDK not to retry."""
     headers = {"x-should-retry": "false", "x-router-attempts": str(outcome.attempts)}
@@ -388,7 +423,7 @@ def exhausted(failures: list[tuple[Candidate, UpstreamError]], outcome: Outcome)
             headers=headers,
         )
     kinds = {exc.kind for _, exc in failures}
-    detail = "; ".join(f"{c.deployment.key}: {exc.message}" for c, exc in failures)
+    detail = "; ".join(f"{c.deployment.key}: {public_message(exc)}" for c, exc in failures)
     outcome.error = failures[-1][1].kind
     if kinds == {"rate_limited"}:
         waits = [exc.retry_after for _, exc in failures if exc.retry_after is not None]

@@ -11,11 +11,17 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from . import limits
+from .accounting import ACCOUNTING
+from .auth import Ticket, principal
 from .catalog import PREFERS, TIERS
 from .dispatch import Outcome
-from .errors import RouterError, bad_request
+from .errors import RouterError
+from .escalation import complete_escalating
+from .experiments import key_id
 from .intent import forwarded_body, parse_intent
 from .providers.base import Endpoint
+from .resolve import resolve
 from .routing import plan
 from .state import ROUTER, Router
 
@@ -23,11 +29,26 @@ access_log = logging.getLogger("model_router.access")
 log = logging.getLogger("model_router")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+REQUEST_ID = web.RequestKey("request_id", str)
 
 
 def request_id(request: web.Request) -> str:
-    given = request.headers.get("x-request-id", "")
-    return given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+    """The client's ``x-request-id`` when it is sane, else a new one; fixed per request."""
+    rid = request.get(REQUEST_ID)
+    if rid is None:
+        given = request.headers.get("x-request-id", "")
+        rid = request[REQUEST_ID] = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+    return rid
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every response carries the request id: errors, 404s and /metrics too. (Streams are
+    sent from inside the handler, so dispatch puts it in their headers itself.)"""
+    response: web.StreamResponse = await handler(request)
+    if not response.prepared:
+        response.headers.setdefault("x-request-id", request_id(request))
+    return response
 
 
 def json_response(
@@ -47,55 +68,79 @@ def error_response(err: RouterError, request_id: str | None = None) -> web.Respo
     )
 
 
-async def read_json(request: web.Request) -> Any:
-    raw = await request.read()
-    if not raw:
-        raise bad_request("the request body is empty; send a JSON object", None)
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise bad_request(
-            f"the request body is not valid JSON: {exc}", None, "invalid_json"
-        ) from None
-    except RecursionError:
-        raise bad_request("the request body is nested too deeply", None, "invalid_json") from None
-
-
 async def _route(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
     router: Router = request.app[ROUTER].current
     started = time.perf_counter()
     rid = request_id(request)
-    outcome = Outcome(request_id=rid, endpoint=endpoint, stream=False)
+    caller = principal(request)
+    outcome = Outcome(request_id=rid, endpoint=endpoint, stream=False, key_id=caller.key_id)
+    ticket: Ticket | None = None
     budget = router.dispatcher.budget
     budget.active += 1
     try:
-        body = await read_json(request)
-        intent = parse_intent(body, endpoint)
+        body = await limits.read_json(request, router.config.limits)
+        policy = router.config.policy
+        intent = parse_intent(body, endpoint, policy.tasks)
         outcome.stream = intent.stream
-        outcome.intent = describe(intent.pinned, intent.prefer, intent.tier)
-        decision = plan(
-            intent, router.catalog, router.health.snapshot(), router.config.routing.max_attempts
+        outcome.intent = describe(
+            intent.pinned, intent.prefer, "auto" if intent.tier_auto else intent.tier, intent.task
+        )
+        # The key's own limits and allowances see what the client asked for, before the
+        # classifier or an experiment picks a tier.
+        ticket = caller.admit(intent, router.catalog)
+        who = caller.key_id or key_id(request.headers.get("Authorization"))
+        chosen = resolve(intent, body, policy, rid, who)
+        intent, outcome.complexity, outcome.arm = chosen.intent, chosen.complexity, chosen.arm
+        outcome.prefer, outcome.tier = intent.prefer, intent.tier
+        decision = chosen.annotate(
+            plan(
+                intent,
+                router.catalog,
+                router.health.snapshot(),
+                router.config.routing.max_attempts,
+                allow=caller.allow,
+            )
         )
         outcome.reason = decision.reason
+        accounting = request.app.get(ACCOUNTING)
+        admission = accounting.admit(intent, decision, body, outcome) if accounting else None
+        if admission is not None and admission.hit is not None:
+            stall_s = router.config.server.write_stall_s
+            return await admission.replay(request, intent, decision, outcome, stall_s)
         upstream_body = forwarded_body(body)
         if intent.stream:
             return await router.dispatcher.stream(request, intent, decision, upstream_body, outcome)
-        return await router.dispatcher.complete(intent, decision, upstream_body, outcome)
+        if intent.escalate:
+            response = await complete_escalating(
+                router, intent, decision, upstream_body, outcome, chosen.notes
+            )
+        else:
+            response = await router.dispatcher.complete(intent, decision, upstream_body, outcome)
+        if admission is not None:
+            admission.remember(response, outcome)
+        return response
     except RouterError as err:
         outcome.status = err.status
         outcome.error = outcome.error or err.code or err.type
         return error_response(err, rid)
+    except web.HTTPException as exc:  # 413 from the body read; error_middleware answers it
+        outcome.status, outcome.error = exc.status, exc.reason.lower().replace(" ", "_")
+        raise
     finally:
         budget.active -= 1
+        if ticket is not None:
+            ticket.settle(outcome)
         seconds = time.perf_counter() - started
         for sink in router.sinks:
             sink(outcome, seconds)
 
 
-def describe(pinned: tuple[str, ...], prefer: str | None, tier: str | None) -> str:
+def describe(
+    pinned: tuple[str, ...], prefer: str | None, tier: str | None, task: str | None = None
+) -> str:
     if pinned:
         return "pinned:" + ",".join(pinned)
-    return f"auto prefer={prefer} tier={tier or 'any'}"
+    return f"auto prefer={prefer} tier={tier or 'any'}" + (f" task={task}" if task else "")
 
 
 def access_log_sink(outcome: Outcome, seconds: float) -> None:
@@ -104,6 +149,7 @@ def access_log_sink(outcome: Outcome, seconds: float) -> None:
         return
     record = {
         "request_id": outcome.request_id,
+        "key_id": outcome.key_id,
         "endpoint": outcome.endpoint,
         "stream": outcome.stream,
         "intent": outcome.intent,
@@ -117,6 +163,10 @@ def access_log_sink(outcome: Outcome, seconds: float) -> None:
         "prompt_tokens": outcome.prompt_tokens,
         "completion_tokens": outcome.completion_tokens,
         "cost": outcome.cost,
+        "complexity": outcome.complexity,
+        "arm": outcome.arm,
+        "escalated_from": outcome.escalated_from,
+        "cache_hit": outcome.cache_hit,
     }
     access_log.info(orjson.dumps(record).decode())
 
@@ -132,6 +182,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
 def _virtual_models() -> list[dict[str, Any]]:
     names = ["auto", *(f"auto:{p}" for p in PREFERS), *(f"auto:{t}" for t in TIERS)]
     names += [f"auto:{t}:{p}" for t in TIERS for p in PREFERS]
+    names += ["auto:auto", *(f"auto:auto:{p}" for p in PREFERS)]  # tier chosen by the classifier
     return [
         {"id": n, "object": "model", "created": 0, "owned_by": "model-router", "virtual": True}
         for n in names
@@ -145,7 +196,10 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def router_status(request: web.Request) -> web.Response:
     router: Router = request.app[ROUTER].current
-    return json_response(router.status())
+    status = router.status()
+    if (accounting := request.app.get(ACCOUNTING)) is not None:
+        status |= accounting.status()
+    return json_response(status)
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -11,10 +11,14 @@ from typing import Any
 
 from .catalog import PREFERS, TIERS, Prefer, Tier
 from .errors import RouterError, bad_request
+from .policy import DEFAULT_TASKS, TaskRoute
 from .providers.base import Endpoint
 
 # Routing extensions: never forwarded upstream.
-EXTENSION_FIELDS = frozenset({"prefer", "tier", "min_coding_score", "models"})
+# "cache": true/false opts a request in or out of the response cache (proxy/cache.py).
+EXTENSION_FIELDS = frozenset(
+    {"prefer", "tier", "min_coding_score", "models", "task", "escalate", "cache"}
+)
 
 # Rough tokens for an image part; the context check only needs an upper-ish estimate.
 IMAGE_TOKENS = 800
@@ -34,6 +38,9 @@ class Intent:
     max_output_tokens: int  # what the client reserved, 0 when it did not say
     stream: bool
     include_usage: bool  # the client asked for the usage chunk
+    tier_auto: bool = False  # tier "auto": the classifier picks the tier before planning
+    task: str | None = None  # the caller's task hint, already applied to tier and prefer
+    escalate: bool = False  # retry once a tier up on a cut-off, empty or refused answer
 
 
 def _check_type(
@@ -47,17 +54,18 @@ def _check_type(
     return value
 
 
-def _parse_model(model: str) -> tuple[bool, Tier | None, Prefer | None]:
-    """'auto', 'auto:<prefer>', 'auto:<tier>', 'auto:<tier>:<prefer>' -> (auto, tier, prefer)."""
+def _parse_model(model: str) -> tuple[bool, str | None, Prefer | None]:
+    """'auto', 'auto:<prefer>', 'auto:<tier>', 'auto:<tier>:<prefer>' -> (auto, tier, prefer);
+    the tier may be 'auto' ('auto:auto', 'auto:auto:<prefer>')."""
     if model != "auto" and not model.startswith("auto:"):
         return False, None, None
     parts = model.split(":")[1:]
-    tier: Tier | None = None
+    tier: str | None = None
     prefer: Prefer | None = None
     if len(parts) > 2 or any(not p for p in parts):
         raise bad_request(_model_help(model), "model")
     for i, part in enumerate(parts):
-        if part in TIERS and tier is None and i == 0:
+        if (part in TIERS or part == "auto") and tier is None and i == 0:
             tier = part
         elif part in PREFERS and prefer is None and (i == 1 or (tier is None and len(parts) == 1)):
             prefer = part
@@ -70,7 +78,7 @@ def _model_help(model: str) -> str:
     return (
         f"'model' {model!r} is not a valid auto route: use 'auto', 'auto:<prefer>', "
         f"'auto:<tier>' or 'auto:<tier>:<prefer>' with tier in {', '.join(TIERS)} "
-        f"and prefer in {', '.join(PREFERS)}"
+        f"or auto, and prefer in {', '.join(PREFERS)}"
     )
 
 
@@ -113,7 +121,12 @@ def _messages(body: Mapping[str, Any], needs: set[str]) -> int:
                 f"messages[{i}].content",
             )
         tokens += 4 + _content_tokens(content, needs)
-        for call in msg.get("tool_calls") or ():
+        calls = msg.get("tool_calls")
+        if calls is not None and not isinstance(calls, list):
+            raise bad_request(
+                f"'messages[{i}].tool_calls' must be an array", f"messages[{i}].tool_calls"
+            )
+        for call in calls or ():
             if isinstance(call, dict) and isinstance(call.get("function"), dict):
                 tokens += len(str(call["function"].get("arguments", ""))) // CHARS_PER_TOKEN
     return tokens
@@ -149,7 +162,22 @@ def _needs(body: Mapping[str, Any], needs: set[str]) -> None:
         needs.add("reasoning")
 
 
-def parse_intent(body: Any, endpoint: Endpoint) -> Intent:
+def _task(body: Mapping[str, Any], tasks: Mapping[str, TaskRoute]) -> str | None:
+    task = body.get("task")
+    if task is None:
+        return None
+    if not isinstance(task, str) or task not in tasks:
+        raise bad_request(
+            f"'task' {task!r} is not a known task; use one of {', '.join(sorted(tasks))}",
+            "task",
+            "unknown_task",
+        )
+    return task
+
+
+def parse_intent(
+    body: Any, endpoint: Endpoint, tasks: Mapping[str, TaskRoute] = DEFAULT_TASKS
+) -> Intent:
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object", None)
     model = body.get("model")
@@ -180,9 +208,13 @@ def parse_intent(body: Any, endpoint: Endpoint) -> Intent:
             raise bad_request(f"'prefer' must be one of {', '.join(PREFERS)}; got {p!r}", "prefer")
         prefer = p
     if (t := body.get("tier")) is not None:
-        if t not in TIERS:
-            raise bad_request(f"'tier' must be one of {', '.join(TIERS)}; got {t!r}", "tier")
+        if t not in TIERS and t != "auto":
+            raise bad_request(
+                f"'tier' must be one of {', '.join(TIERS)} or auto; got {t!r}", "tier"
+            )
         tier = t
+    task = _task(body, tasks)
+    escalate = _check_type(body, "escalate", bool, "a boolean") or False
     score = body.get("min_coding_score")
     if score is not None and (
         isinstance(score, bool) or not isinstance(score, int | float) or not 0 <= score <= 100
@@ -193,6 +225,25 @@ def parse_intent(body: Any, endpoint: Endpoint) -> Intent:
         raise bad_request("'models' must be an array of model ids", "models")
 
     pinned: tuple[str, ...] = (() if auto else (model,)) + tuple(models)
+    if escalate and stream:
+        raise bad_request(
+            "'escalate' cannot apply to a streaming request: a streamed answer reaches the "
+            "client as it is generated, so it cannot be judged and retried on a higher tier "
+            "before the client has seen it; send stream: false to use escalate",
+            "escalate",
+            "escalate_with_stream",
+        )
+    if escalate and pinned:
+        raise bad_request(
+            "'escalate' applies to auto routes (model 'auto…'), not to named models: "
+            "the router cannot choose a higher tier for a model you pinned",
+            "escalate",
+        )
+    tier_auto = tier == "auto"
+    if task is not None:
+        route = tasks[task]
+        prefer = prefer or route.prefer
+        tier = tier or route.tier
     if auto and not pinned and prefer is None and tier is None and score is None:
         tier, prefer = "standard", "balanced"  # a bare 'auto'
     return Intent(
@@ -200,13 +251,16 @@ def parse_intent(body: Any, endpoint: Endpoint) -> Intent:
         auto=auto,
         pinned=pinned,
         prefer=None if pinned else (prefer or "balanced"),
-        tier=None if pinned else tier,
+        tier=None if pinned or tier_auto else tier,  # type: ignore[arg-type]
         min_coding_score=None if pinned or score is None else float(score),
         needs=frozenset(needs),
         prompt_tokens=prompt_tokens,
         max_output_tokens=max_out,
         stream=stream,
         include_usage=include_usage,
+        tier_auto=tier_auto and not pinned,
+        task=task,
+        escalate=escalate,
     )
 
 

@@ -8,7 +8,7 @@ only as far down a ranked list as it needs to find ``limit`` eligible deployment
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from .catalog import TIERS, Catalog, Deployment, Model
@@ -145,15 +145,28 @@ def _reason(intent: Intent, first: Candidate, snap: Snapshot, forced: bool) -> s
     return f"{head} {detail}{tail}"
 
 
-def plan(intent: Intent, catalog: Catalog, snap: Snapshot, limit: int) -> Plan:
-    """The ranked deployments to try, at most ``limit``; raises RouterError when none can serve."""
+def plan(
+    intent: Intent,
+    catalog: Catalog,
+    snap: Snapshot,
+    limit: int,
+    allow: Callable[[Model], bool] | None = None,
+) -> Plan:
+    """The ranked deployments to try, at most ``limit``; raises RouterError when none can serve.
+
+    ``allow`` narrows the pool (an API key's allowed tiers and models) before ranking, so a
+    restricted caller gets the best model it may use rather than a refusal."""
     source = _pinned(catalog, intent, snap) if intent.pinned else _by_model(catalog, intent, snap)
     chosen: list[Candidate] = []
     open_ones: list[Candidate] = []
     too_small: list[Model] = []
     incapable: list[Model] = []
+    denied: list[Model] = []
     for d in source:
         model = catalog.by_name[d.model_id]
+        if allow is not None and not allow(model):
+            denied.append(model)
+            continue
         if not _capable(intent, model):
             incapable.append(model)
             continue
@@ -174,12 +187,12 @@ def plan(intent: Intent, catalog: Catalog, snap: Snapshot, limit: int) -> Plan:
         )
         chosen, forced = open_ones[:limit], True
     if not chosen:
-        raise _nothing_eligible(intent, too_small, incapable)
+        raise _nothing_eligible(intent, too_small, incapable, denied)
     return Plan(tuple(chosen), _reason(intent, chosen[0], snap, forced), forced)
 
 
 def _nothing_eligible(
-    intent: Intent, too_small: list[Model], incapable: list[Model]
+    intent: Intent, too_small: list[Model], incapable: list[Model], denied: list[Model]
 ) -> RouterError:
     if too_small:
         largest = max(m.context_length for m in too_small)
@@ -199,6 +212,16 @@ def _nothing_eligible(
             f"no enabled model in {pool} supports {need}",
             CAPABILITY_PARAM[need],
             "unsupported_feature",
+        )
+    if denied:
+        pool = f"tier {intent.tier}" if intent.tier else "any tier"
+        return RouterError(
+            403,
+            f"this API key may not use any model in {pool} (the best match was "
+            f"{denied[0].id!r}, tier {denied[0].tier}); ask for a tier or model the key allows",
+            type="permission_error",
+            param="tier" if intent.tier else "model",
+            code="model_not_allowed",
         )
     where = f"tier {intent.tier!r}" if intent.tier else "the catalog"
     return RouterError(

@@ -65,6 +65,9 @@ class Router:
     # Called once per request with its Outcome and duration in seconds, after the answer
     # (or error) has gone out: the access log, metrics and the usage log subscribe here.
     sinks: list[Callable[[Outcome, float], None]] = field(default_factory=list)
+    # Provider name -> digest of its settings and credentials, so a reload can tell which
+    # providers it may share with this Router (proxy/app.py provider_fingerprint).
+    provider_fingerprints: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.models_listing = [model_entry(m) for m in self.catalog.models]

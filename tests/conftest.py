@@ -11,6 +11,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -78,13 +79,21 @@ StartProxy = Callable[..., Awaitable[Proxy]]
 
 
 @pytest.fixture
-async def start_proxy(sim: Sim) -> AsyncIterator[StartProxy]:
+async def start_proxy(sim: Sim, tmp_path: Path) -> AsyncIterator[StartProxy]:
     runners: list[web.AppRunner] = []
     proxies: list[Proxy] = []
 
-    async def start(data: dict[str, Any] | None = None, *, config: Config | None = None) -> Proxy:
+    async def start(
+        data: dict[str, Any] | None = None,
+        *,
+        config: Config | None = None,
+        config_path: str | None = None,
+    ) -> Proxy:
         cfg = config or config_for(sim.url, data)
-        app = make_app(cfg, environ=UPSTREAM_ENV)
+        # As under systemd: the usage log goes to $STATE_DIRECTORY, here the test's tmp dir.
+        app = make_app(
+            cfg, environ={**UPSTREAM_ENV, "STATE_DIRECTORY": str(tmp_path)}, config_path=config_path
+        )
         runner, port = await start_server(app, "127.0.0.1", 0)
         runners.append(runner)
         proxies.append(Proxy(f"http://127.0.0.1:{port}", app, sim))
@@ -126,6 +135,7 @@ def spawn_server(
             text=True,
             env=full_env,
         )
+    proc.log_path = log_path  # type: ignore[attr-defined]
     assert proc.stdout is not None
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
@@ -147,6 +157,12 @@ def spawn_server(
         sel.close()
 
 
+def server_log(proc: subprocess.Popen[str]) -> str:
+    """Everything a server started by ``spawn_server`` has logged so far."""
+    with open(proc.log_path) as fh:  # type: ignore[attr-defined]
+        return fh.read()
+
+
 def stop_server(proc: subprocess.Popen[str]) -> int:
     """SIGTERM, then SIGKILL if it lingers; closes the pipe; returns the exit status."""
     if proc.poll() is None:
@@ -162,10 +178,12 @@ def stop_server(proc: subprocess.Popen[str]) -> int:
 
 
 @pytest.fixture(scope="module")
-def demo_server() -> Iterator[str]:
+def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``model-router serve --demo`` as a subprocess, latencies scaled down for speed."""
+    state_dir = str(tmp_path_factory.mktemp("state"))
     proc, url = spawn_server(
-        ["serve", "--demo", "--port", "0"], {"MODEL_ROUTER_DEMO_SCALE": "0.02"}
+        ["serve", "--demo", "--port", "0"],
+        {"MODEL_ROUTER_DEMO_SCALE": "0.02", "STATE_DIRECTORY": state_dir},
     )
     try:
         yield url

@@ -11,7 +11,12 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-SPEC = Path(__file__).resolve().parents[2] / "shared" / "reference" / "openai" / "openapi.yaml"
+_REL = Path("shared", "reference", "openai", "openapi.yaml")
+# The checkout sits at /work/main or deeper (/work/wt/<branch>): take the nearest ancestor's.
+SPEC = next(
+    (p / _REL for p in Path(__file__).resolve().parents if (p / _REL).is_file()),
+    Path(__file__).resolve().parents[2] / _REL,
+)
 
 
 def _nullable(node: Any) -> Any:

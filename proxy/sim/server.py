@@ -340,9 +340,13 @@ async def _openai(request: web.Request, legacy: bool) -> web.StreamResponse:
     if (early := await apply_pre_byte_fault(request, fault, openai_error)) is not None:
         return early
     profile = state.profile(model)
-    answer = script_answer(openai_conversation(body), profile)
-    if body.get("stream"):
+    try:
+        answer = script_answer(openai_conversation(body), profile)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    except (TypeError, ValueError, KeyError, AttributeError):
+        # A real provider answers a malformed body with a 400, not a crash.
+        return openai_error(400, "simulator: malformed request body")
+    if body.get("stream"):
         render = render_openai_completion if legacy else render_openai_chat
         return await stream_rendered(
             request, state, fault, profile, render(model, answer, include_usage)
@@ -439,7 +443,7 @@ def make_sim_app(state: SimState) -> web.Application:
 
 def bound_port(site: web.TCPSite) -> int:
     """The port a site listens on (it may have been asked for port 0)."""
-    # asyncio's and uvloop's Server classes differ; both have .sockets once started.
+    # asyncio's Server and uvloop's both have .sockets; neither is the other's subclass.
     sockets = getattr(site._server, "sockets", None)
     if not sockets:
         raise RuntimeError("site is not started")

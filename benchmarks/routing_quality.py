@@ -1,0 +1,475 @@
+"""Routing quality of tier=auto on public per-prompt data: RouteLLM's GSM8K and MMLU answers
+of a weak model (Mixtral-8x7B, here "economy") and a strong one (GPT-4, here "premium").
+
+For each router (our classifier, a length-only router, a random router) the threshold is
+swept over the score's quantiles, as RouteLLM's evaluation does; the report gives accuracy
+against the share of strong calls, APGR, the cost saved against always-premium at catalog
+prices, and the classifier's cost in microseconds per request.
+
+    python benchmarks/routing_quality.py [--limit N] [--markdown PATH] [--chart-dir DIR]
+
+The prompts are split in two by a hash of their text: the classifier's weights were tuned
+on the "tune" half only (benchmarks/tune_classifier.py); the "held-out" half is the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import itertools
+import json
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from proxy.catalog import Model, load_bundled  # noqa: E402
+from proxy.classifier import CHARS_PER_TOKEN, assess  # noqa: E402
+from proxy.policy import ClassifierSettings  # noqa: E402
+
+WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
+STRONG = "gpt-4-1106-preview"
+# Catalog stand-ins for the pair: Mixtral's successor family in economy, GPT-4's in premium.
+ECONOMY_MODEL = "mistral-small"
+PREMIUM_MODEL = "gpt-5"
+MMLU_OUTPUT_TOKENS = 1  # MMLU prompts end in "Answer:"; the answer is one letter
+
+
+def data_dir() -> Path:
+    """``shared/reference/routellm`` beside the repository (main) or beside its parent
+    (a worktree under wt/)."""
+    here = Path(__file__).resolve()
+    for parent in here.parents[1:4]:
+        candidate = parent / "shared" / "reference" / "routellm"
+        if candidate.is_dir():
+            return candidate
+    return here.parents[2] / "shared" / "reference" / "routellm"
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    prompt: str
+    weak: bool  # the weak model answered correctly
+    strong: bool
+    weak_out: int  # output tokens of each model's answer (estimated)
+    strong_out: int
+
+
+def _contaminated(path: Path) -> set[str]:
+    if not path.exists():
+        return set()
+    with path.open(encoding="utf-8") as f:
+        return {json.loads(line)["eval_prompt"] for line in f if line.strip()}
+
+
+def _flag(value: str, where: str) -> bool:
+    if value not in ("True", "False"):
+        raise ValueError(f"{where}: expected True or False, got {value!r}")
+    return value == "True"
+
+
+def load_gsm8k(root: Path) -> list[Item]:
+    skip = _contaminated(root / "gsm8k_contaminated_prompts.jsonl")
+    items = []
+    with (root / "gsm8k_responses.csv").open(encoding="utf-8", newline="") as f:
+        for i, row in enumerate(csv.DictReader(f)):
+            if row["prompt"] in skip:
+                continue
+            items.append(
+                Item(
+                    row["prompt"],
+                    _flag(row[WEAK], f"gsm8k row {i}"),
+                    _flag(row[STRONG], f"gsm8k row {i}"),
+                    max(1, len(row.get(f"{WEAK}_response") or "") // CHARS_PER_TOKEN),
+                    max(1, len(row.get(f"{STRONG}_response") or "") // CHARS_PER_TOKEN),
+                )
+            )
+    return items
+
+
+def load_mmlu(root: Path) -> list[Item]:
+    skip = _contaminated(root / "mmlu_contaminated_prompts.jsonl")
+    items = []
+    for path in sorted((root / "mmlu").glob("mmlu_*.csv")):
+        with path.open(encoding="utf-8", newline="") as f:
+            for i, row in enumerate(csv.DictReader(f)):
+                if row["prompt"] in skip:
+                    continue
+                where = f"{path.name} row {i}"
+                items.append(
+                    Item(
+                        row["prompt"],
+                        _flag(row[WEAK], where),
+                        _flag(row[STRONG], where),
+                        MMLU_OUTPUT_TOKENS,
+                        MMLU_OUTPUT_TOKENS,
+                    )
+                )
+    return items
+
+
+def held_out(prompt: str) -> bool:
+    """The evaluation half: decided by the prompt's text, so it is the same on every run."""
+    return hashlib.sha256(prompt.encode()).digest()[0] & 1 == 1
+
+
+def body_of(prompt: str) -> dict[str, object]:
+    """The request the proxy would see for this prompt."""
+    return {"model": "auto", "tier": "auto", "messages": [{"role": "user", "content": prompt}]}
+
+
+def classifier_scores(items: Sequence[Item]) -> list[float]:
+    return [assess(body_of(it.prompt)).score for it in items]
+
+
+def length_scores(items: Sequence[Item]) -> list[float]:
+    return [float(len(it.prompt)) for it in items]
+
+
+def random_scores(items: Sequence[Item], seed: int = 0) -> list[float]:
+    rng = random.Random(seed)
+    return [rng.random() for _ in items]
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    threshold: float
+    strong_share: float  # of calls sent to the strong (premium) model
+    accuracy: float
+    cost: float  # USD for the whole set at catalog prices
+
+
+def _quantile(ordered: Sequence[float], q: float) -> float:
+    """Linear interpolation between order statistics (numpy's default)."""
+    pos = q * (len(ordered) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def curve(
+    scores: Sequence[float],
+    items: Sequence[Item],
+    bins: int,
+    costs: tuple[Sequence[float], Sequence[float]],
+) -> list[Point]:
+    """RouteLLM's sweep: thresholds at the score's quantiles 0, 1/bins, ..., 1; a request
+    goes to the strong model when its score >= threshold (> at the last threshold)."""
+    ordered = sorted(scores)
+    weak_cost, strong_cost = costs
+    points = []
+    for i in range(bins + 1):
+        t = _quantile(ordered, i / bins)
+        last = i == bins
+        strong = right = 0
+        cost = 0.0
+        for s, it, wc, sc in zip(scores, items, weak_cost, strong_cost, strict=True):
+            if s > t or (s == t and not last):
+                strong += 1
+                right += it.strong
+                cost += sc
+            else:
+                right += it.weak
+                cost += wc
+        points.append(Point(t, strong / len(items), right / len(items), cost))
+    return sorted(points, key=lambda p: (p.strong_share, p.accuracy))
+
+
+def _trapezoid(xs: Sequence[float], ys: Sequence[float]) -> float:
+    return sum((xs[i + 1] - xs[i]) * (ys[i + 1] + ys[i]) / 2 for i in range(len(xs) - 1))
+
+
+def apgr(points: Sequence[Point], weak_acc: float, strong_acc: float) -> float:
+    """Average performance gap recovered: the area under accuracy-vs-strong-share between
+    the weak model's (0) and the strong model's (1), over the swept range."""
+    xs = [p.strong_share for p in points]
+    area = _trapezoid(xs, [p.accuracy for p in points])
+    span = xs[-1] - xs[0]
+    if span <= 0 or strong_acc == weak_acc:
+        return float("nan")
+    return (area - weak_acc * span) / ((strong_acc - weak_acc) * span)
+
+
+def share_for_gap(
+    points: Sequence[Point], weak_acc: float, strong_acc: float, frac: float
+) -> Point | None:
+    """The cheapest point on the curve (interpolated) that recovers ``frac`` of the gap."""
+    target = weak_acc + frac * (strong_acc - weak_acc)
+    for a, b in itertools.pairwise(points):
+        if a.accuracy >= target:
+            return a
+        if b.accuracy >= target > a.accuracy:
+            w = (target - a.accuracy) / (b.accuracy - a.accuracy)
+            return Point(
+                a.threshold + w * (b.threshold - a.threshold),
+                a.strong_share + w * (b.strong_share - a.strong_share),
+                target,
+                a.cost + w * (b.cost - a.cost),
+            )
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class RouterResult:
+    name: str
+    points: list[Point]
+    apgr: float
+    at_50: Point | None  # recovers half the gap
+    at_80: Point | None
+
+
+def evaluate(
+    items: Sequence[Item],
+    routers: dict[str, Sequence[float]],
+    bins: int,
+    economy: Model,
+    premium: Model,
+) -> tuple[float, float, float, list[RouterResult]]:
+    weak_acc = sum(it.weak for it in items) / len(items)
+    strong_acc = sum(it.strong for it in items) / len(items)
+    in_tokens = [len(it.prompt) // CHARS_PER_TOKEN + 4 for it in items]
+    costs = (
+        [economy.cost_usd(n, it.weak_out) for n, it in zip(in_tokens, items, strict=True)],
+        [premium.cost_usd(n, it.strong_out) for n, it in zip(in_tokens, items, strict=True)],
+    )
+    always_premium = sum(costs[1])
+    results = []
+    for name, scores in routers.items():
+        pts = curve(scores, items, bins, costs)
+        results.append(
+            RouterResult(
+                name,
+                pts,
+                apgr(pts, weak_acc, strong_acc),
+                share_for_gap(pts, weak_acc, strong_acc, 0.5),
+                share_for_gap(pts, weak_acc, strong_acc, 0.8),
+            )
+        )
+    return weak_acc, strong_acc, always_premium, results
+
+
+def bootstrap_gap(
+    items: Sequence[Item], a: Sequence[float], b: Sequence[float], bins: int, rounds: int
+) -> tuple[float, float] | None:
+    """95 % interval of APGR(a) - APGR(b) over resamples of the items (paired)."""
+    if rounds <= 0:
+        return None
+    rng = random.Random(1)
+    zero = ([0.0] * len(items), [0.0] * len(items))
+    diffs = []
+    for _ in range(rounds):
+        idx = [rng.randrange(len(items)) for _ in items]
+        sample = [items[i] for i in idx]
+        w = sum(it.weak for it in sample) / len(sample)
+        s = sum(it.strong for it in sample) / len(sample)
+        if w == s:
+            continue
+        z = (zero[0][: len(sample)], zero[1][: len(sample)])
+        da = apgr(curve([a[i] for i in idx], sample, bins, z), w, s)
+        db = apgr(curve([b[i] for i in idx], sample, bins, z), w, s)
+        diffs.append(da - db)
+    diffs.sort()
+    return diffs[int(0.025 * len(diffs))], diffs[int(0.975 * len(diffs)) - 1]
+
+
+def time_classifier(reps_short: int, reps_long: int) -> dict[str, float]:
+    """Median microseconds per assess() call for a short prompt and an 80k-token one."""
+    short = body_of("Summarize the main idea of this paragraph in one sentence, please.")
+    unit = "The quarterly report shows revenue grew 12% while costs rose 3 points. "
+    long_text = unit * (80_000 * CHARS_PER_TOKEN // len(unit))
+    long = body_of(long_text + "\nWhat are the three biggest risks, and why?")
+
+    def median_us(body: dict[str, object], reps: int) -> float:
+        runs = []
+        for _ in range(reps):
+            t0 = time.perf_counter_ns()
+            assess(body)
+            runs.append((time.perf_counter_ns() - t0) / 1000)
+        return statistics.median(runs)
+
+    return {
+        "short_us": median_us(short, reps_short),
+        "long_80k_us": median_us(long, reps_long),
+        "long_chars": float(len(long_text)),
+    }
+
+
+def chart(
+    name: str, results: list[RouterResult], weak: float, strong: float, out: Path
+) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in results:
+        ax.plot(
+            [100 * p.strong_share for p in r.points],
+            [100 * p.accuracy for p in r.points],
+            marker=".",
+            label=f"{r.name} (APGR {r.apgr:.3f})",
+        )
+    ax.axhline(100 * weak, color="grey", linestyle="--", label="economy only (Mixtral-8x7B)")
+    ax.axhline(100 * strong, color="red", linestyle="--", label="premium only (GPT-4)")
+    ax.set_xlabel("calls sent to premium (%)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"{name}: accuracy against share of premium calls (held-out half)")
+    ax.legend(loc="lower right", fontsize=8)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"routing_{name.lower()}.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _pt(p: Point | None, always: float) -> str:
+    if p is None:
+        return "not reached | -"
+    return f"{100 * p.strong_share:.1f}% | {100 * (1 - p.cost / always):.1f}%"
+
+
+def report_dataset(
+    name: str,
+    items: list[Item],
+    bins: int,
+    bootstrap: int,
+    economy: Model,
+    premium: Model,
+    chart_dir: Path | None,
+    scorer: Callable[[Sequence[Item]], list[float]] = classifier_scores,
+) -> tuple[list[str], dict[str, float]]:
+    lines: list[str] = []
+    figures: dict[str, float] = {}
+    splits = {
+        "held-out": [it for it in items if held_out(it.prompt)],
+        "tune": [it for it in items if not held_out(it.prompt)],
+        "all": items,
+    }
+    for split, subset in splits.items():
+        if len(subset) < bins + 1:
+            continue
+        routers = {
+            "classifier": scorer(subset),
+            "length": length_scores(subset),
+            "random": random_scores(subset),
+        }
+        weak, strong, always, results = evaluate(subset, routers, bins, economy, premium)
+        lines.append(
+            f"\n**{name}, {split} ({len(subset)} prompts)**: economy-only accuracy {100 * weak:.1f}%, "
+            f"premium-only {100 * strong:.1f}%, always-premium cost ${always:.4f}\n"
+        )
+        lines.append(
+            "| router | APGR | premium calls for 50% of the gap | cost saved there | "
+            "premium calls for 80% of the gap | cost saved there |"
+        )
+        lines.append("|---|---|---|---|---|---|")
+        for r in results:
+            lines.append(
+                f"| {r.name} | {r.apgr:.3f} | {_pt(r.at_50, always)} | {_pt(r.at_80, always)} |"
+            )
+            figures[f"{name}.{split}.{r.name}"] = r.apgr
+        if split == "held-out":
+            settings = ClassifierSettings()
+            mix = [settings.tier_for(x) for x in routers["classifier"]]
+            lines.append(
+                f"\nAt the default thresholds (economy below {settings.economy_below:g}, premium from "
+                f"{settings.premium_from:g}) the classifier sends "
+                + ", ".join(
+                    f"{100 * mix.count(t) / len(mix):.0f}% to {t}"
+                    for t in ("economy", "standard", "premium")
+                )
+                + "."
+            )
+            ci = bootstrap_gap(subset, routers["classifier"], routers["length"], bins, bootstrap)
+            if ci is not None:
+                lines.append(
+                    f"\nClassifier minus length-only APGR, 95% bootstrap interval "
+                    f"({bootstrap} resamples): [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+                )
+            lines.append("\nCurve (held-out): premium share / accuracy at each threshold\n")
+            lines.append("| router | " + " | ".join(f"q{i}" for i in range(bins + 1)) + " |")
+            lines.append("|---|" + "---|" * (bins + 1))
+            for r in results:
+                cells = " | ".join(
+                    f"{100 * p.strong_share:.0f}% / {100 * p.accuracy:.1f}" for p in r.points
+                )
+                lines.append(f"| {r.name} | {cells} |")
+            if chart_dir is not None:
+                path = chart(name, results, weak, strong, chart_dir)
+                lines.append(
+                    f"\nChart: `{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}`"
+                    if path
+                    else "\nChart skipped: matplotlib is not installed."
+                )
+    return lines, figures
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, default=None, help="the routellm reference folder")
+    parser.add_argument(
+        "--limit", type=int, default=0, help="use only the first N prompts of each set"
+    )
+    parser.add_argument(
+        "--bins", type=int, default=10, help="threshold quantiles (RouteLLM uses 10)"
+    )
+    parser.add_argument("--bootstrap", type=int, default=200, help="resamples for the interval")
+    parser.add_argument("--markdown", type=Path, default=None, help="also write the report here")
+    parser.add_argument("--chart-dir", type=Path, default=None, help="write PNG charts here")
+    parser.add_argument("--economy", default=ECONOMY_MODEL)
+    parser.add_argument("--premium", default=PREMIUM_MODEL)
+    parser.add_argument("--timing-reps", type=int, default=2000)
+    args = parser.parse_args(argv)
+
+    root = args.data or data_dir()
+    models = {m.id: m for m in load_bundled()}
+    economy, premium = models[args.economy], models[args.premium]
+    lines = [
+        "## Routing quality: tier=auto on RouteLLM's GSM8K and MMLU",
+        "",
+        f"Data: `{root}` (contaminated prompts excluded). Weak model {WEAK} = economy, "
+        f"strong {STRONG} = premium. Prices: economy = `{economy.id}` "
+        f"(${economy.input_price:g}/${economy.output_price:g} per 1M in/out), premium = "
+        f"`{premium.id}` (${premium.input_price:g}/${premium.output_price:g}). Thresholds at "
+        f"{args.bins + 1} quantiles of each router's score (RouteLLM's method); APGR by the "
+        "trapezoid rule. The classifier's weights were tuned on the `tune` half only.",
+    ]
+    figures: dict[str, float] = {}
+    for name, loader in (("GSM8K", load_gsm8k), ("MMLU", load_mmlu)):
+        items = loader(root)
+        if args.limit:
+            items = items[: args.limit]
+        more, figs = report_dataset(
+            name, items, args.bins, args.bootstrap, economy, premium, args.chart_dir
+        )
+        lines += more
+        figures |= figs
+    t = time_classifier(args.timing_reps, max(5, args.timing_reps // 100))
+    figures |= t
+    lines.append(
+        f"\n**Classifier cost**: {t['short_us']:.1f} µs per request for a short prompt, "
+        f"{t['long_80k_us']:.1f} µs for an 80k-token prompt ({t['long_chars'] / 1e3:.0f} kB of text; "
+        "the scan reads a bounded sample), median on this machine."
+    )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(text, encoding="utf-8")
+    return figures
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,319 @@
+"""Client API keys: the ``Authorization: Bearer`` check (an aiohttp middleware) and each key's
+limits (allowed tiers and models, requests and tokens per minute, a daily USD budget,
+concurrent streams). Keys live in config only as SHA-256 digests; a key never reaches a log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from .catalog import Catalog, Model
+from .config import KeyConfig
+from .dispatch import Outcome
+from .errors import RouterError
+from .intent import Intent
+from .state import ROUTER
+
+log = logging.getLogger("model_router.auth")
+
+# Liveness and readiness answer anyone (a load balancer has no key). /metrics is not here:
+# it shows traffic and spend, and Prometheus sends a bearer token as easily as a client.
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+
+# Tokens reserved for the answer when the client does not say max_tokens; the bucket is
+# corrected to the real usage when the request ends.
+UNSTATED_MAX_TOKENS = 1024
+
+
+def hash_key(key: str) -> str:
+    """What goes in config for a key: its SHA-256 hex digest."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def is_loopback(host: str) -> bool:
+    """True when binding ``host`` is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a hostname (or "" = every address): assume reachable
+
+
+class TokenBucket:
+    """``capacity`` tokens, refilled at ``capacity`` per minute. The level may go negative
+    when a request turns out to cost more than it reserved; later requests then wait."""
+
+    __slots__ = ("capacity", "level", "rate", "stamp")
+
+    def __init__(self, per_minute: int, now: float) -> None:
+        self.capacity = float(per_minute)
+        self.rate = per_minute / 60.0
+        self.level = self.capacity
+        self.stamp = now
+
+    def _refill(self, now: float) -> None:
+        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def wait_s(self, need: float, now: float) -> float:
+        """Seconds until ``need`` tokens are there (0: now). ``need`` is capped at capacity
+        so one large request can pass once the bucket is full instead of never."""
+        self._refill(now)
+        short = min(need, self.capacity) - self.level
+        return 0.0 if short <= 0 else short / self.rate
+
+    def take(self, n: float) -> None:
+        self.level -= n
+
+    def give(self, n: float) -> None:
+        self.level = min(self.capacity, self.level + n)
+
+
+class KeyState:
+    """Live counters for one key id; they outlive a config reload that keeps the id."""
+
+    __slots__ = ("config", "requests", "streams", "tokens")
+
+    def __init__(self, config: KeyConfig, now: float) -> None:
+        self.config = config
+        self.requests = TokenBucket(config.rpm, now) if config.rpm else None
+        self.tokens = TokenBucket(config.tpm, now) if config.tpm else None
+        self.streams = 0
+
+    def reconfigure(self, config: KeyConfig, now: float) -> None:
+        old, self.config = self.config, config
+        if old.rpm != config.rpm:
+            self.requests = TokenBucket(config.rpm, now) if config.rpm else None
+        if old.tpm != config.tpm:
+            self.tokens = TokenBucket(config.tpm, now) if config.tpm else None
+
+
+def _limited(message: str, retry_after_s: float, code: str = "rate_limit_exceeded") -> RouterError:
+    headers = {"Retry-After": str(max(1, math.ceil(retry_after_s)))}
+    if code == "budget_exceeded":
+        # Hours away: the SDK's quick retries would only burn requests.
+        headers["x-should-retry"] = "false"
+    return RouterError(429, message, type="rate_limit_error", code=code, headers=headers)
+
+
+@dataclass(slots=True)
+class Ticket:
+    """What one admitted request holds; ``settle`` gives it back and charges real usage."""
+
+    access: Access
+    state: KeyState
+    reserved_tokens: int
+    stream: bool
+    settled: bool = False
+
+    def settle(self, outcome: Outcome) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        st = self.state
+        if self.stream:
+            st.streams -= 1
+        used = outcome.prompt_tokens + outcome.completion_tokens
+        if st.tokens is not None:
+            if used:
+                st.tokens.give(self.reserved_tokens - used)
+            elif outcome.model is None:
+                st.tokens.give(self.reserved_tokens)  # nothing was served
+            # else served with no usage reported (a broken stream): keep the reservation
+
+
+class Principal:
+    """The caller of one request: a configured key, or ``None`` when keys are off."""
+
+    __slots__ = ("_access", "allow", "key", "key_id")
+
+    def __init__(self, key: KeyConfig | None, access: Access) -> None:
+        self.key = key
+        self.key_id = key.id if key else None
+        self._access = access
+        # The routing filter for this key; None when it may use every model.
+        self.allow: Callable[[Model], bool] | None = None
+        if key is not None and (key.allowed_tiers or key.allowed_models):
+            tiers, models = frozenset(key.allowed_tiers), frozenset(key.allowed_models)
+            self.allow = lambda m: (not tiers or m.tier in tiers) and (not models or m.id in models)
+
+    def admit(self, intent: Intent, catalog: Catalog) -> Ticket | None:
+        """Refuse what this key may not ask for (403) or may not ask for now (429); reserve
+        its share of the limits otherwise. Nothing has gone upstream yet."""
+        key = self.key
+        if key is None:
+            return None
+        self._check_models(key, intent, catalog)
+        access = self._access
+        now = access.clock()
+        st = access.state(key, now)
+        cap = key.max_concurrent_streams
+        if intent.stream and cap and st.streams >= cap:
+            raise _limited(
+                f"API key {key.id!r} is at its max_concurrent_streams limit ({cap} open "
+                "streams); retry when one ends",
+                1.0,
+            )
+        # daily_usd is enforced by the accounting budget (proxy/budget.py), which reads
+        # today's spend back from the usage log so it survives a restart.
+        need = intent.prompt_tokens + (intent.max_output_tokens or UNSTATED_MAX_TOKENS)
+        waits = []
+        if st.requests is not None and (w := st.requests.wait_s(1, now)) > 0:
+            waits.append((w, f"rpm limit ({key.rpm} requests per minute)"))
+        if st.tokens is not None and (w := st.tokens.wait_s(need, now)) > 0:
+            waits.append(
+                (w, f"tpm limit ({key.tpm} tokens per minute; this request reserves about {need})")
+            )
+        if waits:
+            wait, what = max(waits)
+            raise _limited(
+                f"API key {key.id!r} is over its {what}; retry in {math.ceil(wait)} s", wait
+            )
+        if st.requests is not None:
+            st.requests.take(1)
+        if st.tokens is not None:
+            st.tokens.take(need)
+        if intent.stream:
+            st.streams += 1
+        log.debug("admitted key_id=%s stream=%s reserved_tokens=%d", key.id, intent.stream, need)
+        return Ticket(access, st, need if st.tokens is not None else 0, intent.stream)
+
+    @staticmethod
+    def _check_models(key: KeyConfig, intent: Intent, catalog: Catalog) -> None:
+        """Pinned models and an explicit tier are checked before routing, so the answer
+        names what was refused instead of silently routing around it."""
+        for name in intent.pinned:
+            model = catalog.get(name)
+            if model is None:
+                continue  # routing answers 404 for it
+            if (key.allowed_models and model.id not in key.allowed_models) or (
+                key.allowed_tiers and model.tier not in key.allowed_tiers
+            ):
+                raise RouterError(
+                    403,
+                    f"API key {key.id!r} may not use model {model.id!r} (tier {model.tier}); "
+                    f"it may use {_describe(key)}",
+                    type="permission_error",
+                    param="model",
+                    code="model_not_allowed",
+                )
+        if intent.tier is not None and key.allowed_tiers and intent.tier not in key.allowed_tiers:
+            raise RouterError(
+                403,
+                f"API key {key.id!r} may not use tier {intent.tier!r} (a bare 'auto' means "
+                f"standard); it may use {_describe(key)}, e.g. model "
+                f"'auto:{key.allowed_tiers[0]}'",
+                type="permission_error",
+                param="tier",
+                code="tier_not_allowed",
+            )
+
+
+def _describe(key: KeyConfig) -> str:
+    parts = []
+    if key.allowed_tiers:
+        parts.append("tiers " + ", ".join(key.allowed_tiers))
+    if key.allowed_models:
+        parts.append("models " + ", ".join(key.allowed_models))
+    return " and ".join(parts) or "every model"
+
+
+class Access:
+    """Per-app key state. Keys come from the router's current config on each request, so a
+    reload that adds or revokes a key takes effect at once; counters survive by key id."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._states: dict[str, KeyState] = {}
+        self._principals: dict[KeyConfig, Principal] = {}
+        self.anonymous = Principal(None, self)
+
+    def principal(self, key: KeyConfig) -> Principal:
+        found = self._principals.get(key)
+        if found is None:
+            if len(self._principals) > 4 * 1024:  # reloads leave old KeyConfigs behind
+                self._principals.clear()
+            found = self._principals[key] = Principal(key, self)
+        return found
+
+    def state(self, key: KeyConfig, now: float) -> KeyState:
+        st = self._states.get(key.id)
+        if st is None:
+            st = self._states[key.id] = KeyState(key, now)
+        elif st.config is not key:
+            st.reconfigure(key, now)
+        return st
+
+    def authenticate(self, header: str | None, keys: Sequence[KeyConfig]) -> KeyConfig:
+        """The key whose digest matches the bearer token; RouterError 401 otherwise."""
+        token = _bearer(header)
+        if token is None:
+            raise _unauthorized(
+                "missing_api_key",
+                "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
+            )
+        digest = hash_key(token)
+        found = None
+        # Every digest is compared (no early exit), each in constant time.
+        for key in keys:
+            if hmac.compare_digest(digest, key.sha256):
+                found = key
+        if found is None:
+            raise _unauthorized("invalid_api_key", "Incorrect API key provided.")
+        return found
+
+
+def _bearer(header: str | None) -> str | None:
+    if not header:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return token
+
+
+def _unauthorized(code: str, message: str) -> RouterError:
+    return RouterError(
+        401, message, code=code, headers={"WWW-Authenticate": 'Bearer realm="model-router"'}
+    )
+
+
+ACCESS = web.AppKey("access", Access)
+PRINCIPAL = web.RequestKey("principal", Principal)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every path but liveness and readiness needs a configured key, when keys are on."""
+    access = request.app[ACCESS]
+    keys = request.app[ROUTER].current.config.keys
+    if not keys or request.path in OPEN_PATHS:
+        request[PRINCIPAL] = access.anonymous
+        return await handler(request)
+    try:
+        key = access.authenticate(request.headers.get("Authorization"), keys)
+    except RouterError as err:
+        peer = request.remote or "?"
+        log.info("refused %s %s from %s: %s", request.method, request.path, peer, err.code)
+        raise
+    request[PRINCIPAL] = access.principal(key)
+    return await handler(request)
+
+
+def principal(request: web.Request) -> Principal:
+    """The caller, as the middleware found it (anonymous when keys are off)."""
+    found = request.get(PRINCIPAL)
+    return found if found is not None else request.app[ACCESS].anonymous

@@ -1,0 +1,193 @@
+"""Graceful stop: which requests and streams are in flight, and how they end on SIGTERM.
+
+Requests are counted by a middleware; committed streams register from dispatch. Draining
+stops accepting, waits for in-flight work up to the deadline, then ends each open stream
+with an SSE error event and answers requests still before their first byte with a 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine, Iterator
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from .errors import RouterError
+
+log = logging.getLogger("model_router")
+
+# After the cut, error events are small writes: this is ample unless a client stopped
+# reading, and those connections are aborted by the relay anyway.
+CUT_GRACE_S = 2.0
+
+
+def shutdown_error() -> RouterError:
+    return RouterError(
+        503,
+        "the router is shutting down and this answer did not finish before the drain "
+        "deadline; send the request again",
+        type="server_error",
+        code="server_shutting_down",
+    )
+
+
+class OpenStream:
+    """One committed stream's deadline timer, which the drain can pull in to now.
+
+    Dispatch moves the deadline along with ``extend`` as bytes flow; once ``end`` has run,
+    ``extend`` no longer moves it, so the relay cannot outrun the cut.
+    """
+
+    __slots__ = ("_loop", "_timer", "cut")
+
+    def __init__(self, timer: asyncio.Timeout) -> None:
+        self._timer = timer
+        self._loop = asyncio.get_running_loop()
+        self.cut = False
+
+    def extend(self, seconds: float) -> None:
+        if not self.cut:
+            self._timer.reschedule(self._loop.time() + seconds)
+
+    def end(self) -> None:
+        self.cut = True
+        self._timer.reschedule(self._loop.time())
+
+
+class InFlight:
+    """Requests being served and the streams among them, for the drain and for /metrics."""
+
+    __slots__ = ("_cancelled", "_committed", "_idle", "closing", "cutting", "requests", "streams")
+
+    def __init__(self) -> None:
+        self.requests: set[asyncio.Task[Any]] = set()
+        self.streams: set[OpenStream] = set()
+        self.closing = False  # SIGTERM received: no longer accepting connections
+        self.cutting = False  # the drain deadline has passed
+        # Requests whose response has started: they must never be answered a second time.
+        self._committed: set[asyncio.Task[Any]] = set()
+        self._cancelled: set[asyncio.Task[Any]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @contextlib.contextmanager
+    def stream(self, timer: asyncio.Timeout) -> Iterator[OpenStream]:
+        """Register a committed stream for as long as its relay runs."""
+        stream = OpenStream(timer)
+        task = asyncio.current_task()
+        if task is not None:
+            self._committed.add(task)
+        if self.cutting:
+            stream.end()
+        self.streams.add(stream)
+        try:
+            yield stream
+        finally:
+            self.streams.discard(stream)
+
+    async def idle(self) -> None:
+        """Returns once no request is in flight."""
+        await self._idle.wait()
+
+    def cut(self) -> tuple[int, int]:
+        """The deadline: end open streams now, cancel requests that have not committed
+        (the middleware answers those 503). Returns (streams ended, requests cancelled)."""
+        self.cutting = True
+        streams = list(self.streams)
+        for stream in streams:
+            stream.end()
+        waiting = [t for t in self.requests if t not in self._committed and not t.done()]
+        for task in waiting:
+            self._cancelled.add(task)
+            task.cancel()
+        return len(streams), len(waiting)
+
+    def enter(self, task: asyncio.Task[Any]) -> None:
+        self.requests.add(task)
+        self._idle.clear()
+
+    def leave(self, task: asyncio.Task[Any]) -> None:
+        self.requests.discard(task)
+        self._committed.discard(task)
+        self._cancelled.discard(task)
+        if not self.requests:
+            self._idle.set()
+
+    def was_cut(self, task: asyncio.Task[Any]) -> bool:
+        return task in self._cancelled
+
+
+IN_FLIGHT = web.AppKey("in_flight", InFlight)
+
+
+@web.middleware
+async def in_flight_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Counts requests for the drain; answers 503 for those the drain deadline cancelled."""
+    in_flight = request.app[IN_FLIGHT]
+    task = asyncio.current_task()
+    if task is None or in_flight.cutting:
+        return _shutdown_response()
+    in_flight.enter(task)
+    try:
+        return await handler(request)
+    except asyncio.CancelledError:
+        if not in_flight.was_cut(task):
+            raise
+        task.uncancel()
+        return _shutdown_response()
+    finally:
+        in_flight.leave(task)
+
+
+def _shutdown_response() -> web.Response:
+    err = shutdown_error()
+    return web.Response(
+        body=err.body(),
+        status=err.status,
+        content_type="application/json",
+        headers={"Connection": "close"},
+    )
+
+
+async def drain(runner: web.AppRunner, in_flight: InFlight, deadline_s: float) -> None:
+    """Stop accepting, let in-flight requests finish within ``deadline_s``, then cut the
+    rest. The caller then runs ``runner.cleanup()``."""
+    in_flight.closing = True
+    for site in list(runner.sites):
+        await site.stop()
+    if runner.server is not None:
+        # Idle keep-alive connections close now; busy ones after their current request.
+        for conn in runner.server.connections:
+            conn.close()
+    if in_flight.requests:
+        log.info(
+            "draining %d request(s), %d of them streaming, for up to %g s",
+            len(in_flight.requests),
+            len(in_flight.streams),
+            deadline_s,
+        )
+    if await _within(deadline_s, in_flight.idle()):
+        return
+    streams, waiting = in_flight.cut()
+    log.warning(
+        "drain deadline of %g s passed: ending %d stream(s) with an error event and "
+        "answering %d unstarted request(s) 503",
+        deadline_s,
+        streams,
+        waiting,
+    )
+    if not await _within(CUT_GRACE_S, in_flight.idle()):
+        log.warning("%d request(s) still open after the cut", len(in_flight.requests))
+
+
+async def _within(seconds: float, waiting: Coroutine[Any, Any, None]) -> bool:
+    try:
+        async with asyncio.timeout(seconds):
+            await waiting
+    except TimeoutError:
+        return False
+    return True

@@ -1,0 +1,120 @@
+"""escalate: true — judge a non-streaming answer and, when a lower tier cut it off, left it
+empty or refused, ask the next tier up once. The answer kept is the better of the two.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .catalog import TIERS, Tier
+from .dispatch import Outcome
+from .errors import RouterError
+from .intent import Intent
+from .policy import EscalationSettings
+from .routing import Plan, plan
+from .state import Router
+
+log = logging.getLogger("model_router.escalation")
+
+# Apostrophes as models type them, so one phrase list covers both.
+_QUOTES = str.maketrans({"\u2019": "'", "\u2018": "'"})
+
+
+def next_tier(tier: Tier) -> Tier | None:
+    i = TIERS.index(tier)
+    return TIERS[i + 1] if i + 1 < len(TIERS) else None
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
+        )
+    return ""
+
+
+def trigger(data: Any, settings: EscalationSettings) -> str | None:
+    """Why this answer deserves a higher tier: 'length', 'content_filter', 'refusal' or
+    'empty'; None when it stands. Works on chat and legacy completions answers."""
+    choices = data.get("choices") if isinstance(data, Mapping) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
+        return "empty"
+    choice = choices[0]
+    finish = choice.get("finish_reason")
+    if finish in ("length", "content_filter"):
+        return str(finish)
+    message = choice.get("message")
+    if isinstance(message, Mapping):
+        if message.get("refusal"):
+            return "refusal"
+        if message.get("tool_calls") or message.get("function_call"):
+            return None
+        text = _text(message.get("content"))
+    else:
+        text = _text(choice.get("text"))
+    if not text.strip():
+        return "empty"
+    head = text.lstrip()[: settings.refusal_window_chars].lower().translate(_QUOTES)
+    if any(phrase.translate(_QUOTES) in head for phrase in settings.refusal_phrases):
+        return "refusal"
+    return None
+
+
+async def complete_escalating(
+    router: Router,
+    intent: Intent,
+    decision: Plan,
+    body: dict[str, Any],
+    outcome: Outcome,
+    notes: str = "",
+) -> web.Response:
+    """Dispatch as usual; on a trigger, once more on the next tier up. If the higher tier
+    cannot answer, the first answer is returned (it is better than an error)."""
+    first = await router.dispatcher.complete(intent, decision, body, outcome)
+    raw = first.body
+    data = orjson.loads(raw) if isinstance(raw, bytes) else None
+    why = trigger(data, router.config.policy.escalation)
+    answered = router.catalog.get(outcome.model or "")
+    if why is None or answered is None:
+        return first
+    up = next_tier(answered.tier)
+    if up is None:
+        first.headers["x-router-escalated"] = f"none ({answered.tier} is the top tier)"
+        return first
+    higher = replace(intent, pinned=(), tier=up, prefer=intent.prefer or "balanced")
+    step = f"{answered.tier}->{up}"
+    try:
+        second_plan = plan(
+            higher, router.catalog, router.health.snapshot(), router.config.routing.max_attempts
+        )
+    except RouterError as err:
+        first.headers["x-router-escalated"] = f"none ({up}: {err.code or err.type})"
+        return first
+    reason = f"{notes} {second_plan.reason}" if notes else second_plan.reason
+    second_plan = replace(second_plan, reason=f"{reason} escalated={step} trigger={why}")
+    spent = (outcome.prompt_tokens, outcome.completion_tokens, outcome.cost)
+    kept = (outcome.model, outcome.provider, outcome.reason)
+    outcome.escalated_from = answered.tier
+    outcome.reason = second_plan.reason
+    try:
+        second = await router.dispatcher.complete(higher, second_plan, body, outcome)
+    except RouterError as err:
+        log.info("escalation %s failed: %s", step, err.code or err.type)
+        outcome.escalated_from = None
+        outcome.model, outcome.provider, outcome.reason = kept
+        outcome.status, outcome.error = 200, None
+        first.headers["x-router-escalated"] = f"none ({step} failed: {err.code or err.type})"
+        return first
+    # The usage log records what the request cost in all, the discarded answer included.
+    outcome.prompt_tokens += spent[0]
+    outcome.completion_tokens += spent[1]
+    outcome.cost += spent[2]
+    return second

@@ -1,0 +1,240 @@
+"""Prometheus metrics for ``GET /metrics``: per-request counters fed by a sink in
+``router.sinks``, and a collector that reads breakers, probes and open streams at scrape
+time. Each app has its own registry (tests run many apps in one process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+from .dispatch import Outcome
+from .drain import IN_FLIGHT
+from .state import ROUTER
+
+# TTFT spans ~100 ms (small models) to tens of seconds (reasoning models).
+TTFT_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0)
+DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+# A healthy loop wakes within a millisecond; a watchdog kill is ten seconds away.
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+LAG_INTERVAL_S = 0.5
+# One number per deployment keeps a scrape short (it runs on the event loop).
+BREAKER_CODES = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
+
+
+class _Series:
+    """The children of one (model, provider, status, endpoint): ``labels()`` takes a lock
+    and a lookup per call, so the sink resolves them once per label set."""
+
+    __slots__ = ("completion", "cost", "duration", "fallbacks", "prompt", "requests", "ttft")
+
+    def __init__(self, m: Metrics, model: str, provider: str, status: str, endpoint: str) -> None:
+        self.requests = m.requests.labels(model, provider, status)
+        self.duration = m.duration.labels(endpoint)
+        self.ttft = m.ttft.labels(f"{model}@{provider}")
+        self.fallbacks = m.fallbacks.labels(model, provider)
+        self.cost = m.cost.labels(model, provider)
+        self.prompt = m.tokens.labels(model, provider, "prompt")
+        self.completion = m.tokens.labels(model, provider, "completion")
+
+
+class Metrics:
+    """The app's registry and the metrics the request path updates."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.registry = CollectorRegistry()
+        reg = self.registry
+        self.requests = Counter(
+            "model_router_requests",
+            "Requests handled, by the model and provider that answered ('none' when none did) "
+            "and the outcome status (for streams, a mid-stream failure's status).",
+            ["model", "provider", "status"],
+            registry=reg,
+        )
+        self.ttft = Histogram(
+            "model_router_ttft_seconds",
+            "Time to the first content-bearing chunk of streamed answers, per deployment.",
+            ["deployment"],
+            buckets=TTFT_BUCKETS,
+            registry=reg,
+        )
+        self.duration = Histogram(
+            "model_router_request_duration_seconds",
+            "Time from the request's arrival to the end of its answer.",
+            ["endpoint"],
+            buckets=DURATION_BUCKETS,
+            registry=reg,
+        )
+        self.fallbacks = Counter(
+            "model_router_fallbacks",
+            "Requests that took more than one attempt, by the model that finally answered.",
+            ["model", "provider"],
+            registry=reg,
+        )
+        self.cost = Counter(
+            "model_router_cost_usd",
+            "Upstream cost of answered requests in USD, from reported usage and catalog prices.",
+            ["model", "provider"],
+            registry=reg,
+        )
+        self.tokens = Counter(
+            "model_router_tokens",
+            "Tokens reported by upstreams.",
+            ["model", "provider", "kind"],
+            registry=reg,
+        )
+        self.loop_lag = Histogram(
+            "model_router_event_loop_lag_seconds",
+            f"How late the event loop woke from a {LAG_INTERVAL_S:g} s sleep.",
+            buckets=LAG_BUCKETS,
+            registry=reg,
+        )
+        self.loop_lag_last = Gauge(
+            "model_router_event_loop_lag_last_seconds",
+            "The most recent event-loop lag measurement.",
+            registry=reg,
+        )
+        self.reloads = Counter(
+            "model_router_config_reloads",
+            "SIGHUP reloads, by result (applied or rejected).",
+            ["result"],
+            registry=reg,
+        )
+        reg.register(StateCollector(app))
+        self._series: dict[tuple[str | None, str | None, int, str], _Series] = {}
+
+    def sink(self, outcome: Outcome, seconds: float) -> None:
+        """Called once per request after its answer (see ``Router.sinks``); ~3 us
+        (benchmarks/metrics_sink.py)."""
+        key = (outcome.model, outcome.provider, outcome.status, outcome.endpoint)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = _Series(
+                self,
+                outcome.model or "none",
+                outcome.provider or "none",
+                str(outcome.status or 499),
+                outcome.endpoint,
+            )
+        series.requests.inc()
+        series.duration.observe(seconds)
+        if outcome.ttft_ms is not None and outcome.model is not None:
+            series.ttft.observe(outcome.ttft_ms / 1000)
+        if outcome.attempts > 1:
+            series.fallbacks.inc()
+        if outcome.cost > 0:
+            series.cost.inc(outcome.cost)
+        if outcome.prompt_tokens:
+            series.prompt.inc(outcome.prompt_tokens)
+        if outcome.completion_tokens:
+            series.completion.inc(outcome.completion_tokens)
+
+    async def watch_loop_lag(self) -> None:
+        """Sleep overshoot, measured on the loop itself: what every request waits extra."""
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            await asyncio.sleep(LAG_INTERVAL_S)
+            lag = max(0.0, loop.time() - started - LAG_INTERVAL_S)
+            self.loop_lag.observe(lag)
+            self.loop_lag_last.set(lag)
+
+
+class StateCollector(Collector):
+    """Reads the live Router's health and probe state and the open streams at scrape time."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+
+    def describe(self) -> list[Metric]:
+        # Empty: the families depend on the live config, so the registry must not cache them.
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        in_flight = self._app.get(IN_FLIGHT)
+        if in_flight is not None:
+            yield _gauge(
+                "model_router_open_streams",
+                "Streams being relayed to clients now.",
+                len(in_flight.streams),
+            )
+            yield _gauge(
+                "model_router_requests_in_flight",
+                "Requests being handled now.",
+                len(in_flight.requests),
+            )
+        holder = self._app.get(ROUTER)
+        if holder is None:
+            return
+        router = holder.current
+        yield _gauge(
+            "model_router_models_enabled",
+            "Models routable with the live config.",
+            len(router.catalog.models),
+        )
+        rows = {row.key: row for row in router.health.board.rows()}
+        states = GaugeMetricFamily(
+            "model_router_breaker_state",
+            "Each deployment's circuit breaker: 0 closed, 1 half-open, 2 open.",
+            labels=["deployment"],
+        )
+        openings = CounterMetricFamily(
+            "model_router_breaker_openings",
+            "Times each deployment's breaker has opened (rate limits included).",
+            labels=["deployment"],
+        )
+        estimate = GaugeMetricFamily(
+            "model_router_ttft_estimate_seconds",
+            "The decayed TTFT estimate routing uses for each deployment.",
+            labels=["deployment"],
+        )
+        table = router.health.table
+        for d in router.catalog.deployments():
+            row = rows.get(d.key)
+            states.add_metric([d.key], BREAKER_CODES[row.state] if row is not None else 0.0)
+            openings.add_metric([d.key], row.opened_count if row is not None else 0)
+            estimate.add_metric([d.key], table.estimate_ms(d.key) / 1000)
+        yield states
+        yield openings
+        yield estimate
+        if router.probe_loop is None:
+            return
+        st = router.probe_loop.stats()
+        yield _counter("model_router_probes_sent", "Probes sent.", st.sent)
+        yield _counter("model_router_probes_failed", "Probes that failed.", st.failed)
+        yield _counter(
+            "model_router_probes_skipped_for_budget",
+            "Probes not sent because the daily probe budget was spent.",
+            st.skipped_for_budget,
+        )
+        yield _gauge(
+            "model_router_probe_spend_today_usd",
+            "Estimated probe spend so far today (UTC) in USD.",
+            st.spend_today_usd,
+        )
+        yield _gauge(
+            "model_router_probe_spend_cap_usd", "Daily probe budget in USD.", st.spend_cap_usd
+        )
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
+
+
+METRICS = web.AppKey("metrics", Metrics)
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+    body = encode(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": content_type})

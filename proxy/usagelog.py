@@ -1,0 +1,288 @@
+"""The usage log: one SQLite row per request, written in batches off the event loop.
+
+Requests append rows to a bounded in-memory queue; one writer task hands each batch to a
+single dedicated thread. Rows hold who/what/how-long/how-much, never prompts or answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from .config import UsageSettings
+
+log = logging.getLogger("model_router.usage")
+
+DB_NAME = "model-router.db"
+# A failing disk is reported at most this often; the counters carry the rest.
+WARN_INTERVAL_S = 60.0
+# Another process (``model-router report``) may briefly hold the write lock.
+BUSY_TIMEOUT_MS = 2_000
+# Intents name client-given models; bound what one row can hold.
+MAX_TEXT = 256
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS usage (
+    id INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,              -- unix time (UTC) when the answer ended
+    request_id TEXT NOT NULL,
+    key_id TEXT,                   -- the client's API key id, never the key
+    endpoint TEXT NOT NULL,        -- chat | completions
+    stream INTEGER NOT NULL,
+    intent TEXT NOT NULL,          -- as requested, e.g. "auto prefer=fast tier=any"
+    prefer TEXT,
+    tier TEXT,                     -- requested tier (NULL: any, or pinned)
+    model TEXT,                    -- the model that answered
+    provider TEXT,
+    model_tier TEXT,               -- the answering model's tier
+    attempts INTEGER NOT NULL,
+    status INTEGER NOT NULL,
+    error TEXT,
+    ttft_ms REAL,
+    total_ms REAL NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cost REAL NOT NULL,            -- USD; 0 for cache hits
+    cache_hit INTEGER NOT NULL,
+    arm TEXT,                      -- experiment arm, "<name>:control" / "<name>:treatment"
+    escalated_from TEXT,           -- the tier whose answer was retried a tier up
+    complexity REAL                -- the classifier's score when the tier was auto
+);
+CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts);
+"""
+COLUMNS = (
+    "ts",
+    "request_id",
+    "key_id",
+    "endpoint",
+    "stream",
+    "intent",
+    "prefer",
+    "tier",
+    "model",
+    "provider",
+    "model_tier",
+    "attempts",
+    "status",
+    "error",
+    "ttft_ms",
+    "total_ms",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost",
+    "cache_hit",
+    "arm",
+    "escalated_from",
+    "complexity",
+)
+# Columns added after the first release of the table; an older database gains them.
+LATER_COLUMNS = {"arm": "TEXT", "escalated_from": "TEXT", "complexity": "REAL"}
+INSERT = f"INSERT INTO usage ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+
+Row = tuple[Any, ...]
+
+
+def db_path(settings: UsageSettings, environ: Mapping[str, str]) -> str:
+    """The configured path; else ``$STATE_DIRECTORY`` (systemd's StateDirectory=); else ./."""
+    if settings.path:
+        return settings.path
+    # systemd passes one directory per StateDirectory= entry, colon-separated.
+    state_dir = environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return str(Path(state_dir) / DB_NAME) if state_dir else f"./{DB_NAME}"
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """A writer connection in WAL mode with the schema in place."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        # In WAL mode NORMAL never corrupts; a power cut may lose the last commits.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.executescript(SCHEMA)
+        have = {row[1] for row in conn.execute("PRAGMA table_info(usage)")}
+        for column, kind in LATER_COLUMNS.items():
+            if column not in have:
+                conn.execute(f"ALTER TABLE usage ADD COLUMN {column} {kind}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def insert(conn: sqlite3.Connection, rows: Sequence[Row]) -> None:
+    conn.execute("BEGIN")
+    try:
+        conn.executemany(INSERT, rows)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def spend_since(conn: sqlite3.Connection, since: float) -> tuple[float, dict[str, float]]:
+    """Total cost since ``since`` (unix time), and per key id."""
+    (total,) = conn.execute("SELECT COALESCE(SUM(cost), 0) FROM usage WHERE ts >= ?", (since,))
+    by_key = conn.execute(
+        "SELECT key_id, SUM(cost) FROM usage WHERE ts >= ? AND key_id IS NOT NULL GROUP BY key_id",
+        (since,),
+    )
+    return float(total[0]), {str(k): float(v) for k, v in by_key}
+
+
+class UsageLog:
+    """Bounded queue + batching writer. ``append`` is the only call on the request path."""
+
+    def __init__(
+        self,
+        path: str,
+        settings: UsageSettings,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = path
+        self.settings = settings
+        self._monotonic = monotonic
+        self._rows: list[Row] = []
+        self._inflight = 0  # rows handed to the writer thread, not yet committed
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._closed = False
+        self._task: asyncio.Task[None] | None = None
+        # One thread owns the connection: sqlite3 objects stay on the thread that made them.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="usage-log")
+        self._conn: sqlite3.Connection | None = None
+        self._last_warning: float | None = None
+        self._unreported = 0
+        self.written_rows = 0
+        self.dropped_rows = 0
+        self.write_errors = 0
+
+    async def start(self, since: float) -> tuple[float, dict[str, float]]:
+        """Open the database and start the writer; returns the spend logged since ``since``
+        (unix time), or zero, with a warning, when the database cannot be read."""
+        spend: tuple[float, dict[str, float]] = (0.0, {})
+        try:
+            spend = await self._in_thread(self._open_and_read, since)
+        except (sqlite3.Error, OSError) as exc:
+            self._failed(exc, 0)
+        self._task = asyncio.create_task(self._run(), name="usage-log-writer")
+        return spend
+
+    def append(self, row: Row) -> None:
+        if self._closed or len(self._rows) >= self.settings.queue_max:
+            self.dropped_rows += 1
+            return
+        self._rows.append(row)
+        if len(self._rows) >= self.settings.flush_rows:
+            self._wake.set()
+
+    @property
+    def queued(self) -> int:
+        """Rows not yet committed, including the batch being written."""
+        return len(self._rows) + self._inflight
+
+    async def flush(self) -> None:
+        """Write what is queued now; on failure the rows stay queued (as far as they fit)."""
+        if not self._rows:
+            return
+        batch, self._rows = self._rows, []
+        self._inflight = len(batch)
+        try:
+            await self._in_thread(self._write, batch)
+        except (sqlite3.Error, OSError) as exc:
+            self._inflight = 0
+            keep = self.settings.queue_max - len(self._rows)
+            requeue = batch[: max(keep, 0)]
+            lost = len(batch) - len(requeue)
+            self._rows = requeue + self._rows
+            self.dropped_rows += lost
+            self._failed(exc, lost)
+        else:
+            self._inflight = 0
+            self.written_rows += len(batch)
+
+    async def close(self) -> None:
+        """Flush everything and stop; rows appended afterwards are dropped and counted."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        self._closed = True
+        if self._rows:
+            self.dropped_rows += len(self._rows)
+            log.error("usage log %s: stopped with %d rows unwritten", self.path, len(self._rows))
+            self._rows = []
+        await self._in_thread(self._close_conn)
+        self._executor.shutdown(wait=True)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "written_rows": self.written_rows,
+            "queued_rows": self.queued,
+            "dropped_rows": self.dropped_rows,
+            "write_errors": self.write_errors,
+        }
+
+    async def _run(self) -> None:
+        interval = self.settings.flush_ms / 1000.0
+        while not self._stopping:
+            try:
+                async with asyncio.timeout(interval):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            await self.flush()
+        await self.flush()
+
+    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _open_and_read(self, since: float) -> tuple[float, dict[str, float]]:
+        return spend_since(self._connection(), since)
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = connect(self.path)
+        return self._conn
+
+    def _write(self, rows: list[Row]) -> None:
+        try:
+            insert(self._connection(), rows)
+        except sqlite3.Error:
+            # A broken connection (disk gone, file replaced) is reopened on the next batch.
+            self._close_conn()
+            raise
+
+    def _close_conn(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+    def _failed(self, exc: BaseException, lost: int) -> None:
+        self.write_errors += 1
+        self._unreported += lost
+        now = self._monotonic()
+        if self._last_warning is not None and now - self._last_warning < WARN_INTERVAL_S:
+            return
+        self._last_warning = now
+        # sqlite3 and OS errors name the file and the failure, never row contents.
+        log.warning(
+            "usage log %s: %s; serving continues (%d rows dropped since the last warning, "
+            "%d queued, %d write errors so far)",
+            self.path,
+            f"{type(exc).__name__}: {exc}",
+            self._unreported,
+            len(self._rows),
+            self.write_errors,
+        )
+        self._unreported = 0

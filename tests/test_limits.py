@@ -1,0 +1,268 @@
+"""Limits on hostile input over real sockets: body size, JSON depth, message count, header and
+body read deadlines (slowloris), and the connection cap; each with a clear answer."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from proxy.config import ConfigError, parse_config
+from tests.conftest import Proxy, StartProxy
+from tests.openapi_schema import assert_valid
+
+MSG = [{"role": "user", "content": "say something"}]
+HOST = "127.0.0.1"
+
+
+async def post(proxy: Proxy, body: bytes) -> tuple[int, dict[str, Any]]:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            f"{proxy.url}/v1/chat/completions",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        ) as resp,
+    ):
+        return resp.status, await resp.json()
+
+
+def nested(depth: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(depth):
+        value = {"k": value}
+    return value
+
+
+def upstream_calls(proxy: Proxy) -> int:
+    return sum(proxy.sim.state.requests.values())
+
+
+def port_of(proxy: Proxy) -> int:
+    return int(proxy.url.rsplit(":", 1)[1])
+
+
+async def test_body_over_max_body_bytes_is_413(start_proxy: StartProxy) -> None:
+    proxy = await start_proxy({"server": {"max_body_bytes": 4096}})
+    body = orjson.dumps({"model": "auto", "messages": [{"role": "user", "content": "x" * 5000}]})
+    status, payload = await post(proxy, body)
+    assert status == 413
+    assert_valid("ErrorResponse", payload)
+    assert payload["error"]["code"] == "request_too_large"
+    assert upstream_calls(proxy) == 0
+
+
+async def test_nesting_past_max_json_depth_is_400_naming_the_limit(
+    start_proxy: StartProxy,
+) -> None:
+    proxy = await start_proxy({"limits": {"max_json_depth": 8}})
+    # The body object is level 1, so metadata's 7 levels reach 8 exactly; 8 levels do not fit.
+    fits = {"model": "auto", "messages": MSG, "metadata": nested(7)}
+    status, payload = await post(proxy, orjson.dumps(fits))
+    assert status == 200, payload
+    deep = {"model": "auto", "messages": MSG, "metadata": nested(8)}
+    for body in (
+        orjson.dumps(deep),
+        b"[" * 5000 + b"]" * 5000,
+        b'{"a":' * 3000 + b"1" + b"}" * 3000,
+    ):
+        status, payload = await post(proxy, body)
+        assert status == 400
+        assert_valid("ErrorResponse", payload)
+        assert payload["error"]["code"] == "json_too_deep"
+        assert "max_json_depth (8)" in payload["error"]["message"]
+    assert upstream_calls(proxy) == 1
+
+
+async def test_brackets_inside_strings_do_not_count_as_nesting(start_proxy: StartProxy) -> None:
+    proxy = await start_proxy({"limits": {"max_json_depth": 8}})
+    code = "[" * 500 + "{" * 500
+    status, payload = await post(
+        proxy, orjson.dumps({"model": "auto", "messages": [{"role": "user", "content": code}]})
+    )
+    assert status == 200, payload
+
+
+async def test_more_messages_than_max_messages_is_400_naming_messages(
+    start_proxy: StartProxy,
+) -> None:
+    proxy = await start_proxy({"limits": {"max_messages": 3}})
+    ok = {"model": "auto", "messages": MSG * 3}
+    assert (await post(proxy, orjson.dumps(ok)))[0] == 200
+    status, payload = await post(proxy, orjson.dumps({"model": "auto", "messages": MSG * 4}))
+    assert status == 400
+    assert_valid("ErrorResponse", payload)
+    assert payload["error"]["param"] == "messages"
+    assert payload["error"]["code"] == "too_many_messages"
+    assert "max_messages is 3" in payload["error"]["message"]
+    assert upstream_calls(proxy) == 1
+
+
+@pytest.mark.parametrize(
+    ("limits", "message"),
+    [
+        pytest.param({"max_depth": 3}, "limits.max_depth: unknown key", id="unknown"),
+        pytest.param({"max_json_depth": 0}, "limits.max_json_depth: must be positive", id="zero"),
+        pytest.param(
+            {"header_timeout_s": "10"}, "limits.header_timeout_s: expected float", id="type"
+        ),
+    ],
+)
+def test_bad_limits_are_config_errors_naming_the_path(limits: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({"limits": limits})
+    assert str(err.value).startswith(message)
+
+
+# --- deadlines ---------------------------------------------------------------------------------
+
+REQUEST_HEAD = (
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    b"Content-Type: application/json\r\nX-Padding: " + b"a" * 200
+)
+
+
+async def dribble(proxy: Proxy, prefix: bytes = b"", gap_s: float = 0.02) -> tuple[bytes, int]:
+    """Send ``prefix`` whole, then request headers one byte at a time until the server
+    closes the connection; returns what the server sent and how many bytes were dribbled."""
+    reader, writer = await asyncio.open_connection(HOST, port_of(proxy))
+    writer.write(prefix)
+    received = b""
+    if prefix:
+        # Read the first answer whole (Content-Length framed) before dribbling the next.
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+    closed = asyncio.ensure_future(reader.read())
+    sent = 0
+    try:
+        for byte in REQUEST_HEAD:
+            if closed.done():
+                break
+            try:
+                writer.write(bytes([byte]))
+                await writer.drain()
+            except ConnectionError:
+                break
+            sent += 1
+            await asyncio.sleep(gap_s)
+        received = await asyncio.wait_for(closed, 5)
+    finally:
+        writer.close()
+    return received, sent
+
+
+async def test_slowloris_headers_are_cut_off_by_the_header_deadline(
+    start_proxy: StartProxy,
+) -> None:
+    proxy = await start_proxy({"limits": {"header_timeout_s": 0.5}})
+    received, sent = await dribble(proxy)
+    # The server ended it long before the 4 KB of headers were through.
+    assert sent < len(REQUEST_HEAD) // 2
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ")
+    assert b"connection: close" in head.lower()
+    payload = orjson.loads(body)
+    assert_valid("ErrorResponse", payload)
+    assert "header_timeout_s" in payload["error"]["message"]
+    assert upstream_calls(proxy) == 0
+
+
+async def test_slowloris_on_a_kept_alive_connection_is_cut_off_too(
+    start_proxy: StartProxy,
+) -> None:
+    proxy = await start_proxy({"limits": {"header_timeout_s": 0.5}})
+    first = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    received, sent = await dribble(proxy, prefix=first)
+    assert sent < len(REQUEST_HEAD) // 2
+    assert received.startswith(b"HTTP/1.1 408 ")
+
+
+async def test_a_connection_that_sends_nothing_is_closed_silently_at_the_deadline(
+    start_proxy: StartProxy,
+) -> None:
+    proxy = await start_proxy({"limits": {"header_timeout_s": 0.3}})
+    reader, writer = await asyncio.open_connection(HOST, port_of(proxy))
+    try:
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+    finally:
+        writer.close()
+
+
+async def test_a_request_in_progress_outlives_the_header_deadline(
+    start_proxy: StartProxy,
+) -> None:
+    """The deadline covers headers only: a stream longer than it is not cut."""
+    proxy = await start_proxy({"limits": {"header_timeout_s": 0.2}})
+    proxy.sim.state.default.gap_ms = 60.0  # 8 tokens: ~0.5 s of answer
+    body = {"model": "gpt-5-nano", "messages": MSG, "stream": True}
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{proxy.url}/v1/chat/completions", json=body) as resp,
+    ):
+        raw = await resp.read()
+    assert raw.endswith(b"data: [DONE]\n\n")
+
+
+async def test_a_body_slower_than_body_timeout_gets_408(start_proxy: StartProxy) -> None:
+    proxy = await start_proxy({"limits": {"body_timeout_s": 0.3}})
+    reader, writer = await asyncio.open_connection(HOST, port_of(proxy))
+    try:
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+            b'{"model": "auto", '
+        )
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 408 ")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        payload = orjson.loads(await reader.readexactly(length))
+    finally:
+        writer.close()
+    assert_valid("ErrorResponse", payload)
+    assert payload["error"]["code"] == "request_timeout"
+    assert "body_timeout_s (0.3 s)" in payload["error"]["message"]
+    assert upstream_calls(proxy) == 0
+
+
+# --- the connection cap -------------------------------------------------------------------
+
+
+async def test_connections_past_max_connections_get_503_and_are_closed(
+    start_proxy: StartProxy,
+) -> None:
+    proxy = await start_proxy({"limits": {"max_connections": 2}})
+    health = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+    async def open_and_ask() -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+        reader, writer = await asyncio.open_connection(HOST, port_of(proxy))
+        writer.write(health)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        return reader, writer, head + await reader.readexactly(length)
+
+    held = [await open_and_ask() for _ in range(2)]  # answered, so counted, and kept alive
+    assert all(answer.startswith(b"HTTP/1.1 200 ") for *_, answer in held)
+    reader, writer, answer = await open_and_ask()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 ")
+    assert b"retry-after: 1" in head.lower() and b"connection: close" in head.lower()
+    payload = orjson.loads(body)
+    assert_valid("ErrorResponse", payload)
+    assert payload["error"]["code"] == "too_many_connections"
+    assert await asyncio.wait_for(reader.read(), 10) == b""  # and closed
+    writer.close()
+    # One held connection goes; a new one is served again.
+    held[0][1].close()
+    for _ in range(100):
+        _, w, answer = await open_and_ask()
+        w.close()
+        if answer.startswith(b"HTTP/1.1 200 "):
+            break
+        await asyncio.sleep(0.02)
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    held[1][1].close()

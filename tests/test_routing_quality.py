@@ -1,0 +1,98 @@
+"""The routing-quality benchmark at tiny size: its CSV reading, contamination filter, sweep,
+APGR and report, on a synthetic set it writes and on the real reference data."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "routing_quality.py"
+WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
+STRONG = "gpt-4-1106-preview"
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("routing_quality", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["routing_quality"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_set(root: Path, n: int) -> None:
+    """Long prompts are the ones only the strong model gets right, so length is an oracle."""
+    (root / "mmlu").mkdir(parents=True)
+    rows = []
+    for i in range(n):
+        hard = i % 3 == 0
+        prompt = f"Question {i}: " + ("why does it hold, step by step? " * 20 if hard else "hi")
+        rows.append({"prompt": prompt, WEAK: str(not hard), STRONG: "True"})
+    fields = ["prompt", WEAK, STRONG]
+    with (root / "gsm8k_responses.csv").open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, [*fields, f"{WEAK}_response", f"{STRONG}_response"])
+        w.writeheader()
+        for r in rows:
+            w.writerow({**r, f"{WEAK}_response": "x" * 40, f"{STRONG}_response": "y" * 80})
+    with (root / "mmlu" / "mmlu_synthetic.csv").open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fields)
+        w.writeheader()
+        w.writerows(rows)
+    for name in ("gsm8k", "mmlu"):
+        line = json.dumps({"eval_prompt": rows[0]["prompt"], "train_prompt": "x"})
+        (root / f"{name}_contaminated_prompts.jsonl").write_text(line + "\n", encoding="utf-8")
+
+
+def test_synthetic_set_end_to_end(bench: Any, tmp_path: Path) -> None:
+    write_set(tmp_path / "data", 120)
+    out = tmp_path / "report.md"
+    figures = bench.main(
+        [
+            "--data",
+            str(tmp_path / "data"),
+            "--bootstrap",
+            "5",
+            "--timing-reps",
+            "5",
+            "--markdown",
+            str(out),
+        ]
+    )
+    text = out.read_text(encoding="utf-8")
+    assert "**GSM8K, held-out" in text and "**MMLU, all (119 prompts)**" in text  # one contaminated
+    for split in ("held-out", "tune", "all"):
+        # Length is an oracle here; a perfect ranker's APGR is 1 - share_hard / 2 (~0.8).
+        assert figures[f"MMLU.{split}.length"] > 0.75 > 0.25 + figures[f"MMLU.{split}.random"]
+        assert figures[f"MMLU.{split}.classifier"] > figures[f"MMLU.{split}.random"]
+    assert figures["short_us"] > 0 and figures["long_80k_us"] > 0
+
+
+def test_apgr_of_the_weak_and_strong_lines(bench: Any) -> None:
+    pts = [bench.Point(0, 0.0, 0.6, 0), bench.Point(0, 0.5, 0.7, 0), bench.Point(0, 1.0, 0.8, 0)]
+    assert bench.apgr(pts, 0.6, 0.8) == pytest.approx(0.5)  # a straight line is random's
+    pts[1] = bench.Point(0, 0.5, 0.8, 0)
+    assert bench.apgr(pts, 0.6, 0.8) == pytest.approx(0.75)
+
+
+def test_split_is_stable_and_near_half(bench: Any) -> None:
+    prompts = [f"p{i}" for i in range(2000)]
+    first = [bench.held_out(p) for p in prompts]
+    assert first == [bench.held_out(p) for p in prompts]
+    assert 0.45 < sum(first) / len(first) < 0.55
+
+
+def test_real_reference_data_at_tiny_size(bench: Any, tmp_path: Path) -> None:
+    root = bench.data_dir()
+    if not (root / "gsm8k_responses.csv").exists():
+        pytest.skip(f"reference data not present at {root}")
+    figures = bench.main(["--limit", "150", "--bootstrap", "0", "--timing-reps", "5"])
+    for name in ("GSM8K", "MMLU"):
+        assert 0.0 < figures[f"{name}.all.classifier"] < 1.5
