@@ -32,7 +32,7 @@ from probes.latency import settled_weight
 from proxy.health import SNAPSHOT_MAX_AGE_S
 from proxy.sim.catalogs import only_models, sim_model, upstream_id
 from proxy.sim.script import Fault, Profile
-from tests.conftest import Proxy, StartProxy
+from tests.conftest import Proxy, Sim, StartProxy
 
 MSG: Any = [{"role": "user", "content": "complete this"}]
 
@@ -58,10 +58,8 @@ def probing(**changes: Any) -> dict[str, Any]:
     return probes
 
 
-def set_ttft(proxy: Proxy, model: dict[str, Any], ttft_ms: float) -> None:
-    proxy.sim.state.profiles[upstream_id(model["id"])] = Profile(
-        ttft_ms=ttft_ms, gap_ms=1.0, tokens=4
-    )
+def set_ttft(sim: Sim, model: dict[str, Any], ttft_ms: float) -> None:
+    sim.state.profiles[upstream_id(model["id"])] = Profile(ttft_ms=ttft_ms, gap_ms=1.0, tokens=4)
 
 
 async def routed_model(client: openai.AsyncOpenAI) -> str:
@@ -107,11 +105,11 @@ async def until(condition: Any, *, timeout_s: float, every_s: float = 0.05) -> f
 
 
 async def test_prefer_fast_follows_a_latency_shift_within_two_probe_intervals_and_back(
-    start_proxy: StartProxy,
+    sim: Sim, start_proxy: StartProxy
 ) -> None:
+    set_ttft(sim, A, 80.0)
+    set_ttft(sim, B, 150.0)
     proxy = await start_proxy({**only_models(A, B), "probes": probing()})
-    set_ttft(proxy, A, 80.0)
-    set_ttft(proxy, B, 150.0)
     # One client, made and used before measuring starts: building one blocks the event loop
     # (TLS context) that the probes in flight are timed on, in this single-process setup.
     client = proxy.client()
@@ -124,7 +122,7 @@ async def test_prefer_fast_follows_a_latency_shift_within_two_probe_intervals_an
     await until(both_measured, timeout_s=10.0)
     assert [await routed_model(client) for _ in range(3)] == ["fast-a"] * 3
 
-    set_ttft(proxy, A, 400.0)
+    set_ttft(sim, A, 400.0)
     # Two jittered intervals until the first probe that sees 400 ms is sent, its own 400 ms,
     # and the snapshot cache; a probe already in flight at the switch reports 80 ms first.
     slowest_interval = INTERVAL_S * (1 + JITTER)
@@ -140,7 +138,7 @@ async def test_prefer_fast_follows_a_latency_shift_within_two_probe_intervals_an
     await until(slow_regime_adopted, timeout_s=5.0)
     changes = row(await status(proxy), "fast-a")["regime_changes"]
 
-    set_ttft(proxy, A, 80.0)
+    set_ttft(sim, A, 80.0)
 
     async def back_on_a() -> bool:
         return await routed_model(client) == "fast-a"
@@ -172,15 +170,17 @@ async def test_probe_settings_reach_the_loop_and_the_table_from_config(
     )
 
 
-async def test_a_deployment_with_live_traffic_is_probed_less(start_proxy: StartProxy) -> None:
+async def test_a_deployment_with_live_traffic_is_probed_less(
+    sim: Sim, start_proxy: StartProxy
+) -> None:
+    set_ttft(sim, A, 5.0)
+    set_ttft(sim, B, 5.0)
     proxy = await start_proxy(
         {
             **only_models(A, B),
             "probes": probing(interval_s=0.1, live_quiet_s=60.0, live_interval_factor=20.0),
         }
     )
-    set_ttft(proxy, A, 5.0)
-    set_ttft(proxy, B, 5.0)
     requests = proxy.sim.state.requests
     live = 0
     # Live streaming traffic to A for ~1.5 s: its TTFTs land in the table as "live" samples.
@@ -203,11 +203,11 @@ async def test_a_deployment_with_live_traffic_is_probed_less(start_proxy: StartP
 
 
 async def test_status_reports_every_deployment_and_probe_spend_over_http(
-    start_proxy: StartProxy,
+    sim: Sim, start_proxy: StartProxy
 ) -> None:
+    set_ttft(sim, A, 20.0)
+    set_ttft(sim, B, 40.0)
     proxy = await start_proxy({**only_models(A, B), "probes": probing()})
-    set_ttft(proxy, A, 20.0)
-    set_ttft(proxy, B, 40.0)
     assert await stream_once(proxy, "steady-b")
 
     async def probed() -> bool:
@@ -239,8 +239,13 @@ async def test_status_reports_every_deployment_and_probe_spend_over_http(
     assert probes["failed"] == 0
 
 
-async def test_a_hanging_probe_never_makes_a_live_request_wait(start_proxy: StartProxy) -> None:
+async def test_a_hanging_probe_never_makes_a_live_request_wait(
+    sim: Sim, start_proxy: StartProxy
+) -> None:
     stalled = sim_model("stalled-c", nominal_ttft_ms=100)
+    # Before the proxy starts: its first probe must already hang.
+    sim.state.set_fault(upstream_id("stalled-c"), Fault(mode="hang_first_token"))
+    set_ttft(sim, A, 5.0)
     proxy = await start_proxy(
         {
             **only_models(A, stalled),
@@ -248,8 +253,6 @@ async def test_a_hanging_probe_never_makes_a_live_request_wait(start_proxy: Star
             "probes": probing(concurrency=1, interval_s=0.05, timeout_s=30.0),
         }
     )
-    set_ttft(proxy, A, 5.0)
-    proxy.sim.state.set_fault(upstream_id("stalled-c"), Fault(mode="hang_first_token"))
     loop = proxy.router.probe_loop
     assert loop is not None
 
@@ -276,21 +279,21 @@ async def test_a_hanging_probe_never_makes_a_live_request_wait(start_proxy: Star
 
 
 async def test_probes_hanging_on_bedrock_do_not_starve_its_live_requests(
-    start_proxy: StartProxy,
+    sim: Sim, start_proxy: StartProxy
 ) -> None:
     """Probes and live traffic share each adapter's connection pool; a bounded pool (botocore's
     default is 10) would make them queue behind each other."""
     stalled = [sim_model(f"stalled-{i}", provider="bedrock") for i in range(12)]
     target = sim_model("bedrock-live", provider="bedrock", nominal_ttft_ms=100)
+    for m in stalled:
+        sim.state.set_fault(upstream_id(m["id"]), Fault(mode="hang_first_token"))
+    set_ttft(sim, target, 5.0)
     proxy = await start_proxy(
         {
             **only_models(target, *stalled),
             "probes": probing(concurrency=13, interval_s=0.05, timeout_s=30.0),
         }
     )
-    for m in stalled:
-        proxy.sim.state.set_fault(upstream_id(m["id"]), Fault(mode="hang_first_token"))
-    set_ttft(proxy, target, 5.0)
 
     async def pool_full() -> bool:
         return proxy.sim.state.open_streams >= 10
