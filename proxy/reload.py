@@ -29,6 +29,9 @@ RESTART_ONLY = (
     ("server", "max_body_bytes"),
     ("server", "connect_timeout_s"),
     ("probes", "half_life_s"),
+    # Like the half-life, fixed when the latency table is made (it outlives reloads).
+    ("probes", "p90_weight"),
+    ("probes", "shift_samples"),
 )
 
 

@@ -20,7 +20,9 @@ With a 0.2 s interval the time constants are chosen so one slow probe is enough:
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -29,6 +31,7 @@ import orjson
 import pytest
 
 from probes.latency import settled_weight
+from proxy.app import RUNTIME
 from proxy.health import SNAPSHOT_MAX_AGE_S
 from proxy.sim.catalogs import only_models, sim_model, upstream_id
 from proxy.sim.script import Fault, Profile
@@ -308,3 +311,25 @@ async def test_probes_hanging_on_bedrock_do_not_starve_its_live_requests(
         raise AssertionError("the live request queued behind hanging probes") from None
     assert raw.headers["x-router-provider"] == "bedrock"
     assert raw.parse().choices[0].message.content
+
+
+async def test_a_reload_keeps_the_table_and_says_its_settings_need_a_restart(
+    sim: Sim, start_proxy: StartProxy, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from proxy.config import load_config
+
+    def toml(p90_weight: float) -> str:
+        return (
+            f"[probes]\nenabled = false\np90_weight = {p90_weight}\n"
+            f'[providers.openrouter]\nbase_url = "{sim.url}/v1"\n'
+        )
+
+    path = tmp_path / "config.toml"
+    path.write_text(toml(0.5))
+    proxy = await start_proxy(config=load_config(path), config_path=str(path))
+    table = proxy.router.health.table
+    path.write_text(toml(0.2))
+    with caplog.at_level(logging.WARNING, logger="model_router"):
+        await proxy.app[RUNTIME].reload()
+    assert proxy.router.health.table is table and table.high_weight == 0.5
+    assert "probes.p90_weight changed (0.5 -> 0.2); it takes effect on restart" in caplog.text
