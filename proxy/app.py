@@ -14,7 +14,6 @@ from dataclasses import replace
 import aiohttp
 from aiohttp import web
 
-from probes.breaker import BreakerPolicy
 from probes.loop import ProbeFailed, ProbeLoop, ProbeSettings
 
 from . import handlers
@@ -41,6 +40,8 @@ AWS_ENV_HINTS = (
 )
 SIM = web.AppKey("sim", SimState)
 SIM_URL = web.AppKey("sim_url", str)
+# The upstream client sessions by wire family; read by the fault tests to check the pool.
+SESSIONS: web.AppKey[dict[str, aiohttp.ClientSession]] = web.AppKey("sessions")
 
 
 def provider_key(pc: ProviderConfig, environ: Mapping[str, str]) -> str | None:
@@ -218,7 +219,7 @@ def build_router(
         for name, pc in enabled.items()
     }
     if health is None:
-        health = Health.create(catalog, config.probes.half_life_s, BreakerPolicy())
+        health = Health.create(catalog, config.probes.half_life_s, config.breaker)
     else:
         health.set_catalog(catalog)
     dispatcher = Dispatcher(providers, health, config.routing, config.server)
@@ -259,6 +260,7 @@ def make_app(
             app[SIM], app[SIM_URL] = state, sim_url
             cfg = demo_config(config, sim_url)
         sessions = {"openai": make_session(cfg), "anthropic": make_session(cfg)}
+        app[SESSIONS] = sessions
         router = build_router(cfg, sessions, environ=env, demo=demo)
         for provider in router.providers.values():
             await provider.start()
