@@ -433,10 +433,11 @@ def make_sim_app(state: SimState) -> web.Application:
 
 def bound_port(site: web.TCPSite) -> int:
     """The port a site listens on (it may have been asked for port 0)."""
-    server = site._server
-    if not isinstance(server, asyncio.base_events.Server):
+    # Not an isinstance check on asyncio's Server: under uvloop (production) it is uvloop's.
+    sockets = getattr(site._server, "sockets", None)
+    if not sockets:
         raise RuntimeError("site is not started")
-    return int(server.sockets[0].getsockname()[1])
+    return int(sockets[0].getsockname()[1])
 
 
 async def start_sim(
