@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import struct
 import zlib
 from typing import Any
@@ -22,7 +23,7 @@ def decode_all(data: bytes, cuts: list[int] | None = None) -> list[EventStreamMe
     buffer = EventStreamBuffer()
     out: list[EventStreamMessage] = []
     edges = [0, *sorted(set(cuts or [])), len(data)]
-    for start, end in zip(edges, edges[1:], strict=False):
+    for start, end in itertools.pairwise(edges):
         buffer.add_data(data[start:end])
         out.extend(buffer)
     return out
