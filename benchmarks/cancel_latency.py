@@ -40,7 +40,11 @@ ROLE = CHUNK.replace(b'"content":"tick "', b'"role":"assistant","content":""')
 class Upstream:
     mid_stream: bool = False
     started: dict[str, asyncio.Event] = field(default_factory=dict)
+    cancelled: dict[str, asyncio.Event] = field(default_factory=dict)
     cancelled_at: dict[str, float] = field(default_factory=dict)
+
+    def event(self, events: dict[str, asyncio.Event], rid: str) -> asyncio.Event:
+        return events.setdefault(rid, asyncio.Event())
 
 
 UPSTREAM = web.AppKey("upstream", Upstream)
@@ -54,13 +58,14 @@ async def handle(request: web.Request) -> web.StreamResponse:
     await resp.prepare(request)
     try:
         await resp.write(ROLE + b"\n\n")
-        state.started.setdefault(rid, asyncio.Event()).set()
+        state.event(state.started, rid).set()
         while True:
             if state.mid_stream:
                 await resp.write(CHUNK + b"\n\n")
             await asyncio.sleep(0.02)
     except asyncio.CancelledError:
         state.cancelled_at[rid] = time.perf_counter()
+        state.event(state.cancelled, rid).set()
         raise
 
 
@@ -80,12 +85,11 @@ async def one(port: int, state: Upstream, rid: str) -> float:
     if state.mid_stream:
         await reader.readuntil(b"tick")  # the proxy has committed and is relaying
     else:
-        await state.started.setdefault(rid, asyncio.Event()).wait()
+        await state.event(state.started, rid).wait()
     closed_at = time.perf_counter()
     writer.close()
     await writer.wait_closed()
-    while rid not in state.cancelled_at:
-        await asyncio.sleep(0.001)
+    await state.event(state.cancelled, rid).wait()
     return (state.cancelled_at[rid] - closed_at) * 1000
 
 
