@@ -15,7 +15,6 @@ from dataclasses import replace
 import aiohttp
 from aiohttp import web
 
-from probes.breaker import BreakerPolicy
 from probes.loop import ProbeFailed, ProbeLoop, ProbeSettings
 
 from . import handlers
@@ -55,6 +54,8 @@ NOTIFIER = web.AppKey("notifier", Notifier)
 RUNTIME = web.AppKey("runtime", Runtime)
 # What runner.cleanup() waits for handlers after the drain has cut the streams.
 SHUTDOWN_TIMEOUT_S = 5.0
+# The upstream client sessions by wire family; read by the fault tests to check the pool.
+SESSIONS: web.AppKey[dict[str, aiohttp.ClientSession]] = web.AppKey("sessions")
 
 
 def provider_key(pc: ProviderConfig, environ: Mapping[str, str]) -> str | None:
@@ -270,7 +271,7 @@ def build_router(
             timeouts = (config.server.connect_timeout_s, config.server.upstream_idle_s)
             providers[name] = build_provider(pc, key, sessions, aws, timeouts)
     if health is None:
-        health = Health.create(catalog, config.probes.half_life_s, BreakerPolicy())
+        health = Health.create(catalog, config.probes.half_life_s, config.breaker)
     else:
         health.set_catalog(catalog)
     dispatcher = Dispatcher(providers, health, config.routing, config.server)
@@ -332,6 +333,7 @@ def make_app(
             app[SIM], app[SIM_URL] = state, sim_url
             sim = state, sim_url
         sessions = {"openai": make_session(config), "anthropic": make_session(config)}
+        app[SESSIONS] = sessions
 
         def build(cfg: Config, previous: Router | None) -> Router:
             if sim is not None:  # the demo: every provider is the simulator
