@@ -306,10 +306,11 @@ class Dispatcher:
             self._failed(cand, err, (loop.time() - started) * 1000, failures)
             return None
         except UnsupportedFeatureError as exc:
+            # This wire format cannot express the request; another candidate may. Nothing
+            # was sent, so the deployment's health is untouched.
             self._no_verdict(cand, trial)
-            raise RouterError(
-                400, exc.message, param=exc.param, code="unsupported_feature"
-            ) from None
+            failures.append((cand, unsupported(exc)))
+            return None
         except BaseException:
             # The client left (or we broke): no verdict on the deployment, so its half-open
             # trial slot goes back, and the upstream connection is closed, not pooled.
@@ -509,10 +510,11 @@ class Dispatcher:
             self._failed(cand, err, (loop.time() - started) * 1000, failures)
             return None
         except UnsupportedFeatureError as exc:
+            # This wire format cannot express the request; another candidate may. Nothing
+            # was sent, so the deployment's health is untouched.
             self._no_verdict(cand, trial)
-            raise RouterError(
-                400, exc.message, param=exc.param, code="unsupported_feature"
-            ) from None
+            failures.append((cand, unsupported(exc)))
+            return None
         except BaseException:
             self._no_verdict(cand, trial)
             raise
@@ -543,10 +545,21 @@ def public_message(exc: UpstreamError) -> str:
     return exc.message
 
 
+def unsupported(exc: UnsupportedFeatureError) -> UpstreamError:
+    return UpstreamError(
+        "client", exc.message, status=400, code="unsupported_feature", param=exc.param
+    )
+
+
 def exhausted(failures: list[tuple[Candidate, UpstreamError]], outcome: Outcome) -> RouterError:
     """Every attempt failed (or none could be made): say so once, and tell the SDK not to retry."""
     headers = {"x-should-retry": "false", "x-router-attempts": str(outcome.attempts)}
     headers["x-request-id"] = outcome.request_id
+    if failures and all(exc.code == "unsupported_feature" for _, exc in failures):
+        # No candidate could even express the request: the client's 400, naming the field.
+        first = failures[0][1]
+        outcome.error = "unsupported_feature"
+        return RouterError(400, first.message, param=first.param, code="unsupported_feature")
     if not failures:
         outcome.error = "unavailable"
         return RouterError(
