@@ -22,6 +22,19 @@ a Retry-After it is an ordinary failure.
 
 *Client faults* (``kind="client"``: the request's own 4xx) never count at all.
 
+*Stale successes.* A live success can be given ``since``, the ``failure_mark`` read when its
+request was sent. It resets the failure streak only if no health failure was recorded since:
+under concurrency, answers to requests sent before an outage keep arriving after it began, and
+if they reset the streak a hard-down deployment can take hundreds of requests to open. It
+still counts as a success in the window.
+
+*Failures after a success.* A stream is judged healthy at its first token (so streams that
+were already flowing when an outage began cannot reset the streak). If it breaks later,
+``after_success=True`` turns a success in the window (the newest: only the counts matter)
+into a failure instead of adding a second result: a broken answer is one failed request, so
+a deployment that breaks every stream shows a failure share of 1, not 0.5. It still extends
+the streak.
+
 *HALF_OPEN* is entered lazily, by the first call that looks at the key once the OPEN period
 has elapsed. Probes test it; live traffic gets one *trial* slot at a time.
 The slot is taken by ``allow`` and released by the next live (``probe=False``) ``record_*`` for
@@ -128,6 +141,7 @@ class Breaker:
         "_slows",
         "consecutive_failures",
         "events",
+        "failure_seq",
         "half_open_ok",
         "open_until",
         "opened_count",
@@ -149,6 +163,7 @@ class Breaker:
         self.slow_ttft_ms = slow_ttft_ms
         self.state = State.CLOSED
         self.consecutive_failures = 0
+        self.failure_seq = 0  # health failures ever recorded; see "Stale successes"
         self.events: deque[tuple[float, bool, bool]] = deque()  # (time, ok, slow)
         self._failures = 0  # failures in ``events``
         self._slows = 0  # slow successes in ``events``
@@ -183,7 +198,9 @@ class Breaker:
     def release(self) -> None:
         self.trial_since = None
 
-    def on_success(self, now: float, ttft_ms: float | None, probe: bool) -> None:
+    def on_success(
+        self, now: float, ttft_ms: float | None, probe: bool, since: int | None = None
+    ) -> None:
         self.poll(now)
         holds_trial = not probe and self.trial_since is not None
         if not probe:
@@ -191,7 +208,8 @@ class Breaker:
         threshold = self.slow_ttft_ms
         slow = ttft_ms is not None and threshold is not None and ttft_ms > threshold
         if self.state is State.CLOSED:
-            self.consecutive_failures = 0
+            if since is None or since == self.failure_seq:
+                self.consecutive_failures = 0
             self._append(now, ok=True, slow=slow)
             self._maybe_trip(now)
         elif self.state is State.HALF_OPEN and (probe or holds_trial):
@@ -202,7 +220,14 @@ class Breaker:
             if self.half_open_ok >= self.policy.half_open_successes:
                 self._close()
 
-    def on_failure(self, now: float, kind: str, retry_after_s: float | None, probe: bool) -> None:
+    def on_failure(
+        self,
+        now: float,
+        kind: str,
+        retry_after_s: float | None,
+        probe: bool,
+        after_success: bool = False,
+    ) -> None:
         self.poll(now)
         if not probe:
             self.trial_since = None
@@ -211,9 +236,11 @@ class Breaker:
         if kind == RATE_LIMITED and retry_after_s is not None and retry_after_s > 0:
             self._rate_limit(now, min(retry_after_s, self.policy.max_retry_after_s))
             return
+        self.failure_seq += 1
         if self.state is State.CLOSED:
             self.consecutive_failures += 1
-            self._append(now, ok=False, slow=False)
+            if not (after_success and self._flip_success(now)):
+                self._append(now, ok=False, slow=False)
             self._maybe_trip(now)
         elif self.state is State.HALF_OPEN:
             self._open(now)
@@ -245,6 +272,20 @@ class Breaker:
             self._failures += 1
         if slow:
             self._slows += 1
+
+    def _flip_success(self, now: float) -> bool:
+        """Turn the newest success in the window into a failure; False if there is none."""
+        self.prune(now)
+        events = self.events
+        for i in range(len(events) - 1, -1, -1):
+            at, ok, slow = events[i]
+            if ok:
+                events[i] = (at, False, False)
+                self._failures += 1
+                if slow:
+                    self._slows -= 1
+                return True
+        return False
 
     def _drop_oldest(self) -> None:
         _, ok, slow = self.events.popleft()
@@ -372,10 +413,17 @@ class BreakerBoard:
         self._poll(b)
         return b.state
 
-    def record_success(self, key: str, ttft_ms: float | None, *, probe: bool = False) -> None:
+    def failure_mark(self, key: str) -> int:
+        """Read when a live request is sent; hand it back as ``record_success(since=...)``."""
+        b = self._breakers.get(key)
+        return b.failure_seq if b is not None else 0
+
+    def record_success(
+        self, key: str, ttft_ms: float | None, *, probe: bool = False, since: int | None = None
+    ) -> None:
         b = self._get(key)
         before = b.transitions
-        b.on_success(self._clock(), ttft_ms, probe)
+        b.on_success(self._clock(), ttft_ms, probe, since)
         self._bump(before, b)
 
     def record_failure(
@@ -385,10 +433,13 @@ class BreakerBoard:
         *,
         retry_after_s: float | None = None,
         probe: bool = False,
+        after_success: bool = False,
     ) -> None:
+        """``after_success``: the same request was recorded as a success earlier (at its
+        first token) and has now failed; see the module docstring."""
         b = self._get(key)
         before = b.transitions
-        b.on_failure(self._clock(), kind, retry_after_s, probe)
+        b.on_failure(self._clock(), kind, retry_after_s, probe, after_success)
         self._bump(before, b)
 
     def badness(self, key: str) -> float:

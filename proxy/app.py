@@ -16,7 +16,6 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from probes.breaker import BreakerPolicy
 from probes.loop import ProbeFailed, ProbeLoop, ProbeSettings, paced_interval_s
 
 from . import handlers
@@ -56,6 +55,8 @@ NOTIFIER = web.AppKey("notifier", Notifier)
 RUNTIME = web.AppKey("runtime", Runtime)
 # What runner.cleanup() waits for handlers after the drain has cut the streams.
 SHUTDOWN_TIMEOUT_S = 5.0
+# The upstream client sessions by wire family; read by the fault tests to check the pool.
+SESSIONS: web.AppKey[dict[str, aiohttp.ClientSession]] = web.AppKey("sessions")
 
 
 def provider_key(pc: ProviderConfig, environ: Mapping[str, str]) -> str | None:
@@ -318,7 +319,7 @@ def build_router(
         health = Health.create(
             catalog,
             config.probes.half_life_s,
-            BreakerPolicy(),
+            config.breaker,
             p90_weight=config.probes.p90_weight,
             probe_interval_s=probe_interval(config, catalog),
             shift_samples=config.probes.shift_samples,
@@ -384,6 +385,7 @@ def make_app(
             app[SIM], app[SIM_URL] = state, sim_url
             sim = state, sim_url
         sessions = {"openai": make_session(config), "anthropic": make_session(config)}
+        app[SESSIONS] = sessions
 
         def build(cfg: Config, previous: Router | None) -> Router:
             if sim is not None:  # the demo: every provider is the simulator

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from probes.breaker import BreakerPolicy
+
 from .catalog import (
     PREFERS,
     TIERS,
@@ -199,6 +201,7 @@ class Config:
     usage: UsageSettings = UsageSettings()
     cache: CacheSettings = CacheSettings()
     budget: BudgetSettings = BudgetSettings()
+    breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
     providers: Mapping[str, ProviderConfig] = field(default_factory=dict)
     catalog: Catalog = field(default_factory=lambda: Catalog.build(()))
     source: str = "<defaults>"
@@ -337,6 +340,48 @@ def _probes(raw: Any) -> ProbeConfig:
     return p
 
 
+# The [breaker] keys a user may set; the rest of BreakerPolicy are internal bounds.
+BREAKER_KEYS = (
+    "consecutive_failures",
+    "failure_rate",
+    "window_s",
+    "min_requests",
+    "slow_ttft_ms",
+    "slow_rate",
+    "base_open_s",
+    "max_open_s",
+    "jitter",
+    "half_open_successes",
+    "max_retry_after_s",
+)
+
+
+def _breaker(raw: Any) -> BreakerPolicy:
+    if not isinstance(raw, dict):
+        raise ConfigError("breaker: expected a table")
+    for key in raw:
+        if key not in BREAKER_KEYS:
+            raise ConfigError(f"breaker.{key}: unknown key")
+    defaults = BreakerPolicy()
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        default = getattr(defaults, key)
+        if isinstance(default, int) and not isinstance(default, bool):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:  # floats, and slow_ttft_ms whose default is None (no threshold)
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            value = float(value) if ok else value
+        if not ok:
+            kind = "an integer" if isinstance(default, int) else "a number"
+            raise ConfigError(f"breaker.{key}: expected {kind}, got {value!r}")
+        values[key] = value
+    try:
+        return BreakerPolicy(**values)
+    except ValueError as exc:
+        # BreakerPolicy lists every problem; the prefix names the section.
+        raise ConfigError(f"breaker: {exc}") from None
+
+
 def _providers(raw: Any) -> dict[str, ProviderConfig]:
     providers = dict(BUILTIN_PROVIDERS)
     if raw is None:
@@ -405,7 +450,7 @@ def _scaled_nominals(model: Model, nominal_ms: float) -> tuple[Deployment, ...]:
 
 
 TOP_LEVEL = {"server", "routing", "probes", "providers", "models", "overrides", *POLICY_KEYS}
-TOP_LEVEL |= {"usage", "cache", "budget", "limits", "keys"}
+TOP_LEVEL |= {"usage", "cache", "budget", "limits", "keys", "breaker"}
 
 
 def _accounting(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -504,6 +549,7 @@ def parse_config(data: Mapping[str, Any], source: str = "<string>") -> Config:
     )
     probes = _probes(data.get("probes", {}))
     routing = _routing(data.get("routing", {}))
+    breaker = _breaker(data.get("breaker", {}))
     providers = _providers(data.get("providers"))
     try:
         models = load_bundled()
@@ -529,6 +575,7 @@ def parse_config(data: Mapping[str, Any], source: str = "<string>") -> Config:
         server=server,
         routing=routing,
         probes=probes,
+        breaker=breaker,
         providers=providers,
         catalog=catalog,
         source=source,

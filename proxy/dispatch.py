@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping
+from collections import deque
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,26 +37,78 @@ log = logging.getLogger("model_router.dispatch")
 
 
 class RetryBudget:
-    """Fallback attempts in flight may be at most ``ratio`` x requests in flight (or ``floor``)."""
+    """Fallback attempts in flight may be at most ``ratio`` x requests in flight (or ``floor``).
 
-    __slots__ = ("active", "denied", "floor", "ratio", "retrying")
+    That bound is what keeps an outage from becoming a retry storm. A fallback that finds the
+    budget full waits its turn, first come first served, for up to its attempt's deadline
+    instead of failing at once: when a provider dies under load, many requests fail in the
+    same few milliseconds, and dropping the fallbacks that would have succeeded elsewhere turns
+    a failure the router could hide into client errors. The queue keeps the bound; only a
+    fallback that cannot get a slot in time is denied.
+    """
+
+    __slots__ = ("_active", "_waiters", "denied", "floor", "ratio", "retrying")
 
     def __init__(self, ratio: float, floor: int) -> None:
         self.ratio = ratio
         self.floor = floor
-        self.active = 0
+        self._active = 0
         self.retrying = 0
         self.denied = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
 
-    def acquire(self) -> bool:
-        if self.retrying < max(self.floor, int(self.ratio * self.active)):
+    @property
+    def active(self) -> int:
+        """Requests in flight; the handlers count them in and out."""
+        return self._active
+
+    @active.setter
+    def active(self, n: int) -> None:
+        self._active = n
+        self._wake()
+
+    @property
+    def waiting(self) -> int:
+        return sum(1 for f in self._waiters if not f.done())
+
+    def _room(self) -> bool:
+        return self.retrying < max(self.floor, int(self.ratio * self._active))
+
+    async def acquire(self, wait_s: float) -> bool:
+        """Take a fallback slot, waiting up to ``wait_s``; False (and counted) if denied."""
+        if not self._waiters and self._room():
             self.retrying += 1
             return True
-        self.denied += 1
-        return False
+        if wait_s <= 0:
+            self.denied += 1
+            return False
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            async with asyncio.timeout(wait_s):
+                await fut
+        except BaseException as exc:
+            if fut.done() and not fut.cancelled():
+                self.release()  # a slot was handed over just as we gave up: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(fut)
+            if isinstance(exc, TimeoutError):
+                self.denied += 1
+                return False
+            raise
+        return True
 
     def release(self) -> None:
         self.retrying -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self._room():
+            fut = self._waiters.popleft()
+            if not fut.done():
+                self.retrying += 1  # handed over: the waiter owns it when it resumes
+                fut.set_result(None)
 
 
 @dataclass(slots=True)
@@ -121,22 +174,36 @@ class Dispatcher:
         self.server = server
         self.budget = RetryBudget(routing.retry_budget_ratio, routing.retry_budget_min)
 
-    def _candidates(self, plan: Plan) -> Iterator[tuple[Candidate, bool]]:
-        """(candidate, is_fallback) in order, within the attempt cap, the retry budget and
-        half-open trials. The caller releases the budget slot of a fallback when its attempt
-        is over."""
+    async def _attempts(
+        self, plan: Plan, wait_s: float
+    ) -> AsyncGenerator[tuple[Candidate, bool, bool]]:
+        """(candidate, is_fallback, is_trial) in order, within the attempt cap, the retry budget
+        and half-open trials. The caller releases the budget slot of a fallback when its
+        attempt is over, and gives back a trial slot whose attempt ended without a verdict."""
+        # A forced plan holds only open deployments: one try at the least bad, not a volley.
+        cap = 1 if plan.forced else self.routing.max_attempts
         tried = 0
-        for cand in plan.candidates:
-            if tried >= self.routing.max_attempts:
-                return
-            fallback = tried > 0
-            if fallback and not self.budget.acquire():
-                log.warning("retry budget exhausted; not falling back to %s", cand.deployment.key)
-                return
-            if plan.forced or self.health.allow(cand.deployment.key):
-                tried += 1
-                yield cand, fallback
-            elif fallback:
+        held = False  # a budget slot taken for a fallback not yet handed to the caller
+        try:
+            for cand in plan.candidates:
+                if tried >= cap:
+                    return
+                fallback = tried > 0
+                if fallback and not held:
+                    if not await self.budget.acquire(wait_s):
+                        log.warning(
+                            "retry budget exhausted; not falling back to %s", cand.deployment.key
+                        )
+                        return
+                    held = True
+                key = cand.deployment.key
+                if plan.forced or self.health.allow(key):
+                    trial = not plan.forced and self.health.half_open(key)
+                    tried += 1
+                    held = False
+                    yield cand, fallback, trial
+        finally:
+            if held:
                 self.budget.release()
 
     def _request(self, cand: Candidate, intent: Intent, body: dict[str, Any]) -> UpstreamRequest:
@@ -170,6 +237,10 @@ class Dispatcher:
                 code=exc.code or "upstream_rejected",
             )
 
+    def _no_verdict(self, cand: Candidate, trial: bool) -> None:
+        if trial:
+            self.health.release(cand.deployment.key)
+
     async def stream(
         self,
         request: web.Request,
@@ -180,19 +251,29 @@ class Dispatcher:
     ) -> web.StreamResponse:
         deadline = self.routing.deadline_s(intent.prefer if not intent.pinned else None)
         failures: list[tuple[Candidate, UpstreamError]] = []
-        for cand, fallback in self._candidates(plan):
-            outcome.attempts += 1
-            try:
-                opened = await self._open_stream(cand, intent, body, deadline, failures)
-            finally:
-                if fallback:
-                    self.budget.release()
-            if opened is not None:
-                upstream, relay, head, ttft_ms = opened
-                outcome.ttft_ms = ttft_ms
-                outcome.model, outcome.provider = cand.model.id, cand.deployment.provider
-                return await self._relay(request, upstream, relay, head, cand, plan, outcome)
-        raise exhausted(failures, outcome)
+        opened = None
+        try:
+            async with contextlib.aclosing(self._attempts(plan, deadline)) as attempts:
+                async for cand, fallback, trial in attempts:
+                    outcome.attempts += 1
+                    try:
+                        opened = await self._open_stream(
+                            cand, intent, body, deadline, trial, failures
+                        )
+                    finally:
+                        if fallback:
+                            self.budget.release()
+                    if opened is not None:
+                        break
+        except asyncio.CancelledError:
+            outcome.error, outcome.status = "client_disconnected", 499
+            raise
+        if opened is None:
+            raise exhausted(failures, outcome)
+        upstream, relay, head, ttft_ms = opened
+        outcome.ttft_ms = ttft_ms
+        outcome.model, outcome.provider = cand.model.id, cand.deployment.provider
+        return await self._relay(request, upstream, relay, head, cand, plan, outcome)
 
     async def _open_stream(
         self,
@@ -200,6 +281,7 @@ class Dispatcher:
         intent: Intent,
         body: dict[str, Any],
         deadline: float,
+        trial: bool,
         failures: list[tuple[Candidate, UpstreamError]],
     ) -> tuple[UpstreamStream, SSERelay, bytes, float] | None:
         """One attempt up to the commit point; None when it failed (and was recorded)."""
@@ -207,6 +289,7 @@ class Dispatcher:
         provider = self.providers[cand.deployment.provider]
         relay = SSERelay(intent.include_usage, cand.model.cost_usd)
         upstream: UpstreamStream | None = None
+        mark = self.health.mark(cand.deployment.key)
         started = loop.time()
         try:
             async with asyncio.timeout(deadline):
@@ -223,15 +306,20 @@ class Dispatcher:
             self._failed(cand, err, (loop.time() - started) * 1000, failures)
             return None
         except UnsupportedFeatureError as exc:
-            raise RouterError(
-                400, exc.message, param=exc.param, code="unsupported_feature"
-            ) from None
+            # This wire format cannot express the request; another candidate may. Nothing
+            # was sent, so the deployment's health is untouched.
+            self._no_verdict(cand, trial)
+            failures.append((cand, unsupported(exc)))
+            return None
         except BaseException:
+            # The client left (or we broke): no verdict on the deployment, so its half-open
+            # trial slot goes back, and the upstream connection is closed, not pooled.
+            self._no_verdict(cand, trial)
             if upstream is not None:
                 await upstream.aclose()
             raise
         ttft_ms = (loop.time() - started) * 1000
-        self.health.success(cand.deployment.key, ttft_ms)
+        self.health.success(cand.deployment.key, ttft_ms, since=mark)
         return upstream, relay, head, ttft_ms
 
     async def _relay(
@@ -258,9 +346,10 @@ class Dispatcher:
         writing = True
         stream: OpenStream | None = None
         try:
-            # One timer serves the write-stall and upstream-idle deadlines, and the drain
+            # One timer, two meanings: while a write is pending it is the client's write-stall
+            # limit; while we wait on the upstream it is the upstream's idle limit. The drain
             # pulls it in to end the stream at shutdown (stream.cut).
-            async with asyncio.timeout(loop.time() + stall) as timer:
+            async with asyncio.timeout_at(loop.time() + stall) as timer:
                 with in_flight.stream(timer) as stream:
                     await resp.prepare(request)
                     await resp.write(head)
@@ -278,41 +367,74 @@ class Dispatcher:
                         relay.finish()
         except TimeoutError:
             if writing:
-                # The client stopped reading; nothing can reach it, so end the connection.
-                outcome.error, outcome.status = "client_stalled", 499
-                log.warning(
-                    "client stopped reading; ending stream request_id=%s", outcome.request_id
-                )
-                if request.transport is not None:
-                    request.transport.abort()
-                return resp
+                return self._client_gone(request, resp, outcome, "client_stalled")
             if stream is not None and stream.cut:
-                await self._shutdown_error(resp, outcome)
+                outcome.error, outcome.status = "server_shutting_down", 503
+                await self._end_with_error(request, resp, shutdown_error())
             else:
-                await self._mid_stream_error(
-                    resp,
-                    cand,
-                    UpstreamError("timeout", f"upstream went quiet for {idle:g} s mid-stream"),
-                    outcome,
-                )
+                quiet = UpstreamError("timeout", f"upstream went quiet for {idle:g} s mid-stream")
+                await self._mid_stream_error(request, resp, cand, quiet, outcome)
+            return resp
         except UpstreamError as exc:
-            await self._mid_stream_error(resp, cand, exc, outcome)
+            await self._mid_stream_error(request, resp, cand, exc, outcome)
+            return resp
+        except ConnectionError:
+            # The client went away between a write and aiohttp noticing.
+            return self._client_gone(request, resp, outcome, "client_disconnected")
+        except asyncio.CancelledError:
+            # The client went away and aiohttp cancelled us (handler_cancellation).
+            outcome.error, outcome.status = "client_disconnected", 499
+            raise
         finally:
             await upstream.aclose()
             outcome.take_usage(relay.usage)
-        await resp.write_eof()
+        if not await self._write_bounded(resp, None):
+            return self._client_gone(request, resp, outcome, "client_stalled")
         return resp
 
-    async def _shutdown_error(self, resp: web.StreamResponse, outcome: Outcome) -> None:
-        """The drain deadline passed mid-answer: the stream ends with an error event."""
-        outcome.error, outcome.status = "server_shutting_down", 503
-        with contextlib.suppress(ConnectionError):
-            await resp.write(shutdown_error().sse())
+    def _client_gone(
+        self, request: web.Request, resp: web.StreamResponse, outcome: Outcome, why: str
+    ) -> web.StreamResponse:
+        """End a stream nobody reads: nothing more can reach the client, so drop the
+        connection instead of letting a blocked write pin it (and its buffers)."""
+        outcome.error, outcome.status = why, 499
+        if why == "client_stalled":
+            log.warning("client stopped reading; ending stream request_id=%s", outcome.request_id)
+        if request.transport is not None:
+            request.transport.abort()
+        return resp
+
+    async def _write_bounded(self, resp: web.StreamResponse, data: bytes | None) -> bool:
+        """Write ``data`` (None: end the response) within write_stall_s; False if the client
+        did not take it in time or is gone."""
+        try:
+            async with asyncio.timeout(self.server.write_stall_s):
+                if data is None:
+                    await resp.write_eof()
+                else:
+                    await resp.write(data)
+        except (TimeoutError, ConnectionError):
+            return False
+        return True
+
+    async def _end_with_error(
+        self, request: web.Request, resp: web.StreamResponse, err: RouterError
+    ) -> None:
+        """The error event, then the end of the chunked body: the SDK raises on the event."""
+        delivered = await self._write_bounded(resp, err.sse())
+        if not (delivered and await self._write_bounded(resp, None)) and request.transport:
+            request.transport.abort()
 
     async def _mid_stream_error(
-        self, resp: web.StreamResponse, cand: Candidate, exc: UpstreamError, outcome: Outcome
+        self,
+        request: web.Request,
+        resp: web.StreamResponse,
+        cand: Candidate,
+        exc: UpstreamError,
+        outcome: Outcome,
     ) -> None:
-        self.health.failure(cand.deployment.key, exc.kind)
+        # The first token already counted as a success; the request's verdict is now failure.
+        self.health.failure(cand.deployment.key, exc.kind, after_success=True)
         outcome.error, outcome.status = exc.kind, 502
         err = RouterError(
             502,
@@ -320,48 +442,58 @@ class Dispatcher:
             type="server_error",
             code="upstream_error",
         )
-        with contextlib.suppress(ConnectionError):
-            await resp.write(err.sse())
+        await self._end_with_error(request, resp, err)
 
     async def complete(
         self, intent: Intent, plan: Plan, body: dict[str, Any], outcome: Outcome
     ) -> web.Response:
         failures: list[tuple[Candidate, UpstreamError]] = []
-        for cand, fallback in self._candidates(plan):
-            outcome.attempts += 1
-            try:
-                data = await self._complete_once(cand, intent, body, failures)
-            finally:
-                if fallback:
-                    self.budget.release()
-            if data is None:
-                continue
-            usage = data.get("usage")
-            if isinstance(usage, dict):
-                prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-                if isinstance(prompt, int) and isinstance(completion, int):
-                    usage["cost"] = round(cand.model.cost_usd(prompt, completion), 10)
-                outcome.take_usage(usage)
-            outcome.model, outcome.provider, outcome.status = (
-                cand.model.id,
-                cand.deployment.provider,
-                200,
-            )
-            return web.Response(
-                body=orjson.dumps(data),
-                content_type="application/json",
-                headers=router_headers(cand, plan, outcome),
-            )
-        raise exhausted(failures, outcome)
+        data = None
+        # A fallback waits for a budget slot no longer than a streaming one would.
+        wait_s = self.routing.deadline_s(intent.prefer if not intent.pinned else None)
+        try:
+            async with contextlib.aclosing(self._attempts(plan, wait_s)) as attempts:
+                async for cand, fallback, trial in attempts:
+                    outcome.attempts += 1
+                    try:
+                        data = await self._complete_once(cand, intent, body, trial, failures)
+                    finally:
+                        if fallback:
+                            self.budget.release()
+                    if data is not None:
+                        break
+        except asyncio.CancelledError:
+            outcome.error, outcome.status = "client_disconnected", 499
+            raise
+        if data is None:
+            raise exhausted(failures, outcome)
+        usage = data.get("usage")
+        if isinstance(usage, dict):
+            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+            if isinstance(prompt, int) and isinstance(completion, int):
+                usage["cost"] = round(cand.model.cost_usd(prompt, completion), 10)
+            outcome.take_usage(usage)
+        outcome.model, outcome.provider, outcome.status = (
+            cand.model.id,
+            cand.deployment.provider,
+            200,
+        )
+        return web.Response(
+            body=orjson.dumps(data),
+            content_type="application/json",
+            headers=router_headers(cand, plan, outcome),
+        )
 
     async def _complete_once(
         self,
         cand: Candidate,
         intent: Intent,
         body: dict[str, Any],
+        trial: bool,
         failures: list[tuple[Candidate, UpstreamError]],
     ) -> dict[str, Any] | None:
         loop = asyncio.get_running_loop()
+        mark = self.health.mark(cand.deployment.key)
         started = loop.time()
         timeout = self.routing.request_timeout_s
         try:
@@ -378,10 +510,15 @@ class Dispatcher:
             self._failed(cand, err, (loop.time() - started) * 1000, failures)
             return None
         except UnsupportedFeatureError as exc:
-            raise RouterError(
-                400, exc.message, param=exc.param, code="unsupported_feature"
-            ) from None
-        self.health.success(cand.deployment.key, None)
+            # This wire format cannot express the request; another candidate may. Nothing
+            # was sent, so the deployment's health is untouched.
+            self._no_verdict(cand, trial)
+            failures.append((cand, unsupported(exc)))
+            return None
+        except BaseException:
+            self._no_verdict(cand, trial)
+            raise
+        self.health.success(cand.deployment.key, None, since=mark)
         return data
 
 
@@ -408,10 +545,21 @@ def public_message(exc: UpstreamError) -> str:
     return exc.message
 
 
+def unsupported(exc: UnsupportedFeatureError) -> UpstreamError:
+    return UpstreamError(
+        "client", exc.message, status=400, code="unsupported_feature", param=exc.param
+    )
+
+
 def exhausted(failures: list[tuple[Candidate, UpstreamError]], outcome: Outcome) -> RouterError:
     """Every attempt failed (or none could be made): say so once, and tell the SDK not to retry."""
     headers = {"x-should-retry": "false", "x-router-attempts": str(outcome.attempts)}
     headers["x-request-id"] = outcome.request_id
+    if failures and all(exc.code == "unsupported_feature" for _, exc in failures):
+        # No candidate could even express the request: the client's 400, naming the field.
+        first = failures[0][1]
+        outcome.error = "unsupported_feature"
+        return RouterError(400, first.message, param=first.param, code="unsupported_feature")
     if not failures:
         outcome.error = "unavailable"
         return RouterError(

@@ -99,10 +99,24 @@ class Health:
     def allow(self, key: str) -> bool:
         return self.board.allow(key)
 
-    def success(self, key: str, ttft_ms: float | None, source: Source = "live") -> None:
+    def half_open(self, key: str) -> bool:
+        """True right after ``allow`` admitted a request as the half-open trial."""
+        return self.board.state(key) is State.HALF_OPEN
+
+    def release(self, key: str) -> None:
+        """Give back a half-open trial slot whose request ended without a verdict."""
+        self.board.release(key)
+
+    def mark(self, key: str) -> int:
+        """Taken when a live request is sent; passed back to ``success`` as ``since``."""
+        return self.board.failure_mark(key)
+
+    def success(
+        self, key: str, ttft_ms: float | None, source: Source = "live", since: int | None = None
+    ) -> None:
         if ttft_ms is not None:
             self.table.observe(key, ttft_ms, source)
-        self.board.record_success(key, ttft_ms, probe=source == "probe")
+        self.board.record_success(key, ttft_ms, probe=source == "probe", since=since)
 
     def failure(
         self,
@@ -112,9 +126,16 @@ class Health:
         retry_after_s: float | None = None,
         waited_ms: float | None = None,
         source: Source = "live",
+        after_success: bool = False,
     ) -> None:
         if kind == "timeout" and waited_ms is not None:
             # A deadline hit is a censored TTFT: at least this slow. Feeding it keeps a
             # hanging deployment from looking fast on its old samples.
             self.table.observe(key, waited_ms, source)
-        self.board.record_failure(key, kind, retry_after_s=retry_after_s, probe=source == "probe")
+        self.board.record_failure(
+            key,
+            kind,
+            retry_after_s=retry_after_s,
+            probe=source == "probe",
+            after_success=after_success,
+        )

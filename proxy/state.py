@@ -102,6 +102,7 @@ class Router:
                         "slow_rate": round(brk.slow_rate, 3),
                         "opened_count": brk.opened_count,
                         "open_remaining_s": round(brk.open_remaining_s, 2),
+                        "retry_after_remaining_s": round(brk.retry_after_remaining_s, 2),
                     }
                     if brk
                     else None,
@@ -131,6 +132,7 @@ class Router:
             "retry_budget": {
                 "active": budget.active,
                 "retrying": budget.retrying,
+                "waiting": budget.waiting,
                 "denied": budget.denied,
             },
         }

@@ -487,3 +487,131 @@ def test_retain_forgets_removed_deployments() -> None:
 def test_policy_rejects_nonsense(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="invalid BreakerPolicy"):
         BreakerPolicy(**bad)  # type: ignore[arg-type]
+
+
+# Steps for the table below: ("ok", ttft) a success at the first token; ("broke",) a failure of
+# a request already counted as a success; ("fail",) a failure before any byte.
+@pytest.mark.parametrize(
+    ("steps", "in_window", "failure_rate", "slow_rate", "streak"),
+    [
+        pytest.param(
+            [("ok", 100.0), ("broke",)], 1, 1.0, 0.0, 1, id="broken-answer-is-one-failure"
+        ),
+        pytest.param([("ok", 100.0), ("broke",)] * 3, 3, 1.0, 0.0, 1, id="every-answer-broken"),
+        pytest.param(
+            [("ok", 100.0), ("ok", 100.0), ("broke",)], 2, 0.5, 0.0, 1, id="one-of-two-broken"
+        ),
+        pytest.param(
+            [("ok", 900.0), ("broke",)], 1, 1.0, 0.0, 1, id="a-slow-success-that-broke-is-not-slow"
+        ),
+        pytest.param([("broke",)], 1, 1.0, 0.0, 1, id="nothing-to-turn-over-adds-a-failure"),
+        pytest.param(
+            [("fail",), ("ok", 100.0), ("broke",), ("fail",)],
+            3,
+            1.0,
+            0.0,
+            2,
+            id="streak-still-grows",
+        ),
+    ],
+)
+def test_a_stream_that_breaks_after_its_first_token_counts_once_as_a_failure(
+    steps: list[tuple[object, ...]],
+    in_window: int,
+    failure_rate: float,
+    slow_rate: float,
+    streak: int,
+) -> None:
+    board = make_board(
+        FakeClock(), consecutive_failures=100, min_requests=100, max_events=100, slow_ttft_ms=500.0
+    )
+    for step in steps:
+        if step[0] == "ok":
+            board.record_success(K, step[1])  # type: ignore[arg-type]
+        else:
+            board.record_failure(K, "server", after_success=step[0] == "broke")
+    row = board.rows()[0]
+    assert (row.requests_in_window, row.failure_rate, row.slow_rate) == (
+        in_window,
+        failure_rate,
+        slow_rate,
+    )
+    assert row.consecutive_failures == streak
+
+
+def test_a_success_turned_over_after_it_left_the_window_adds_a_failure() -> None:
+    clock = FakeClock()
+    board = make_board(clock, window_s=30.0, consecutive_failures=100, min_requests=100)
+    board.record_success(K, 100.0)
+    clock.now += 31.0  # a long stream: its first token has slid out of the window
+    board.record_failure(K, "server", after_success=True)
+    row = board.rows()[0]
+    assert (row.requests_in_window, row.failure_rate) == (1, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("sent", "expected_streak"),
+    [
+        pytest.param("before-the-failures", 3, id="stale-success-keeps-the-streak"),
+        pytest.param("between-the-failures", 3, id="success-sent-mid-streak-is-stale"),
+        pytest.param("after-the-failures", 0, id="fresh-success-resets-the-streak"),
+        pytest.param("unmarked", 0, id="success-without-a-mark-resets-as-before"),
+    ],
+)
+def test_only_a_success_sent_after_the_latest_failure_resets_the_streak(
+    sent: str, expected_streak: int
+) -> None:
+    board = make_board(FakeClock(), consecutive_failures=5, min_requests=100, max_events=100)
+    board.record_success(K, 100.0)
+    marks = {"before-the-failures": board.failure_mark(K)}
+    board.record_failure(K, "server")
+    marks["between-the-failures"] = board.failure_mark(K)
+    board.record_failure(K, "connect")
+    board.record_failure(K, "timeout")
+    marks["after-the-failures"] = board.failure_mark(K)
+    board.record_success(K, 100.0, since=marks.get(sent))
+    row = board.rows()[0]
+    assert row.consecutive_failures == expected_streak
+    assert row.requests_in_window == 5  # a stale success still counts in the window
+
+
+def test_stale_successes_cannot_hold_a_failing_deployment_closed() -> None:
+    # Under concurrency: requests sent before an outage keep answering while new ones fail.
+    board = make_board(FakeClock(), consecutive_failures=5, min_requests=1000, max_events=1000)
+    for _ in range(50):
+        board.record_success(K, 100.0)
+    mark = board.failure_mark(K)
+    for _ in range(5):
+        board.record_failure(K, "connect")
+        board.record_success(K, 100.0, since=mark)
+    assert board.state(K) is State.OPEN
+
+
+def test_failure_mark_ignores_client_faults_and_rate_limits() -> None:
+    board = make_board(FakeClock(), consecutive_failures=5)
+    assert board.failure_mark(K) == 0
+    board.record_failure(K, "client")
+    board.record_failure(K, "rate_limited", retry_after_s=1.0)
+    assert board.failure_mark(K) == 0
+    board.record_failure("other", "server")
+    assert board.failure_mark(K) == 0 and board.failure_mark("other") == 1
+
+
+@pytest.mark.parametrize(
+    "retry_after_s",
+    [
+        pytest.param(None, id="no-header"),
+        pytest.param(0.0, id="zero"),
+        pytest.param(-3.0, id="negative"),
+    ],
+)
+def test_a_rate_limit_without_a_usable_retry_after_is_an_ordinary_failure(
+    retry_after_s: float | None,
+) -> None:
+    board = make_board(FakeClock(), consecutive_failures=2, min_requests=100, max_events=100)
+    board.record_failure(K, "rate_limited", retry_after_s=retry_after_s)
+    row = board.rows()[0]
+    assert (row.state, row.consecutive_failures, row.retry_after_remaining_s) == ("closed", 1, 0.0)
+    board.record_failure(K, "rate_limited", retry_after_s=retry_after_s)
+    assert board.state(K) is State.OPEN
+    assert board.rows()[0].retry_after_remaining_s == 0.0

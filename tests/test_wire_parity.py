@@ -148,3 +148,29 @@ async def test_mid_stream_errors_reach_the_sdk_as_api_error(
         async for chunk in stream:
             pieces.append(chunk)
     assert pieces, "the error came after content had started"
+
+
+async def test_a_feature_one_wire_cannot_express_moves_on_to_a_deployment_that_can(
+    start_proxy: StartProxy,
+) -> None:
+    proxy = await start_proxy()
+    raw = await proxy.client().chat.completions.with_raw_response.create(
+        model="claude-sonnet-4-5", messages=QUESTION[1:], frequency_penalty=0.3
+    )
+    assert raw.headers["x-router-provider"] == "openrouter"
+    assert raw.parse().choices[0].message.content
+
+
+async def test_a_feature_no_candidate_can_express_is_a_400_naming_it(
+    start_proxy: StartProxy,
+) -> None:
+    import openai
+
+    only = {p: {"enabled": p in ("anthropic", "bedrock")} for p in PROVIDERS}
+    proxy = await start_proxy({"providers": only})
+    with pytest.raises(openai.BadRequestError) as err:
+        await proxy.client().chat.completions.create(
+            model="claude-sonnet-4-5", messages=QUESTION[1:], frequency_penalty=0.3
+        )
+    assert err.value.code == "unsupported_feature" and err.value.param == "frequency_penalty"
+    assert sum(proxy.sim.state.requests.values()) == 0
