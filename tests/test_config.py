@@ -102,6 +102,13 @@ def test_user_provider_and_model_are_added() -> None:
     assert cfg.catalog.get("my-llama") is not None
 
 
+def test_built_in_provider_base_url_can_be_overridden() -> None:
+    cfg = parse_config({"providers": {"openai": {"base_url": "http://127.0.0.1:9/v1"}}})
+    assert cfg.providers["openai"].base_url == "http://127.0.0.1:9/v1"
+    assert cfg.providers["openai"].api_key_env == "OPENAI_API_KEY"
+    assert cfg.providers["openai"].enabled is None
+
+
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     clean = {
         k: v
