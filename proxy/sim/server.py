@@ -71,6 +71,12 @@ class SimState:
         if delay > 0:
             await asyncio.sleep(delay)
 
+    async def pause_until(self, deadline: float) -> None:
+        """Sleep until ``deadline`` on the running loop's clock."""
+        delay = deadline - asyncio.get_running_loop().time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
     def reset(self) -> None:
         self.faults.clear()
         self.requests.clear()
@@ -133,11 +139,14 @@ async def stream_rendered(
         if fault.mode == "hang_first_token":
             await _hang()
         await state.pause(profile.ttft_ms)
+        first = asyncio.get_running_loop().time()
         for i, part in enumerate(r.body):
             if i == fault.after_chunks and await _strike(request, resp, fault, r):
                 return resp
             if i:
-                await state.pause(profile.gap_ms)
+                # On a fixed schedule from the first chunk: timer jitter does not accumulate,
+                # so a paced stream's length is the same on every run (benchmarks compare it).
+                await state.pause_until(first + i * profile.gap_ms * state.scale / 1000.0)
             await resp.write(part)
         if len(r.body) <= fault.after_chunks and await _strike(request, resp, fault, r):
             return resp
