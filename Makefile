@@ -21,6 +21,10 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@ $(VENV)/.installed
 
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	touch $@ $(VENV)/.installed
+
 serve: $(VENV)/.installed
 	$(BIN)/model-router serve --demo --host $(HOST) --port $(PORT)
 
@@ -35,6 +39,10 @@ pytest: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck pytest
+
+# The benchmark suite (~10 min; not a CI gate): figures in benchmarks/out/<time>/.
+bench: $(VENV)/.installed-bench
+	$(BIN)/python -m benchmarks.run all
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
