@@ -118,6 +118,9 @@ async def _route(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
             response = await router.dispatcher.complete(intent, decision, upstream_body, outcome)
         if admission is not None:
             admission.remember(response, outcome)
+        # Sent here, before the sinks below run: logging and accounting are not the client's wait.
+        await response.prepare(request)
+        await response.write_eof()
         return response
     except RouterError as err:
         outcome.status = err.status
