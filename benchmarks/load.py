@@ -154,6 +154,9 @@ async def sequential(job: dict[str, Any]) -> dict[str, Any]:
     drift on the box hits every target alike."""
     targets, n, warmup = job["targets"], job["n"], job.get("warmup", 20)
     stream, max_tokens, stall = job["stream"], job["max_tokens"], job.get("stall_ms", 1e9)
+    # A pause after each request, so work a target does after answering (its logs) is over
+    # before the next target, which may share its core, is asked.
+    think = job.get("think_ms", 0.0) / 1e3
     per: dict[str, list[Sample]] = {t["name"]: [] for t in targets}
     progress = Progress(n * len(targets))
     async with _session() as session:
@@ -161,6 +164,8 @@ async def sequential(job: dict[str, Any]) -> dict[str, Any]:
             shift = i % len(targets)
             for t in targets[shift:] + targets[:shift]:
                 s = await one(session, t, stream, max_tokens=max_tokens, stall_ms=stall)
+                if think:
+                    await asyncio.sleep(think)
                 if i >= warmup:
                     per[t["name"]].append(s)
                     progress.tick()

@@ -10,6 +10,8 @@ from typing import Any
 from .common import ZERO, Check, Context, ratio, run_load, set_profile, stats
 
 NAME = "overhead"
+# Between requests: targets share a core, and one's after-answer work must not land on the next.
+THINK_MS = 2.0
 
 
 def _added(per: dict[str, dict[str, Any]], key: str) -> dict[str, dict[str, float]]:
@@ -42,6 +44,7 @@ def run(ctx: Context) -> dict[str, Any]:
                 "warmup": size.seq_warmup,
                 "stream": stream,
                 "max_tokens": ZERO["tokens"],
+                "think_ms": THINK_MS,
             },
             f"{mode} x{len(targets)}",
         )
