@@ -60,21 +60,32 @@ class SSERelay:
         if b"\r" in chunk:
             chunk = chunk.replace(b"\r\n", b"\n")
         buf = self.buf + chunk if self.buf else chunk
-        start = 0
-        pieces: list[bytes] | None = None  # only built once an event is rewritten or dropped
-        while (end := buf.find(b"\n\n", start)) >= 0:
-            event = buf[start:end]
+        if buf.endswith(b"\n\n") and buf.find(b"\n\n") == len(buf) - 2:
+            # One whole event, as a paced upstream sends them: no splitting, no copies.
+            event = buf[:-2]
+            self.buf = b""
             out = self._event(event)
-            if out is not event and pieces is None:
-                pieces = [buf[:start]] if start else []
-            if pieces is not None and out is not None:
-                pieces.append(out if out is not event else event + b"\n\n")
-            start = end + 2
-        self.buf = buf[start:]
-        if len(self.buf) > MAX_EVENT_BYTES:
+            if out is event:
+                return buf
+            return b"" if out is None else out
+        events = buf.split(b"\n\n")
+        if len(events[-1]) > MAX_EVENT_BYTES:
             raise UpstreamError("protocol", "upstream sent an event over 1 MiB without a boundary")
+        end = 0
+        pieces: list[bytes] | None = None  # only built once an event is rewritten or dropped
+        for event in events[:-1]:
+            out = self._event(event)
+            if out is not event:
+                if pieces is None:
+                    pieces = [buf[:end]]
+                if out is not None:
+                    pieces.append(out)
+            elif pieces is not None:
+                pieces.append(event + b"\n\n")
+            end += len(event) + 2
+        self.buf = events[-1]
         if pieces is None:
-            return buf[:start]
+            return buf[:end]
         return b"".join(pieces)
 
     def finish(self) -> None:
