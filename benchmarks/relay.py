@@ -46,6 +46,12 @@ def _relay(events: list[bytes]) -> None:
     relay.finish()
 
 
+def _relay_batched(events: list[bytes]) -> None:
+    relay = SSERelay(True, lambda p, c: 0.0)
+    relay.feed(b"".join(events))
+    relay.finish()
+
+
 def _framing(events: list[bytes]) -> None:
     buf = b""
     for e in events:
@@ -69,12 +75,14 @@ def run(ctx: Context) -> dict[str, Any]:
     events = chunks()
     gc.collect()
     relay = _per_chunk_us(events, _relay, rounds)
+    batched = _per_chunk_us(events, _relay_batched, rounds)
     framing = _per_chunk_us(events, _framing, rounds)
     loads = _per_chunk_us(events, _loads, rounds)
     return {
         "events_per_stream": len(events),
         "bytes_per_event": round(sum(map(len, events)) / len(events), 1),
         "feed_us_per_chunk": stats(relay),
+        "feed_batched_us_per_chunk": stats(batched),
         "framing_only_us_per_chunk": stats(framing),
         "orjson_loads_us_per_chunk": stats(loads),
     }
