@@ -19,6 +19,7 @@ import orjson
 from aiohttp import web
 
 from .config import RoutingSettings, ServerSettings
+from .deadline import Deadline
 from .drain import IN_FLIGHT, InFlight, OpenStream, shutdown_error
 from .errors import RouterError
 from .health import Health
@@ -346,10 +347,11 @@ class Dispatcher:
         writing = True
         stream: OpenStream | None = None
         try:
-            # One timer, two meanings: while a write is pending it is the client's write-stall
+            # One deadline, two meanings: while a write is pending it is the client's write-stall
             # limit; while we wait on the upstream it is the upstream's idle limit. The drain
-            # pulls it in to end the stream at shutdown (stream.cut).
-            async with asyncio.timeout_at(loop.time() + stall) as timer:
+            # pulls it in to end the stream at shutdown (stream.cut). Moving it later is a
+            # float write (asyncio.Timeout.reschedule replaced a loop timer, twice a chunk).
+            async with Deadline(loop.time() + stall, min(idle, stall)) as timer:
                 with in_flight.stream(timer) as stream:
                     await resp.prepare(request)
                     await resp.write(head)

@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from .deadline import Deadline
 from .errors import RouterError
 
 log = logging.getLogger("model_router")
@@ -44,7 +45,7 @@ class OpenStream:
 
     __slots__ = ("_loop", "_timer", "cut")
 
-    def __init__(self, timer: asyncio.Timeout) -> None:
+    def __init__(self, timer: Deadline) -> None:
         self._timer = timer
         self._loop = asyncio.get_running_loop()
         self.cut = False
@@ -75,7 +76,7 @@ class InFlight:
         self._idle.set()
 
     @contextlib.contextmanager
-    def stream(self, timer: asyncio.Timeout) -> Iterator[OpenStream]:
+    def stream(self, timer: Deadline) -> Iterator[OpenStream]:
         """Register a committed stream for as long as its relay runs."""
         stream = OpenStream(timer)
         task = asyncio.current_task()
