@@ -23,6 +23,7 @@ def run(ctx: Context) -> dict[str, Any]:
         for c in size.levels:
             for t in targets:
                 ctx.display.phase(f"{NAME}: {c} concurrent paced streams -> {t.name}")
+                cpu0 = t.service.cpu_seconds() if t.service else None
                 r = run_load(
                     ctx,
                     {
@@ -36,7 +37,16 @@ def run(ctx: Context) -> dict[str, Any]:
                     },
                     f"{t.name} c={c}",
                 )
+                # CPU the target spent per relayed chunk (its per-request work included): a
+                # figure that other load on the machine disturbs less than latency.
+                chunks = max(r["count"], 1) * (paced["tokens"] + 4)  # role, finish, usage, DONE
+                cpu_us = (
+                    (t.service.cpu_seconds() - cpu0) * 1e6 / chunks
+                    if t.service and cpu0 is not None
+                    else None
+                )
                 levels[t.name][str(c)] = {
+                    "cpu_us_per_chunk": cpu_us,
                     "ttft_ms": stats(r["ttft_ms"]),
                     "total_ms": stats(r["total_ms"]),
                     "stalls": r["stalls"],

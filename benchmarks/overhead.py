@@ -90,6 +90,12 @@ def run(ctx: Context) -> dict[str, Any]:
     result["paced"] = {
         "profile": paced,
         "total_ms": {n: stats(r["total_ms"]) for n, r in per.items()},
+        "ttft_ms": {n: stats(r["ttft_ms"]) for n, r in per.items()},
+        # First token to the end: the streaming part alone, without the TTFT (a) measures.
+        "after_first_ms": {
+            n: stats([t - f for t, f in zip(r["total_ms"], r["ttft_ms"], strict=True)])
+            for n, r in per.items()
+        },
         "stalls": {n: r["stalls"] for n, r in per.items()},
         "errors": {n: r["errors"] for n, r in per.items() if r["errors"]},
     }
@@ -114,6 +120,10 @@ def ratios(result: dict[str, Any]) -> dict[str, dict[str, float]]:
             "ttft_added_p99": ratio(st["p99"], fwd_st["p99"]),
             "paced_total_minus_forwarder_p50_ms": paced["p50"] - fwd_paced["p50"],
             "paced_total_minus_forwarder_mean_ms": paced["mean"] - fwd_paced["mean"],
+            "paced_after_first_minus_forwarder_p50_ms": result["paced"]["after_first_ms"][name][
+                "p50"
+            ]
+            - result["paced"]["after_first_ms"]["forwarder"]["p50"],
         }
     return out
 
@@ -127,6 +137,15 @@ def checks(result: dict[str, Any]) -> list[Check]:
         p50, p99 = r[f"{key}_p50"], r[f"{key}_p99"]
         out.append(Check(f"(a) {what} added p50", "<= 1.25x forwarder", f"{p50:.2f}x", p50 <= 1.25))
         out.append(Check(f"(a) {what} added p99", "<= 1.5x forwarder", f"{p99:.2f}x", p99 <= 1.5))
+    after = r["paced_after_first_minus_forwarder_p50_ms"]
+    out.append(
+        Check(
+            "(a) paced stream, first token to end",
+            "within 0.5 ms of forwarder (p50)",
+            f"{after:+.2f} ms",
+            after <= 0.5,
+        )
+    )
     d = r["paced_total_minus_forwarder_p50_ms"]
     out.append(
         Check(

@@ -56,13 +56,19 @@ def overhead(r: dict[str, Any]) -> list[str]:
     out += [
         f"{prof['tokens']:g}-chunk paced stream ({prof['gap_ms']:g} ms apart), one at a time, total time, ms",
         "",
-        "| target | p50 | mean | p99 | minus forwarder (p50) | stalls |",
-        "|---|---|---|---|---|---|",
+        "| target | p50 | mean | p99 | minus forwarder (p50) | TTFT p50 | first token to end p50 | minus forwarder | stalls |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    after = r["paced"].get("after_first_ms", {})
+    ttft = r["paced"].get("ttft_ms", {})
+    nan = float("nan")
     for name, s in paced.items():
         d = s["p50"] - paced["forwarder"]["p50"]
+        a = after.get(name, {}).get("p50", nan)
+        da = a - after.get("forwarder", {}).get("p50", nan)
         out.append(
             f"| {name} | {_f(s['p50'])} | {_f(s['mean'])} | {_f(s['p99'])} | {d:+.2f} | "
+            f"{_f(ttft.get(name, {}).get('p50', nan))} | {_f(a)} | {da:+.2f} | "
             f"{r['paced']['stalls'][name]} |"
         )
     return [*out, ""]
@@ -74,8 +80,8 @@ def concurrency(r: dict[str, Any]) -> list[str]:
         f"### (b) Concurrent paced streams ({prof['tokens']:g} chunks, {prof['gap_ms']:g} ms apart; "
         f"stall = gap > {r['stall_ms']:g} ms)",
         "",
-        "| streams | target | TTFT p50 ms | TTFT p99 ms | p99 vs forwarder | stalls | max gap ms | streams/s | errors |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| streams | target | TTFT p50 ms | TTFT p99 ms | p99 vs forwarder | stalls | max gap ms | streams/s | errors | CPU us/chunk |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     levels = r["levels"]
     names = list(levels)
@@ -89,7 +95,8 @@ def concurrency(r: dict[str, Any]) -> list[str]:
             errors = sum(s["errors"].values())
             out.append(
                 f"| {c} | {name} | {_f(s['ttft_ms']['p50'])} | {_f(s['ttft_ms']['p99'])} | "
-                f"{_x(rr)} | {s['stalls']} | {_f(s['max_gap_ms'], 1)} | {_f(s['streams_per_s'], 1)} | {errors} |"
+                f"{_x(rr)} | {s['stalls']} | {_f(s['max_gap_ms'], 1)} | {_f(s['streams_per_s'], 1)} | {errors} | "
+                f"{'' if s.get('cpu_us_per_chunk') is None else _f(s['cpu_us_per_chunk'], 1)} |"
             )
     return [*out, ""]
 
