@@ -40,7 +40,7 @@ pytest: $(VENV)/.installed-test
 
 test: lint typecheck pytest
 
-# The benchmark suite (~10 min; not a CI gate): figures in benchmarks/out/<time>/.
+# The benchmark suite (~5 min on 2 cores; not a CI gate): figures in benchmarks/out/<time>/.
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks.run all
 

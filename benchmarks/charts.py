@@ -66,13 +66,16 @@ def write(results: dict[str, Any], out: Path) -> list[Path]:
             axes[0].plot(x, [by[c]["ttft_ms"]["p99"] for c in cs], **kw)
             axes[1].plot(x, [by[c]["streams_per_s"] for c in cs], **kw)
             axes[2].plot(x, [by[c]["stalls"] for c in cs], **kw)
-        for ax, title in zip(
-            axes, ("TTFT p99 (ms)", "streams per second", "stalls (gap > 40 ms)"), strict=True
-        ):
+        ticks = sorted({int(c) for by in levels.values() for c in by})
+        stall_ms = b["concurrency"]["stall_ms"]
+        titles = ("TTFT p99 (ms, log)", "streams per second", f"stalls (gap > {stall_ms:g} ms)")
+        for ax, title in zip(axes, titles, strict=True):
             ax.set_xscale("log", base=2)
+            ax.set_xticks(ticks, [str(t) for t in ticks])
             ax.set_xlabel("concurrent paced streams")
             ax.set_title(title, fontsize=10)
             ax.grid(True, alpha=0.3)
+        axes[0].set_yscale("log")
         axes[0].legend(fontsize=8)
         fig.tight_layout()
         path = out / "concurrency.png"
@@ -100,3 +103,14 @@ def write(results: dict[str, Any], out: Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
     return written
+
+
+if __name__ == "__main__":
+    # python -m benchmarks.charts OUT_DIR: redraw a finished run's charts from its results.json.
+    import sys
+
+    import orjson
+
+    folder = Path(sys.argv[1])
+    for written in write(orjson.loads((folder / "results.json").read_bytes()), folder):
+        print(written)

@@ -58,11 +58,11 @@ class Size:
 
 
 FULL = Size(
-    seq_n=1000,
+    seq_n=2000,
     seq_warmup=50,
-    lanes_n=20,
+    lanes_n=40,
     levels=(1, 16, 64, 256, 512),
-    level_s=3.0,
+    level_s=5.0,
     rps_concurrency=32,
     rps_s=5.0,
     rps_warmup_s=1.0,
@@ -224,8 +224,26 @@ def set_profile(sim_url: str, profile: dict[str, float]) -> None:
         resp.read()
 
 
+def _result(line: str) -> Any:
+    """A load generator's ``result {json}`` or ``result @path`` line."""
+    rest = line[7:].strip()
+    if rest.startswith("@"):
+        path = Path(rest[1:])
+        data = orjson.loads(path.read_bytes())
+        path.unlink()
+        return data
+    return orjson.loads(rest)
+
+
+def _result_path(ctx: Context) -> str:
+    fd, path = tempfile.mkstemp(prefix="load-", suffix=".json", dir=ctx.tmp)
+    os.close(fd)
+    return path
+
+
 def run_load(ctx: Context, job: dict[str, Any], label: str) -> Any:
     """Run one job in a fresh load-generator process pinned away from the target."""
+    job = {**job, "result_path": _result_path(ctx)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.load"],
         stdin=subprocess.PIPE,
@@ -245,7 +263,7 @@ def run_load(ctx: Context, job: dict[str, Any], label: str) -> Any:
                 done, total = map(int, line.split()[1:3])
                 ctx.display.bar(label, done, total)
             elif line.startswith("result "):
-                result = orjson.loads(line[7:])
+                result = _result(line)
                 proc.wait(30)
                 return result
         proc.wait(10)
@@ -262,6 +280,7 @@ class Held:
 
     def __init__(self, ctx: Context, job: dict[str, Any], label: str) -> None:
         self.ctx = ctx
+        job = {**job, "result_path": _result_path(ctx)}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.load"],
             stdin=subprocess.PIPE,
@@ -283,7 +302,7 @@ class Held:
                 return
             elif line.startswith("result "):
                 self.release()
-                raise RuntimeError(f"could not hold the streams open: {line[7:].strip()}")
+                raise RuntimeError(f"could not hold the streams open: {_result(line)}")
         self.release()
         raise RuntimeError("load generator ended before the streams were held")
 
@@ -296,7 +315,7 @@ class Held:
             for line in self.proc.stdout:
                 if line.startswith("result "):
                     self.proc.wait(30)
-                    result: dict[str, Any] = orjson.loads(line[7:])
+                    result: dict[str, Any] = _result(line)
                     return result
             return {}
         finally:

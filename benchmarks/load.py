@@ -328,7 +328,14 @@ def main() -> None:
     job = orjson.loads(sys.stdin.readline())
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         result = runner.run(JOBS[job["kind"]](job))
-    print("result " + orjson.dumps(result).decode(), flush=True)
+    data = orjson.dumps(result)
+    if job.get("result_path"):
+        # Raw samples can run to megabytes: a file, not one enormous line on a pipe.
+        with open(job["result_path"], "wb") as fh:
+            fh.write(data)
+        print(f"result @{job['result_path']}", flush=True)
+    else:
+        print("result " + data.decode(), flush=True)
 
 
 if __name__ == "__main__":
