@@ -41,10 +41,11 @@ class Deployment:
     provider: str
     upstream_id: str
     nominal_ttft_ms: float
+    # Built once: routing, health and dispatch look deployments up by it on every request.
+    key: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> str:
-        return f"{self.model_id}@{self.provider}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"{self.model_id}@{self.provider}")
 
 
 @dataclass(frozen=True, slots=True)
