@@ -43,6 +43,18 @@ async def test_a_deadline_moved_earlier_still_fires_on_time() -> None:
     assert loop.time() - started < 1.0
 
 
+async def test_reschedule_to_now_fires_at_once_and_later_moves_are_cheap() -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(TimeoutError):
+        async with Deadline(loop.time() + 10.0, 5.0) as d:
+            d.reschedule(loop.time() + 20.0)  # later: no timer work, still alive
+            await asyncio.sleep(0.02)
+            d.reschedule(loop.time())  # what the drain's cut does
+            await asyncio.sleep(5)
+    assert loop.time() - started < 1.0
+
+
 async def test_a_cancellation_from_outside_stays_a_cancellation() -> None:
     loop = asyncio.get_running_loop()
 
