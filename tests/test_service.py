@@ -23,7 +23,7 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import server_log, spawn_server
+from tests.conftest import server_log, spawn_server, stop_server
 
 MSG = [{"role": "user", "content": "say something"}]
 OTHER_PROVIDERS = ("anthropic", "google", "openrouter", "deepseek", "bedrock")
@@ -91,9 +91,7 @@ def test_systemd_hears_ready_watchdog_reloading_and_stopping_in_order(
         messages += receive(sock, "STOPPING")
         code, err = finish(proc)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
+        stop_server(proc)
     assert code == 0, err
     events = [e for m in messages for e in ("READY", "RELOADING", "STOPPING") if e in m]
     assert events == ["READY", "RELOADING", "READY", "STOPPING"]
@@ -152,9 +150,7 @@ def test_sighup_routes_by_the_new_catalog_and_a_broken_config_keeps_the_old(
         code, err = finish(proc)
     finally:
         client.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
+        stop_server(proc)
     assert code == 0, err
     assert reloads == {(("result", "applied"),): 1.0, (("result", "rejected"),): 1.0}
     assert "config reload rejected, the previous config keeps serving" in err
@@ -280,9 +276,11 @@ async def refused(url: str) -> bool:
     host, port = url.removeprefix("http://").split(":")
     try:
         _, writer = await asyncio.open_connection(host, int(port))
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
+        # A listener closing under the connect may reset it rather than refuse it.
         return True
     writer.close()
+    await writer.wait_closed()
     return False
 
 
@@ -308,9 +306,7 @@ async def test_sigterm_lets_an_in_flight_stream_finish_with_done(
                 rest = await read_events(resp)
         code, err = await asyncio.to_thread(finish, proc)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
+        stop_server(proc)
     events = head + rest
     assert events[-1] == b"data: [DONE]"
     assert not any(b'"error"' in e for e in events)
@@ -350,9 +346,7 @@ async def test_streams_past_the_drain_deadline_end_with_an_error_event(
             waiting.release()
         code, err = await asyncio.to_thread(finish, proc)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
+        stop_server(proc)
     events = head + rest
     assert len(events) > 3  # it streamed for the whole drain
     last = orjson.loads(events[-1].removeprefix(b"data: "))
