@@ -238,6 +238,25 @@ class Dispatcher:
                 code=exc.code or "upstream_rejected",
             )
 
+    def _gave_up(
+        self,
+        cand: Candidate,
+        exc: Exception,
+        trial: bool,
+        waited_ms: float,
+        timeout_message: str,
+        failures: list[tuple[Candidate, UpstreamError]],
+    ) -> None:
+        """Record an attempt that ended without an answer."""
+        if isinstance(exc, UnsupportedFeatureError):
+            # This wire format cannot express the request; another candidate may. Nothing
+            # was sent, so the deployment's health is untouched.
+            self._no_verdict(cand, trial)
+            failures.append((cand, unsupported(exc)))
+            return
+        err = exc if isinstance(exc, UpstreamError) else UpstreamError("timeout", timeout_message)
+        self._failed(cand, err, waited_ms, failures)
+
     def _no_verdict(self, cand: Candidate, trial: bool) -> None:
         if trial:
             self.health.release(cand.deployment.key)
@@ -296,21 +315,18 @@ class Dispatcher:
             async with asyncio.timeout(deadline):
                 upstream = await provider.stream(self._request(cand, intent, body))
                 head = await first_content(upstream, relay)
-        except (UpstreamError, TimeoutError) as exc:
+        except (UpstreamError, TimeoutError, UnsupportedFeatureError) as exc:
             if upstream is not None:
                 await upstream.aclose()
-            err = (
-                exc
-                if isinstance(exc, UpstreamError)
-                else UpstreamError("timeout", f"no first token within {deadline * 1000:.0f} ms")
+            waited_ms = (loop.time() - started) * 1000
+            self._gave_up(
+                cand,
+                exc,
+                trial,
+                waited_ms,
+                f"no first token within {deadline * 1000:.0f} ms",
+                failures,
             )
-            self._failed(cand, err, (loop.time() - started) * 1000, failures)
-            return None
-        except UnsupportedFeatureError as exc:
-            # This wire format cannot express the request; another candidate may. Nothing
-            # was sent, so the deployment's health is untouched.
-            self._no_verdict(cand, trial)
-            failures.append((cand, unsupported(exc)))
             return None
         except BaseException:
             # The client left (or we broke): no verdict on the deployment, so its half-open
@@ -503,19 +519,9 @@ class Dispatcher:
                 data = await self.providers[cand.deployment.provider].complete(
                     self._request(cand, intent, body)
                 )
-        except (UpstreamError, TimeoutError) as exc:
-            err = (
-                exc
-                if isinstance(exc, UpstreamError)
-                else UpstreamError("timeout", f"no answer within {timeout:g} s")
-            )
-            self._failed(cand, err, (loop.time() - started) * 1000, failures)
-            return None
-        except UnsupportedFeatureError as exc:
-            # This wire format cannot express the request; another candidate may. Nothing
-            # was sent, so the deployment's health is untouched.
-            self._no_verdict(cand, trial)
-            failures.append((cand, unsupported(exc)))
+        except (UpstreamError, TimeoutError, UnsupportedFeatureError) as exc:
+            waited_ms = (loop.time() - started) * 1000
+            self._gave_up(cand, exc, trial, waited_ms, f"no answer within {timeout:g} s", failures)
             return None
         except BaseException:
             self._no_verdict(cand, trial)
