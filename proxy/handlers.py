@@ -88,7 +88,10 @@ async def _route(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
         # The key's own limits and allowances see what the client asked for, before the
         # classifier or an experiment picks a tier.
         ticket = caller.admit(intent, router.catalog)
-        who = caller.key_id or key_id(request.headers.get("Authorization"))
+        # Experiments may match on the key; hash the bearer token only when one exists.
+        who = caller.key_id
+        if who is None and policy.experiments:
+            who = key_id(request.headers.get("Authorization"))
         chosen = resolve(intent, body, policy, rid, who)
         intent, outcome.complexity, outcome.arm = chosen.intent, chosen.complexity, chosen.arm
         outcome.prefer, outcome.tier = intent.prefer, intent.tier
