@@ -82,7 +82,7 @@ class Accounting:
                 outcome.provider,
                 self._tiers.get(model) if model else None,
                 outcome.attempts,
-                outcome.status or 499,  # 0: the client left before an answer
+                outcome.status,
                 outcome.error,
                 outcome.ttft_ms,
                 seconds * 1000.0,

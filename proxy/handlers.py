@@ -137,6 +137,8 @@ async def _route(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
         if ticket is not None:
             ticket.settle(outcome)
         seconds = time.perf_counter() - started
+        if not outcome.status:
+            outcome.status = 499  # the client left before any answer was decided
         for sink in router.sinks:
             sink(outcome, seconds)
 
@@ -162,7 +164,7 @@ def access_log_sink(outcome: Outcome, seconds: float) -> None:
         "model": outcome.model,
         "provider": outcome.provider,
         "attempts": outcome.attempts,
-        "status": outcome.status or 499,
+        "status": outcome.status,
         "error": outcome.error,
         "ttft_ms": round(outcome.ttft_ms, 1) if outcome.ttft_ms is not None else None,
         "total_ms": round(seconds * 1000, 1),

@@ -119,7 +119,7 @@ class Metrics:
                 self,
                 outcome.model or "none",
                 outcome.provider or "none",
-                str(outcome.status or 499),
+                str(outcome.status),
                 outcome.endpoint,
             )
         series.requests.inc()
