@@ -43,14 +43,8 @@ MMLU_OUTPUT_TOKENS = 1  # MMLU prompts end in "Answer:"; the answer is one lette
 
 
 def data_dir() -> Path:
-    """``shared/reference/routellm`` beside the repository (main) or beside its parent
-    (a worktree under wt/)."""
-    here = Path(__file__).resolve()
-    for parent in here.parents[1:4]:
-        candidate = parent / "shared" / "reference" / "routellm"
-        if candidate.is_dir():
-            return candidate
-    return here.parents[2] / "shared" / "reference" / "routellm"
+    """RouteLLM's per-prompt data, shipped in the repository with its licence."""
+    return Path(__file__).resolve().parent / "data" / "routellm"
 
 
 @dataclass(frozen=True, slots=True)
