@@ -13,7 +13,15 @@ from collections.abc import Sequence
 import uvloop
 from prometheus_client import disable_created_metrics
 
-from .app import NOTIFIER, RUNTIME, enabled_providers, how_to_enable, make_app, start_server
+from .app import (
+    NOTIFIER,
+    RUNTIME,
+    SIM_URL,
+    enabled_providers,
+    how_to_enable,
+    make_app,
+    start_server,
+)
 from .auth import hash_key, is_loopback
 from .config import Config, ConfigError, load_config
 from .drain import IN_FLIGHT, drain
@@ -36,6 +44,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default 8080; 0 picks a free one)")
     serve.add_argument("--demo", action="store_true", help="route to built-in simulated providers")
+    serve.add_argument(
+        "--sim-port",
+        type=int,
+        default=0,
+        help="with --demo: the simulator's port, whose /_sim/fault makes a provider fail "
+        "(default: a free port, printed at start)",
+    )
     serve.add_argument(
         "--insecure-no-auth",
         action="store_true",
@@ -74,9 +89,11 @@ def _load(path: str | None) -> Config:
         raise SystemExit(2) from None
 
 
-async def serve(config: Config, *, demo: bool, config_path: str | None = None) -> None:
+async def serve(
+    config: Config, *, demo: bool, config_path: str | None = None, sim_port: int = 0
+) -> None:
     """Run until SIGTERM/SIGINT, then drain; SIGHUP reloads ``config_path``."""
-    app = make_app(config, demo=demo, config_path=config_path)
+    app = make_app(config, demo=demo, config_path=config_path, sim_port=sim_port)
     runner, port = await start_server(app, config.server.host, config.server.port)
     notifier = app[NOTIFIER]
     router = app[ROUTER].current
@@ -86,6 +103,11 @@ async def serve(config: Config, *, demo: bool, config_path: str | None = None) -
         f"({len(router.catalog.models)} models enabled, {mode})",
         flush=True,
     )
+    if demo:
+        print(
+            f"simulated providers on {app[SIM_URL]} (fault control: POST /_sim/fault)",
+            flush=True,
+        )
     notifier.ready(f"serving {len(router.catalog.models)} models on port {port}")
     stop = asyncio.Event()
     reloads: set[asyncio.Task[None]] = set()
@@ -189,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"model-router: {how_to_enable(config)}", file=sys.stderr)
         return 2
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(config, demo=args.demo, config_path=args.config))
+        runner.run(serve(config, demo=args.demo, config_path=args.config, sim_port=args.sim_port))
     return 0
 
 

@@ -358,6 +358,7 @@ def make_app(
     demo: bool = False,
     environ: Mapping[str, str] | None = None,
     config_path: str | None = None,
+    sim_port: int = 0,
 ) -> web.Application:
     """The app for ``config``. A reload (``app[RUNTIME].reload()``, on SIGHUP) re-reads
     ``config_path`` (the built-in defaults when None) and keeps the listen address."""
@@ -381,7 +382,7 @@ def make_app(
         sim: tuple[SimState, str] | None = None
         if demo:
             state = SimState(scale=float(env.get("MODEL_ROUTER_DEMO_SCALE", "1.0")))
-            sim_runner, sim_url = await start_sim(state)
+            sim_runner, sim_url = await start_sim(state, port=sim_port)
             app[SIM], app[SIM_URL] = state, sim_url
             sim = state, sim_url
         sessions = {"openai": make_session(config), "anthropic": make_session(config)}
