@@ -15,12 +15,12 @@ from aiohttp import web
 from proxy.config import Config
 from proxy.decide.intent import Intent
 from proxy.decide.routing import Plan
-from proxy.serve.dispatch import Outcome
+from proxy.serve.record import RequestRecord, row
 from proxy.serve.state import ROUTER, Router
 
 from .cache import CachedAnswer, ResponseCache, cache_key, replay_sse, wants_cache
 from .daily_budget import Budget
-from .usage_log import MAX_TEXT, UsageLog, db_path
+from .usage_log import UsageLog, db_path
 
 log = logging.getLogger("model_router.accounting")
 
@@ -43,7 +43,6 @@ class Accounting:
             self.usage = UsageLog(db_path(config.usage, environ), config.usage, monotonic)
         self.cache = ResponseCache(config.cache, monotonic) if config.cache.enabled else None
         self._clock = clock
-        self._tiers: dict[str, str] = {}
 
     async def start(self) -> None:
         if self.usage is not None:
@@ -58,47 +57,19 @@ class Accounting:
 
     def attach(self, router: Router) -> None:
         """Subscribe to a router's outcomes (again after a reload builds a new router)."""
-        self._tiers = {m.id: m.tier for m in router.catalog.models}
         # Per-key daily caps come from [[keys]] daily_usd; a reload may change them.
         self.budget.key_limits = {k.id: k.daily_usd for k in router.config.keys if k.daily_usd}
         router.sinks.append(self.sink)
 
-    def sink(self, outcome: Outcome, seconds: float) -> None:
+    def sink(self, outcome: RequestRecord, seconds: float) -> None:
         """Runs once per request after its answer: counts spend, queues the log row."""
         self.budget.add(outcome.cost, outcome.key_id)
         if self.usage is None:
             return
-        model = outcome.model
-        self.usage.append(
-            (
-                self._clock(),
-                outcome.request_id,
-                outcome.key_id,
-                outcome.endpoint,
-                int(outcome.stream),
-                outcome.intent[:MAX_TEXT],
-                outcome.prefer,
-                outcome.tier,
-                model,
-                outcome.provider,
-                self._tiers.get(model) if model else None,
-                outcome.attempts,
-                outcome.status,
-                outcome.error,
-                outcome.ttft_ms,
-                seconds * 1000.0,
-                outcome.prompt_tokens,
-                outcome.completion_tokens,
-                outcome.cost,
-                int(outcome.cache_hit),
-                outcome.arm,
-                outcome.escalated_from,
-                outcome.complexity,
-            )
-        )
+        self.usage.append(row(outcome, self._clock()))
 
     def admit(
-        self, intent: Intent, plan: Plan, body: Mapping[str, Any], outcome: Outcome
+        self, intent: Intent, plan: Plan, body: Mapping[str, Any], outcome: RequestRecord
     ) -> Admission | None:
         """Before dispatch: a cached answer (served even past a budget: it costs nothing),
         else the budget check (raises the 429). None when the cache is not involved."""
@@ -144,12 +115,19 @@ class Admission:
         self.hit: CachedAnswer | None = cache.get(self.key)
 
     async def replay(
-        self, request: web.Request, intent: Intent, plan: Plan, outcome: Outcome, stall_s: float
+        self,
+        request: web.Request,
+        intent: Intent,
+        plan: Plan,
+        outcome: RequestRecord,
+        stall_s: float,
     ) -> web.StreamResponse:
         """Answer from the cache; nothing goes upstream."""
         entry = self.hit
         assert entry is not None
-        outcome.model, outcome.provider, outcome.status = entry.model, entry.provider, 200
+        tier = next((c.model.tier for c in plan.candidates if c.model.id == entry.model), None)
+        outcome.answered_by(entry.model, entry.provider, tier)
+        outcome.status = 200
         outcome.prompt_tokens, outcome.completion_tokens = (
             entry.prompt_tokens,
             entry.completion_tokens,
@@ -182,7 +160,7 @@ class Admission:
                 request.transport.abort()
         return resp
 
-    def remember(self, response: web.StreamResponse, outcome: Outcome) -> None:
+    def remember(self, response: web.StreamResponse, outcome: RequestRecord) -> None:
         """After a non-streaming answer: keep it under the model that actually answered."""
         if not isinstance(response, web.Response) or not isinstance(response.body, bytes):
             return

@@ -20,7 +20,7 @@ from proxy.catalog import Catalog, Model
 from proxy.config import KeyConfig
 from proxy.decide.intent import Intent
 from proxy.errors import RouterError
-from proxy.serve.dispatch import Outcome
+from proxy.serve.record import RequestRecord
 from proxy.serve.state import ROUTER
 
 log = logging.getLogger("model_router.auth")
@@ -116,7 +116,7 @@ class Ticket:
     stream: bool
     settled: bool = False
 
-    def settle(self, outcome: Outcome) -> None:
+    def settle(self, outcome: RequestRecord) -> None:
         if self.settled:
             return
         self.settled = True

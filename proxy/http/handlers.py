@@ -6,6 +6,7 @@ import logging
 import re
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -19,8 +20,8 @@ from proxy.decide.resolve import resolve
 from proxy.decide.routing import plan
 from proxy.errors import RouterError
 from proxy.providers.base import Endpoint
-from proxy.serve.dispatch import Outcome
 from proxy.serve.escalation import complete_escalating
+from proxy.serve.record import MAX_TEXT, Asked, RequestRecord, logged
 from proxy.serve.state import ROUTER, Router
 
 from . import hostile_input
@@ -74,7 +75,7 @@ async def _route(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
     started = time.perf_counter()
     rid = request_id(request)
     caller = principal(request)
-    outcome = Outcome(request_id=rid, endpoint=endpoint, stream=False, key_id=caller.key_id)
+    outcome = RequestRecord(Asked(rid, endpoint, caller.key_id))
     ticket: Ticket | None = None
     budget = router.dispatcher.budget
     budget.active += 1
@@ -82,10 +83,10 @@ async def _route(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
         body = await hostile_input.read_json(request, router.config.limits)
         policy = router.config.policy
         intent = parse_intent(body, endpoint, policy.tasks)
-        outcome.stream = intent.stream
-        outcome.intent = describe(
+        asked = describe(
             intent.pinned, intent.prefer, "auto" if intent.tier_auto else intent.tier, intent.task
-        )
+        )[:MAX_TEXT]
+        outcome.asked = replace(outcome.asked, stream=intent.stream, intent=asked)
         # The key's own limits and allowances see what the client asked for, before the
         # classifier or an experiment picks a tier.
         ticket = caller.admit(intent, router.catalog)
@@ -94,8 +95,14 @@ async def _route(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
         if who is None and policy.experiments:
             who = key_id(request.headers.get("Authorization"))
         chosen = resolve(intent, body, policy, rid, who)
-        intent, outcome.complexity, outcome.arm = chosen.intent, chosen.complexity, chosen.arm
-        outcome.prefer, outcome.tier = intent.prefer, intent.tier
+        intent = chosen.intent
+        outcome.asked = replace(
+            outcome.asked,
+            prefer=intent.prefer,
+            tier=intent.tier,
+            complexity=chosen.complexity,
+            arm=chosen.arm,
+        )
         decision = chosen.annotate(
             plan(
                 intent,
@@ -138,6 +145,7 @@ async def _route(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
         if ticket is not None:
             ticket.settle(outcome)
         seconds = time.perf_counter() - started
+        outcome.total_ms = seconds * 1000.0
         if not outcome.status:
             outcome.status = 499  # the client left before any answer was decided
         for sink in router.sinks:
@@ -152,31 +160,11 @@ def describe(
     return f"auto prefer={prefer} tier={tier or 'any'}" + (f" task={task}" if task else "")
 
 
-def access_log_sink(outcome: Outcome, seconds: float) -> None:
+def access_log_sink(outcome: RequestRecord, seconds: float) -> None:
     """One JSON line per request; never prompts, completions or keys."""
     if not access_log.isEnabledFor(logging.INFO):
         return
-    record = {
-        "request_id": outcome.request_id,
-        "key_id": outcome.key_id,
-        "endpoint": outcome.endpoint,
-        "stream": outcome.stream,
-        "intent": outcome.intent,
-        "model": outcome.model,
-        "provider": outcome.provider,
-        "attempts": outcome.attempts,
-        "status": outcome.status,
-        "error": outcome.error,
-        "ttft_ms": round(outcome.ttft_ms, 1) if outcome.ttft_ms is not None else None,
-        "total_ms": round(seconds * 1000, 1),
-        "prompt_tokens": outcome.prompt_tokens,
-        "completion_tokens": outcome.completion_tokens,
-        "cost": outcome.cost,
-        "complexity": outcome.complexity,
-        "arm": outcome.arm,
-        "escalated_from": outcome.escalated_from,
-        "cache_hit": outcome.cache_hit,
-    }
+    record = logged(outcome)
     access_log.info(orjson.dumps(record).decode())
 
 

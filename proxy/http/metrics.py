@@ -14,8 +14,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from proxy.serve.dispatch import Outcome
 from proxy.serve.drain import IN_FLIGHT
+from proxy.serve.record import RequestRecord
 from proxy.serve.state import ROUTER
 
 # TTFT spans ~100 ms (small models) to tens of seconds (reasoning models).
@@ -109,7 +109,7 @@ class Metrics:
         reg.register(StateCollector(app))
         self._series: dict[tuple[str | None, str | None, int, str], _Series] = {}
 
-    def sink(self, outcome: Outcome, seconds: float) -> None:
+    def sink(self, outcome: RequestRecord, seconds: float) -> None:
         """Called once per request after its answer (see ``Router.sinks``); ~3 us
         (benchmarks/metrics_sink.py)."""
         key = (outcome.model, outcome.provider, outcome.status, outcome.endpoint)

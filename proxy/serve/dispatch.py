@@ -12,7 +12,6 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import AsyncGenerator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -33,6 +32,7 @@ from proxy.providers.base import (
 from .deadline import Deadline
 from .drain import IN_FLIGHT, InFlight, OpenStream, shutdown_error
 from .health import Health
+from .record import RequestRecord
 from .relay import SSERelay
 
 log = logging.getLogger("model_router.dispatch")
@@ -113,41 +113,7 @@ class RetryBudget:
                 fut.set_result(None)
 
 
-@dataclass(slots=True)
-class Outcome:
-    """What happened to one request; filled in as dispatch goes, read by logs and accounting."""
-
-    request_id: str
-    endpoint: str
-    stream: bool
-    intent: str = ""
-    model: str | None = None
-    provider: str | None = None
-    reason: str = ""
-    attempts: int = 0
-    status: int = 0
-    ttft_ms: float | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost: float = 0.0
-    error: str | None = None  # failure kind of the final error, if any
-    escalated_from: str | None = None  # the tier whose answer was retried a tier up
-    arm: str | None = None  # experiment arm, "<name>:control" or "<name>:treatment"
-    complexity: float | None = None  # the classifier's score when tier was auto
-    key_id: str | None = None  # the client's API key id (never the key), once keys exist
-    prefer: str | None = None  # as requested (None for pinned models)
-    tier: str | None = None  # as requested (None: any tier, or pinned)
-    cache_hit: bool = False
-
-    def take_usage(self, usage: Mapping[str, Any] | None) -> None:
-        if not usage:
-            return
-        self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        self.completion_tokens = int(usage.get("completion_tokens") or 0)
-        self.cost = float(usage.get("cost") or 0.0)
-
-
-def router_headers(cand: Candidate, plan: Plan, outcome: Outcome) -> dict[str, str]:
+def router_headers(cand: Candidate, plan: Plan, outcome: RequestRecord) -> dict[str, str]:
     headers = {
         "x-router-model": cand.model.id,
         "x-router-provider": cand.deployment.provider,
@@ -268,7 +234,7 @@ class Dispatcher:
         intent: Intent,
         plan: Plan,
         body: dict[str, Any],
-        outcome: Outcome,
+        outcome: RequestRecord,
     ) -> web.StreamResponse:
         deadline = self.routing.deadline_s(intent.prefer if not intent.pinned else None)
         failures: list[tuple[Candidate, UpstreamError]] = []
@@ -293,7 +259,7 @@ class Dispatcher:
             raise exhausted(failures, outcome)
         upstream, relay, head, ttft_ms = opened
         outcome.ttft_ms = ttft_ms
-        outcome.model, outcome.provider = cand.model.id, cand.deployment.provider
+        outcome.answered_by(cand.model.id, cand.deployment.provider, cand.model.tier)
         return await self._relay(request, upstream, relay, head, cand, plan, outcome)
 
     async def _open_stream(
@@ -348,7 +314,7 @@ class Dispatcher:
         head: bytes,
         cand: Candidate,
         plan: Plan,
-        outcome: Outcome,
+        outcome: RequestRecord,
     ) -> web.StreamResponse:
         headers = {
             "Content-Type": "text/event-stream",
@@ -412,7 +378,7 @@ class Dispatcher:
         return resp
 
     def _client_gone(
-        self, request: web.Request, resp: web.StreamResponse, outcome: Outcome, why: str
+        self, request: web.Request, resp: web.StreamResponse, outcome: RequestRecord, why: str
     ) -> web.StreamResponse:
         """End a stream nobody reads: nothing more can reach the client, so drop the
         connection instead of letting a blocked write pin it (and its buffers)."""
@@ -450,7 +416,7 @@ class Dispatcher:
         resp: web.StreamResponse,
         cand: Candidate,
         exc: UpstreamError,
-        outcome: Outcome,
+        outcome: RequestRecord,
     ) -> None:
         # The first token already counted as a success; the request's verdict is now failure.
         self.health.failure(cand.deployment.key, exc.kind, after_success=True)
@@ -464,7 +430,7 @@ class Dispatcher:
         await self._end_with_error(request, resp, err)
 
     async def complete(
-        self, intent: Intent, plan: Plan, body: dict[str, Any], outcome: Outcome
+        self, intent: Intent, plan: Plan, body: dict[str, Any], outcome: RequestRecord
     ) -> web.Response:
         failures: list[tuple[Candidate, UpstreamError]] = []
         data = None
@@ -492,11 +458,8 @@ class Dispatcher:
             if isinstance(prompt, int) and isinstance(completion, int):
                 usage["cost"] = round(cand.model.cost_usd(prompt, completion), 10)
             outcome.take_usage(usage)
-        outcome.model, outcome.provider, outcome.status = (
-            cand.model.id,
-            cand.deployment.provider,
-            200,
-        )
+        outcome.answered_by(cand.model.id, cand.deployment.provider, cand.model.tier)
+        outcome.status = 200
         return web.Response(
             body=orjson.dumps(data),
             content_type="application/json",
@@ -560,7 +523,9 @@ def unsupported(exc: UnsupportedFeatureError) -> UpstreamError:
     )
 
 
-def exhausted(failures: list[tuple[Candidate, UpstreamError]], outcome: Outcome) -> RouterError:
+def exhausted(
+    failures: list[tuple[Candidate, UpstreamError]], outcome: RequestRecord
+) -> RouterError:
     """Every attempt failed (or none could be made): say so once, and tell the SDK not to retry."""
     headers = {"x-should-retry": "false", "x-router-attempts": str(outcome.attempts)}
     headers["x-request-id"] = outcome.request_id

@@ -18,7 +18,7 @@ from proxy.decide.policy import EscalationSettings
 from proxy.decide.routing import Plan, plan
 from proxy.errors import RouterError
 
-from .dispatch import Outcome
+from .record import RequestRecord
 from .state import Router
 
 log = logging.getLogger("model_router.escalation")
@@ -74,7 +74,7 @@ async def complete_escalating(
     intent: Intent,
     decision: Plan,
     body: dict[str, Any],
-    outcome: Outcome,
+    outcome: RequestRecord,
     notes: str = "",
 ) -> web.Response:
     """Dispatch as usual; on a trigger, once more on the next tier up. If the higher tier
@@ -102,7 +102,7 @@ async def complete_escalating(
     reason = f"{notes} {second_plan.reason}" if notes else second_plan.reason
     second_plan = replace(second_plan, reason=f"{reason} escalated={step} trigger={why}")
     spent = (outcome.prompt_tokens, outcome.completion_tokens, outcome.cost)
-    kept = (outcome.model, outcome.provider, outcome.reason)
+    kept = (outcome.model, outcome.provider, outcome.model_tier, outcome.reason)
     outcome.escalated_from = answered.tier
     outcome.reason = second_plan.reason
     try:
@@ -110,7 +110,7 @@ async def complete_escalating(
     except RouterError as err:
         log.info("escalation %s failed: %s", step, err.code or err.type)
         outcome.escalated_from = None
-        outcome.model, outcome.provider, outcome.reason = kept
+        outcome.model, outcome.provider, outcome.model_tier, outcome.reason = kept
         outcome.status, outcome.error = 200, None
         first.headers["x-router-escalated"] = f"none ({step} failed: {err.code or err.type})"
         return first

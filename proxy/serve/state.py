@@ -18,8 +18,9 @@ from proxy.catalog import Catalog, Model
 from proxy.config import Config
 from proxy.providers.base import Provider
 
-from .dispatch import Dispatcher, Outcome
+from .dispatch import Dispatcher
 from .health import Health
+from .record import RequestRecord
 
 
 def model_entry(m: Model) -> dict[str, Any]:
@@ -62,9 +63,9 @@ class Router:
     demo: bool = False
     probe_loop: ProbeLoop | None = None
     models_listing: list[dict[str, Any]] = field(default_factory=list)
-    # Called once per request with its Outcome and duration in seconds, after the answer
+    # Called once per request with its RequestRecord and duration in seconds, after the answer
     # (or error) has gone out: the access log, metrics and the usage log subscribe here.
-    sinks: list[Callable[[Outcome, float], None]] = field(default_factory=list)
+    sinks: list[Callable[[RequestRecord, float], None]] = field(default_factory=list)
     # Provider name -> digest of its settings and credentials, so a reload can tell which
     # providers it may share with this Router (proxy/app.py provider_fingerprint).
     provider_fingerprints: dict[str, str] = field(default_factory=dict)
