@@ -4,7 +4,6 @@ before dispatch, and their lifecycle in the app's ``cleanup_ctx``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -18,7 +17,7 @@ from proxy.decide.routing import Plan
 from proxy.serve.record import RequestRecord, row
 from proxy.serve.state import ROUTER, Router
 
-from .cache import CachedAnswer, ResponseCache, cache_key, replay_sse, wants_cache
+from .cache import CachedAnswer, ResponseCache, cache_key, wants_cache
 from .daily_budget import Budget
 from .usage_log import UsageLog, db_path
 
@@ -114,70 +113,33 @@ class Admission:
         self.key = cache_key(endpoint, model_id, key_id, body)
         self.hit: CachedAnswer | None = cache.get(self.key)
 
-    async def replay(
-        self,
-        request: web.Request,
-        intent: Intent,
-        plan: Plan,
-        outcome: RequestRecord,
-        stall_s: float,
-    ) -> web.StreamResponse:
-        """Answer from the cache; nothing goes upstream."""
+    def serve_hit(self, record: RequestRecord, plan: Plan) -> CachedAnswer:
+        """Answer from the cache, nothing upstream: record it as a free answer."""
         entry = self.hit
         assert entry is not None
         tier = next((c.model.tier for c in plan.candidates if c.model.id == entry.model), None)
-        outcome.answered_by(entry.model, entry.provider, tier)
-        outcome.status = 200
-        outcome.prompt_tokens, outcome.completion_tokens = (
-            entry.prompt_tokens,
-            entry.completion_tokens,
-        )
-        outcome.cost, outcome.cache_hit = 0.0, True
-        headers = {
-            "x-router-model": entry.model,
-            "x-router-provider": entry.provider,
-            "x-router-reason": f"{plan.reason} cache=hit",
-            "x-router-attempts": "0",
-            "x-router-cache": "hit",
-            "x-request-id": outcome.request_id,
-        }
-        if not intent.stream:
-            return web.Response(body=entry.body, content_type="application/json", headers=headers)
-        headers |= {
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-        }
-        resp = web.StreamResponse(headers=headers)
-        try:
-            async with asyncio.timeout(stall_s):
-                await resp.prepare(request)
-                await resp.write(replay_sse(entry.body, self.endpoint, intent.include_usage))
-                await resp.write_eof()
-        except TimeoutError:
-            outcome.error, outcome.status = "client_stalled", 499
-            if request.transport is not None:
-                request.transport.abort()
-        return resp
+        record.answered_by(entry.model, entry.provider, tier)
+        record.status = 200
+        record.prompt_tokens = entry.prompt_tokens
+        record.completion_tokens = entry.completion_tokens
+        record.cost, record.cache_hit = 0.0, True
+        return entry
 
-    def remember(self, response: web.StreamResponse, outcome: RequestRecord) -> None:
-        """After a non-streaming answer: keep it under the model that actually answered."""
-        if not isinstance(response, web.Response) or not isinstance(response.body, bytes):
-            return
-        if outcome.status != 200 or outcome.model is None or outcome.provider is None:
+    def remember(self, body: bytes, record: RequestRecord) -> None:
+        """After a non-streaming answer: keep its bytes under the model that answered."""
+        if record.status != 200 or record.model is None or record.provider is None:
             return
         key = self.key
-        if outcome.model != self.model_id:  # a fallback answered
-            key = cache_key(self.endpoint, outcome.model, self.key_id, self.body)
+        if record.model != self.model_id:  # a fallback answered
+            key = cache_key(self.endpoint, record.model, self.key_id, self.body)
         self.cache.put(
             key,
-            response.body,
-            outcome.model,
-            outcome.provider,
-            outcome.prompt_tokens,
-            outcome.completion_tokens,
+            body,
+            record.model,
+            record.provider,
+            record.prompt_tokens,
+            record.completion_tokens,
         )
-        response.headers["x-router-cache"] = "miss"
 
 
 ACCOUNTING = web.AppKey("accounting", Accounting)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -12,6 +13,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from proxy.accounting.cache import replay_sse
 from proxy.accounting.ledger import ACCOUNTING
 from proxy.catalog import PREFERS, TIERS
 from proxy.decide.experiments import key_id
@@ -24,8 +26,9 @@ from proxy.serve.escalation import complete_escalating
 from proxy.serve.record import MAX_TEXT, Asked, RequestRecord, logged
 from proxy.serve.state import ROUTER, Router
 
-from . import hostile_input
+from . import hostile_input, respond
 from .auth import Ticket, principal
+from .respond import error_response, json_response
 
 access_log = logging.getLogger("model_router.access")
 log = logging.getLogger("model_router")
@@ -51,23 +54,6 @@ async def request_id_middleware(request: web.Request, handler: Any) -> web.Strea
     if not response.prepared:
         response.headers.setdefault("x-request-id", request_id(request))
     return response
-
-
-def json_response(
-    data: Any, status: int = 200, headers: dict[str, str] | None = None
-) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
-    )
-
-
-def error_response(err: RouterError, request_id: str | None = None) -> web.Response:
-    headers = dict(err.headers)
-    if request_id:
-        headers.setdefault("x-request-id", request_id)
-    return web.Response(
-        body=err.body(), status=err.status, content_type="application/json", headers=headers
-    )
 
 
 async def _route(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
@@ -116,19 +102,28 @@ async def _route(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
         accounting = request.app.get(ACCOUNTING)
         admission = accounting.admit(intent, decision, body, outcome) if accounting else None
         if admission is not None and admission.hit is not None:
+            entry = admission.serve_hit(outcome, decision)
+            if not intent.stream:
+                return respond.cached_answer(entry.body, outcome)
+            events = replay_sse(entry.body, endpoint, intent.include_usage)
             stall_s = router.config.server.write_stall_s
-            return await admission.replay(request, intent, decision, outcome, stall_s)
+            return await respond.send_cached_stream(request, outcome, events, stall_s)
         upstream_body = forwarded_body(body)
+        dispatcher = router.dispatcher
         if intent.stream:
-            return await router.dispatcher.stream(request, intent, decision, upstream_body, outcome)
+            committed = await dispatcher.stream(intent, decision, upstream_body, outcome)
+            writer = respond.StreamWriter(request, dispatcher, outcome)
+            return await writer.send(committed)
         if intent.escalate:
-            response = await complete_escalating(
+            answer = await complete_escalating(
                 router, intent, decision, upstream_body, outcome, chosen.notes
             )
         else:
-            response = await router.dispatcher.complete(intent, decision, upstream_body, outcome)
-        if admission is not None:
-            admission.remember(response, outcome)
+            answer = await dispatcher.complete(intent, decision, upstream_body, outcome)
+        response = respond.answer_response(answer, outcome)
+        if admission is not None and isinstance(response.body, bytes):
+            admission.remember(response.body, outcome)
+            response.headers["x-router-cache"] = "miss"
         # Sent here, before the sinks below run: logging and accounting are not the client's wait.
         await response.prepare(request)
         await response.write_eof()
@@ -140,6 +135,10 @@ async def _route(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
     except web.HTTPException as exc:  # 413 from the body read; error_middleware answers it
         outcome.status, outcome.error = exc.status, exc.reason.lower().replace(" ", "_")
         raise
+    except asyncio.CancelledError:
+        # The client went away and aiohttp cancelled us (handler_cancellation).
+        respond.client_left(outcome)
+        raise
     finally:
         budget.active -= 1
         if ticket is not None:
@@ -147,7 +146,7 @@ async def _route(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
         seconds = time.perf_counter() - started
         outcome.total_ms = seconds * 1000.0
         if not outcome.status:
-            outcome.status = 499  # the client left before any answer was decided
+            respond.client_left(outcome, outcome.error)  # before any answer was decided
         for sink in router.sinks:
             sink(outcome, seconds)
 

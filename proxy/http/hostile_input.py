@@ -17,6 +17,8 @@ from proxy.config import LimitsSettings
 from proxy.errors import RouterError, bad_request
 from proxy.serve.state import ROUTER
 
+from .respond import error_response
+
 # Fields some gateways honour to pick an upstream or its credentials per request (LiteLLM's
 # api_base sent its owner's key to an attacker's host, CVE-2024-6587). Upstreams and keys
 # come only from config. Refused rather than dropped: a silent drop lets the client believe
@@ -148,9 +150,7 @@ async def _over_capacity(request: BaseRequest) -> web.StreamResponse:
         code="too_many_connections",
         headers={"Retry-After": "1"},
     )
-    resp = web.Response(
-        body=err.body(), status=503, content_type="application/json", headers=err.headers
-    )
+    resp = error_response(err)
     resp.force_close()
     return resp
 
