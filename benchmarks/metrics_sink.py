@@ -14,7 +14,8 @@ import time
 from aiohttp import web
 from prometheus_client import disable_created_metrics, generate_latest
 
-from proxy.app import build_router, make_session
+from proxy.assembly.providers import make_session
+from proxy.assembly.router import build_router
 from proxy.config import parse_config
 from proxy.http.metrics import Metrics
 from proxy.serve.record import Asked, RequestRecord

@@ -17,17 +17,10 @@ from proxy.http.auth import hash_key, is_loopback
 from proxy.http.metrics import METRICS
 from proxy.serve.drain import IN_FLIGHT, drain
 from proxy.serve.state import ROUTER
+from proxy.service.discovery import enabled_providers, how_to_enable
 from proxy.service.reload import ReloadError
 
-from .app import (
-    NOTIFIER,
-    RUNTIME,
-    SIM_URL,
-    enabled_providers,
-    how_to_enable,
-    make_app,
-    start_server,
-)
+from .app import NOTIFIER, RUNTIME, make_app, start_server
 from .config import Config, ConfigError, load_config
 
 log = logging.getLogger("model_router")
@@ -105,6 +98,8 @@ async def serve(
         flush=True,
     )
     if demo:
+        from proxy.assembly.demo import SIM_URL
+
         print(
             f"simulated providers on {app[SIM_URL]} (fault control: POST /_sim/fault)",
             flush=True,

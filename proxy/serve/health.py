@@ -70,6 +70,7 @@ class Health:
         return cls(catalog, table, BreakerBoard(policy or BreakerPolicy()))
 
     def set_catalog(self, catalog: Catalog) -> None:
+        """Plan over ``catalog`` from now on (a reload calls it as it swaps the Router)."""
         self._catalog = catalog
         for d in catalog.deployments():
             self.table.set_prior(d.key, d.nominal_ttft_ms)
