@@ -57,9 +57,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-# Mirrors proxy.providers.base.CLIENT_FAULTS: probes/ may not import from proxy/.
-CLIENT_FAULTS: frozenset[str] = frozenset({"client"})
-RATE_LIMITED = "rate_limited"
+from .kinds import CLIENT_FAULTS, RATE_LIMITED
 
 # 2**60 times any sane base_open_s is past every cap; the bound only stops float overflow.
 _MAX_EXPONENT = 60

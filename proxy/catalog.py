@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 from importlib import resources
@@ -91,18 +91,55 @@ class Model:
         return (prompt_tokens * self.input_price + completion_tokens * self.output_price) / 1e6
 
 
+@dataclass(frozen=True, slots=True)
+class Preference:
+    """What one ``prefer`` means, in one place: how it ranks models before any measurement,
+    the figure the reason header shows for the chosen model, and the default deadline for a
+    first token ([routing] ttft_deadline_ms overrides it)."""
+
+    # Tie-breaks are deterministic: then cheaper, then higher quality, then id order (the
+    # id comparison is done by the caller's stable sort over id-sorted input).
+    sort_key: Callable[[Model], tuple[float, ...]]
+    # The reason's figure for the chosen model; "fast" reads the live estimate instead.
+    figure: Callable[[Model], str]
+    ttft_deadline_ms: float
+
+
+PREFERENCES: Mapping[Prefer, Preference] = {
+    "cheap": Preference(
+        lambda m: (m.blended_price, -m.quality.value),
+        lambda m: f"blended_usd_per_m={m.blended_price:.3g}",
+        20_000.0,
+    ),
+    "fast": Preference(
+        lambda m: (m.nominal_ttft_ms, m.blended_price),
+        lambda m: f"nominal_ttft_ms={m.nominal_ttft_ms:.0f}",
+        2_000.0,
+    ),
+    "balanced": Preference(
+        lambda m: (-m.balanced_score, m.blended_price),
+        lambda m: f"balanced_score={m.balanced_score:.1f}",
+        20_000.0,
+    ),
+    "quality": Preference(
+        lambda m: (-m.quality.value, m.blended_price),
+        lambda m: f"quality={m.quality.value:g}",
+        30_000.0,
+    ),
+    "coding": Preference(
+        lambda m: (-m.coding.value, m.blended_price),
+        lambda m: f"coding={m.coding.value:g}",
+        30_000.0,
+    ),
+}
+# What a request that names no preference gets.
+DEFAULT_PREFER: Prefer = "balanced"
+# The first-token deadline for a pinned model.
+PINNED_TTFT_DEADLINE_MS = 30_000.0
+
+
 def _sort_key(prefer: Prefer, m: Model) -> tuple[float, ...]:
-    # Tie-breaks are deterministic: then cheaper, then higher quality, then id order
-    # (the id comparison is done by the caller's stable sort over id-sorted input).
-    if prefer == "cheap":
-        return (m.blended_price, -m.quality.value)
-    if prefer == "quality":
-        return (-m.quality.value, m.blended_price)
-    if prefer == "coding":
-        return (-m.coding.value, m.blended_price)
-    if prefer == "balanced":
-        return (-m.balanced_score, m.blended_price)
-    return (m.nominal_ttft_ms, m.blended_price)  # fast, before any measurement
+    return PREFERENCES[prefer].sort_key(m)
 
 
 @dataclass(frozen=True, slots=True)

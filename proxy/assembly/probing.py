@@ -7,10 +7,11 @@ import asyncio
 import logging
 from typing import Any
 
+from probes.kinds import Endpoint
 from probes.loop import ProbeFailed, ProbeLoop, ProbeSettings, paced_interval_s
 from proxy.catalog import Catalog, Deployment, Model
 from proxy.config import Config, ProviderConfig
-from proxy.providers.base import Endpoint, UpstreamError, UpstreamRequest, UpstreamStream
+from proxy.providers.base import UpstreamError, UpstreamRequest, UpstreamStream
 from proxy.serve.dispatch import first_content
 from proxy.serve.relay import SSERelay
 from proxy.serve.state import Router

@@ -9,9 +9,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.catalog import PREFERS, TIERS, Prefer, Tier
+from probes.kinds import Endpoint
+from proxy.catalog import DEFAULT_PREFER, PREFERS, TIERS, Prefer, Tier
 from proxy.errors import RouterError, bad_request
-from proxy.providers.base import Endpoint
 
 from .policy import DEFAULT_TASKS, TaskRoute
 
@@ -246,12 +246,12 @@ def parse_intent(
         prefer = prefer or route.prefer
         tier = tier or route.tier
     if auto and not pinned and prefer is None and tier is None and score is None:
-        tier, prefer = "standard", "balanced"  # a bare 'auto'
+        tier, prefer = "standard", DEFAULT_PREFER  # a bare 'auto'
     return Intent(
         endpoint=endpoint,
         auto=auto,
         pinned=pinned,
-        prefer=None if pinned else (prefer or "balanced"),
+        prefer=None if pinned else (prefer or DEFAULT_PREFER),
         tier=None if pinned or tier_auto else tier,  # type: ignore[arg-type]
         min_coding_score=None if pinned or score is None else float(score),
         needs=frozenset(needs),

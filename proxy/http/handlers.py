@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from probes.kinds import Endpoint
 from proxy.accounting.cache import replay_sse
 from proxy.accounting.ledger import ACCOUNTING
 from proxy.catalog import PREFERS, TIERS
@@ -21,7 +22,6 @@ from proxy.decide.intent import forwarded_body, parse_intent
 from proxy.decide.resolve import resolve
 from proxy.decide.routing import plan
 from proxy.errors import RouterError
-from proxy.providers.base import Endpoint
 from proxy.serve.escalation import complete_escalating
 from proxy.serve.record import MAX_TEXT, Asked, RequestRecord, logged
 from proxy.serve.state import ROUTER, Router

@@ -13,7 +13,9 @@ from typing import Any
 
 import orjson
 
-from .base import FailureKind, UnsupportedFeatureError, UpstreamError
+from probes.kinds import FailureKind
+
+from .base import UnsupportedFeatureError, UpstreamError
 from .translate import (
     ChunkMaker,
     Image,

@@ -20,15 +20,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-FailureKind = Literal[
-    "connect", "timeout", "rate_limited", "overloaded", "server", "auth", "client", "protocol"
-]
-Endpoint = Literal["chat", "completions"]
-
-# Failures that say nothing about the deployment's health.
-CLIENT_FAULTS: frozenset[str] = frozenset({"client"})
+from probes.kinds import Endpoint, FailureKind
 
 
 class UpstreamError(Exception):

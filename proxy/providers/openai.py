@@ -13,7 +13,9 @@ from typing import Any
 import aiohttp
 import orjson
 
-from .base import FailureKind, UpstreamError, UpstreamRequest
+from probes.kinds import FailureKind
+
+from .base import UpstreamError, UpstreamRequest
 
 USER_AGENT = "model-router/0.1"
 # Error bodies are read only this far: enough for a message, bounded against a hostile upstream.

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from proxy.catalog import TIERS, Tier
+from proxy.catalog import DEFAULT_PREFER, TIERS, Tier
 from proxy.decide.intent import Intent
 from proxy.decide.policy import EscalationSettings
 from proxy.decide.routing import Plan, plan
@@ -87,7 +87,7 @@ async def complete_escalating(
     if up is None:
         first.note = f"none ({answered.tier} is the top tier)"
         return settled(first, record)
-    higher = replace(intent, pinned=(), tier=up, prefer=intent.prefer or "balanced")
+    higher = replace(intent, pinned=(), tier=up, prefer=intent.prefer or DEFAULT_PREFER)
     step = f"{answered.tier}->{up}"
     try:
         second_plan = plan(
