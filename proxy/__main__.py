@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import uvloop
 from prometheus_client import disable_created_metrics
 
+from proxy.http.access_log import ACCESS_LOGGER, BatchedLineHandler
 from proxy.http.auth import hash_key, is_loopback
 from proxy.http.metrics import METRICS
 from proxy.serve.drain import IN_FLIGHT, drain
@@ -151,11 +152,11 @@ def _logging() -> None:
         level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
     )
     # The access log is bare JSON, one object per line, so `journalctl -o cat | jq` works.
-    access = logging.getLogger("model_router.access")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    access.addHandler(handler)
+    access = logging.getLogger(ACCESS_LOGGER)
+    access.addHandler(BatchedLineHandler(sys.stderr))
     access.propagate = False
+    # No format here reads them; each costs a lookup per log record.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 import aiohttp
 
 from proxy.config import Config
-from proxy.http import handlers
+from proxy.http.access_log import access_log_sink
 from proxy.providers.base import Provider
 from proxy.serve.dispatch import Dispatcher
 from proxy.serve.health import Health
@@ -63,5 +63,5 @@ def build_router(
     router = Router(config, catalog, providers, health, dispatcher, demo=demo)
     router.provider_fingerprints = fingerprints
     router.probe_loop = make_probe_sender(router)
-    router.sinks.append(handlers.access_log_sink)
+    router.sinks.append(access_log_sink)
     return router

@@ -7,10 +7,8 @@ import logging
 import re
 import time
 import uuid
-from dataclasses import replace
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from probes.kinds import Endpoint
@@ -23,14 +21,13 @@ from proxy.decide.resolve import resolve
 from proxy.decide.routing import plan
 from proxy.errors import RouterError
 from proxy.serve.escalation import complete_escalating
-from proxy.serve.record import MAX_TEXT, Asked, RequestRecord, logged
+from proxy.serve.record import MAX_TEXT, Asked, RequestRecord
 from proxy.serve.state import ROUTER, Router
 
 from . import hostile_input, respond
 from .auth import Ticket, principal
 from .respond import error_response, json_response
 
-access_log = logging.getLogger("model_router.access")
 log = logging.getLogger("model_router")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -72,7 +69,7 @@ async def _route(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
         asked = describe(
             intent.pinned, intent.prefer, "auto" if intent.tier_auto else intent.tier, intent.task
         )[:MAX_TEXT]
-        outcome.asked = replace(outcome.asked, stream=intent.stream, intent=asked)
+        outcome.asked = Asked(rid, endpoint, caller.key_id, intent.stream, asked)
         # The key's own limits and allowances see what the client asked for, before the
         # classifier or an experiment picks a tier.
         ticket = caller.admit(intent, router.catalog)
@@ -82,12 +79,16 @@ async def _route(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
             who = key_id(request.headers.get("Authorization"))
         chosen = resolve(intent, body, policy, rid, who)
         intent = chosen.intent
-        outcome.asked = replace(
-            outcome.asked,
-            prefer=intent.prefer,
-            tier=intent.tier,
-            complexity=chosen.complexity,
-            arm=chosen.arm,
+        outcome.asked = Asked(
+            rid,
+            endpoint,
+            caller.key_id,
+            intent.stream,
+            asked,
+            intent.prefer,
+            intent.tier,
+            chosen.complexity,
+            chosen.arm,
         )
         decision = chosen.annotate(
             plan(
@@ -157,14 +158,6 @@ def describe(
     if pinned:
         return "pinned:" + ",".join(pinned)
     return f"auto prefer={prefer} tier={tier or 'any'}" + (f" task={task}" if task else "")
-
-
-def access_log_sink(outcome: RequestRecord, seconds: float) -> None:
-    """One JSON line per request; never prompts, completions or keys."""
-    if not access_log.isEnabledFor(logging.INFO):
-        return
-    record = logged(outcome)
-    access_log.info(orjson.dumps(record).decode())
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:

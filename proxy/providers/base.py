@@ -71,7 +71,8 @@ class UpstreamRequest:
 
     ``body`` is the client's OpenAI-shaped body with routing extensions removed and
     ``model`` already set to ``upstream_id``; for streams ``stream_options.include_usage``
-    is already true. Adapters must not mutate it.
+    is already true. Adapters must not mutate it, nor keep it past the call: dispatch
+    reuses it for the next attempt.
     """
 
     endpoint: Endpoint

@@ -213,15 +213,11 @@ class Dispatcher:
         raise exhausted(failures, record)
 
     def _request(self, cand: Candidate, intent: Intent, body: dict[str, Any]) -> UpstreamRequest:
-        upstream_body = {**body, "model": cand.deployment.upstream_id}
-        if intent.stream:
-            upstream_body["stream_options"] = {
-                **(body.get("stream_options") or {}),
-                "include_usage": True,
-            }
-        return UpstreamRequest(
-            intent.endpoint, cand.deployment.upstream_id, upstream_body, intent.stream
-        )
+        """``body`` is the request's own forwarded copy: each attempt sets its ``model`` in
+        place (attempts are sequential, and an adapter is done with the body when its call
+        returns), so no attempt copies it."""
+        body["model"] = cand.deployment.upstream_id
+        return UpstreamRequest(intent.endpoint, cand.deployment.upstream_id, body, intent.stream)
 
     def _failed(
         self, cand: Candidate, exc: UpstreamError, waited_ms: float, failures: Failures
@@ -267,6 +263,8 @@ class Dispatcher:
     ) -> Committed:
         """Open the plan's first deployment that reaches a first content token in time."""
         deadline = self.routing.deadline_s(intent.prefer if not intent.pinned else None)
+        # Upstream is always asked for usage; the relay passes it on only if the client asked.
+        body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
 
         async def attempt(cand: Candidate, trial: bool, failures: Failures) -> Committed | None:
             return await self._open_stream(cand, intent, body, deadline, trial, failures)
