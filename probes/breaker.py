@@ -1,3 +1,4 @@
+# Over 400 lines: its docstring (48 lines) is the state machine's specification, kept beside it.
 """Circuit breakers, one per deployment: CLOSED -> OPEN -> HALF_OPEN -> CLOSED.
 
 The clock and the jitter source are injected, so every transition is testable without sleeping.

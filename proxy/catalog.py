@@ -240,27 +240,9 @@ def _score(table: Mapping[str, Any], key: str, path: str) -> Score:
     )
 
 
-def parse_model(raw: Mapping[str, Any], path: str) -> Model:
-    """One ``[[models]]`` table -> Model; raises CatalogError naming the key path."""
-    _check_keys(raw, _MODEL_KEYS, path)
-    model_id = _require(raw, "id", str, path)
-    tier: Tier = _require(raw, "tier", str, path)
-    if tier not in TIERS:
-        raise CatalogError(f"{path}.tier: {tier!r} is not one of {', '.join(TIERS)}")
-    caps = _require(raw, "capabilities", list, path)
-    for cap in caps:
-        if cap not in CAPABILITIES:
-            raise CatalogError(f"{path}.capabilities: unknown capability {cap!r}")
-    nominal = float(_require(raw, "nominal_ttft_ms", (int, float), path))
-    aliases = raw.get("aliases", [])
-    if not isinstance(aliases, list) or not all(isinstance(a, str) and a for a in aliases):
-        raise CatalogError(f"{path}.aliases: expected an array of strings")
-    for key in ("name", "owned_by"):
-        if key in raw and not isinstance(raw[key], str):
-            raise CatalogError(f"{path}.{key}: expected str")
-    for key in ("nominal_ttft_ms", "tokens_per_second", "context_length", "max_output_tokens"):
-        if _require(raw, key, (int, float), path) <= 0:
-            raise CatalogError(f"{path}.{key}: must be positive")
+def _deployments(
+    raw: Mapping[str, Any], model_id: str, nominal: float, path: str
+) -> list[Deployment]:
     deps_raw = _require(raw, "deployments", list, path)
     if not deps_raw:
         raise CatalogError(f"{path}.deployments: at least one deployment is required")
@@ -288,6 +270,31 @@ def parse_model(raw: Mapping[str, Any], path: str) -> Model:
                 nominal_ttft_ms=dep_ttft,
             )
         )
+    return deployments
+
+
+def parse_model(raw: Mapping[str, Any], path: str) -> Model:
+    """One ``[[models]]`` table -> Model; raises CatalogError naming the key path."""
+    _check_keys(raw, _MODEL_KEYS, path)
+    model_id = _require(raw, "id", str, path)
+    tier: Tier = _require(raw, "tier", str, path)
+    if tier not in TIERS:
+        raise CatalogError(f"{path}.tier: {tier!r} is not one of {', '.join(TIERS)}")
+    caps = _require(raw, "capabilities", list, path)
+    for cap in caps:
+        if cap not in CAPABILITIES:
+            raise CatalogError(f"{path}.capabilities: unknown capability {cap!r}")
+    nominal = float(_require(raw, "nominal_ttft_ms", (int, float), path))
+    aliases = raw.get("aliases", [])
+    if not isinstance(aliases, list) or not all(isinstance(a, str) and a for a in aliases):
+        raise CatalogError(f"{path}.aliases: expected an array of strings")
+    for key in ("name", "owned_by"):
+        if key in raw and not isinstance(raw[key], str):
+            raise CatalogError(f"{path}.{key}: expected str")
+    for key in ("nominal_ttft_ms", "tokens_per_second", "context_length", "max_output_tokens"):
+        if _require(raw, key, (int, float), path) <= 0:
+            raise CatalogError(f"{path}.{key}: must be positive")
+    deployments = _deployments(raw, model_id, nominal, path)
     for key in ("input_price", "output_price"):
         if _require(raw, key, (int, float), path) < 0:
             raise CatalogError(f"{path}.{key}: must not be negative")

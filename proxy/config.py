@@ -1,3 +1,4 @@
+# Over 400 lines: one schema, one reader: every section's dataclass and its checks, side by side.
 """User configuration: TOML -> frozen dataclasses. Unknown keys are errors naming their path.
 
 Built-in provider definitions live here; a user config may override their fields, add

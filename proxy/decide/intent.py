@@ -184,62 +184,20 @@ def parse_intent(
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("'model' is required: a model id, an alias or 'auto'", "model")
-    stream = _check_type(body, "stream", bool, "a boolean") or False
-    options = _check_type(body, "stream_options", dict, "an object") or {}
-    include_usage = options.get("include_usage", False)
-    if not isinstance(include_usage, bool):
-        raise bad_request(
-            "'stream_options.include_usage' must be a boolean", "stream_options.include_usage"
-        )
-    max_out = 0
-    for name in ("max_completion_tokens", "max_tokens"):
-        value = _check_type(body, name, int, "a non-negative integer")
-        if value is not None and value < 0:
-            raise bad_request(f"'{name}' must be a non-negative integer", name)
-        if value is not None and not max_out:
-            max_out = value
-
+    stream, include_usage = _streaming(body)
+    max_out = _max_output(body)
     needs: set[str] = {"chat"} if endpoint == "chat" else set()
     prompt_tokens = _messages(body, needs) if endpoint == "chat" else _prompt(body, needs)
     _needs(body, needs)
-
-    auto, tier, prefer = _parse_model(model)
-    if (p := body.get("prefer")) is not None:
-        if p not in PREFERS:
-            raise bad_request(f"'prefer' must be one of {', '.join(PREFERS)}; got {p!r}", "prefer")
-        prefer = p
-    if (t := body.get("tier")) is not None:
-        if t not in TIERS and t != "auto":
-            raise bad_request(
-                f"'tier' must be one of {', '.join(TIERS)} or auto; got {t!r}", "tier"
-            )
-        tier = t
+    auto, tier, prefer = _route_fields(body, model)
     task = _task(body, tasks)
     escalate = _check_type(body, "escalate", bool, "a boolean") or False
-    score = body.get("min_coding_score")
-    if score is not None and (
-        isinstance(score, bool) or not isinstance(score, int | float) or not 0 <= score <= 100
-    ):
-        raise bad_request("'min_coding_score' must be a number from 0 to 100", "min_coding_score")
+    score = _min_coding_score(body)
     models = _check_type(body, "models", list, "an array of model ids") or []
     if not all(isinstance(m, str) and m for m in models):
         raise bad_request("'models' must be an array of model ids", "models")
-
     pinned: tuple[str, ...] = (() if auto else (model,)) + tuple(models)
-    if escalate and stream:
-        raise bad_request(
-            "'escalate' cannot apply to a streaming request: a streamed answer reaches the "
-            "client as it is generated, so it cannot be judged and retried on a higher tier "
-            "before the client has seen it; send stream: false to use escalate",
-            "escalate",
-            "escalate_with_stream",
-        )
-    if escalate and pinned:
-        raise bad_request(
-            "'escalate' applies to auto routes (model 'auto…'), not to named models: "
-            "the router cannot choose a higher tier for a model you pinned",
-            "escalate",
-        )
+    _check_escalate(escalate, stream, pinned)
     tier_auto = tier == "auto"
     if task is not None:
         route = tasks[task]
@@ -263,6 +221,71 @@ def parse_intent(
         task=task,
         escalate=escalate,
     )
+
+
+def _streaming(body: dict[str, Any]) -> tuple[bool, bool]:
+    """(stream, stream_options.include_usage)."""
+    stream = _check_type(body, "stream", bool, "a boolean") or False
+    options = _check_type(body, "stream_options", dict, "an object") or {}
+    include_usage = options.get("include_usage", False)
+    if not isinstance(include_usage, bool):
+        raise bad_request(
+            "'stream_options.include_usage' must be a boolean", "stream_options.include_usage"
+        )
+    return stream, include_usage
+
+
+def _max_output(body: dict[str, Any]) -> int:
+    max_out = 0
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = _check_type(body, name, int, "a non-negative integer")
+        if value is not None and value < 0:
+            raise bad_request(f"'{name}' must be a non-negative integer", name)
+        if value is not None and not max_out:
+            max_out = value
+    return max_out
+
+
+def _route_fields(body: dict[str, Any], model: str) -> tuple[bool, str | None, Prefer | None]:
+    """(auto, tier, prefer) from the model name, overridden by ``tier`` and ``prefer``."""
+    auto, tier, prefer = _parse_model(model)
+    if (p := body.get("prefer")) is not None:
+        if p not in PREFERS:
+            raise bad_request(f"'prefer' must be one of {', '.join(PREFERS)}; got {p!r}", "prefer")
+        prefer = p
+    if (t := body.get("tier")) is not None:
+        if t not in TIERS and t != "auto":
+            raise bad_request(
+                f"'tier' must be one of {', '.join(TIERS)} or auto; got {t!r}", "tier"
+            )
+        tier = t
+    return auto, tier, prefer
+
+
+def _min_coding_score(body: dict[str, Any]) -> Any:
+    score = body.get("min_coding_score")
+    if score is not None and (
+        isinstance(score, bool) or not isinstance(score, int | float) or not 0 <= score <= 100
+    ):
+        raise bad_request("'min_coding_score' must be a number from 0 to 100", "min_coding_score")
+    return score
+
+
+def _check_escalate(escalate: bool, stream: bool, pinned: tuple[str, ...]) -> None:
+    if escalate and stream:
+        raise bad_request(
+            "'escalate' cannot apply to a streaming request: a streamed answer reaches the "
+            "client as it is generated, so it cannot be judged and retried on a higher tier "
+            "before the client has seen it; send stream: false to use escalate",
+            "escalate",
+            "escalate_with_stream",
+        )
+    if escalate and pinned:
+        raise bad_request(
+            "'escalate' applies to auto routes (model 'auto…'), not to named models: "
+            "the router cannot choose a higher tier for a model you pinned",
+            "escalate",
+        )
 
 
 def forwarded_body(body: Mapping[str, Any]) -> dict[str, Any]:

@@ -16,16 +16,16 @@ from proxy.accounting.cache import replay_sse
 from proxy.accounting.ledger import ACCOUNTING
 from proxy.catalog import PREFERS, TIERS
 from proxy.decide.experiments import key_id
-from proxy.decide.intent import forwarded_body, parse_intent
-from proxy.decide.resolve import resolve
-from proxy.decide.routing import plan
+from proxy.decide.intent import Intent, forwarded_body, parse_intent
+from proxy.decide.resolve import Resolution, resolve
+from proxy.decide.routing import Plan, plan
 from proxy.errors import RouterError
 from proxy.serve.escalation import complete_escalating
 from proxy.serve.record import MAX_TEXT, Asked, RequestRecord
 from proxy.serve.state import ROUTER, Router
 
 from . import hostile_input, respond
-from .auth import Ticket, principal
+from .auth import Principal, Ticket, principal
 from .respond import error_response, json_response
 
 log = logging.getLogger("model_router")
@@ -54,102 +54,122 @@ async def request_id_middleware(request: web.Request, handler: Any) -> web.Strea
 
 
 async def _route(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
+    """Parse, decide, answer; then the record goes to the sinks (logs, metrics, accounting)."""
     router: Router = request.app[ROUTER].current
     started = time.perf_counter()
     rid = request_id(request)
     caller = principal(request)
-    outcome = RequestRecord(Asked(rid, endpoint, caller.key_id))
+    record = RequestRecord(Asked(rid, endpoint, caller.key_id))
     ticket: Ticket | None = None
     budget = router.dispatcher.budget
     budget.active += 1
     try:
         body = await hostile_input.read_json(request, router.config.limits)
-        policy = router.config.policy
-        intent = parse_intent(body, endpoint, policy.tasks)
+        intent = parse_intent(body, endpoint, router.config.policy.tasks)
         asked = describe(
             intent.pinned, intent.prefer, "auto" if intent.tier_auto else intent.tier, intent.task
         )[:MAX_TEXT]
-        outcome.asked = Asked(rid, endpoint, caller.key_id, intent.stream, asked)
+        record.asked = Asked(rid, endpoint, caller.key_id, intent.stream, asked)
         # The key's own limits and allowances see what the client asked for, before the
         # classifier or an experiment picks a tier.
         ticket = caller.admit(intent, router.catalog)
-        # Experiments may match on the key; hash the bearer token only when one exists.
-        who = caller.key_id
-        if who is None and policy.experiments:
-            who = key_id(request.headers.get("Authorization"))
-        chosen = resolve(intent, body, policy, rid, who)
-        intent = chosen.intent
-        outcome.asked = Asked(
-            rid,
-            endpoint,
-            caller.key_id,
-            intent.stream,
-            asked,
-            intent.prefer,
-            intent.tier,
-            chosen.complexity,
-            chosen.arm,
-        )
-        decision = chosen.annotate(
-            plan(
-                intent,
-                router.catalog,
-                router.health.snapshot(),
-                router.config.routing.max_attempts,
-                allow=caller.allow,
-            )
-        )
-        outcome.reason = decision.reason
-        accounting = request.app.get(ACCOUNTING)
-        admission = accounting.admit(intent, decision, body, outcome) if accounting else None
-        if admission is not None and admission.hit is not None:
-            entry = admission.serve_hit(outcome, decision)
-            if not intent.stream:
-                return respond.cached_answer(entry.body, outcome)
-            events = replay_sse(entry.body, endpoint, intent.include_usage)
-            stall_s = router.config.server.write_stall_s
-            return await respond.send_cached_stream(request, outcome, events, stall_s)
-        upstream_body = forwarded_body(body)
-        dispatcher = router.dispatcher
-        if intent.stream:
-            committed = await dispatcher.stream(intent, decision, upstream_body, outcome)
-            writer = respond.StreamWriter(request, dispatcher, outcome)
-            return await writer.send(committed)
-        if intent.escalate:
-            answer = await complete_escalating(
-                router, intent, decision, upstream_body, outcome, chosen.notes
-            )
-        else:
-            answer = await dispatcher.complete(intent, decision, upstream_body, outcome)
-        response = respond.answer_response(answer, outcome)
-        if admission is not None and isinstance(response.body, bytes):
-            admission.remember(response.body, outcome)
-            response.headers["x-router-cache"] = "miss"
-        # Sent here, before the sinks below run: logging and accounting are not the client's wait.
-        await response.prepare(request)
-        await response.write_eof()
-        return response
+        chosen, decision = _decide(request, router, caller, intent, body, record)
+        return await _answer(request, router, chosen, decision, body, record)
     except RouterError as err:
-        outcome.status = err.status
-        outcome.error = outcome.error or err.code or err.type
+        record.status = err.status
+        record.error = record.error or err.code or err.type
         return error_response(err, rid)
     except web.HTTPException as exc:  # 413 from the body read; error_middleware answers it
-        outcome.status, outcome.error = exc.status, exc.reason.lower().replace(" ", "_")
+        record.status, record.error = exc.status, exc.reason.lower().replace(" ", "_")
         raise
     except asyncio.CancelledError:
         # The client went away and aiohttp cancelled us (handler_cancellation).
-        respond.client_left(outcome)
+        respond.client_left(record)
         raise
     finally:
         budget.active -= 1
         if ticket is not None:
-            ticket.settle(outcome)
+            ticket.settle(record)
         seconds = time.perf_counter() - started
-        outcome.total_ms = seconds * 1000.0
-        if not outcome.status:
-            respond.client_left(outcome, outcome.error)  # before any answer was decided
+        record.total_ms = seconds * 1000.0
+        if not record.status:
+            respond.client_left(record, record.error)  # before any answer was decided
         for sink in router.sinks:
-            sink(outcome, seconds)
+            sink(record, seconds)
+
+
+def _decide(
+    request: web.Request,
+    router: Router,
+    caller: Principal,
+    intent: Intent,
+    body: dict[str, Any],
+    record: RequestRecord,
+) -> tuple[Resolution, Plan]:
+    """tier=auto and the experiment arm, then the plan; both go into the record."""
+    policy = router.config.policy
+    # Experiments may match on the key; hash the bearer token only when one exists.
+    who = caller.key_id
+    if who is None and policy.experiments:
+        who = key_id(request.headers.get("Authorization"))
+    chosen = resolve(intent, body, policy, record.request_id, who)
+    routed, asked = chosen.intent, record.asked
+    record.asked = Asked(
+        asked.request_id,
+        asked.endpoint,
+        asked.key_id,
+        asked.stream,
+        asked.intent,
+        routed.prefer,
+        routed.tier,
+        chosen.complexity,
+        chosen.arm,
+    )
+    snapshot = router.health.snapshot()
+    attempts = router.config.routing.max_attempts
+    decision = chosen.annotate(plan(routed, router.catalog, snapshot, attempts, allow=caller.allow))
+    record.reason = decision.reason
+    return chosen, decision
+
+
+async def _answer(
+    request: web.Request,
+    router: Router,
+    chosen: Resolution,
+    decision: Plan,
+    body: dict[str, Any],
+    record: RequestRecord,
+) -> web.StreamResponse:
+    """From the cache, as a committed stream, or as a whole (maybe escalated) answer."""
+    intent = chosen.intent
+    accounting = request.app.get(ACCOUNTING)
+    admission = accounting.admit(intent, decision, body, record) if accounting else None
+    if admission is not None and admission.hit is not None:
+        entry = admission.serve_hit(record, decision)
+        if not intent.stream:
+            return respond.cached_answer(entry.body, record)
+        events = replay_sse(entry.body, intent.endpoint, intent.include_usage)
+        stall_s = router.config.server.write_stall_s
+        return await respond.send_cached_stream(request, record, events, stall_s)
+    upstream_body = forwarded_body(body)
+    dispatcher = router.dispatcher
+    if intent.stream:
+        committed = await dispatcher.stream(intent, decision, upstream_body, record)
+        return await respond.StreamWriter(request, dispatcher, record).send(committed)
+    if intent.escalate:
+        answer = await complete_escalating(
+            router, intent, decision, upstream_body, record, chosen.notes
+        )
+    else:
+        answer = await dispatcher.complete(intent, decision, upstream_body, record)
+    response = respond.answer_response(answer, record)
+    if admission is not None and isinstance(response.body, bytes):
+        admission.remember(response.body, record)
+        response.headers["x-router-cache"] = "miss"
+    # Sent here, before the sinks run: logging and accounting are not the client's wait.
+    await response.prepare(request)
+    await response.write_eof()
+    return response
 
 
 def describe(

@@ -22,6 +22,7 @@ from .translate import (
     Part,
     Text,
     ToolUse,
+    assistant_message,
     check_fields,
     completion,
     conversation,
@@ -150,6 +151,14 @@ def to_anthropic_request(
         out["stop_sequences"] = stops
     if isinstance(body.get("user"), str):
         out["metadata"] = {"user_id": body["user"]}
+    _add_tools(body, out)
+    if body.get("stream"):
+        out["stream"] = True
+    return out
+
+
+def _add_tools(body: Mapping[str, Any], out: dict[str, Any]) -> None:
+    """``tools`` and ``tool_choice``; ``response_format`` becomes one forced tool."""
     tools = [
         {
             "name": t.name,
@@ -181,9 +190,6 @@ def to_anthropic_request(
         out["tool_choice"] = tc
     elif choice not in (None, "none", "auto"):
         raise UnsupportedFeatureError("tool_choice", "tool_choice needs tools")
-    if body.get("stream"):
-        out["stream"] = True
-    return out
 
 
 def _usage_of(u: Mapping[str, Any]) -> dict[str, Any]:
@@ -219,8 +225,7 @@ def from_anthropic_response(
         id=str(resp.get("id", "")),
         created=created,
         model=str(resp.get("model", "")),
-        text="".join(texts) if texts or not calls else None,
-        tool_calls=calls,
+        message=assistant_message("".join(texts) if texts or not calls else None, calls),
         finish_reason=finish,
         usage=_usage_of(resp.get("usage") or {}),
     )

@@ -25,6 +25,7 @@ from .translate import (
     Part,
     Text,
     ToolUse,
+    assistant_message,
     check_fields,
     completion,
     conversation,
@@ -224,11 +225,11 @@ def from_converse_response(
         id=id,
         created=created,
         model=model,
-        text="".join(texts) if texts or not calls else None,
-        tool_calls=calls,
+        message=assistant_message(
+            "".join(texts) if texts or not calls else None, calls, "".join(reasoning) or None
+        ),
         finish_reason=finish,
         usage=_usage_of(resp.get("usage") or {}),
-        reasoning="".join(reasoning) or None,
     )
 
 

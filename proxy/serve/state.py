@@ -109,6 +109,22 @@ class Router:
                     else None,
                 }
             )
+        budget = self.dispatcher.budget
+        return {
+            "object": "router.status",
+            "demo": self.demo,
+            "monotonic_s": round(now, 3),
+            "deployments": rows,
+            "probes": self._probe_status(),
+            "retry_budget": {
+                "active": budget.active,
+                "retrying": budget.retrying,
+                "waiting": budget.waiting,
+                "denied": budget.denied,
+            },
+        }
+
+    def _probe_status(self) -> dict[str, Any] | None:
         probes = None
         if self.probe_loop is not None:
             st = self.probe_loop.stats()
@@ -123,20 +139,7 @@ class Router:
                 "interval_s": round(self.probe_loop.settings.interval_s, 3),
                 "half_life_s": self.config.probes.half_life_s,
             }
-        budget = self.dispatcher.budget
-        return {
-            "object": "router.status",
-            "demo": self.demo,
-            "monotonic_s": round(now, 3),
-            "deployments": rows,
-            "probes": probes,
-            "retry_budget": {
-                "active": budget.active,
-                "retrying": budget.retrying,
-                "waiting": budget.waiting,
-                "denied": budget.denied,
-            },
-        }
+        return probes
 
 
 class RouterHolder:
