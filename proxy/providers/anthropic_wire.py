@@ -8,7 +8,7 @@ JSON text with ``finish_reason: "stop"``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -229,46 +229,6 @@ def from_anthropic_response(
         finish_reason=finish,
         usage=_usage_of(resp.get("usage") or {}),
     )
-
-
-class SSEDecoder:
-    """Incremental ``text/event-stream`` parser: bytes in, ``(event, data)`` pairs out.
-
-    Strict about what Anthropic sends: a line that is not a field (``event``, ``data``, ``id``,
-    ``retry``) or a comment is a protocol error, as is a line longer than ``max_line``.
-    """
-
-    __slots__ = ("_buf", "_data", "_event", "max_line")
-
-    def __init__(self, max_line: int = 1 << 20) -> None:
-        self._buf = b""
-        self._event = ""
-        self._data: list[bytes] = []
-        self.max_line = max_line
-
-    def feed(self, data: bytes) -> Iterator[tuple[str, bytes]]:
-        """Events completed by ``data``, lazily: those before a bad line still come out."""
-        self._buf += data
-        while (nl := self._buf.find(b"\n")) >= 0:
-            line = self._buf[:nl].rstrip(b"\r")
-            self._buf = self._buf[nl + 1 :]
-            if not line:
-                if self._data:
-                    yield self._event, b"\n".join(self._data)
-                self._event, self._data = "", []
-                continue
-            name, colon, value = line.partition(b":")
-            value = value[1:] if value.startswith(b" ") else value
-            if not name and colon:
-                continue
-            if name == b"data":
-                self._data.append(value)
-            elif name == b"event":
-                self._event = value.decode("utf-8", "replace")
-            elif name not in (b"id", b"retry"):
-                raise UpstreamError("protocol", "anthropic stream: a line that is not SSE")
-        if len(self._buf) > self.max_line:
-            raise UpstreamError("protocol", "anthropic stream: an SSE line is too long")
 
 
 class AnthropicStreamTranslator:
