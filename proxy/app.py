@@ -23,7 +23,7 @@ from proxy.http import handlers
 from proxy.http.auth import ACCESS, Access, auth_middleware
 from proxy.http.hostile_input import GuardedRunner
 from proxy.http.metrics import METRICS, Metrics, metrics_endpoint
-from proxy.serve.drain import IN_FLIGHT, InFlight, in_flight_middleware
+from proxy.serve.drain import IN_FLIGHT, InFlight
 from proxy.serve.state import ROUTER, Router, RouterHolder
 from proxy.service.notify import Notifier, watchdog_task
 from proxy.service.reload import Runtime, keep_listen_address
@@ -74,7 +74,7 @@ def make_app(
         client_max_size=config.server.max_body_bytes,
         middlewares=[
             handlers.request_id_middleware,
-            in_flight_middleware,
+            handlers.in_flight_middleware,
             handlers.error_middleware,
             auth_middleware,
         ],

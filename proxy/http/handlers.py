@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from probes.kinds import Endpoint
 from proxy.accounting.cache import replay_sse
@@ -20,6 +21,7 @@ from proxy.decide.intent import Intent, forwarded_body, parse_intent
 from proxy.decide.resolve import Resolution, resolve
 from proxy.decide.routing import Plan, plan
 from proxy.errors import RouterError
+from proxy.serve.drain import IN_FLIGHT, shutdown_error
 from proxy.serve.escalation import complete_escalating
 from proxy.serve.record import MAX_TEXT, Asked, RequestRecord
 from proxy.serve.state import ROUTER, Router
@@ -260,3 +262,28 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
                 500, "internal error in the router", type="server_error", code="internal_error"
             )
         )
+
+
+@web.middleware
+async def in_flight_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Counts requests for the drain; answers 503 for those the drain deadline cancelled."""
+    in_flight = request.app[IN_FLIGHT]
+    task = asyncio.current_task()
+    if task is None or in_flight.cutting:
+        return _shutdown_response()
+    in_flight.enter(task)
+    try:
+        return await handler(request)
+    except asyncio.CancelledError:
+        if not in_flight.was_cut(task):
+            raise
+        task.uncancel()
+        return _shutdown_response()
+    finally:
+        in_flight.leave(task)
+
+
+def _shutdown_response() -> web.Response:
+    response = error_response(shutdown_error())
+    response.headers["Connection"] = "close"
+    return response
