@@ -27,6 +27,7 @@ from .credentials import read_credential
 from .dispatch import Dispatcher, first_content
 from .drain import IN_FLIGHT, InFlight, in_flight_middleware
 from .health import Health
+from .history import HISTORY, History, history_ctx
 from .limits import GuardedRunner
 from .metrics import METRICS, Metrics, metrics_endpoint
 from .notify import Notifier, watchdog_task
@@ -37,6 +38,7 @@ from .reload import Runtime, keep_listen_address
 from .sim.script import Profile
 from .sim.server import SimState, bound_port, start_sim
 from .state import ROUTER, Router, RouterHolder
+from .statuspage import STATUS_PAGE, StatusPage, router_history, status_page
 
 log = logging.getLogger("model_router")
 
@@ -376,6 +378,8 @@ def make_app(
     app[NOTIFIER] = Notifier.from_env(env)
     metrics = app[METRICS] = Metrics(app)
     app[ACCESS] = Access()
+    history = app[HISTORY] = History()
+    app[STATUS_PAGE] = StatusPage()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         sim_runner = None
@@ -401,6 +405,7 @@ def make_app(
                 previous=previous,
             )
             router.sinks.append(metrics.sink)
+            router.sinks.append(history.sink)
             return router
 
         def rebuild(previous: Router) -> Router:
@@ -435,10 +440,13 @@ def make_app(
 
     app.cleanup_ctx.append(lifecycle)
     app.cleanup_ctx.append(accounting_ctx(config, env))
+    app.cleanup_ctx.append(history_ctx)
     app.router.add_post("/v1/chat/completions", handlers.chat_completions)
     app.router.add_post("/v1/completions", handlers.completions)
     app.router.add_get("/v1/models", handlers.list_models)
     app.router.add_get("/v1/router/status", handlers.router_status)
+    app.router.add_get("/v1/router/history", router_history)
+    app.router.add_get("/status", status_page)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
