@@ -173,7 +173,7 @@ class History:
             {(k or NO_KEY): t.spend for k, t in by_key.items()},
             slot,
         )
-        self.times[slot] = now
+        self.times[slot] = round(now, 3)  # as the payload shows it, so ?since= matches
         self._last_wall = now
         self.head = (slot + 1) % POINTS
         self.filled = min(POINTS, self.filled + 1)
@@ -240,7 +240,7 @@ class History:
             "object": "router.history",
             "interval_s": INTERVAL_S,
             "points": POINTS,
-            "times": [round(self.times[i], 3) for i in slots],
+            "times": [self.times[i] for i in slots],
             "breaker_codes": BREAKER_CODES,
             "deployments": deployments,
             "models": [
