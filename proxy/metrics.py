@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 
 from .dispatch import Outcome
 from .drain import IN_FLIGHT
+from .opsmetrics import OpsCollector
 from .state import ROUTER
 
 # TTFT spans ~100 ms (small models) to tens of seconds (reasoning models).
@@ -107,6 +108,7 @@ class Metrics:
             registry=reg,
         )
         reg.register(StateCollector(app))
+        reg.register(OpsCollector(app))
         self._series: dict[tuple[str | None, str | None, int, str], _Series] = {}
 
     def sink(self, outcome: Outcome, seconds: float) -> None:
