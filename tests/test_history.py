@@ -3,6 +3,7 @@ what it counts, who may read it, and that it never shows a key or its digest."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import aiohttp
@@ -10,6 +11,7 @@ import openai
 import pytest
 
 from proxy.auth import hash_key
+from proxy.config import ConfigError, parse_config
 from proxy.history import HISTORY, POINTS, History, _worst_state
 from proxy.sim.script import Fault
 from tests.conftest import Proxy, StartProxy
@@ -179,3 +181,19 @@ def test_a_point_records_the_worst_breaker_state_of_its_interval(
     now: str, changes: list[tuple[float, str]], since: float | None, worst: int
 ) -> None:
     assert _worst_state(now, changes, since) == worst
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        pytest.param({"admin": "yes"}, "keys[0].admin", id="not-a-boolean"),
+        pytest.param({"admn": True}, "keys[0].admn: unknown key", id="misspelt"),
+    ],
+)
+def test_the_admin_flag_is_checked_like_every_key_setting(
+    entry: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_config({"keys": [{"id": "ops", "sha256": hash_key(ADMIN), **entry}]})
+    config = parse_config({"keys": [{"id": "ops", "sha256": hash_key(ADMIN), "admin": True}]})
+    assert config.keys[0].admin is True

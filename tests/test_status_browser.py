@@ -110,7 +110,7 @@ def test_status_page_shows_every_deployment_and_a_breaker_opening_live(
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page = browser.new_page(viewport={"width": 1280, "height": 760})
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
@@ -127,8 +127,15 @@ def test_status_page_shows_every_deployment_and_a_breaker_opening_live(
             )
             assert sorted(shown) == sorted(deployments)
             # A painted chart: a line through at least two points (history and now).
-            page.wait_for_selector("svg.spark path.est[d*='L']", timeout=10_000)
-            assert page.locator("svg.spark path.est").count() == len(deployments)
+            page.wait_for_function(
+                """n => [...document.querySelectorAll('svg.spark path.est')]
+                    .filter(p => /^M[\\d.]+ [\\d.]+(L[\\d.]+ [\\d.]+)+$/.test(p.getAttribute('d')))
+                    .length === n""",
+                arg=len(deployments),
+                timeout=10_000,
+            )
+            box = page.locator("svg.spark").first.bounding_box()
+            assert box is not None and box["width"] >= 100 and box["height"] >= 20
             assert page.get_attribute(f'tr[data-deployment="{FAILING[2]}"]', "data-breaker") == (
                 "closed"
             )
