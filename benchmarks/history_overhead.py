@@ -22,9 +22,9 @@ import orjson
 from proxy.app import build_router, make_session
 from proxy.catalog import Catalog
 from proxy.config import Config, parse_config
-from proxy.dispatch import Outcome
-from proxy.history import POINTS, History
-from proxy.state import Router
+from proxy.serve.dispatch import Outcome
+from proxy.serve.state import Router
+from proxy.status.history import POINTS, History
 
 ENV = {
     "OPENAI_API_KEY": "x",

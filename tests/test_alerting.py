@@ -18,7 +18,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.auth import hash_key
+from proxy.http.auth import hash_key
 from tests.conftest import StartProxy
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,10 +10,10 @@ import aiohttp
 import openai
 import pytest
 
-from proxy.auth import hash_key
 from proxy.config import ConfigError, parse_config
-from proxy.history import HISTORY, POINTS, History, _worst_state
+from proxy.http.auth import hash_key
 from proxy.sim.script import Fault
+from proxy.status.history import HISTORY, POINTS, History, _worst_state
 from tests.conftest import Proxy, StartProxy
 
 ADMIN, CLIENT = "sk-history-admin-1", "sk-history-client-2"

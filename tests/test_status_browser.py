@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from proxy.auth import hash_key
+from proxy.http.auth import hash_key
 from tests.conftest import spawn_server, stop_server
 
 CHROMIUM = "/usr/bin/chromium"

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from proxy.auth import hash_key
-from proxy.statuscli import CLEAR, KEY_ENV, spark
+from proxy.http.auth import hash_key
+from proxy.status.cli import CLEAR, KEY_ENV, spark
 from tests.conftest import Proxy, StartProxy
 
 MSG = [{"role": "user", "content": "say something"}]

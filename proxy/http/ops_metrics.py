@@ -11,9 +11,9 @@ from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .accounting import ACCOUNTING
-from .catalog import TIERS, Catalog
-from .state import ROUTER
+from proxy.accounting.ledger import ACCOUNTING
+from proxy.catalog import TIERS, Catalog
+from proxy.serve.state import ROUTER
 
 
 class OpsCollector(Collector):

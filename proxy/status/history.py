@@ -22,8 +22,8 @@ from typing import Any
 
 from aiohttp import web
 
-from .dispatch import Outcome
-from .state import ROUTER, Router
+from proxy.serve.dispatch import Outcome
+from proxy.serve.state import ROUTER, Router
 
 log = logging.getLogger("model_router.history")
 

@@ -16,17 +16,18 @@ from importlib import resources
 
 from aiohttp import web
 
-from .accounting import ACCOUNTING
-from .auth import require_admin
-from .errors import RouterError
-from .handlers import json_response
+from proxy.accounting.ledger import ACCOUNTING
+from proxy.errors import RouterError
+from proxy.http.auth import require_admin
+from proxy.http.handlers import json_response
+from proxy.serve.state import ROUTER
+
 from .history import HISTORY
-from .state import ROUTER
 
 
 def _csp_hash(html: str, tag: str) -> str:
     found = re.search(rf"<{tag}>(.*?)</{tag}>", html, re.S)
-    assert found is not None, f"status.html has no <{tag}>"
+    assert found is not None, f"page.html has no <{tag}>"
     digest = hashlib.sha256(found.group(1).encode()).digest()
     return f"'sha256-{base64.b64encode(digest).decode()}'"
 
@@ -37,7 +38,7 @@ class StatusPage:
     __slots__ = ("body", "headers")
 
     def __init__(self) -> None:
-        html = resources.files("proxy").joinpath("status.html").read_text("utf-8")
+        html = resources.files("proxy.status").joinpath("page.html").read_text("utf-8")
         self.body = html.encode()
         # Only this page's own script and style run, and it may talk to this origin only.
         csp = (
