@@ -27,6 +27,8 @@ from proxy.serve.drain import IN_FLIGHT, InFlight
 from proxy.serve.state import ROUTER, Router, RouterHolder
 from proxy.service.notify import Notifier, watchdog_task
 from proxy.service.reload import Runtime, keep_listen_address
+from proxy.status.history import HISTORY, History, history_ctx
+from proxy.status.page import STATUS_PAGE, StatusPage, router_history, status_page
 
 from .config import Config, load_config
 
@@ -83,6 +85,8 @@ def make_app(
     app[NOTIFIER] = Notifier.from_env(env)
     app[METRICS] = Metrics(app)
     app[ACCESS] = Access()
+    app[HISTORY] = History()
+    app[STATUS_PAGE] = StatusPage()
     app.cleanup_ctx.append(notifier_ctx)
     if demo:  # the simulator is imported only when the demo asks for it
         from proxy.assembly.demo import sim_ctx
@@ -93,10 +97,13 @@ def make_app(
     app.cleanup_ctx.append(task_ctx("watchdog", lambda: watchdog_task(app[NOTIFIER])))
     app.cleanup_ctx.append(task_ctx("loop-lag", app[METRICS].watch_loop_lag))
     app.cleanup_ctx.append(accounting_ctx(config, env))
+    app.cleanup_ctx.append(history_ctx)
     app.router.add_post("/v1/chat/completions", handlers.chat_completions)
     app.router.add_post("/v1/completions", handlers.completions)
     app.router.add_get("/v1/models", handlers.list_models)
     app.router.add_get("/v1/router/status", handlers.router_status)
+    app.router.add_get("/v1/router/history", router_history)
+    app.router.add_get("/status", status_page)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
@@ -131,7 +138,7 @@ def router_ctx(config: Config, env: Mapping[str, str], demo: bool, config_path: 
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         prepare = _demo_prepare(app) if demo else None
-        metrics = app[METRICS]
+        metrics, history = app[METRICS], app[HISTORY]
         sessions: dict[str, aiohttp.ClientSession] = app[SESSIONS]
 
         def build(cfg: Config, previous: Router | None) -> Router:
@@ -139,6 +146,7 @@ def router_ctx(config: Config, env: Mapping[str, str], demo: bool, config_path: 
                 cfg = prepare(cfg)
             router = build_router(cfg, sessions, environ=env, demo=demo, previous=previous)
             router.sinks.append(metrics.sink)
+            router.sinks.append(history.sink)
             return router
 
         def rebuild(previous: Router) -> Router:
