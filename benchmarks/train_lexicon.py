@@ -1,12 +1,12 @@
 """Train the classifier's learned signal, ``lexicon``: a logistic regression over the
 distinct words of a prompt, fitted on the *tune* half of RouteLLM's GSM8K and MMLU data
-(the held-out half is never read) and written to proxy/lexicon.tsv.
+(the held-out half is never read) and written to proxy/decide/lexicon.tsv.
 
     python benchmarks/train_lexicon.py [--l2 X] [--keep N] [--out PATH]
 
 The label is "the strong model answered correctly and the weak one did not": the requests
 worth sending to premium. Features are the distinct words of the sampled text (as
-proxy.classifier.words_of reads them), each 1/sqrt(distinct words), so a long prompt does
+proxy.decide.classifier.words_of reads them), each 1/sqrt(distinct words), so a long prompt does
 not outvote a short one by size alone. Plain Python (no numpy): full-batch gradient descent
 with Adagrad steps on the L2-penalised log-loss. The regularisation is chosen by 5-fold
 cross-validation inside the tune half; ``out_of_fold`` gives the weight tuner
@@ -37,8 +37,8 @@ from routing_quality import (
     load_mmlu,
 )
 
-from proxy.classifier import words_of
-from proxy.lexicon import LEXICON_FILE, Lexicon
+from proxy.decide.classifier import words_of
+from proxy.decide.lexicon import LEXICON_FILE, Lexicon
 
 MIN_DOCS = 3  # a word must appear in this many training prompts to get a weight
 EPOCHS = 60
@@ -133,7 +133,7 @@ def mean_apgr(items: Sequence[Item], scores: Sequence[float]) -> float:
 def write(model: Lexicon, keep: int, out: Path, l2: float, n_items: int) -> None:
     ranked = sorted(model.weights.items(), key=lambda kv: (-abs(kv[1]), kv[0]))[:keep]
     lines = [
-        "# The classifier's learned word weights (proxy/lexicon.py reads this file).",
+        "# The classifier's learned word weights (proxy/decide/lexicon.py reads this file).",
         "# Written by benchmarks/train_lexicon.py: logistic regression on the tune half of",
         "# RouteLLM's GSM8K and MMLU per-prompt outcomes (Apache-2.0, benchmarks/data/routellm),",
         f"# {n_items} prompts, L2 {l2:g}, the {len(ranked)} largest weights kept.",

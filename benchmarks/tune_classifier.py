@@ -3,8 +3,10 @@
 
     python benchmarks/tune_classifier.py [--without-lexicon]
 
-Prints weights: with --without-lexicon, the defaults in proxy/classifier.py; without it,
-the set that switches the learned lexicon on (WITH_LEXICON in routing_quality.py). Bounds encode what we hold
+Prints weights: with --without-lexicon, the defaults in proxy/decide/classifier.py; without
+it, the set that switches the learned lexicon on (WITH_LEXICON in routing_quality.py).
+
+Bounds encode what we hold
 true beyond these benchmarks: complexity markers never count against a prompt, simple and
 reading markers never for it, and math and technical vocabulary keep a floor: in this data
 the strong model scores 3 % on high-school mathematics (an answer-extraction artefact), which
@@ -33,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from routing_quality import Item, apgr, body_of, curve, data_dir, held_out, load_gsm8k, load_mmlu
 from train_lexicon import out_of_fold
 
-from proxy.classifier import DEFAULT_WEIGHTS, SIGNALS, signals_of
-from proxy.lexicon import LEXICON_FILE
+from proxy.decide.classifier import DEFAULT_WEIGHTS, SIGNALS, signals_of
+from proxy.decide.lexicon import LEXICON_FILE
 
 BOUNDS = {
     "length": (0.0, 5.0),

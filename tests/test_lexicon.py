@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from proxy.classifier import DEFAULT_WEIGHTS, Weights, assess, signals_of, words_of
-from proxy.lexicon import LEXICON_FILE, Lexicon, LexiconError, bundled_lexicon, parse_lexicon
+from proxy.decide.classifier import DEFAULT_WEIGHTS, Weights, assess, signals_of, words_of
+from proxy.decide.lexicon import LEXICON_FILE, Lexicon, LexiconError, bundled_lexicon, parse_lexicon
 
 
 def chat(text: str) -> dict[str, object]:

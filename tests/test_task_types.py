@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from proxy.classifier import assess, signals_of
-from proxy.policy import ClassifierSettings
+from proxy.decide.classifier import assess, signals_of
+from proxy.decide.policy import ClassifierSettings
 
 # Plain-language coding requests, no code pasted: what a user of a coding tool types.
 CODING = [

@@ -6,7 +6,7 @@ sum, so every decision can be explained by the few signals that pushed it most.
 
 Two kinds of signal read the words rather than the syntax: task-type lexicons written by
 hand (a program asked for in prose, a math word problem, extraction and formatting, a
-lookup or chit-chat) and ``lexicon``, a learned word-weight table (proxy/lexicon.py).
+lookup or chit-chat) and ``lexicon``, a learned word-weight table (proxy/decide/lexicon.py).
 """
 
 from __future__ import annotations
