@@ -146,3 +146,11 @@ def test_a_longer_word_problem_reaches_standard_at_least() -> None:
         "as many as Tom. If Ann started with 6 marbles, how many marbles does Tom have?"
     )
     assert tier_of(text) in ("standard", "premium")
+
+
+def test_a_list_to_extract_from_counts_less_as_parts_than_a_list_of_questions() -> None:
+    lines = "\n".join(f"{i}. Order {i} shipped on 2024-03-{i:02d} to Berlin" for i in range(1, 9))
+    extract = signals_of(chat("Extract the order number and date of each line as JSON.\n" + lines))
+    plain = signals_of(chat("Look at the order number and date of each line.\n" + lines))
+    assert extract["extraction"] > 0.5 > plain["extraction"]
+    assert extract["multi_part"] < plain["multi_part"]

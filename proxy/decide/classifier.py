@@ -137,7 +137,7 @@ CODE_NOUNS = _words(
     error errors exception exceptions stacktrace traceback segfault crash crashes variable
     variables loop loops recursion recursive array arrays string strings dict dictionary
     hashmap hashtable linked stack queue heap sort sorting algorithm algorithms unittest
-    pytest test tests testing leetcode parser parsing json async await codebase compile
+    pytest test tests testing leetcode parser parsing async await codebase compile
     compiles compiled refactor refactoring debug debugging implementation interface
     struct enum pointer pointers thread threads callback callbacks regex widget gui button
     form login authentication cache caching microservice webhook cron sdk tool tools
@@ -409,6 +409,7 @@ def signals_of(
     length = min(1.0, max(0.0, math.log2(max(tokens, 1.0) / 16.0) / 10.0))
 
     c, past = _counts(words)
+    extraction = _saturate(c["extraction"], 1.0)
     numbers = len(found) - sum(words.values())
     math_marks = sum(sample.count(m) for m in _MATH_MARKS)
     phrases = sum(low.count(p) for p in _PHRASES)
@@ -449,8 +450,11 @@ def signals_of(
         "code": _saturate(code_marks + 0.5 * langs, 4.0),
         "reasoning": _saturate(c["reasoning"] + 2 * phrases, 3.0),
         "technical": _saturate(c["technical"], 2.0),
+        # Items to extract or reshape are not parts to solve: a list under "extract",
+        # "format as a table" or "return JSON" counts for half or less.
         "multi_part": _saturate(
-            len(_ENUMERATED.findall(low)) + list_items + sample.count("?") - 1, 3.0
+            len(_ENUMERATED.findall(low)) + list_items * (1.0 - extraction) + sample.count("?") - 1,
+            3.0,
         ),
         "relations": _saturate(c["relations"], 4.0),
         "situation": _saturate(c["persons"] + past, 8.0),
@@ -463,7 +467,7 @@ def signals_of(
         "reading": _saturate(c["reading"] + 2 * len(_READING.findall(low)), 2.0),
         "code_task": _saturate(code_task, 2.0),
         "math_task": _saturate(math_task + 0.25 * numbers, 4.0),
-        "extraction": _saturate(c["extraction"], 1.0),
+        "extraction": extraction,
         "lookup": 1.0 if lookup else 0.0,
         "lexicon": (lexicon or bundled_lexicon()).value(words.keys()) if learned else 0.0,
     }
