@@ -26,6 +26,7 @@ from .config import Config, ProviderConfig, load_config
 from .credentials import read_credential
 from .dispatch import Dispatcher, first_content
 from .drain import IN_FLIGHT, InFlight, in_flight_middleware
+from .fields import FieldPolicy
 from .health import Health
 from .limits import GuardedRunner
 from .metrics import METRICS, Metrics, metrics_endpoint
@@ -161,10 +162,16 @@ def build_provider(
     sessions: Mapping[str, aiohttp.ClientSession],
     aws_credentials: dict[str, str] | None,
     timeouts: tuple[float, float] = (5.0, 60.0),
+    fields: FieldPolicy | None = None,
 ) -> Provider:
     if pc.kind == "openai":
+        forwarded = (fields or FieldPolicy.build((), {pc.name: pc.extra_body_fields})).forwarded
         return OpenAIProvider(
-            pc.name, base_url=pc.base_url, api_key=key or "", session=sessions["openai"]
+            pc.name,
+            base_url=pc.base_url,
+            api_key=key or "",
+            session=sessions["openai"],
+            fields=forwarded.get(pc.name),
         )
     if pc.kind == "anthropic":
         from .providers.anthropic import AnthropicProvider
@@ -283,10 +290,15 @@ def make_probe_sender(router: Router) -> ProbeLoop | None:
 
 
 def provider_fingerprint(
-    pc: ProviderConfig, key: str | None, aws_credentials: Mapping[str, str] | None
+    pc: ProviderConfig,
+    key: str | None,
+    aws_credentials: Mapping[str, str] | None,
+    fields: FieldPolicy | None = None,
 ) -> str:
     """A digest of everything a provider is built from; secrets enter only hashed."""
-    material = repr((pc, key, sorted((aws_credentials or {}).items())))
+    forwarded = fields.forwarded.get(pc.name, {}) if fields is not None else {}
+    allow = sorted((e, sorted(f)) for e, f in forwarded.items())
+    material = repr((pc, key, sorted((aws_credentials or {}).items()), allow))
     return hashlib.sha256(material.encode()).hexdigest()
 
 
@@ -309,12 +321,12 @@ def build_router(
     for name, pc in enabled.items():
         key = DEMO_KEY if demo else provider_key(pc, environ)
         aws = aws_credentials_from(environ, demo) if pc.kind == "bedrock" else None
-        fingerprints[name] = provider_fingerprint(pc, key, aws)
+        fingerprints[name] = provider_fingerprint(pc, key, aws, config.fields)
         if previous is not None and previous.provider_fingerprints.get(name) == fingerprints[name]:
             providers[name] = previous.providers[name]  # a reload that left it unchanged
         else:
             timeouts = (config.server.connect_timeout_s, config.server.upstream_idle_s)
-            providers[name] = build_provider(pc, key, sessions, aws, timeouts)
+            providers[name] = build_provider(pc, key, sessions, aws, timeouts, config.fields)
     if health is None:
         health = Health.create(
             catalog,

@@ -17,7 +17,7 @@ from cachetools import TTLCache
 
 from .config import CacheSettings
 from .errors import bad_request
-from .intent import EXTENSION_FIELDS
+from .fields import EXTENSION_FIELDS
 
 # Fields that do not change the answer. "model" is replaced by the routed model's id.
 IGNORED_FIELDS = frozenset(

@@ -79,6 +79,8 @@ async def _route(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
     budget.active += 1
     try:
         body = await limits.read_json(request, router.config.limits)
+        if type(body) is dict:
+            router.config.fields.check(body, endpoint)  # an allowlist: unknown fields are 400
         policy = router.config.policy
         intent = parse_intent(body, endpoint, policy.tasks)
         outcome.stream = intent.stream

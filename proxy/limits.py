@@ -1,6 +1,6 @@
 """Limits on hostile input, each with a clear answer: header and body read deadlines (408),
 open connections (503), body size (413, aiohttp's ``client_max_size``), JSON nesting depth,
-number of messages and request fields that try to steer the upstream (400).
+number of messages (400).
 """
 
 from __future__ import annotations
@@ -16,30 +16,6 @@ from aiohttp.web_request import BaseRequest
 from .config import LimitsSettings
 from .errors import RouterError, bad_request
 from .state import ROUTER
-
-# Fields some gateways honour to pick an upstream or its credentials per request (LiteLLM's
-# api_base sent its owner's key to an attacker's host, CVE-2024-6587). Upstreams and keys
-# come only from config. Refused rather than dropped: a silent drop lets the client believe
-# it chose the endpoint, and forwarding would hand a client's secret to a third party.
-ROUTING_FIELDS = frozenset(
-    {
-        "api_base",
-        "base_url",
-        "api_key",
-        "api_version",
-        "api_type",
-        "organization",
-        "custom_llm_provider",
-        "extra_headers",
-        "headers",
-        "endpoint_url",
-        "aws_access_key_id",
-        "aws_secret_access_key",
-        "aws_session_token",
-        "aws_region_name",
-        "aws_profile_name",
-    }
-)
 
 
 async def read_body(request: web.Request, limits: LimitsSettings) -> bytes:
@@ -100,17 +76,10 @@ def _deeper_than(value: Any, limit: int) -> bool:
 
 
 def screen(body: Any, limits: LimitsSettings) -> Any:
-    """Refuse upstream-steering fields and too many messages before anything else looks."""
+    """Refuse too many messages before anything else looks. (Unknown fields, those that
+    would steer an upstream among them, are proxy/fields.py's.)"""
     if type(body) is not dict:
         return body  # parse_intent names the problem
-    if not ROUTING_FIELDS.isdisjoint(body):
-        name = sorted(ROUTING_FIELDS.intersection(body))[0]
-        raise bad_request(
-            f"'{name}' is not accepted: upstream endpoints and credentials come only from "
-            "the router's config",
-            name,
-            "unsupported_parameter",
-        )
     messages = body.get("messages")
     if type(messages) is list and len(messages) > limits.max_messages:
         raise bad_request(
