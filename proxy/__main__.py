@@ -22,18 +22,16 @@ from .app import (
     make_app,
     start_server,
 )
-from .auth import hash_key, is_loopback
+from .auth import is_loopback
 from .config import Config, ConfigError, load_config
 from .drain import IN_FLIGHT, drain
+from .hygiene import guard_library_logs
 from .metrics import METRICS
 from .reload import ReloadError
 from .state import ROUTER
+from .tokens import hash_key
 
 log = logging.getLogger("model_router")
-
-# Libraries that log whole requests at DEBUG (botocore: the body, i.e. the prompt, and the
-# SigV4 Authorization header). They stay at WARNING whatever MODEL_ROUTER_LOG_LEVEL says.
-CHATTY_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3transfer", "urllib3")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -165,8 +163,7 @@ def _logging() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _logging()
-    for name in CHATTY_LOGGERS:
-        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
+    guard_library_logs()
     # A process-wide switch of the library: no `_created` line beside every counter and
     # histogram, which halves what a scrape formats on the event loop.
     disable_created_metrics()  # type: ignore[no-untyped-call]

@@ -93,6 +93,7 @@ class Accounting:
                 outcome.arm,
                 outcome.escalated_from,
                 outcome.complexity,
+                int(outcome.estimated),
             )
         )
 

@@ -28,7 +28,8 @@ from .dispatch import Dispatcher, first_content
 from .drain import IN_FLIGHT, InFlight, in_flight_middleware
 from .fields import FieldPolicy
 from .health import Health
-from .limits import GuardedRunner
+from .hygiene import guard_library_logs
+from .limits import GuardedRunner, expect_continue
 from .metrics import METRICS, Metrics, metrics_endpoint
 from .notify import Notifier, watchdog_task
 from .providers.base import Endpoint, Provider, UpstreamError, UpstreamRequest, UpstreamStream
@@ -375,6 +376,7 @@ def make_app(
     """The app for ``config``. A reload (``app[RUNTIME].reload()``, on SIGHUP) re-reads
     ``config_path`` (the built-in defaults when None) and keeps the listen address."""
     env = dict(os.environ if environ is None else environ)
+    guard_library_logs()
     app = web.Application(
         client_max_size=config.server.max_body_bytes,
         middlewares=[
@@ -447,8 +449,10 @@ def make_app(
 
     app.cleanup_ctx.append(lifecycle)
     app.cleanup_ctx.append(accounting_ctx(config, env))
-    app.router.add_post("/v1/chat/completions", handlers.chat_completions)
-    app.router.add_post("/v1/completions", handlers.completions)
+    app.router.add_post(
+        "/v1/chat/completions", handlers.chat_completions, expect_handler=expect_continue
+    )
+    app.router.add_post("/v1/completions", handlers.completions, expect_handler=expect_continue)
     app.router.add_get("/v1/models", handlers.list_models)
     app.router.add_get("/v1/router/status", handlers.router_status)
     app.router.add_get("/metrics", metrics_endpoint)

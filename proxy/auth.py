@@ -5,7 +5,6 @@ concurrent streams). Keys live in config only as SHA-256 digests; a key never re
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import ipaddress
 import logging
@@ -21,7 +20,9 @@ from .config import KeyConfig
 from .dispatch import Outcome
 from .errors import RouterError
 from .intent import Intent
+from .limits import client_address
 from .state import ROUTER
+from .tokens import bearer, hash_key
 
 log = logging.getLogger("model_router.auth")
 
@@ -32,11 +33,6 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 # Tokens reserved for the answer when the client does not say max_tokens; the bucket is
 # corrected to the real usage when the request ends.
 UNSTATED_MAX_TOKENS = 1024
-
-
-def hash_key(key: str) -> str:
-    """What goes in config for a key: its SHA-256 hex digest."""
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def is_loopback(host: str) -> bool:
@@ -256,7 +252,7 @@ class Access:
 
     def authenticate(self, header: str | None, keys: Sequence[KeyConfig]) -> KeyConfig:
         """The key whose digest matches the bearer token; RouterError 401 otherwise."""
-        token = _bearer(header)
+        token = bearer(header)
         if token is None:
             raise _unauthorized(
                 "missing_api_key",
@@ -271,16 +267,6 @@ class Access:
         if found is None:
             raise _unauthorized("invalid_api_key", "Incorrect API key provided.")
         return found
-
-
-def _bearer(header: str | None) -> str | None:
-    if not header:
-        return None
-    scheme, _, token = header.strip().partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        return None
-    return token
 
 
 def _unauthorized(code: str, message: str) -> RouterError:
@@ -306,7 +292,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     try:
         key = access.authenticate(request.headers.get("Authorization"), keys)
     except RouterError as err:
-        peer = request.remote or "?"
+        peer = client_address(request, request.app[ROUTER].current.config.limits.trusted_proxies)
         log.info("refused %s %s from %s: %s", request.method, request.path, peer, err.code)
         raise
     request[PRINCIPAL] = access.principal(key)

@@ -63,9 +63,12 @@ def error_response(err: RouterError, request_id: str | None = None) -> web.Respo
     headers = dict(err.headers)
     if request_id:
         headers.setdefault("x-request-id", request_id)
-    return web.Response(
+    response = web.Response(
         body=err.body(), status=err.status, content_type="application/json", headers=headers
     )
+    if headers.get("Connection", "").lower() == "close":
+        response.force_close()  # a refused body (408, 413) is not read to its end
+    return response
 
 
 async def _route(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
@@ -173,6 +176,7 @@ def access_log_sink(outcome: Outcome, seconds: float) -> None:
         "prompt_tokens": outcome.prompt_tokens,
         "completion_tokens": outcome.completion_tokens,
         "cost": outcome.cost,
+        "estimated": outcome.estimated,
         "complexity": outcome.complexity,
         "arm": outcome.arm,
         "escalated_from": outcome.escalated_from,
@@ -237,11 +241,14 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         return error_response(err)
     except web.HTTPRequestEntityTooLarge as exc:
         limit = exc.text or ""
-        return error_response(
+        response = error_response(
             RouterError(
                 413, f"the request body is too large ({limit.strip()})", code="request_too_large"
             )
         )
+        # Closed: reading (and throwing away) the rest of a body we refused helps nobody.
+        response.force_close()
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
