@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from probes.breaker import BreakerPolicy
+from proxy.decide.fields import FieldPolicy, check_extra
+from proxy.decide.policy import TOP_LEVEL_KEYS as POLICY_KEYS
+from proxy.decide.policy import Policy, PolicyError, parse_policy
 
 from .catalog import (
     PREFERS,
@@ -26,9 +29,6 @@ from .catalog import (
     load_bundled,
     parse_model,
 )
-from .fields import FieldPolicy, check_extra
-from .policy import TOP_LEVEL_KEYS as POLICY_KEYS
-from .policy import Policy, PolicyError, parse_policy
 
 ProviderKind = Literal["openai", "anthropic", "bedrock"]
 PROVIDER_KINDS = ("openai", "anthropic", "bedrock")
@@ -133,7 +133,7 @@ class ProbeConfig:
 
 @dataclass(frozen=True, slots=True)
 class UsageSettings:
-    """The SQLite usage log (proxy/usagelog.py)."""
+    """The SQLite usage log (proxy/accounting/usage_log.py)."""
 
     enabled: bool = True
     # "": $STATE_DIRECTORY/model-router.db under systemd, else ./model-router.db.
@@ -147,7 +147,7 @@ class UsageSettings:
 
 @dataclass(frozen=True, slots=True)
 class CacheSettings:
-    """The response cache (proxy/cache.py): temperature-0 or opted-in requests."""
+    """The response cache (proxy/accounting/cache.py): temperature-0 or opted-in requests."""
 
     enabled: bool = True
     max_entries: int = 1024
@@ -196,7 +196,7 @@ class LimitsSettings:
 
 @dataclass(frozen=True, slots=True)
 class ForwardingSettings:
-    """What request fields go upstream besides OpenAI's own (proxy/fields.py)."""
+    """What request fields go upstream besides OpenAI's own (proxy/decide/fields.py)."""
 
     extra_body_fields: tuple[str, ...] = ()
 

@@ -11,7 +11,7 @@ import pytest
 
 from benchmarks.gen_openai_fields import OUT, generate
 from proxy.config import ConfigError, parse_config
-from proxy.fields import EXTENSION_FIELDS, openai_fields
+from proxy.decide.fields import EXTENSION_FIELDS, openai_fields
 from tests.conftest import Proxy, StartProxy
 
 MSG = [{"role": "user", "content": "hello there"}]

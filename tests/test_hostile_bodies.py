@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.fields import EXTENSION_FIELDS, openai_fields
+from proxy.decide.fields import EXTENSION_FIELDS, openai_fields
 from tests.conftest import Proxy, server_log, spawn_server, stop_server
 from tests.openapi_schema import assert_valid
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.tokens import hash_key
+from proxy.decide.tokens import hash_key
 from tests.conftest import server_log, spawn_server, stop_server
 
 KEY = "mr-leak-canary-key-5f1e9a"

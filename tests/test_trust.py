@@ -15,9 +15,9 @@ import aiohttp
 import orjson
 import pytest
 
-from proxy.accounting import ACCOUNTING
+from proxy.accounting.ledger import ACCOUNTING
+from proxy.decide.tokens import hash_key
 from proxy.sim.script import Fault, Profile
-from proxy.tokens import hash_key
 from tests.conftest import Proxy, StartProxy
 from tests.openapi_schema import assert_valid
 

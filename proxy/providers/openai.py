@@ -132,7 +132,7 @@ class OpenAIProvider:
     ) -> None:
         self.name = name
         self._session = session
-        # Top-level fields this upstream is sent, per endpoint (proxy/fields.py); None: all.
+        # Top-level fields this upstream is sent, per endpoint (proxy/decide/fields.py); None: all.
         self._fields = fields
         base = base_url.rstrip("/")
         self._urls = {"chat": f"{base}/chat/completions", "completions": f"{base}/completions"}

@@ -2,7 +2,7 @@
 
 aiohttp's server logs a malformed request with the raw bytes it received (``Authorization``
 and body included) and a traceback; botocore logs whole requests at DEBUG. The router's
-protocol (proxy/limits.py) logs a bad request as one line through ``BadRequestLog``, and
+protocol (proxy/http/hostile_input.py) logs a bad request as one line through ``BadRequestLog``, and
 ``guard_library_logs`` strips what the libraries would add: exception text and tracebacks
 (which quote the bytes), and any bytes argument.
 """

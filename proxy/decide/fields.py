@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from .errors import bad_request, quote
+from proxy.errors import bad_request, quote
 
 ENDPOINTS = ("chat", "completions")
 
-# Routing extensions (proxy/intent.py): the router's own, stripped before the upstream.
+# Routing extensions (proxy/decide/intent.py): the router's own, stripped before the upstream.
 EXTENSION_FIELDS = frozenset(
     {"prefer", "tier", "min_coding_score", "models", "task", "escalate", "cache"}
 )

@@ -9,14 +9,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .catalog import PREFERS, TIERS, Prefer, Tier
-from .errors import RouterError, bad_request, quote
+from proxy.catalog import PREFERS, TIERS, Prefer, Tier
+from proxy.errors import RouterError, bad_request, quote
+from proxy.providers.base import Endpoint
+
 from .fields import EXTENSION_FIELDS
 from .policy import DEFAULT_TASKS, TaskRoute
-from .providers.base import Endpoint
 
-# Routing extensions (never forwarded upstream) are listed in proxy/fields.py.
-# "cache": true/false opts a request in or out of the response cache (proxy/cache.py).
+# Routing extensions (never forwarded upstream) are listed in proxy/decide/fields.py.
+# "cache": true/false opts a request in or out of the response cache (proxy/accounting/cache.py).
 
 # Rough tokens for an image part; the context check only needs an upper-ish estimate.
 IMAGE_TOKENS = 800

@@ -1,7 +1,7 @@
 """Limits on hostile input, each with a clear answer: header and body read deadlines (408),
 open connections (503; 429 past one address's share), body size (413, aiohttp's
 ``client_max_size``), JSON nesting depth and number of messages (400). The protocol also
-logs a malformed request as one line without its bytes (proxy/hygiene.py).
+logs a malformed request as one line without its bytes (proxy/http/hygiene.py).
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ import orjson
 from aiohttp import web, web_protocol
 from aiohttp.web_request import BaseRequest
 
-from .config import LimitsSettings
-from .errors import RouterError, bad_request
+from proxy.config import LimitsSettings
+from proxy.errors import RouterError, bad_request
+from proxy.serve.state import ROUTER
+
 from .hygiene import BadRequestLog
-from .state import ROUTER
 
 
 async def read_body(request: web.Request, limits: LimitsSettings) -> bytes:
@@ -90,7 +91,7 @@ def _deeper_than(value: Any, limit: int) -> bool:
 
 def screen(body: Any, limits: LimitsSettings) -> Any:
     """Refuse too many messages before anything else looks. (Unknown fields, those that
-    would steer an upstream among them, are proxy/fields.py's.)"""
+    would steer an upstream among them, are proxy/decide/fields.py's.)"""
     if type(body) is not dict:
         return body  # parse_intent names the problem
     messages = body.get("messages")
