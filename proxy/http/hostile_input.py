@@ -7,6 +7,7 @@ logs a malformed request as one line without its bytes (proxy/http/hygiene.py).
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 from collections.abc import Callable
 from typing import Any
@@ -188,6 +189,13 @@ def peer_of(transport: asyncio.BaseTransport) -> str:
     return str(peer[0]) if isinstance(peer, tuple) and peer else "unix"
 
 
+@functools.cache
+def _networks(
+    trusted: tuple[str, ...],
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(net, strict=False) for net in trusted)
+
+
 def is_trusted(address: str, trusted: tuple[str, ...]) -> bool:
     """True when ``address`` is one of the configured reverse proxies (address or CIDR)."""
     if not trusted:
@@ -196,7 +204,29 @@ def is_trusted(address: str, trusted: tuple[str, ...]) -> bool:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return False
-    return any(ip in ipaddress.ip_network(net, strict=False) for net in trusted)
+    return any(ip in net for net in _networks(trusted))
+
+
+class AddressCounts:
+    """Open connections per client address, for the per-address cap."""
+
+    __slots__ = ("held",)
+
+    def __init__(self) -> None:
+        self.held: dict[str, int] = {}
+
+    def open(self, address: str, cap: int) -> bool:
+        """Count a new connection; False when the address already held ``cap``."""
+        held = self.held.get(address, 0)
+        self.held[address] = held + 1
+        return held < cap
+
+    def close(self, address: str) -> None:
+        left = self.held[address] - 1
+        if left:
+            self.held[address] = left
+        else:
+            del self.held[address]
 
 
 def client_address(request: web.BaseRequest, trusted: tuple[str, ...]) -> str:
@@ -254,11 +284,9 @@ class GuardedHandler(web_protocol.RequestHandler):
             # It only gets a 503; it need not hold a socket for the full header deadline.
             self._header_timeout = min(self._header_timeout, OVER_CAPACITY_HEADER_S)
         elif not is_trusted(address, limits.trusted_proxies):
-            held = per_address.get(address, 0)
-            if held >= limits.per_address:
+            if not per_address.open(address, limits.per_address):
                 self._request_handler = _over_address_cap
                 self._header_timeout = min(self._header_timeout, OVER_CAPACITY_HEADER_S)
-            per_address[address] = held + 1
             self._address = address
         guard.open_connections += 1
         self._counted = True
@@ -273,12 +301,7 @@ class GuardedHandler(web_protocol.RequestHandler):
             self._guard.open_connections -= 1
         if (address := self._address) is not None:
             self._address = None
-            per_address = self._guard.by_address
-            left = per_address[address] - 1
-            if left:
-                per_address[address] = left
-            else:
-                del per_address[address]
+            self._guard.by_address.close(address)
         super().connection_lost(exc)
 
     def handle_error(
@@ -361,7 +384,7 @@ class GuardedServer(web.Server):
         )
         self._limits = limits
         self.open_connections = 0
-        self.by_address: dict[str, int] = {}  # open connections per client address
+        self.by_address = AddressCounts()
         self.bad_requests = BadRequestLog()
 
     def __call__(self) -> GuardedHandler:
