@@ -169,6 +169,33 @@ async def test_trusted_proxy_addresses_are_exempt_from_the_share(start_proxy: St
             writer.close()
 
 
+@pytest.mark.parametrize(
+    ("trusted", "logged"),
+    [
+        pytest.param(["127.0.0.1"], "203.0.113.9", id="trusted-proxy"),
+        pytest.param([], "127.0.0.1", id="untrusted-peer"),
+    ],
+)
+async def test_x_forwarded_for_names_the_client_only_from_a_trusted_proxy(
+    start_proxy: StartProxy,
+    caplog: pytest.LogCaptureFixture,
+    trusted: list[str],
+    logged: str,
+) -> None:
+    proxy = await start_proxy(
+        {
+            "keys": [{"id": "t", "sha256": hash_key(KEY)}],
+            "limits": {"trusted_proxies": trusted},
+        }
+    )
+    caplog.set_level("INFO", logger="model_router.auth")
+    forwarded = b"X-Forwarded-For: 198.51.100.7, 203.0.113.9\r\nAuthorization: Bearer nope\r\n"
+    head, _, _ = await exchange(proxy, request(forwarded, BODY))
+    assert head.startswith(b"HTTP/1.1 401 ")
+    [line] = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert f"from {logged}:" in line and "/v1/chat/completions" in line
+
+
 async def test_a_new_connection_that_sends_nothing_gets_the_shorter_deadline(
     start_proxy: StartProxy,
 ) -> None:
@@ -240,6 +267,22 @@ async def test_a_cancelled_stream_is_charged_for_what_the_upstream_sent(
     assert abs(row["completion_tokens"] - sent) <= 0.1 * sent, (row["completion_tokens"], sent)
     assert row["prompt_tokens"] > 0 and row["cost"] > 0
     assert row["model"] is not None
+
+
+async def test_leaving_before_the_first_token_is_charged_for_the_prompt(
+    start_proxy: StartProxy,
+) -> None:
+    proxy = await start_proxy()
+    proxy.sim.state.set_fault("*", Fault(mode="hang_first_token"))
+    body = {"model": "gpt-5-nano", "stream": True, "messages": MSG}
+    async with aiohttp.ClientSession() as s:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await s.post(f"{proxy.url}/v1/chat/completions", json=body)
+    [row] = await rows(proxy, 1)
+    assert row["status"] == 499 and row["estimated"] == 1
+    assert row["model"] == "gpt-5-nano" and row["completion_tokens"] == 0
+    assert row["prompt_tokens"] > 0 and row["cost"] > 0
 
 
 async def test_a_broken_stream_is_charged_and_flagged_estimated(start_proxy: StartProxy) -> None:

@@ -294,10 +294,17 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         key = access.authenticate(request.headers.get("Authorization"), keys)
     except RouterError as err:
         peer = client_address(request, request.app[ROUTER].current.config.limits.trusted_proxies)
-        log.info("refused %s %s from %s: %s", request.method, request.path, peer, err.code)
+        # The route, not the raw path: a path is client bytes and may carry anything.
+        log.info("refused %s %s from %s: %s", request.method, route_of(request), peer, err.code)
         raise
     request[PRINCIPAL] = access.principal(key)
     return await handler(request)
+
+
+def route_of(request: web.Request) -> str:
+    """The matched route's pattern (``/v1/models``), or ``(no route)``: safe to log."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "(no route)"
 
 
 def principal(request: web.Request) -> Principal:

@@ -17,14 +17,14 @@ from proxy.decide.experiments import key_id
 from proxy.decide.intent import forwarded_body, parse_intent
 from proxy.decide.resolve import resolve
 from proxy.decide.routing import plan
-from proxy.errors import RouterError
+from proxy.errors import RouterError, quote
 from proxy.providers.base import Endpoint
 from proxy.serve.dispatch import Outcome
 from proxy.serve.escalation import complete_escalating
 from proxy.serve.state import ROUTER, Router
 
 from . import hostile_input
-from .auth import Ticket, principal
+from .auth import Ticket, principal, route_of
 
 access_log = logging.getLogger("model_router.access")
 log = logging.getLogger("model_router")
@@ -256,14 +256,14 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         return error_response(
             RouterError(
                 exc.status,
-                f"{request.method} {request.path}: {exc.reason}",
+                f"{request.method} {quote(request.path)}: {exc.reason}",
                 type="invalid_request_error" if exc.status < 500 else "server_error",
                 code=exc.reason.lower().replace(" ", "_"),
             )
         )
     except Exception as exc:
         # Never the exception's repr: aiohttp's can carry request headers.
-        log.error("unhandled %s in %s %s", type(exc).__name__, request.method, request.path)
+        log.error("unhandled %s in %s %s", type(exc).__name__, request.method, route_of(request))
         return error_response(
             RouterError(
                 500, "internal error in the router", type="server_error", code="internal_error"
