@@ -111,8 +111,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 def test_no_malformed_request_puts_the_key_or_the_prompt_in_any_log(server: Server) -> None:
     answers = {name: send(server.port, data) for name, data in SHAPES.items()}
-    # A well-formed request with the same key and prompt, so the usage log has rows.
+    # Well-formed requests with the same key and prompt, so the usage log has rows; one
+    # pins a "model" named after the prompt.
     send(server.port, head(AUTH, b"Connection: close") + b"\r\n\r\n" + BODY)
+    odd = BODY.replace(b'"gpt-5-nano"', b'"' + PROMPT.encode() + b'"')
+    send(server.port, head(AUTH, b"Connection: close", length=len(odd)) + b"\r\n\r\n" + odd)
     for name, answer in answers.items():
         assert KEY.encode() not in answer, name
         if answer:

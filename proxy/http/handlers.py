@@ -88,8 +88,11 @@ async def _route(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
         policy = router.config.policy
         intent = parse_intent(body, endpoint, policy.tasks)
         outcome.stream = intent.stream
+        # Names the catalog does not know are client text: logged as "(unknown)", never echoed.
+        named = router.catalog.get
+        pinned = tuple(n if named(n) is not None else "(unknown)" for n in intent.pinned)
         outcome.intent = describe(
-            intent.pinned, intent.prefer, "auto" if intent.tier_auto else intent.tier, intent.task
+            pinned, intent.prefer, "auto" if intent.tier_auto else intent.tier, intent.task
         )
         # The key's own limits and allowances see what the client asked for, before the
         # classifier or an experiment picks a tier.
