@@ -6,6 +6,8 @@ bad requests writes a bounded number of lines."""
 from __future__ import annotations
 
 import http.client
+import io
+import logging
 import socket
 import time
 from collections.abc import Iterator
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from proxy.decide.tokens import hash_key
+from proxy.http.hygiene import guard_library_logs
 from tests.conftest import server_log, spawn_server, stop_server
 
 KEY = "mr-leak-canary-key-5f1e9a"
@@ -155,3 +158,25 @@ def test_a_flood_of_bad_requests_writes_a_bounded_log(tmp_path: Path) -> None:
     assert 10 <= len(lines) <= 40, len(lines)
     assert len(grown) < 40 * 200, len(grown)
     assert "more not logged)" in lines[-1], lines[-1]
+
+
+def test_library_records_lose_exception_text_and_bytes_at_any_depth() -> None:
+    """botocore.endpoint, urllib3.connectionpool, aiohttp.server: a filter on the handler
+    reaches the children a filter on the parent logger does not see."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        guard_library_logs()
+        for name in ("botocore.endpoint", "urllib3.connectionpool", "aiohttp.server"):
+            try:
+                raise ValueError(f"request was {KEY} {PROMPT}")
+            except ValueError:
+                logging.getLogger(name).error("failed: %s", PROMPT.encode(), exc_info=True)
+        logging.getLogger("model_router.test").warning("ours: %s", "kept")
+    finally:
+        root.removeHandler(handler)
+    text = out.getvalue()
+    assert KEY not in text and PROMPT not in text and "Traceback" not in text
+    assert text.count("[ValueError]") == 3 and "ours: kept" in text

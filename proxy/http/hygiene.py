@@ -57,7 +57,21 @@ def _safe(arg: object) -> object:
     return arg
 
 
+class WithholdLibraryDetails(WithholdDetails):
+    """The same, for a handler: applied to records of the library loggers and their
+    children (``botocore.endpoint``, ``urllib3.connectionpool``), which a filter on the
+    parent logger does not see."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith(_PREFIXES):
+            return super().filter(record)
+        return True
+
+
+_PREFIXES = tuple(f"{name}." for name in (*LIBRARY_LOGGERS, *CHATTY_LOGGERS))
+_PREFIXES += tuple(name for name in (*LIBRARY_LOGGERS, *CHATTY_LOGGERS))
 _FILTER = WithholdDetails()
+_HANDLER_FILTER = WithholdLibraryDetails()
 
 
 def guard_library_logs() -> None:
@@ -71,6 +85,9 @@ def guard_library_logs() -> None:
         logger = logging.getLogger(name)
         if logger.getEffectiveLevel() < logging.WARNING:
             logger.setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        if _HANDLER_FILTER not in handler.filters:
+            handler.addFilter(_HANDLER_FILTER)
 
 
 class LineBucket:
