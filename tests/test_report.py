@@ -277,3 +277,24 @@ def test_older_log_without_arm_columns_gains_them(tmp_path: Path) -> None:
     insert(conn, [row(arm="y:control")])
     conn.close()
     assert as_json(path, "--by", "arm")["arms"][0]["arm"] == "y:control"
+
+
+def test_estimated_rows_are_counted_and_said(tmp_path: Path) -> None:
+    """Streams cut short are charged by the router's count; the report says how many."""
+    path = str(tmp_path / "usage.db")
+    conn = connect(path)
+    insert(
+        conn,
+        [
+            row(cost=0.002),
+            row(status=499, error="client_disconnected", cost=0.003, estimated=1),
+        ],
+    )
+    conn.close()
+    data = as_json(path)
+    assert data["total"]["estimated"] == 1
+    assert data["total"]["estimated_cost_usd"] == pytest.approx(0.003)
+    assert data["groups"][0]["estimated"] == 1
+    done = report("--db", path)
+    assert done.returncode == 0, done.stderr
+    assert "estimated: 1 calls ($0.003000)" in done.stdout
