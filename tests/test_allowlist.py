@@ -7,11 +7,15 @@ from __future__ import annotations
 from typing import Any
 
 import openai
+import orjson
 import pytest
 
 from benchmarks.gen_openai_fields import OUT, generate
 from proxy.config import ConfigError, parse_config
 from proxy.decide.fields import EXTENSION_FIELDS, openai_fields
+from proxy.providers.anthropic_wire import to_anthropic_request
+from proxy.providers.base import UnsupportedFeatureError
+from proxy.providers.bedrock_wire import to_converse_request
 from tests.conftest import Proxy, StartProxy
 
 MSG = [{"role": "user", "content": "hello there"}]
@@ -145,3 +149,25 @@ async def test_provider_extra_fields_reach_that_provider_only(start_proxy: Start
 def test_bad_extra_field_config_is_an_error(data: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_config(data)
+
+
+@pytest.mark.parametrize("name", [*STEERING, "top_k", "frobnicate", "prompt", "suffix"])
+def test_translating_adapters_build_from_known_fields_only(name: str) -> None:
+    """Anthropic and Bedrock bodies are built field by field: a field they do not know is
+    refused, naming it, not carried over."""
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], name: "canary-zz9"}
+    for translate in (
+        lambda b: to_anthropic_request(b),
+        lambda b: to_converse_request("m", b),
+    ):
+        try:
+            out = translate(body)
+        except UnsupportedFeatureError as exc:
+            assert exc.param == name
+        else:
+            # Anthropic's own sampling field: mapped by the Anthropic adapter only.
+            assert name == "top_k" and out.get("top_k") == "canary-zz9"
+            assert (
+                "canary-zz9"
+                not in orjson.dumps({k: v for k, v in out.items() if k != "top_k"}).decode()
+            )
