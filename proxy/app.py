@@ -21,7 +21,8 @@ from proxy.assembly.providers import SESSION_OF, make_session
 from proxy.assembly.router import build_router
 from proxy.http import handlers
 from proxy.http.auth import ACCESS, Access, auth_middleware
-from proxy.http.hostile_input import GuardedRunner
+from proxy.http.hostile_input import GuardedRunner, expect_continue
+from proxy.http.hygiene import guard_library_logs
 from proxy.http.metrics import METRICS, Metrics, metrics_endpoint
 from proxy.serve.drain import IN_FLIGHT, InFlight
 from proxy.serve.state import ROUTER, Router, RouterHolder
@@ -72,6 +73,7 @@ def make_app(
     """The app for ``config``. A reload (``app[RUNTIME].reload()``, on SIGHUP) re-reads
     ``config_path`` (the built-in defaults when None) and keeps the listen address."""
     env = dict(os.environ if environ is None else environ)
+    guard_library_logs()
     app = web.Application(
         client_max_size=config.server.max_body_bytes,
         middlewares=[
@@ -98,8 +100,10 @@ def make_app(
     app.cleanup_ctx.append(task_ctx("loop-lag", app[METRICS].watch_loop_lag))
     app.cleanup_ctx.append(accounting_ctx(config, env))
     app.cleanup_ctx.append(history_ctx)
-    app.router.add_post("/v1/chat/completions", handlers.chat_completions)
-    app.router.add_post("/v1/completions", handlers.completions)
+    app.router.add_post(
+        "/v1/chat/completions", handlers.chat_completions, expect_handler=expect_continue
+    )
+    app.router.add_post("/v1/completions", handlers.completions, expect_handler=expect_continue)
     app.router.add_get("/v1/models", handlers.list_models)
     app.router.add_get("/v1/router/status", handlers.router_status)
     app.router.add_get("/v1/router/history", router_history)

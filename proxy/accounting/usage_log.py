@@ -42,7 +42,8 @@ def _schema() -> str:
 
 SCHEMA = _schema()
 # Columns added after the first release of the table; an older database gains them.
-LATER_COLUMNS = {f.name: f.sql for f in FIELDS if f.name in ("arm", "escalated_from", "complexity")}
+LATER = ("arm", "escalated_from", "complexity", "estimated")
+LATER_COLUMNS = {f.name: f.sql for f in FIELDS if f.name in LATER}
 INSERT = f"INSERT INTO usage ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 
 Row = tuple[Any, ...]

@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 
 from proxy.config import Config, ProviderConfig
+from proxy.decide.fields import FieldPolicy
 from proxy.providers.base import Provider
 
 # kind -> "module:Class"; each takes (name, settings...) as its ``build`` below passes them.
@@ -35,11 +36,24 @@ def build_provider(
     sessions: Mapping[str, aiohttp.ClientSession],
     aws_credentials: dict[str, str] | None,
     timeouts: tuple[float, float] = (5.0, 60.0),
+    fields: FieldPolicy | None = None,
 ) -> Provider:
     cls = implementation(pc.kind)
+    provider: Provider
+    if pc.kind == "openai":
+        # The extra body fields this provider takes ([providers.x] extra_body_fields).
+        forwarded = (fields or FieldPolicy.build((), {pc.name: pc.extra_body_fields})).forwarded
+        provider = cls(
+            pc.name,
+            base_url=pc.base_url,
+            api_key=key or "",
+            session=sessions[SESSION_OF[pc.kind]],
+            fields=forwarded.get(pc.name),
+        )
+        return provider
     if pc.kind in SESSION_OF:
         session = sessions[SESSION_OF[pc.kind]]
-        provider: Provider = cls(pc.name, base_url=pc.base_url, api_key=key or "", session=session)
+        provider = cls(pc.name, base_url=pc.base_url, api_key=key or "", session=session)
         return provider
     provider = cls(
         pc.name,
@@ -60,8 +74,13 @@ def make_session(config: Config) -> aiohttp.ClientSession:
 
 
 def provider_fingerprint(
-    pc: ProviderConfig, key: str | None, aws_credentials: Mapping[str, str] | None
+    pc: ProviderConfig,
+    key: str | None,
+    aws_credentials: Mapping[str, str] | None,
+    fields: FieldPolicy | None = None,
 ) -> str:
     """A digest of everything a provider is built from; secrets enter only hashed."""
-    material = repr((pc, key, sorted((aws_credentials or {}).items())))
+    forwarded = fields.forwarded.get(pc.name, {}) if fields is not None else {}
+    allow = sorted((e, sorted(f)) for e, f in forwarded.items())
+    material = repr((pc, key, sorted((aws_credentials or {}).items()), allow))
     return hashlib.sha256(material.encode()).hexdigest()

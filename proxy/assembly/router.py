@@ -41,12 +41,12 @@ def build_router(
     for name, pc in enabled.items():
         key = DEMO_KEY if demo else provider_key(pc, environ)
         aws = aws_credentials_from(environ, demo) if pc.kind == "bedrock" else None
-        fingerprints[name] = provider_fingerprint(pc, key, aws)
+        fingerprints[name] = provider_fingerprint(pc, key, aws, config.fields)
         if previous is not None and previous.provider_fingerprints.get(name) == fingerprints[name]:
             providers[name] = previous.providers[name]  # a reload that left it unchanged
         else:
             timeouts = (config.server.connect_timeout_s, config.server.upstream_idle_s)
-            providers[name] = build_provider(pc, key, sessions, aws, timeouts)
+            providers[name] = build_provider(pc, key, sessions, aws, timeouts, config.fields)
     if previous is None:
         health = Health.create(
             catalog,

@@ -20,14 +20,14 @@ from proxy.decide.experiments import key_id
 from proxy.decide.intent import Intent, forwarded_body, parse_intent
 from proxy.decide.resolve import Resolution, resolve
 from proxy.decide.routing import Plan, plan
-from proxy.errors import RouterError
+from proxy.errors import RouterError, quote
 from proxy.serve.drain import IN_FLIGHT, shutdown_error
 from proxy.serve.escalation import complete_escalating
 from proxy.serve.record import MAX_TEXT, Asked, RequestRecord
 from proxy.serve.state import ROUTER, Router
 
 from . import hostile_input, respond
-from .auth import Principal, Ticket, principal
+from .auth import Principal, Ticket, principal, route_of
 from .respond import error_response, json_response
 
 log = logging.getLogger("model_router")
@@ -67,9 +67,14 @@ async def _route(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
     budget.active += 1
     try:
         body = await hostile_input.read_json(request, router.config.limits)
+        if type(body) is dict:
+            router.config.fields.check(body, endpoint)  # an allowlist: unknown fields are 400
         intent = parse_intent(body, endpoint, router.config.policy.tasks)
+        # Names the catalog does not know are client text: logged as "(unknown)", never echoed.
+        named = router.catalog.get
+        pinned = tuple(n if named(n) is not None else "(unknown)" for n in intent.pinned)
         asked = describe(
-            intent.pinned, intent.prefer, "auto" if intent.tier_auto else intent.tier, intent.task
+            pinned, intent.prefer, "auto" if intent.tier_auto else intent.tier, intent.task
         )[:MAX_TEXT]
         record.asked = Asked(rid, endpoint, caller.key_id, intent.stream, asked)
         # The key's own limits and allowances see what the client asked for, before the
@@ -238,25 +243,28 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         return error_response(err)
     except web.HTTPRequestEntityTooLarge as exc:
         limit = exc.text or ""
-        return error_response(
+        response = error_response(
             RouterError(
                 413, f"the request body is too large ({limit.strip()})", code="request_too_large"
             )
         )
+        # Closed: reading (and throwing away) the rest of a body we refused helps nobody.
+        response.force_close()
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         return error_response(
             RouterError(
                 exc.status,
-                f"{request.method} {request.path}: {exc.reason}",
+                f"{request.method} {quote(request.path)}: {exc.reason}",
                 type="invalid_request_error" if exc.status < 500 else "server_error",
                 code=exc.reason.lower().replace(" ", "_"),
             )
         )
     except Exception as exc:
         # Never the exception's repr: aiohttp's can carry request headers.
-        log.error("unhandled %s in %s %s", type(exc).__name__, request.method, request.path)
+        log.error("unhandled %s in %s %s", type(exc).__name__, request.method, route_of(request))
         return error_response(
             RouterError(
                 500, "internal error in the router", type="server_error", code="internal_error"

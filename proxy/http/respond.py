@@ -77,9 +77,12 @@ def error_response(err: RouterError, request_id: str | None = None) -> web.Respo
     headers = dict(err.headers)
     if request_id:
         headers.setdefault("x-request-id", request_id)
-    return web.Response(
+    response = web.Response(
         body=err.body(), status=err.status, content_type="application/json", headers=headers
     )
+    if headers.get("Connection", "").lower() == "close":
+        response.force_close()  # a refused body (408, 413) is not read to its end
+    return response
 
 
 def answer_response(answer: Answer, record: RequestRecord) -> web.Response:
@@ -162,8 +165,9 @@ class StreamWriter:
             # The client went away between a write and aiohttp noticing.
             return self._client_gone("client_disconnected")
         finally:
+            # The upstream's usage, or (a stream cut short) an estimate of what it generated.
+            record.take_charge(committed.relay.charge())
             await committed.upstream.aclose()
-            record.take_usage(committed.relay.usage)
         if not await self._write_bounded(None):
             return self._client_gone("client_stalled")
         return resp

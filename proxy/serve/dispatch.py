@@ -187,12 +187,11 @@ class Dispatcher:
         self, intent: Intent, plan: Plan, body: dict[str, Any], record: RequestRecord
     ) -> Committed:
         """Open the plan's first deployment that reaches a first content token in time."""
-        deadline = self.routing.deadline_s(intent.prefer if not intent.pinned else None)
         # Upstream is always asked for usage; the relay passes it on only if the client asked.
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
 
         async def attempt(cand: Candidate, trial: bool, failures: Failures) -> Committed | None:
-            return await self._open_stream(cand, intent, body, deadline, trial, failures)
+            return await self._open_stream(cand, intent, body, trial, failures, record)
 
         committed = await self._first(intent, plan, record, attempt)
         record.ttft_ms = committed.ttft_ms
@@ -206,14 +205,15 @@ class Dispatcher:
         cand: Candidate,
         intent: Intent,
         body: dict[str, Any],
-        deadline: float,
         trial: bool,
         failures: Failures,
+        record: RequestRecord,
     ) -> Committed | None:
         """One attempt up to the commit point; None when it failed (and was recorded)."""
         loop = asyncio.get_running_loop()
+        deadline = self.routing.deadline_s(intent.prefer if not intent.pinned else None)
         provider = self.providers[cand.deployment.provider]
-        relay = SSERelay(intent.include_usage, cand.model.cost_usd)
+        relay = SSERelay(intent.include_usage, cand.model.cost_usd, intent.prompt_tokens)
         upstream: UpstreamStream | None = None
         mark = self.health.mark(cand.deployment.key)
         started = loop.time()
@@ -233,6 +233,10 @@ class Dispatcher:
             # trial slot goes back, and the upstream connection is closed, not pooled.
             self._no_verdict(cand, trial)
             if upstream is not None:
+                # The upstream took the request: its prompt, and whatever it generated
+                # before the client left, are charged (else leaving early is free).
+                record.answered_by(cand.model.id, cand.deployment.provider, cand.model.tier)
+                record.take_charge(relay.charge())
                 await upstream.aclose()
             raise
         ttft_ms = (loop.time() - started) * 1000

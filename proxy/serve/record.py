@@ -50,6 +50,8 @@ class RequestRecord:
     error: str | None = None  # failure kind of the final error, if any
     escalated_from: str | None = None  # the tier whose answer was retried a tier up
     cache_hit: bool = False
+    # Tokens and cost were estimated: the stream ended before the upstream's usage came.
+    estimated: bool = False
 
     @property
     def request_id(self) -> str:
@@ -89,6 +91,10 @@ class RequestRecord:
 
     def answered_by(self, model: str, provider: str, tier: str | None) -> None:
         self.model, self.provider, self.model_tier = model, provider, tier
+
+    def take_charge(self, charge: tuple[int, int, float, bool]) -> None:
+        """A stream's (prompt, completion, cost, estimated), from ``SSERelay.charge``."""
+        self.prompt_tokens, self.completion_tokens, self.cost, self.estimated = charge
 
     def take_usage(self, usage: Mapping[str, Any] | None) -> None:
         if not usage:
@@ -134,6 +140,7 @@ FIELDS: tuple[Field, ...] = (
     Field("arm", "TEXT", 'experiment arm, "<name>:control" / "<name>:treatment"'),
     Field("escalated_from", "TEXT", "the tier whose answer was retried a tier up"),
     Field("complexity", "REAL", "the classifier's score when the tier was auto"),
+    Field("estimated", "INTEGER", "1: tokens and cost estimated (a stream cut short)"),
 )
 COLUMNS = tuple(f.name for f in FIELDS)
 LOGGED = tuple(f.name for f in FIELDS if f.logged)
