@@ -25,6 +25,7 @@ from .app import (
 from .auth import hash_key, is_loopback
 from .config import Config, ConfigError, load_config
 from .drain import IN_FLIGHT, drain
+from .logstream import ACCESS_LOGGER, CountingStreamHandler
 from .metrics import METRICS
 from .reload import ReloadError
 from .state import ROUTER
@@ -155,8 +156,9 @@ def _logging() -> None:
         level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
     )
     # The access log is bare JSON, one object per line, so `journalctl -o cat | jq` works.
-    access = logging.getLogger("model_router.access")
-    handler = logging.StreamHandler(sys.stderr)
+    access = logging.getLogger(ACCESS_LOGGER)
+    # Its failed writes are counted (/v1/router/status, /readyz, /metrics), not raised.
+    handler = CountingStreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     access.addHandler(handler)
     access.propagate = False
