@@ -88,6 +88,7 @@ LATER_COLUMNS = {"arm": "TEXT", "escalated_from": "TEXT", "complexity": "REAL"}
 INSERT = f"INSERT INTO usage ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 
 Row = tuple[Any, ...]
+SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 def db_path(settings: UsageSettings, environ: Mapping[str, str]) -> str:
@@ -307,6 +308,10 @@ class UsageLog:
             log.warning("usage log %s: the file was replaced or removed; reopening", self.path)
             self._close_conn()
         if self._conn is None:
+            if (problem := self._bad_header()) is not None:
+                # Checked before SQLite sees it: a stale -wal left beside a replaced file
+                # would make SQLite read the old pages over the garbage and carry on.
+                self._set_aside(problem)
             try:
                 self._conn = connect(self.path)
             except sqlite3.DatabaseError as exc:
@@ -317,6 +322,17 @@ class UsageLog:
             self._conn_file = self._file_id()
         return self._conn
 
+    def _bad_header(self) -> str | None:
+        """Why the file at the path is not an SQLite database, or None (fine, or absent)."""
+        try:
+            with open(self.path, "rb") as fh:
+                head = fh.read(len(SQLITE_MAGIC))
+        except FileNotFoundError:
+            return None
+        if head and head != SQLITE_MAGIC:
+            return "the file is not an SQLite database (its header is wrong)"
+        return None
+
     def _file_id(self) -> tuple[int, int] | None:
         try:
             st = os.stat(self.path)
@@ -324,7 +340,7 @@ class UsageLog:
             return None
         return st.st_dev, st.st_ino
 
-    def _set_aside(self, exc: sqlite3.Error) -> None:
+    def _set_aside(self, exc: sqlite3.Error | str) -> None:
         """Refusing to start (or to log) over a damaged file helps nobody: keep it for
         inspection under a timestamped name and begin a new one."""
         self._close_conn()
