@@ -527,3 +527,150 @@ def test_no_descriptors_left_answers_503_or_closes_cleanly_and_serves_once_they_
         assert all(d["breaker"] == "closed" for d in deployments), deployments
     finally:
         server.stop()
+
+
+# --- 5. clock steps --------------------------------------------------------------------------
+# The wall clock is stepped with libfaketime (Debian's `faketime` package; .ci/run installs
+# it): LD_PRELOAD'ed into the server, re-reading its offset file on every call, with
+# CLOCK_MONOTONIC left alone, which is exactly what an NTP step does to a process.
+
+FAKETIME_LIBS = sorted(Path("/usr/lib").glob("*/faketime/libfaketimeMT.so.1"))
+
+
+@dataclass
+class FakeClock:
+    offset_file: Path
+
+    def env(self) -> dict[str, str]:
+        return {
+            "LD_PRELOAD": str(FAKETIME_LIBS[0]),
+            "FAKETIME_TIMESTAMP_FILE": str(self.offset_file),
+            "FAKETIME_NO_CACHE": "1",
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        }
+
+    def step_to(self, offset_s: float) -> None:
+        """The server's wall clock reads real time + ``offset_s`` from now on."""
+        self.offset_file.write_text(f"{offset_s:+.3f}\n")
+
+
+@pytest.fixture
+def fake_clock(tmp_path: Path) -> FakeClock:
+    if not FAKETIME_LIBS:
+        if os.environ.get("CI"):
+            pytest.fail("libfaketime is missing: .ci/run installs the faketime package")
+        pytest.skip("libfaketime is not installed (apt-get install faketime)")
+    clock = FakeClock(tmp_path / "faketime")
+    clock.step_to(0)
+    return clock
+
+
+def deployment(server: Server, key: str) -> dict[str, Any]:
+    return next(d for d in server.status()["deployments"] if d["deployment"] == key)
+
+
+CLOCK_CONFIG = """
+[probes]
+enabled = false
+[breaker]
+consecutive_failures = 2
+base_open_s = 4.0
+max_open_s = 4.0
+jitter = 0.0
+half_open_successes = 1
+"""
+
+
+def test_a_wall_clock_step_moves_no_breaker_and_no_latency_estimate(
+    tmp_path: Path, fake_clock: FakeClock
+) -> None:
+    sim_port = free_port()
+    nano, mini = "gpt-5-nano@openai", "gpt-5-mini@openai"
+    # Simulated latencies at 5 % of the catalog's: a decay that jumped would pull the
+    # estimates 20x up toward the nominal figures.
+    env = {**fake_clock.env(), "MODEL_ROUTER_DEMO_SCALE": "0.05"}
+    server = serve(tmp_path, CLOCK_CONFIG, env=env, args=("--demo", "--sim-port", str(sim_port)))
+    sim = f"http://127.0.0.1:{sim_port}/_sim/fault"
+    try:
+        for _ in range(4):
+            server.ask(stream=True, model="gpt-5-mini")
+        post(sim, {"model": "gpt-5-nano", "mode": "status", "status": 500})
+        for _ in range(2):
+            with pytest.raises(openai.APIStatusError):
+                server.ask(model="gpt-5-nano")
+        before = {d["deployment"]: d for d in server.status()["deployments"]}
+        before_reset_in = server.status()["spend"]["resets_in_s"]
+        assert before[nano]["breaker"] == "open" and before[mini]["samples"] >= 4
+        for offset in (3600.0, -3600.0):
+            fake_clock.step_to(offset)
+            # The step took: the budget's wall clock moved by the offset.
+            resets_in = server.status()["spend"]["resets_in_s"]
+            moved = abs(resets_in - (before_reset_in - offset) % 86_400)
+            assert min(moved, 86_400 - moved) < 60, (offset, before_reset_in, resets_in)
+            now = {d["deployment"]: d for d in server.status()["deployments"]}
+            # Still open, with the backoff it had (monotonic), not an hour more or less.
+            assert now[nano]["breaker"] == "open", (offset, now[nano])
+            assert 0 < now[nano]["breaker_detail"]["open_remaining_s"] <= 4.0
+            # No breaker opened or closed, no estimate moved, no sample aged by an hour.
+            assert {k: d["breaker"] for k, d in now.items()} == {
+                k: d["breaker"] for k, d in before.items()
+            }
+            assert now[mini]["ttft_estimate_ms"] == pytest.approx(
+                before[mini]["ttft_estimate_ms"], rel=0.05
+            ), (offset, before[mini], now[mini])
+            assert now[mini]["last_sample_age_s"] < 60, now[mini]
+        # The backoff ends on the monotonic clock: the next request is the half-open trial.
+        post(sim, {"model": "gpt-5-nano", "mode": "none"})
+        until(
+            lambda: deployment(server, nano)["breaker_detail"]["open_remaining_s"] == 0,
+            what="the 4 s backoff ends",
+        )
+        assert server.ask(model="gpt-5-nano")
+        assert deployment(server, nano)["breaker"] == "closed"
+        assert deployment(server, nano)["breaker_detail"]["opened_count"] == 1
+    finally:
+        server.stop()
+
+
+def test_the_daily_budget_rolls_over_at_utc_midnight_of_the_wall_clock(
+    tmp_path: Path, fake_clock: FakeClock
+) -> None:
+    midnight = (int(time.time()) // 86_400 + 1) * 86_400
+    fake_clock.step_to(midnight - 4.0 - time.time())  # 23:59:56 UTC in the server
+    config = USAGE.format(flush_ms=20, queue_max=100) + "[budget]\ndaily_usd = 1.0\n"
+    env = fake_clock.env()
+    with running(tmp_path, config, env=env) as server:
+        server.ask()
+        spend = server.status()["spend"]
+        assert spend["today_usd"] > 0
+        assert spend["resets_at"] == time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(midnight))
+        until(lambda: server.status()["spend"]["today_usd"] == 0, what="the budget day ends")
+        spend = server.status()["spend"]
+        assert spend["resets_at"] == time.strftime(
+            "%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(midnight + 86_400)
+        )
+        assert spend["remaining_usd"] == 1.0
+        until(lambda: server.status()["usage_log"]["written_rows"] == 1, what="row written")
+    # Restarted on the new day: yesterday's row stays out of today's spend.
+    with running(tmp_path, config, env=env) as server:
+        assert server.status()["spend"]["today_usd"] == 0
+        server.ask()
+        assert server.status()["spend"]["today_usd"] > 0
+    (old_ts,), (new_ts,) = sqlite3.connect(tmp_path / "model-router.db").execute(
+        "SELECT ts FROM usage ORDER BY id"
+    )
+    assert old_ts < midnight <= new_ts
+
+
+def post(url: str, body: dict[str, Any]) -> None:
+    req = urllib.request.Request(
+        url, data=orjson.dumps(body), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 200
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
