@@ -674,3 +674,115 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+# --- 6. a provider host that does not resolve, or drops packets ------------------------------
+
+
+@pytest.fixture
+def black_hole() -> Iterator[int]:
+    """A loopback port that answers no SYN: a listener that never accepts, its backlog full.
+    Nothing leaves the box (an unroutable outside address would)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(8):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", port))
+        fillers.append(s)
+    time.sleep(0.2)
+    probe = socket.socket()
+    probe.settimeout(0.5)
+    try:
+        with pytest.raises(TimeoutError):
+            probe.connect(("127.0.0.1", port))
+    finally:
+        probe.close()
+    try:
+        yield port
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()
+
+
+DEAD_HOSTS = """
+[server]
+connect_timeout_s = 1.0
+[providers.openai]
+base_url = "{sim}/v1"
+[providers.openrouter]
+base_url = "{sim}/v1"
+[providers.google]
+base_url = "http://generativelanguage.invalid/v1beta/openai"
+[providers.deepseek]
+base_url = "http://127.0.0.1:{hole}/v1"
+[probes]
+enabled = true
+interval_s = 1.0
+jitter = 0.0
+timeout_s = 2.0
+max_daily_spend_usd = 1000.0
+[breaker]
+consecutive_failures = 2
+base_open_s = 2.0
+max_open_s = 8.0
+jitter = 0.0
+half_open_successes = 1
+"""
+WATCH_S = 12.0
+
+
+def test_a_host_that_does_not_resolve_or_drops_packets_opens_its_breaker_and_others_serve(
+    tmp_path: Path, sim_process: procs.Service, black_hole: int
+) -> None:
+    config = DEAD_HOSTS.format(sim=sim_process.url, hole=black_hole)
+    with running(tmp_path, config, env=procs.router_env(), args=()) as server:
+        started = time.monotonic()
+        dead = {
+            d["deployment"]
+            for d in server.status()["deployments"]
+            if d["provider"] in ("google", "deepseek")
+        }
+        assert len(dead) == 4
+        # Others serve meanwhile: routed by intent, and by a fallback list whose first model
+        # only the black hole serves.
+        while time.monotonic() - started < WATCH_S:
+            assert server.ask(stream=True, model="auto:fast")
+            raw = server.client().chat.completions.with_raw_response.create(
+                model="deepseek-v3.2",
+                messages=MSG,  # type: ignore[arg-type]
+                extra_body={"models": ["deepseek-v3.2", "gpt-5-mini"]},
+            )
+            assert raw.headers["x-router-model"] == "gpt-5-mini"
+            time.sleep(0.5)
+        status = server.status()
+        rows = {d["deployment"]: d for d in status["deployments"]}
+        for key in dead:
+            assert rows[key]["breaker_detail"]["opened_count"] >= 1, rows[key]
+        live = [d for k, d in rows.items() if k not in dead]
+        assert all(d["breaker"] == "closed" for d in live)
+        # Not a retry loop: each dead deployment was tried `consecutive_failures` times, then
+        # once per half-open trial, whose backoff doubles (2, 4, 8 s) -- not once a second.
+        openings = sum(rows[k]["breaker_detail"]["opened_count"] for k in dead)
+        assert openings <= 4 * len(dead), openings
+        allowed = sum(2 + rows[k]["breaker_detail"]["opened_count"] for k in dead)
+        print(
+            f"dead deployments: {openings} openings, {status['probes']} probes; allowed {allowed}"
+        )
+        assert status["probes"]["failed"] <= allowed + len(dead), (status["probes"], allowed)
+        code, ready = server.get("/readyz")
+        assert code == 200 and ready["deployments_available"] == len(rows) - len(dead)
+        # A model served by a dead host and a live one goes to the live one at once.
+        raw = server.client().chat.completions.with_raw_response.create(
+            model="gemini-2.5-flash",
+            messages=MSG,  # type: ignore[arg-type]
+        )
+        assert raw.headers["x-router-provider"] == "openrouter"
+        # A model only a dead host serves gets a clean error in OpenAI's shape.
+        with pytest.raises(openai.APIStatusError) as exc:
+            server.ask(model="deepseek-v3.2")
+        assert exc.value.status_code in (502, 503, 504), exc.value
