@@ -7,6 +7,7 @@ simulator, as systemd would run it; README's "Faults of the box" table is what t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
@@ -786,3 +787,134 @@ def test_a_host_that_does_not_resolve_or_drops_packets_opens_its_breaker_and_oth
         with pytest.raises(openai.APIStatusError) as exc:
             server.ask(model="deepseek-v3.2")
         assert exc.value.status_code in (502, 503, 504), exc.value
+
+
+# --- 7. memory: a thousand slow streams with large prompts -----------------------------------
+
+STREAMS = 1000
+PROMPT_BYTES = 32 * 1024
+# Documented in README ("Faults of the box"): what one open stream may hold, its prompt
+# included, while its client reads slowly.
+PER_STREAM_KIB = 160
+# A stream whose upstream sends far faster than its client reads: measured ~2.9 MiB, reached
+# within ~2 s and flat after, whatever the answer's length (the rest waits in the kernel's
+# socket queues and upstream, behind aiohttp's paused reads).
+FLOOD_KIB = 4096
+
+
+def raise_nofile(n: int = 8192) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = n if hard == resource.RLIM_INFINITY else min(n, hard)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+async def slow_stream(
+    host: str, port: int, body: bytes, opened: asyncio.Event, stop: asyncio.Event
+) -> int:
+    """A client that sends a large prompt, then reads its stream 512 bytes a second."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=1024)
+    writer.transport.pause_reading()
+    writer.write(REQUEST % (len(body), body))
+    await writer.drain()
+    writer.transport.resume_reading()
+    got = await reader.read(512)
+    opened.set()
+    total = len(got)
+    try:
+        while not stop.is_set() and got:
+            await asyncio.sleep(1.0)
+            got = await reader.read(512)
+            total += len(got)
+    finally:
+        writer.close()
+    return total
+
+
+# A few streams whose upstream sends a long answer as fast as it can (80,000 chunks, ~10 MiB)
+# to clients that read 512 bytes a second: a proxy that buffered for them would grow by that.
+FLOODS = 4
+FLOOD_MODEL = "gpt-5-nano"
+SLOW_MODEL = "gpt-5-mini"
+
+
+@pytest.mark.timeout(120)
+def test_a_thousand_slow_streams_with_large_prompts_stay_within_a_bound_per_stream(
+    tmp_path: Path,
+) -> None:
+    raise_nofile()
+    # Answers last ~15 s (50 chunks, 300 ms apart) so every stream is open when RSS is read.
+    sim = procs.spawn("sim", procs.sim_argv(ttft_ms=0, gap_ms=0, tokens=8), cpus=None)
+    post(f"{sim.url}/_sim/profile", {"model": SLOW_MODEL, "gap_ms": 300, "tokens": 50})
+    post(f"{sim.url}/_sim/profile", {"model": FLOOD_MODEL, "gap_ms": 0, "tokens": 80_000})
+    config = procs.router_config(sim.url) + "\n[probes]\nenabled = false\n"
+    server = serve(tmp_path, config, env=procs.router_env(), preexec_fn=raise_nofile, args=())
+    host, port = server.url.removeprefix("http://").split(":")
+    prompt = "x" * PROMPT_BYTES
+
+    def body(model: str) -> bytes:
+        messages = [{"role": "user", "content": prompt}]
+        return orjson.dumps({"model": model, "stream": True, "messages": messages})
+
+    async def run() -> dict[str, Any]:
+        stop = asyncio.Event()
+        opened = [asyncio.Event() for _ in range(STREAMS + FLOODS)]
+        tasks = []
+
+        async def start(first: int, n: int, model: str) -> None:
+            for i in range(first, first + n):
+                task = slow_stream(host, int(port), body(model), opened[i], stop)
+                tasks.append(asyncio.create_task(task))
+                if i % 100 == 99:
+                    await asyncio.sleep(0.1)
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in opened[first:][:n])), 90)
+
+        # Warm: the first requests allocate what every later one reuses (pools, caches).
+        await asyncio.to_thread(server.ask, stream=True, model="gpt-5")
+        f: dict[str, Any] = {"idle": procs.rss_kib(server.pid)}
+        t0 = time.monotonic()
+        await start(STREAMS, FLOODS, FLOOD_MODEL)
+        await asyncio.sleep(3.0)
+        f["flood_3s"] = procs.rss_kib(server.pid)
+        await asyncio.sleep(3.0)
+        f["flood_6s"] = procs.rss_kib(server.pid)
+        await start(0, STREAMS, SLOW_MODEL)
+        opened_at = time.monotonic()
+        f["opened"] = procs.rss_kib(server.pid)
+        await asyncio.sleep(3.0)  # every stream under way, its buffers in use
+        f["held"] = procs.rss_kib(server.pid)
+        f["open"] = server.metrics()["model_router_open_streams"]
+        stop.set()
+        f["read"] = await asyncio.gather(*tasks)
+        f["phases"] = (
+            f"opened after {opened_at - t0:.1f} s, closed after {time.monotonic() - t0:.1f} s"
+        )
+        return f
+
+    try:
+        f = asyncio.run(run())
+        flood = (f["flood_6s"] - f["idle"]) / FLOODS
+        per_stream = (max(f["opened"], f["held"]) - f["flood_6s"]) / STREAMS
+        print(
+            f"RSS idle {f['idle'] / 1024:.1f} MiB; {FLOODS} flooded slow streams: "
+            f"{f['flood_3s'] / 1024:.1f} MiB after 3 s, {f['flood_6s'] / 1024:.1f} after 6 s "
+            f"({flood:.0f} KiB each); +{STREAMS} slow streams with {PROMPT_BYTES // 1024} KiB "
+            f"prompts: {f['opened'] / 1024:.1f} MiB opened, {f['held'] / 1024:.1f} MiB 3 s on "
+            f"({per_stream:.1f} KiB each); {f['phases']}"
+        )
+        # Bounded: a flooded stream holds a few MiB of its ~10 MiB answer, no more at 6 s
+        # than at 3 s while the upstream still has most of it to send.
+        assert flood <= FLOOD_KIB, flood
+        assert f["flood_6s"] - f["flood_3s"] <= FLOODS * 256
+        assert f["open"] == STREAMS + FLOODS
+        assert per_stream <= PER_STREAM_KIB
+        assert all(n > 0 for n in f["read"])
+        until(lambda: server.metrics()["model_router_open_streams"] == 0, what="streams end")
+        assert server.ask(model="gpt-5")
+    finally:
+        server.stop()
+        sim.stop()
