@@ -442,6 +442,7 @@ def summary(result: dict[str, Any]) -> str:
 
 
 async def soak(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    commit = _commit()  # now: the code under test is what was checked out at the start
     state = out / "state"
     state.mkdir(exist_ok=True)
     sim = procs.spawn("sim", procs.sim_argv(ttft_ms=20, gap_ms=5, tokens=16), cpus=None)
@@ -467,7 +468,7 @@ async def soak(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     tally = run.tally
     result = {
         "started": started,
-        "commit": _commit(),
+        "commit": commit,
         "duration_s": args.duration,
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "router_exited": code,
