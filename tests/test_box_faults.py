@@ -285,7 +285,7 @@ def test_disk_full_keeps_serving_reports_it_and_writes_the_queue_when_space_retu
 FLUSH_MS = 100.0
 # A row is committed within one flush interval of its answer, plus the write itself; the
 # margin absorbs a loaded CI machine. Rows answered longer ago than this must survive SIGKILL.
-KILL_WINDOW_S = FLUSH_MS / 1000 + 1.0
+KILL_WINDOW_S = FLUSH_MS / 1000 + 1.5
 
 
 def test_sigkill_during_a_write_burst_keeps_the_db_sound_and_the_budget_reads_back(
@@ -502,7 +502,8 @@ def test_no_descriptors_left_answers_503_or_closes_cleanly_and_serves_once_they_
             answers[
                 "503" if head.startswith(b"HTTP/1.1 503") else head[:40].decode() or "closed"
             ] += 1
-        assert set(answers) <= {"503", "reset", "closed"}, answers
+        clean = {"503", "reset", "closed", "connect: ConnectionRefusedError"}
+        assert set(answers) <= clean, answers
         assert answers["503"] > 0, answers
         cpu = procs.cpu_seconds(server.pid)
         time.sleep(1.0)
@@ -575,8 +576,8 @@ CLOCK_CONFIG = """
 enabled = false
 [breaker]
 consecutive_failures = 2
-base_open_s = 4.0
-max_open_s = 4.0
+base_open_s = 6.0
+max_open_s = 6.0
 jitter = 0.0
 half_open_successes = 1
 """
@@ -611,7 +612,7 @@ def test_a_wall_clock_step_moves_no_breaker_and_no_latency_estimate(
             now = {d["deployment"]: d for d in server.status()["deployments"]}
             # Still open, with the backoff it had (monotonic), not an hour more or less.
             assert now[nano]["breaker"] == "open", (offset, now[nano])
-            assert 0 < now[nano]["breaker_detail"]["open_remaining_s"] <= 4.0
+            assert 0 < now[nano]["breaker_detail"]["open_remaining_s"] <= 6.0
             # No breaker opened or closed, no estimate moved, no sample aged by an hour.
             assert {k: d["breaker"] for k, d in now.items()} == {
                 k: d["breaker"] for k, d in before.items()
@@ -624,7 +625,7 @@ def test_a_wall_clock_step_moves_no_breaker_and_no_latency_estimate(
         post(sim, {"model": "gpt-5-nano", "mode": "none"})
         until(
             lambda: deployment(server, nano)["breaker_detail"]["open_remaining_s"] == 0,
-            what="the 4 s backoff ends",
+            what="the 6 s backoff ends",
         )
         assert server.ask(model="gpt-5-nano")
         assert deployment(server, nano)["breaker"] == "closed"
@@ -637,10 +638,10 @@ def test_the_daily_budget_rolls_over_at_utc_midnight_of_the_wall_clock(
     tmp_path: Path, fake_clock: FakeClock
 ) -> None:
     midnight = (int(time.time()) // 86_400 + 1) * 86_400
-    fake_clock.step_to(midnight - 4.0 - time.time())  # 23:59:56 UTC in the server
     config = USAGE.format(flush_ms=20, queue_max=100) + "[budget]\ndaily_usd = 1.0\n"
     env = fake_clock.env()
     with running(tmp_path, config, env=env) as server:
+        fake_clock.step_to(midnight - 5.0 - time.time())  # 23:59:55 UTC in the server
         server.ask()
         spend = server.status()["spend"]
         assert spend["today_usd"] > 0
@@ -657,9 +658,11 @@ def test_the_daily_budget_rolls_over_at_utc_midnight_of_the_wall_clock(
         assert server.status()["spend"]["today_usd"] == 0
         server.ask()
         assert server.status()["spend"]["today_usd"] > 0
-    (old_ts,), (new_ts,) = sqlite3.connect(tmp_path / "model-router.db").execute(
-        "SELECT ts FROM usage ORDER BY id"
-    )
+    conn = sqlite3.connect(tmp_path / "model-router.db")
+    try:
+        (old_ts,), (new_ts,) = conn.execute("SELECT ts FROM usage ORDER BY id").fetchall()
+    finally:
+        conn.close()
     assert old_ts < midnight <= new_ts
 
 
@@ -734,7 +737,7 @@ max_open_s = 8.0
 jitter = 0.0
 half_open_successes = 1
 """
-WATCH_S = 12.0
+WATCH_S = 9.0
 
 
 def test_a_host_that_does_not_resolve_or_drops_packets_opens_its_breaker_and_others_serve(
@@ -769,7 +772,7 @@ def test_a_host_that_does_not_resolve_or_drops_packets_opens_its_breaker_and_oth
         # Not a retry loop: each dead deployment was tried `consecutive_failures` times, then
         # once per half-open trial, whose backoff doubles (2, 4, 8 s) -- not once a second.
         openings = sum(rows[k]["breaker_detail"]["opened_count"] for k in dead)
-        assert openings <= 4 * len(dead), openings
+        assert openings <= 3 * len(dead), openings
         allowed = sum(2 + rows[k]["breaker_detail"]["opened_count"] for k in dead)
         print(
             f"dead deployments: {openings} openings, {status['probes']} probes; allowed {allowed}"

@@ -1,4 +1,4 @@
-"""``benchmarks/soak.py`` at smoke size, so it cannot rot: 20 s of mixed traffic through the real
+"""``benchmarks/soak.py`` at smoke size, so it cannot rot: 14 s of mixed traffic through the real
 serve process with a provider fault and SIGHUP reloads, and the soak's checks on the figures
 (descriptors are not checked: that needs a wait past the 30 s upstream keep-alive)."""
 
@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.timeout(120)
 def test_a_short_soak_runs_end_to_end_and_passes_its_checks(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "benchmarks.soak", "--out", str(tmp_path)]
-    argv += ["--duration", "20", "--rps", "20", "--sample-every", "4", "--fault-every", "9"]
-    argv += ["--fault-for", "4", "--hup-every", "8", "--probe-interval", "2", "--settle", "2"]
+    argv += ["--duration", "14", "--rps", "20", "--sample-every", "3", "--fault-every", "7"]
+    argv += ["--fault-for", "4", "--hup-every", "5", "--probe-interval", "2", "--settle", "1"]
     done = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=100)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = orjson.loads((tmp_path / "soak.json").read_bytes())
