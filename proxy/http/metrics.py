@@ -20,6 +20,7 @@ from proxy.serve.drain import IN_FLIGHT
 from proxy.serve.state import ROUTER
 
 from .log_stream import access_handler
+from .ops_metrics import OpsCollector
 
 # TTFT spans ~100 ms (small models) to tens of seconds (reasoning models).
 TTFT_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0)
@@ -110,6 +111,7 @@ class Metrics:
             registry=reg,
         )
         reg.register(StateCollector(app))
+        reg.register(OpsCollector(app))
         self._series: dict[tuple[str | None, str | None, int, str], _Series] = {}
 
     def sink(self, outcome: Outcome, seconds: float) -> None:
@@ -243,24 +245,6 @@ class StateCollector(Collector):
                 "model_router_usage_log_ok",
                 "1 while the usage log writes, 0 while its writes fail (disk full, locked, ...).",
                 float(usage.error is None),
-            )
-            yield _gauge(
-                "model_router_usage_log_queued_rows",
-                "Usage rows waiting for the writer (bounded by [usage] queue_max).",
-                usage.queued,
-            )
-            yield _counter(
-                "model_router_usage_log_written_rows", "Usage rows committed.", usage.written_rows
-            )
-            yield _counter(
-                "model_router_usage_log_dropped_rows",
-                "Usage rows lost: the queue was full while writes failed, or at shutdown.",
-                usage.dropped_rows,
-            )
-            yield _counter(
-                "model_router_usage_log_write_errors",
-                "Failed usage-log writes (each batch is retried while it fits the queue).",
-                usage.write_errors,
             )
             yield _counter(
                 "model_router_usage_log_quarantined_files",
