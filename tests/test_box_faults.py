@@ -466,9 +466,10 @@ def sim_process() -> Iterator[procs.Service]:
 def test_no_descriptors_left_answers_503_or_closes_cleanly_and_serves_once_they_close(
     tmp_path: Path, sim_process: procs.Service
 ) -> None:
-    config = procs.router_config(sim_process.url) + (
-        "\n[probes]\nenabled = false\n[limits]\nheader_timeout_s = 120.0\n"
-    )
+    # Idle clients hold their connections for the whole test, all from one address.
+    limits = "[limits]\nheader_timeout_s = 120.0\nfirst_request_timeout_s = 120.0\n"
+    config = procs.router_config(sim_process.url).replace("[limits]\n", limits)
+    config += "\n[probes]\nenabled = false\n"
 
     def low_nofile() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, NOFILE))
