@@ -59,6 +59,14 @@ SHUTDOWN_TIMEOUT_S = 5.0
 SESSIONS: web.AppKey[dict[str, aiohttp.ClientSession]] = web.AppKey("sessions")
 
 
+class SimPortError(Exception):
+    """The demo's simulator could not listen on its port (``--sim-port``)."""
+
+    def __init__(self, os_error: OSError) -> None:
+        super().__init__(str(os_error))
+        self.os_error = os_error
+
+
 def provider_key(pc: ProviderConfig, environ: Mapping[str, str]) -> str | None:
     """The provider's API key: a systemd credential first, then the environment variable."""
     if pc.api_key_credential and (key := read_credential(pc.api_key_credential)):
@@ -348,7 +356,11 @@ async def start_server(app: web.Application, host: str, port: int) -> tuple[web.
     )
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024)
-    await site.start()
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()  # the simulator and the usage log were already started
+        raise
     return runner, bound_port(site)
 
 
@@ -382,7 +394,10 @@ def make_app(
         sim: tuple[SimState, str] | None = None
         if demo:
             state = SimState(scale=float(env.get("MODEL_ROUTER_DEMO_SCALE", "1.0")))
-            sim_runner, sim_url = await start_sim(state, port=sim_port)
+            try:
+                sim_runner, sim_url = await start_sim(state, port=sim_port)
+            except OSError as exc:
+                raise SimPortError(exc) from exc
             app[SIM], app[SIM_URL] = state, sim_url
             sim = state, sim_url
         sessions = {"openai": make_session(config), "anthropic": make_session(config)}
