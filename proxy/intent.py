@@ -41,6 +41,8 @@ class Intent:
     tier_auto: bool = False  # tier "auto": the classifier picks the tier before planning
     task: str | None = None  # the caller's task hint, already applied to tier and prefer
     escalate: bool = False  # retry once a tier up on a cut-off, empty or refused answer
+    # The field max_output_tokens came from, for errors that name it.
+    max_output_param: str = "max_tokens"
 
 
 def _check_type(
@@ -190,13 +192,13 @@ def parse_intent(
         raise bad_request(
             "'stream_options.include_usage' must be a boolean", "stream_options.include_usage"
         )
-    max_out = 0
+    max_out, max_param = 0, "max_tokens"
     for name in ("max_completion_tokens", "max_tokens"):
         value = _check_type(body, name, int, "a non-negative integer")
         if value is not None and value < 0:
             raise bad_request(f"'{name}' must be a non-negative integer", name)
         if value is not None and not max_out:
-            max_out = value
+            max_out, max_param = value, name
 
     needs: set[str] = {"chat"} if endpoint == "chat" else set()
     prompt_tokens = _messages(body, needs) if endpoint == "chat" else _prompt(body, needs)
@@ -261,6 +263,7 @@ def parse_intent(
         tier_auto=tier_auto and not pinned,
         task=task,
         escalate=escalate,
+        max_output_param=max_param,
     )
 
 
