@@ -453,6 +453,7 @@ def make_app(
     app.router.add_post("/v1/chat/completions", handlers.chat_completions)
     app.router.add_post("/v1/completions", handlers.completions)
     app.router.add_get("/v1/models", handlers.list_models)
+    app.router.add_get("/v1/models/{model_id:.+}", handlers.retrieve_model)
     app.router.add_get("/v1/router/status", handlers.router_status)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/healthz", handlers.healthz)

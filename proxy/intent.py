@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .catalog import PREFERS, TIERS, Prefer, Tier
+from .catalog import MAX_SHOWN_NAME, PREFERS, TIERS, Catalog, Prefer, Tier
 from .errors import RouterError, bad_request
 from .policy import DEFAULT_TASKS, TaskRoute
 from .providers.base import Endpoint
@@ -272,11 +272,20 @@ def forwarded_body(body: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if k not in EXTENSION_FIELDS}
 
 
-def not_found(model: str) -> RouterError:
+def quoted_name(name: str) -> str:
+    """A client-supplied model name as an error message quotes it: at most 256 characters."""
+    if len(name) > MAX_SHOWN_NAME:
+        return repr(name[:MAX_SHOWN_NAME] + "...")
+    return repr(name)
+
+
+def not_found(model: str, catalog: Catalog | None = None) -> RouterError:
+    near = catalog.nearest(model) if catalog is not None else []
+    hint = f" The nearest catalog ids: {', '.join(near)}." if near else ""
     return RouterError(
         404,
-        f"The model {model!r} does not exist or is not enabled. GET /v1/models lists every "
-        "routable model; use 'auto' to route by intent.",
+        f"The model {quoted_name(model)} does not exist or is not enabled.{hint} "
+        "GET /v1/models lists every routable model; use 'auto' to route by intent.",
         param="model",
         code="model_not_found",
     )

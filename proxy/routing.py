@@ -115,7 +115,7 @@ def _pinned(catalog: Catalog, intent: Intent, snap: Snapshot) -> Iterator[Deploy
     for name in intent.pinned:
         model = catalog.get(name)
         if model is None:
-            raise not_found(name)
+            raise not_found(name, catalog)
         if model.id in seen:
             continue
         seen.add(model.id)
@@ -166,7 +166,7 @@ def plan(
     chosen: list[Candidate] = []
     open_ones: list[Candidate] = []
     too_small: list[Model] = []
-    too_short: list[Model] = []  # output limit below max_tokens
+    too_short: list[Model] = []  # the window fits, but the output limit is below max_tokens
     incapable: list[Model] = []
     denied: list[Model] = []
     for d in source:
@@ -177,11 +177,11 @@ def plan(
         if not _capable(intent, model):
             incapable.append(model)
             continue
-        if not _writes_enough(intent, model):
-            too_short.append(model)
-            continue
         if not _fits(intent, model):
             too_small.append(model)
+            continue
+        if not _writes_enough(intent, model):
+            too_short.append(model)
             continue
         if d.key in snap.open:
             open_ones.append(Candidate(model, d))
@@ -218,7 +218,7 @@ def _nothing_eligible(
             field,
             "max_tokens_exceeds_model_limit",
         )
-    if too_short and not too_small:
+    if too_short:
         longest = max(too_short, key=lambda m: (m.max_output_tokens, m.id))
         pool = f"tier {intent.tier}" if intent.tier else "any tier"
         return bad_request(
