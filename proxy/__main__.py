@@ -191,6 +191,13 @@ def _parser() -> argparse.ArgumentParser:
     fault.add_argument(
         "--count", type=int, help="fail only this many requests, then recover (default: all)"
     )
+    fault.add_argument(
+        "--after-chunks",
+        type=int,
+        default=0,
+        metavar="N",
+        help="for the mid-stream modes: strike after N content chunks (default 0)",
+    )
     fault.add_argument("--reset", action="store_true", help="clear every fault and counter")
     return parser
 
@@ -250,6 +257,7 @@ def _sim_fault(args: argparse.Namespace) -> int:
     else:
         url = f"{base}/fault"
         body = {"model": args.model, "mode": args.mode, "status": args.status}
+        body["after_chunks"] = args.after_chunks
         if args.count is not None:
             body["count"] = args.count
     request = urllib.request.Request(

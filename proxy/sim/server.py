@@ -33,8 +33,12 @@ PRE_BYTE_FAULTS = frozenset({"status", "reset", "hang_headers"})
 class SimState:
     """Everything a test may want to switch or inspect while the simulator runs."""
 
-    def __init__(self, *, scale: float = 1.0, default: Profile | None = None) -> None:
+    def __init__(
+        self, *, scale: float = 1.0, default: Profile | None = None, keyless: bool = False
+    ) -> None:
         self.scale = scale
+        # A local server (Ollama, llama.cpp) takes requests without a bearer token.
+        self.keyless = keyless
         self.default = default or Profile()
         self.profiles: dict[str, Profile] = {}
         self.faults: dict[str, Fault] = {}
@@ -343,7 +347,7 @@ async def _openai(request: web.Request, legacy: bool) -> web.StreamResponse:
         return openai_error(400, "simulator: body is not JSON")
     model = str(body.get("model", ""))
     state.record(model, body, request.headers)
-    if not request.headers.get("Authorization", "").startswith("Bearer "):
+    if not state.keyless and not request.headers.get("Authorization", "").startswith("Bearer "):
         return openai_error(401, "simulator: missing bearer token")
     fault = state.take_fault(model)
     if (early := await apply_pre_byte_fault(request, fault, openai_error)) is not None:
