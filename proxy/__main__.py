@@ -18,6 +18,14 @@ from pathlib import Path
 import uvloop
 from prometheus_client import disable_created_metrics
 
+from proxy.accounting.usage_log import DB_NAME, db_path
+from proxy.http.auth import hash_key
+from proxy.http.metrics import METRICS
+from proxy.serve.drain import IN_FLIGHT, drain
+from proxy.serve.state import ROUTER
+from proxy.service.reload import ReloadError
+from proxy.sim.script import FAULT_MODES
+
 from .app import (
     NOTIFIER,
     RUNTIME,
@@ -27,15 +35,8 @@ from .app import (
     make_app,
     start_server,
 )
-from .auth import hash_key
 from .config import Config, ConfigError, load_config
-from .drain import IN_FLIGHT, drain
-from .metrics import METRICS
 from .preflight import PreflightError, bind_error, preflight
-from .reload import ReloadError
-from .sim.script import FAULT_MODES
-from .state import ROUTER
-from .usagelog import DB_NAME, db_path
 
 log = logging.getLogger("model_router")
 
@@ -382,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # histogram, which halves what a scrape formats on the event loop.
     disable_created_metrics()  # type: ignore[no-untyped-call]
     if args.command == "report":
-        from .report import run_report
+        from proxy.accounting.report import run_report
 
         return run_report(_report_db(args), args.since, args.by, args.json)
     if args.command == "hash-key":

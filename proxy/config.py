@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from probes.breaker import BreakerPolicy
+from proxy.decide.policy import TOP_LEVEL_KEYS as POLICY_KEYS
+from proxy.decide.policy import Policy, PolicyError, parse_policy
 
 from .catalog import (
     PREFERS,
@@ -25,8 +27,6 @@ from .catalog import (
     load_bundled,
     parse_model,
 )
-from .policy import TOP_LEVEL_KEYS as POLICY_KEYS
-from .policy import Policy, PolicyError, parse_policy
 
 ProviderKind = Literal["openai", "anthropic", "bedrock"]
 # Bedrock's cross-region inference profiles are named after a geography, and a profile can
@@ -142,7 +142,7 @@ class ProbeConfig:
 
 @dataclass(frozen=True, slots=True)
 class UsageSettings:
-    """The SQLite usage log (proxy/usagelog.py)."""
+    """The SQLite usage log (proxy/accounting/usage_log.py)."""
 
     enabled: bool = True
     # "": $STATE_DIRECTORY/model-router.db under systemd, else ./model-router.db.
@@ -156,7 +156,7 @@ class UsageSettings:
 
 @dataclass(frozen=True, slots=True)
 class CacheSettings:
-    """The response cache (proxy/cache.py): temperature-0 or opted-in requests."""
+    """The response cache (proxy/accounting/cache.py): temperature-0 or opted-in requests."""
 
     enabled: bool = True
     max_entries: int = 1024

@@ -13,10 +13,11 @@ import socket
 from collections.abc import Mapping
 from pathlib import Path
 
+from proxy.accounting.usage_log import db_path
+from proxy.http.auth import is_loopback
+
 from .app import enabled_providers, how_to_enable
-from .auth import is_loopback
 from .config import Config
-from .usagelog import db_path
 
 # `--port 0` asks the kernel for a free port (tests, one-off runs; the ready line prints
 # it). A config file's port is the service's address, so it must be a real one.
