@@ -161,7 +161,10 @@ def test_readme_demo_fault_walkthrough_shows_fallback_and_an_open_breaker(
 
     proc, url = spawn_server(
         ["serve", "--demo", "--port", "0", "--sim-port", str(sim_port)],
-        {"MODEL_ROUTER_DEMO_SCALE": "0.02", "STATE_DIRECTORY": str(tmp_path)},
+        # The README's own pace (scale 1): OpenAI's deployment (450 ms nominal) stays clearly
+        # ahead of OpenRouter's (540 ms) on a loaded test box; at a small scale the pinned
+        # model's first choice can flip and the fault is never met.
+        {"STATE_DIRECTORY": str(tmp_path)},
     )
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
 
@@ -232,19 +235,21 @@ async def test_a_keyless_provider_sends_no_authorization_header(
 
 # --- the repository stands alone ----------------------------------------------------------
 
-SKIP_DIRS = {".git", ".venv", "node_modules", "__pycache__", "out", ".mypy_cache", ".ruff_cache"}
+SKIP_DIRS = {"node_modules", "__pycache__", "out"}
 TEXT_SUFFIXES = {".py", ".md", ".toml", ".txt", ".yaml", ".yml", ".service", ".cfg", ""}
 
 
 def repository_text_files() -> Iterator[Path]:
     for path in ROOT.rglob("*"):
         rel = path.relative_to(ROOT)
-        if any(
-            p in SKIP_DIRS or p.startswith(".pytest") or p.endswith(".egg-info") for p in rel.parts
-        ):
+        # Dot-folders are tool caches (.hypothesis, .pytest_cache, ...), not the project.
+        folders = rel.parts[:-1]
+        if any(p in SKIP_DIRS or p.startswith(".") or p.endswith(".egg-info") for p in folders):
             continue
         if rel.parts[:2] == ("benchmarks", "data") or rel.parts[:2] == ("tests", "reference"):
             continue  # third-party data, with its own notices
+        if path.name.startswith(".") and path.name != ".gitignore":
+            continue  # .git (a file in a worktree), editor and tool state
         if path.is_file() and path.suffix in TEXT_SUFFIXES and rel.parts[0] != ".ci":
             yield path
 
