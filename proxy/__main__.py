@@ -24,6 +24,7 @@ from proxy.http.metrics import METRICS
 from proxy.serve.drain import IN_FLIGHT, drain
 from proxy.serve.state import ROUTER
 from proxy.service.reload import ReloadError
+from proxy.sim.control import FaultOrder, SimControlError, reset, set_fault
 from proxy.sim.script import FAULT_MODES
 
 from .app import (
@@ -243,45 +244,17 @@ def _report_db(args: argparse.Namespace) -> str:
 
 
 def _sim_fault(args: argparse.Namespace) -> int:
-    import json
-    import urllib.error
-    import urllib.request
-
-    base = f"http://127.0.0.1:{args.sim_port}/_sim"
-    if args.reset:
-        url, body = f"{base}/reset", {}
-    elif not args.model:
+    if not args.reset and not args.model:
         print(
             "model-router: sim-fault: name a model (or * for all), or pass --reset", file=sys.stderr
         )
         return 2
-    else:
-        url = f"{base}/fault"
-        body = {"model": args.model, "mode": args.mode, "status": args.status}
-        body["after_chunks"] = args.after_chunks
-        if args.count is not None:
-            body["count"] = args.count
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
+    order = FaultOrder(args.model, args.mode, args.status, args.count, args.after_chunks)
     try:
-        with urllib.request.urlopen(request, timeout=5) as resp:
-            resp.read()
-    except (urllib.error.URLError, OSError) as exc:
-        print(
-            f"model-router: sim-fault: no simulator on 127.0.0.1:{args.sim_port} ({exc}); start "
-            f"one with `model-router serve --demo --sim-port {args.sim_port}`",
-            file=sys.stderr,
-        )
+        print(reset(args.sim_port) if args.reset else set_fault(args.sim_port, order))
+    except SimControlError as exc:
+        print(f"model-router: sim-fault: {exc}", file=sys.stderr)
         return 2
-    if args.reset:
-        print("simulator: every fault cleared")
-    elif args.mode == "none":
-        print(f"simulator: {args.model} answers normally again")
-    else:
-        what = f"HTTP {args.status}" if args.mode == "status" else args.mode
-        times = f"the next {args.count} requests" if args.count is not None else "every request"
-        print(f"simulator: {args.model} now fails {times} with {what}")
     return 0
 
 

@@ -200,6 +200,9 @@ def test_readme_demo_fault_walkthrough_shows_fallback_and_an_open_breaker(
             time.sleep(0.5)
         assert breakers()["gpt-4o-mini@openai"] == "closed"
         assert ask()["x-router-provider"] == "openai"
+        assert "every fault cleared" in sim_fault(
+            ["model-router", "sim-fault", "--sim-port", "9100", "--reset"]
+        )
     finally:
         client.close()
         stop_server(proc)
@@ -216,6 +219,10 @@ def test_sim_fault_without_a_simulator_says_how_to_start_one() -> None:
     assert out.returncode == 2
     assert f"model-router serve --demo --sim-port {port}" in out.stderr
     assert "Traceback" not in out.stderr
+    unnamed = subprocess.run(
+        [EXE, "sim-fault", "--sim-port", str(port)], capture_output=True, text=True, timeout=30
+    )
+    assert unnamed.returncode == 2 and "name a model" in unnamed.stderr
 
 
 async def test_a_keyless_provider_sends_no_authorization_header(
