@@ -1,5 +1,5 @@
-"""The CLI and composition root: ``model-router serve | check-config | report | hash-key |
-sim-fault``. The help text a user reads is DESCRIPTION and each argument's help."""
+"""The CLI and composition root: ``model-router serve | check-config | report | status |
+hash-key | sim-fault``. The help text a user reads is DESCRIPTION and each argument's help."""
 
 from __future__ import annotations
 
@@ -153,6 +153,23 @@ def _parser() -> argparse.ArgumentParser:
         help="one row per model (default), tier, prefer value, client key id or experiment arm",
     )
     report.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    status = sub.add_parser(
+        "status",
+        help="the router's live table in a terminal",
+        description="Show a running router's deployments, latency and breakers in the "
+        "terminal; exit 1 when the router is not ready. When the router has [[keys]], put "
+        "an admin key in $MODEL_ROUTER_ADMIN_KEY.",
+    )
+    status.add_argument(
+        "--url", default=None, help="the router to ask (default http://127.0.0.1:8080)"
+    )
+    status.add_argument(
+        "--watch", action="store_true", help="redraw in place until interrupted (Ctrl-C)"
+    )
+    status.add_argument(
+        "--interval", type=float, default=2.0, help="seconds between redraws with --watch"
+    )
 
     sub.add_parser(
         "hash-key",
@@ -363,6 +380,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _hash_key()
     if args.command == "sim-fault":
         return _sim_fault(args)
+    if args.command == "status":
+        from .status.cli import DEFAULT_URL, run_status
+
+        if not args.interval > 0:
+            print("model-router: status: --interval must be > 0", file=sys.stderr)
+            return 2
+        return run_status(args.url or DEFAULT_URL, args.watch, args.interval)
     if args.command == "check-config":
         return _check_config(args)
     config = _load(args.config)
