@@ -19,7 +19,6 @@ import uvloop
 from prometheus_client import disable_created_metrics
 
 from proxy.accounting.usage_log import DB_NAME, db_path
-from proxy.http.auth import hash_key
 from proxy.http.metrics import METRICS
 from proxy.serve.drain import IN_FLIGHT, drain
 from proxy.serve.state import ROUTER
@@ -37,13 +36,12 @@ from .app import (
     start_server,
 )
 from .config import Config, ConfigError, load_config
+from .decide.tokens import hash_key
+from .http.hygiene import guard_library_logs
 from .preflight import PreflightError, bind_error, preflight
 
 log = logging.getLogger("model_router")
 
-# Libraries that log whole requests at DEBUG (botocore: the body, i.e. the prompt, and the
-# SigV4 Authorization header). They stay at WARNING whatever MODEL_ROUTER_LOG_LEVEL says.
-CHATTY_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3transfer", "urllib3")
 # systemd/model-router.service's StateDirectory=, where `report` looks on the box.
 SERVICE_STATE_DIR = "/var/lib/model-router"
 
@@ -367,8 +365,7 @@ def _logging() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _logging()
-    for name in CHATTY_LOGGERS:
-        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
+    guard_library_logs()
     # A process-wide switch of the library: no `_created` line beside every counter and
     # histogram, which halves what a scrape formats on the event loop.
     disable_created_metrics()  # type: ignore[no-untyped-call]
