@@ -58,7 +58,11 @@ async def start_server(app: web.Application, host: str, port: int) -> tuple[web.
     )
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024)
-    await site.start()
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()  # the simulator and the usage log were already started
+        raise
     return runner, int(runner.addresses[0][1])
 
 
@@ -105,6 +109,7 @@ def make_app(
     )
     app.router.add_post("/v1/completions", handlers.completions, expect_handler=expect_continue)
     app.router.add_get("/v1/models", handlers.list_models)
+    app.router.add_get("/v1/models/{model_id:.+}", handlers.retrieve_model)
     app.router.add_get("/v1/router/status", handlers.router_status)
     app.router.add_get("/v1/router/history", router_history)
     app.router.add_get("/status", status_page)

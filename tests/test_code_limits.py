@@ -15,6 +15,9 @@ MAX_FUNCTION_LINES = 60
 MAX_PARAMETERS = 6
 # A module past the limit says why on its first line: "# Over 400 lines: <the reason>".
 REASON = "# over 400 lines:"
+# A longer function says why on the line above it: "# Over 60 lines: <the reason>". Each one
+# is a debt to pay, listed by `grep -rn "Over 60 lines" proxy probes`.
+FUNCTION_REASON = "# over 60 lines:"
 # The wings a request passes through, from the handler to the upstream and back.
 REQUEST_PATH = ("proxy/http", "proxy/serve", "proxy/decide", "proxy/providers", "proxy/accounting")
 
@@ -51,9 +54,12 @@ def test_long_modules_say_why_at_their_top() -> None:
 def test_no_function_is_longer_than_sixty_lines() -> None:
     long = []
     for path in modules():
+        lines = path.read_text().splitlines()
         for fn in functions(ast.parse(path.read_text())):
             length = (fn.end_lineno or fn.lineno) - fn.lineno + 1
-            if length > MAX_FUNCTION_LINES:
+            first = min([fn.lineno, *(d.lineno for d in fn.decorator_list)])
+            said = first >= 2 and lines[first - 2].strip().lower().startswith(FUNCTION_REASON)
+            if length > MAX_FUNCTION_LINES and not said:
                 long.append(f"{name(path)}:{fn.lineno} {fn.name}: {length} lines")
     assert long == []
 

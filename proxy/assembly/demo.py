@@ -10,6 +10,7 @@ from aiohttp import web
 
 from proxy.catalog import Catalog
 from proxy.config import Config
+from proxy.errors import SimPortError
 from proxy.sim.launch import start_sim
 from proxy.sim.script import Profile
 from proxy.sim.server import SimState
@@ -50,7 +51,10 @@ def sim_ctx(scale: float, port: int) -> Callable[[web.Application], AsyncIterato
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         state = SimState(scale=scale)
-        runner, url = await start_sim(state, port=port)
+        try:
+            runner, url = await start_sim(state, port=port)
+        except OSError as exc:
+            raise SimPortError(exc) from exc
         app[SIM], app[SIM_URL] = state, url
         try:
             yield

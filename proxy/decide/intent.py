@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from probes.kinds import Endpoint
-from proxy.catalog import DEFAULT_PREFER, PREFERS, TIERS, Prefer, Tier
+from proxy.catalog import DEFAULT_PREFER, PREFERS, TIERS, Catalog, Prefer, Tier
 from proxy.errors import RouterError, bad_request, quote
 
 from .fields import EXTENSION_FIELDS
@@ -40,6 +40,8 @@ class Intent:
     tier_auto: bool = False  # tier "auto": the classifier picks the tier before planning
     task: str | None = None  # the caller's task hint, already applied to tier and prefer
     escalate: bool = False  # retry once a tier up on a cut-off, empty or refused answer
+    # The field max_output_tokens came from, for errors that name it.
+    max_output_param: str = "max_tokens"
 
 
 def _check_type(
@@ -183,7 +185,7 @@ def parse_intent(
     if not isinstance(model, str) or not model:
         raise bad_request("'model' is required: a model id, an alias or 'auto'", "model")
     stream, include_usage = _streaming(body)
-    max_out = _max_output(body)
+    max_out, max_param = _max_output(body)
     needs: set[str] = {"chat"} if endpoint == "chat" else set()
     prompt_tokens = _messages(body, needs) if endpoint == "chat" else _prompt(body, needs)
     _needs(body, needs)
@@ -218,6 +220,7 @@ def parse_intent(
         tier_auto=tier_auto and not pinned,
         task=task,
         escalate=escalate,
+        max_output_param=max_param,
     )
 
 
@@ -233,15 +236,16 @@ def _streaming(body: dict[str, Any]) -> tuple[bool, bool]:
     return stream, include_usage
 
 
-def _max_output(body: dict[str, Any]) -> int:
-    max_out = 0
+def _max_output(body: dict[str, Any]) -> tuple[int, str]:
+    """(max output tokens, the field it came from, for errors that name it)."""
+    max_out, max_param = 0, "max_tokens"
     for name in ("max_completion_tokens", "max_tokens"):
         value = _check_type(body, name, int, "a non-negative integer")
         if value is not None and value < 0:
             raise bad_request(f"'{name}' must be a non-negative integer", name)
         if value is not None and not max_out:
-            max_out = value
-    return max_out
+            max_out, max_param = value, name
+    return max_out, max_param
 
 
 def _route_fields(body: dict[str, Any], model: str) -> tuple[bool, str | None, Prefer | None]:
@@ -293,11 +297,13 @@ def forwarded_body(body: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if k not in EXTENSION_FIELDS}
 
 
-def not_found(model: str) -> RouterError:
+def not_found(model: str, catalog: Catalog | None = None) -> RouterError:
+    near = catalog.nearest(model) if catalog is not None else []
+    hint = f" The nearest catalog ids: {', '.join(near)}." if near else ""
     return RouterError(
         404,
-        f"The model {quote(model)} does not exist or is not enabled. GET /v1/models lists every "
-        "routable model; use 'auto' to route by intent.",
+        f"The model {quote(model)} does not exist or is not enabled.{hint} "
+        "GET /v1/models lists every routable model; use 'auto' to route by intent.",
         param="model",
         code="model_not_found",
     )

@@ -142,7 +142,13 @@ class Dispatcher:
         place (attempts are sequential, and an adapter is done with the body when its call
         returns), so no attempt copies it."""
         body["model"] = cand.deployment.upstream_id
-        return UpstreamRequest(intent.endpoint, cand.deployment.upstream_id, body, intent.stream)
+        return UpstreamRequest(
+            intent.endpoint,
+            cand.deployment.upstream_id,
+            body,
+            intent.stream,
+            answer_model=cand.model.id,
+        )
 
     def _failed(
         self, cand: Candidate, exc: UpstreamError, waited_ms: float, failures: Failures
@@ -213,7 +219,11 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
         deadline = self.routing.deadline_s(intent.prefer if not intent.pinned else None)
         provider = self.providers[cand.deployment.provider]
-        relay = SSERelay(intent.include_usage, cand.model.cost_usd, intent.prompt_tokens)
+        d = cand.deployment
+        rename = (d.upstream_id, cand.model.id) if d.upstream_id != cand.model.id else None
+        relay = SSERelay(
+            intent.include_usage, cand.model.cost_usd, intent.prompt_tokens, rename=rename
+        )
         upstream: UpstreamStream | None = None
         mark = self.health.mark(cand.deployment.key)
         started = loop.time()
@@ -274,6 +284,9 @@ class Dispatcher:
             return None if data is None else Answer(data, cand)
 
         answer = await self._first(intent, plan, record, attempt)
+        # The answer names the catalog model, as x-router-model does, whichever provider
+        # (and whatever it calls the model) answered.
+        answer.data["model"] = answer.candidate.model.id
         usage = answer.data.get("usage")
         if isinstance(usage, dict):
             prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
