@@ -1,7 +1,9 @@
 """The access log: one JSON line per request from the request record's logged fields, never
 prompts, completions or keys. It goes through the ``model_router.access`` logger (so
 embedding apps and tests see ordinary log records) without its slowest part, the caller
-lookup per line; ``serve`` writes the lines with a counting handler (``log_stream``).
+lookup per line, and when ``serve``'s own handler is the only one, without the log record
+itself (``CountingStreamHandler.write_line``); ``serve`` writes the lines with a counting
+handler (``log_stream``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import orjson
 
 from proxy.serve.record import RequestRecord, logged
 
-from .log_stream import ACCESS_LOGGER
+from .log_stream import ACCESS_LOGGER, CountingStreamHandler
 
 access_log = logging.getLogger(ACCESS_LOGGER)
 
@@ -22,5 +24,12 @@ def access_log_sink(record: RequestRecord, seconds: float) -> None:
     if not access_log.isEnabledFor(logging.INFO):
         return
     line = orjson.dumps(logged(record)).decode()
+    handlers = access_log.handlers
+    if len(handlers) == 1 and not access_log.propagate and not access_log.filters:
+        only = handlers[0]
+        if type(only) is CountingStreamHandler and only.plain():
+            # serve's own set-up: the line is all a record would become, so skip the record.
+            only.write_line(line)
+            return
     # makeRecord + handle is what Logger.info does, minus findCaller's walk up the stack.
     access_log.handle(access_log.makeRecord(ACCESS_LOGGER, logging.INFO, "", 0, line, (), None))

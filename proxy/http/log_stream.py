@@ -29,7 +29,36 @@ class CountingStreamHandler(logging.StreamHandler[TextIO]):
             self.written += 1
             self.error = self.failing_since = None
 
-    def handleError(self, record: logging.LogRecord) -> None:
+    def write_line(self, line: str) -> None:
+        """What ``handle`` does for a record whose formatted text is ``line``, without
+        building the record (the access log's hot path; see ``plain``)."""
+        before = self.errors
+        self.acquire()
+        try:
+            self.stream.write(line + self.terminator)
+            self.stream.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(None)
+        finally:
+            self.release()
+        if self.errors == before:
+            self.written += 1
+            self.error = self.failing_since = None
+
+    def plain(self) -> bool:
+        """True when a record would come out as its bare message: no filter, a level that
+        lets INFO through, and the ``%(message)s`` formatter ``serve`` installs."""
+        fmt = self.formatter
+        return (
+            not self.filters
+            and self.level <= logging.INFO
+            and type(fmt) is logging.Formatter
+            and fmt._fmt == "%(message)s"
+        )
+
+    def handleError(self, record: logging.LogRecord | None) -> None:
         exc = sys.exc_info()[1]
         self.errors += 1
         self.error = f"{type(exc).__name__}: {exc}" if exc is not None else "write failed"
