@@ -12,8 +12,10 @@ from typing import Any
 
 from aiohttp import web
 
+from .auth import ACCESS
 from .budget import Budget
 from .cache import CachedAnswer, ResponseCache, cache_key, replay_sse, wants_cache
+from .cluster.settings import CLUSTER
 from .config import Config
 from .dispatch import Outcome
 from .intent import Intent
@@ -215,6 +217,8 @@ def accounting_ctx(
         await accounting.start()
         accounting.attach(app[ROUTER].current)
         app[ACCOUNTING] = accounting
+        if (cluster := app.get(CLUSTER)) is not None:
+            cluster.attach_accounting(app[ACCESS], accounting.budget)
         try:
             yield
         finally:

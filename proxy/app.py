@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import socket
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from typing import Any
@@ -22,6 +23,7 @@ from . import handlers
 from .accounting import ACCOUNTING, accounting_ctx
 from .auth import ACCESS, Access, auth_middleware
 from .catalog import Catalog, Deployment, Model
+from .cluster.settings import CLUSTER
 from .config import Config, ProviderConfig, load_config
 from .credentials import read_credential
 from .dispatch import Dispatcher, first_content
@@ -37,6 +39,7 @@ from .reload import Runtime, keep_listen_address
 from .sim.script import Profile
 from .sim.server import SimState, bound_port, start_sim
 from .state import ROUTER, Router, RouterHolder
+from .usagelog import db_path
 
 log = logging.getLogger("model_router")
 
@@ -352,6 +355,13 @@ async def start_server(app: web.Application, host: str, port: int) -> tuple[web.
     return runner, bound_port(site)
 
 
+def instance_origin(config: Config, environ: Mapping[str, str]) -> str:
+    """A name for this instance's own spend that survives its restarts: the host and its
+    usage log (today's spend is read back from that file at start)."""
+    where = os.path.abspath(db_path(config.usage, environ))
+    return hashlib.sha256(f"{socket.gethostname()}:{where}".encode()).hexdigest()[:16]
+
+
 def make_app(
     config: Config,
     *,
@@ -408,11 +418,22 @@ def make_app(
             # The usage log and budget live across reloads; the new router must feed them.
             if (accounting := app.get(ACCOUNTING)) is not None:
                 accounting.attach(router)
+            if cluster is not None:
+                cluster.attach(router)
             return router
 
         router = build(config, None)
         for provider in router.providers.values():
             await provider.start()
+        cluster = None
+        if config.cluster.enabled:
+            # Imported only here: without [cluster] nothing loads redis-py.
+            from .cluster.node import Cluster
+
+            cluster = Cluster(config.cluster, instance_origin(config, env))
+            cluster.attach(router)
+            app[CLUSTER] = cluster
+            await cluster.start()
         app[ROUTER] = RouterHolder(router)
         app[RUNTIME] = runtime = Runtime(app[ROUTER], rebuild, app[IN_FLIGHT])
         # Both tick on the event loop itself: a blocked loop stops the watchdog pings (and
@@ -426,6 +447,8 @@ def make_app(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if cluster is not None:
+                await cluster.close()
             await runtime.close()
             for session in sessions.values():
                 await session.close()

@@ -25,6 +25,7 @@ from .catalog import (
     load_bundled,
     parse_model,
 )
+from .cluster.settings import ClusterSettings, RedisUrlError, check_url
 from .policy import TOP_LEVEL_KEYS as POLICY_KEYS
 from .policy import Policy, PolicyError, parse_policy
 
@@ -208,6 +209,7 @@ class Config:
     policy: Policy = field(default_factory=Policy)
     limits: LimitsSettings = LimitsSettings()
     keys: tuple[KeyConfig, ...] = ()
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
     def with_providers(self, providers: Mapping[str, ProviderConfig]) -> Config:
         return replace(self, providers=dict(providers))
@@ -450,7 +452,24 @@ def _scaled_nominals(model: Model, nominal_ms: float) -> tuple[Deployment, ...]:
 
 
 TOP_LEVEL = {"server", "routing", "probes", "providers", "models", "overrides", *POLICY_KEYS}
-TOP_LEVEL |= {"usage", "cache", "budget", "limits", "keys", "breaker"}
+TOP_LEVEL |= {"usage", "cache", "budget", "limits", "keys", "breaker", "cluster"}
+
+
+def _cluster(raw: Any) -> ClusterSettings:
+    cluster: ClusterSettings = _typed(
+        ClusterSettings, _check(raw, ClusterSettings, "cluster"), "cluster"
+    )
+    if cluster.redis_url:
+        try:
+            check_url(cluster.redis_url)
+        except RedisUrlError as exc:
+            raise ConfigError(f"cluster.redis_url: {exc}") from None
+    if not cluster.key_prefix:
+        raise ConfigError("cluster.key_prefix: must not be empty")
+    for name in ("sync_interval_s", "probe_lease_s", "heartbeat_s", "op_timeout_s"):
+        if not getattr(cluster, name) > 0:
+            raise ConfigError(f"cluster.{name}: must be positive")
+    return cluster
 
 
 def _accounting(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -583,6 +602,7 @@ def parse_config(data: Mapping[str, Any], source: str = "<string>") -> Config:
         **_accounting(data),
         limits=_limits(data.get("limits", {})),
         keys=_keys(data.get("keys"), catalog),
+        cluster=_cluster(data.get("cluster", {})),
     )
 
 

@@ -15,6 +15,7 @@ from . import limits
 from .accounting import ACCOUNTING
 from .auth import Ticket, principal
 from .catalog import PREFERS, TIERS
+from .cluster.settings import CLUSTER
 from .dispatch import Outcome
 from .errors import RouterError
 from .escalation import complete_escalating
@@ -207,6 +208,8 @@ async def router_status(request: web.Request) -> web.Response:
     status = router.status()
     if (accounting := request.app.get(ACCOUNTING)) is not None:
         status |= accounting.status()
+    cluster = request.app.get(CLUSTER)
+    status["cluster"] = cluster.status() if cluster is not None else None
     return json_response(status)
 
 
@@ -222,7 +225,12 @@ async def readyz(request: web.Request) -> web.Response:
         return json_response(
             {"status": "unavailable", "reason": "every deployment's breaker is open"}, 503
         )
-    return json_response({"status": "ready", "deployments_available": len(closed)})
+    body: dict[str, Any] = {"status": "ready", "deployments_available": len(closed)}
+    if (cluster := request.app.get(CLUSTER)) is not None:
+        # Still ready without Redis: it serves on local state, and says so.
+        st = cluster.status()
+        body["cluster"] = {k: st[k] for k in ("redis", "state", "instances", "redis_down_reason")}
+    return json_response(body)
 
 
 @web.middleware

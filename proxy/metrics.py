@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from .cluster.settings import CLUSTER
 from .dispatch import Outcome
 from .drain import IN_FLIGHT
 from .state import ROUTER
@@ -168,6 +169,21 @@ class StateCollector(Collector):
                 "model_router_requests_in_flight",
                 "Requests being handled now.",
                 len(in_flight.requests),
+            )
+        cluster = self._app.get(CLUSTER)
+        if cluster is not None:
+            cs = cluster.status()
+            yield _gauge(
+                "model_router_cluster_redis_up",
+                "1 while Redis answers and state is shared; 0 while this instance runs on "
+                "local state (limits at its share of the cluster's).",
+                1.0 if cs["redis"] == "up" else 0.0,
+            )
+            yield _gauge(
+                "model_router_cluster_instances",
+                "Live router instances (workers and boxes) by their Redis heartbeats; the "
+                "last count seen while Redis is down.",
+                cs["instances"],
             )
         holder = self._app.get(ROUTER)
         if holder is None:

@@ -75,6 +75,7 @@ class Router:
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
         latency = {row.key: row for row in self.health.table.rows()}
+        probed = self.probe_loop.stats().last_run if self.probe_loop is not None else {}
         breakers = {row.key: row for row in self.health.board.rows()}
         rows = []
         for d in self.catalog.deployments():
@@ -94,6 +95,8 @@ class Router:
                     if lat and lat.age_s is not None
                     else None,
                     "last_sample_source": lat.source if lat else None,
+                    # Unix time of this instance's last probe of it (None: never probed here).
+                    "last_probe_at": probed.get(d.key),
                     "regime_changes": lat.shifts if lat else 0,
                     "breaker": brk.state if brk else "closed",
                     "breaker_detail": {
