@@ -74,11 +74,13 @@ class Budget:
             if spent >= self.daily_usd:
                 self._refuse(f"the global daily budget of ${self.daily_usd:.2f}", spent)
         if key_id is not None and (limit := self.key_limits.get(key_id)) is not None:
-            spent = self.by_key.get(key_id, 0.0)
-            if elsewhere is not None:
-                spent += elsewhere(key_id)
+            spent = self._key_spent(key_id)
             if spent >= limit:
                 self._refuse(f"the daily_usd budget of ${limit:.2f} for API key {key_id!r}", spent)
+
+    def _key_spent(self, key_id: str) -> float:
+        spent = self.by_key.get(key_id, 0.0)
+        return spent + self.elsewhere(key_id) if self.elsewhere is not None else spent
 
     def reset_in_s(self) -> float:
         return (day_of(self._clock()) + 1) * DAY_S - self._clock()
@@ -95,6 +97,11 @@ class Budget:
             "resets_at": datetime.fromtimestamp(resets, UTC).isoformat(),
             "resets_in_s": round(self.reset_in_s(), 1),
             "refused": self.refused,
+            # Keys with a daily_usd cap: today's spend (cluster-wide when clustered).
+            "keys": {
+                kid: {"today_usd": round(self._key_spent(kid), 6), "daily_budget_usd": limit}
+                for kid, limit in sorted(self.key_limits.items())
+            },
         }
 
     def _refuse(self, which: str, spent: float) -> None:

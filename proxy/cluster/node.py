@@ -89,6 +89,7 @@ class Cluster:
         self._live: frozenset[str] = frozenset()
         self._router: Router | None = None
         self._keys: list[str] = []
+        self._deployments: list[str] = []
         self._leases: set[str] = set()
         self._trials: dict[str, float] = {}  # deployment -> monotonic expiry of our lease
         self._trials_wanted: set[str] = set()
@@ -121,9 +122,11 @@ class Cluster:
         health.table.listener = self._sample
         health.board.listener = self._transition
         health.board.trial_gate = self._trial_gate
-        self._keys = [d.key for d in router.catalog.deployments()]
+        self._deployments = [d.key for d in router.catalog.deployments()]
+        self._keys = []  # the probed ones: leases are taken for these
         if router.probe_loop is not None:
             router.probe_loop.gate = self._probe_gate
+            self._keys = list(self._deployments)
 
     def attach_accounting(self, access: Access, budget: Budget) -> None:
         self.quota.access = access
@@ -358,14 +361,14 @@ class Cluster:
         if router is None:
             return
         board = router.health.board
-        names = [f"{self.prefix}:breaker:{k}" for k in self._keys]
+        names = [f"{self.prefix}:breaker:{k}" for k in self._deployments]
         pipe = self.link.client.pipeline(transaction=False)
         for name in names:
             pipe.pttl(name)
         ttls = await self.link.call(pipe.execute())
         if ttls is None:
             return
-        for key, ttl in zip(self._keys, ttls, strict=True):
+        for key, ttl in zip(self._deployments, ttls, strict=True):
             if ttl > 0:
                 board.adopt(key, State.OPEN, ttl / 1000)
         for row in board.rows():
