@@ -9,8 +9,10 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 
 import uvloop
+from aiohttp import web
 from prometheus_client import disable_created_metrics
 
 from .app import (
@@ -30,6 +32,8 @@ from .reload import ReloadError
 from .state import ROUTER
 
 log = logging.getLogger("model_router")
+
+MAX_WORKERS = 256
 
 # Libraries that log whole requests at DEBUG (botocore: the body, i.e. the prompt, and the
 # SigV4 Authorization header). They stay at WARNING whatever MODEL_ROUTER_LOG_LEVEL says.
@@ -51,6 +55,14 @@ def _parser() -> argparse.ArgumentParser:
         help="with --demo: the simulator's port, whose /_sim/fault makes a provider fail "
         "(default: a free port, printed at start)",
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes sharing the port through SO_REUSEPORT, under a supervising "
+        "parent (default 1: one process, no parent)",
+    )
+    serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     serve.add_argument(
         "--insecure-no-auth",
         action="store_true",
@@ -90,16 +102,34 @@ def _load(path: str | None) -> Config:
 
 
 async def serve(
-    config: Config, *, demo: bool, config_path: str | None = None, sim_port: int = 0
+    config: Config,
+    *,
+    demo: bool,
+    config_path: str | None = None,
+    sim_port: int = 0,
+    worker: int | None = None,
 ) -> None:
-    """Run until SIGTERM/SIGINT, then drain; SIGHUP reloads ``config_path``."""
-    app = make_app(config, demo=demo, config_path=config_path, sim_port=sim_port)
-    runner, port = await start_server(app, config.server.host, config.server.port)
+    """Run until SIGTERM/SIGINT, then drain; SIGHUP reloads ``config_path``. ``worker``: this
+    process is that worker of a ``--workers`` parent (proxy/workers.py)."""
+    app = make_app(config, demo=demo, config_path=config_path, sim_port=sim_port, worker=worker)
+    runner, port = await start_server(
+        app, config.server.host, config.server.port, reuse_port=worker is not None
+    )
+    if worker is not None and config.server.worker_port_base:
+        # This worker alone, for scraping its /metrics (the shared port reaches any worker).
+        own = web.TCPSite(runner, config.server.host, config.server.worker_port_base + worker)
+        await own.start()
     notifier = app[NOTIFIER]
     router = app[ROUTER].current
     mode = "demo, simulated providers" if demo else "live providers"
+    # A worker's line must not read like the parent's "ready on", which scripts wait for.
+    what = (
+        "model-router ready on"
+        if worker is None
+        else f"worker {worker} (pid {os.getpid()}) serving"
+    )
     print(
-        f"model-router ready on http://{config.server.host}:{port} "
+        f"{what} http://{config.server.host}:{port} "
         f"({len(router.catalog.models)} models enabled, {mode})",
         flush=True,
     )
@@ -190,8 +220,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = _load(args.config)
     server = config.server
     if args.host is not None or args.port is not None:
-        from dataclasses import replace
-
         server = replace(
             server,
             host=args.host or server.host,
@@ -210,8 +238,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.demo and not enabled_providers(config, os.environ):
         print(f"model-router: {how_to_enable(config)}", file=sys.stderr)
         return 2
+    if not 1 <= args.workers <= MAX_WORKERS:
+        print(f"model-router: --workers must be within 1..{MAX_WORKERS}", file=sys.stderr)
+        return 2
+    if args.workers > 1 and args.worker_index is None:
+        if args.sim_port:
+            print("model-router: --sim-port cannot be shared by several workers", file=sys.stderr)
+            return 2
+        from .workers import supervise
+
+        forward = ["--config", args.config] if args.config else []
+        forward += ["--demo"] if args.demo else []
+        forward += ["--insecure-no-auth"] if args.insecure_no_auth else []
+        return supervise(config, forward, args.workers)
+    if args.worker_index is not None:
+        from .workers import worker_db_path
+
+        usage = replace(
+            config.usage, path=worker_db_path(config, dict(os.environ), args.worker_index)
+        )
+        config = replace(config, usage=usage)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(config, demo=args.demo, config_path=args.config, sim_port=args.sim_port))
+        runner.run(
+            serve(
+                config,
+                demo=args.demo,
+                config_path=args.config,
+                sim_port=args.sim_port,
+                worker=args.worker_index,
+            )
+        )
     return 0
 
 

@@ -38,7 +38,7 @@ from .relay import SSERelay
 from .reload import Runtime, keep_listen_address
 from .sim.script import Profile
 from .sim.server import SimState, bound_port, start_sim
-from .state import ROUTER, Router, RouterHolder
+from .state import ROUTER, WORKER, Router, RouterHolder
 from .usagelog import db_path
 
 log = logging.getLogger("model_router")
@@ -337,7 +337,9 @@ def build_router(
     return router
 
 
-async def start_server(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+async def start_server(
+    app: web.Application, host: str, port: int, *, reuse_port: bool = False
+) -> tuple[web.AppRunner, int]:
     """Serve ``app`` the way production does; returns the runner and the bound port.
 
     run_app/AppRunner default ``handler_cancellation`` to False; without it a client that
@@ -350,7 +352,8 @@ async def start_server(app: web.Application, host: str, port: int) -> tuple[web.
         app, handler_cancellation=True, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=1024)
+    # reuse_port: one of ``--workers`` processes bound to the same port (proxy/workers.py).
+    site = web.TCPSite(runner, host, port, backlog=1024, reuse_port=reuse_port or None)
     await site.start()
     return runner, bound_port(site)
 
@@ -369,6 +372,7 @@ def make_app(
     environ: Mapping[str, str] | None = None,
     config_path: str | None = None,
     sim_port: int = 0,
+    worker: int | None = None,
 ) -> web.Application:
     """The app for ``config``. A reload (``app[RUNTIME].reload()``, on SIGHUP) re-reads
     ``config_path`` (the built-in defaults when None) and keeps the listen address."""
@@ -383,6 +387,8 @@ def make_app(
         ],
     )
     app[IN_FLIGHT] = InFlight()
+    if worker is not None:
+        app[WORKER] = worker
     app[NOTIFIER] = Notifier.from_env(env)
     metrics = app[METRICS] = Metrics(app)
     app[ACCESS] = Access()

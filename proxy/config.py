@@ -51,6 +51,9 @@ class ServerSettings:
     connect_timeout_s: float = 5.0
     # On SIGTERM, in-flight streams get this long to finish.
     drain_s: float = 20.0
+    # With `serve --workers N`: worker i also listens on worker_port_base + i (same host),
+    # so Prometheus can scrape each worker's /metrics; 0 = only the shared port.
+    worker_port_base: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 import uuid
@@ -24,7 +25,7 @@ from .intent import forwarded_body, parse_intent
 from .providers.base import Endpoint
 from .resolve import resolve
 from .routing import plan
-from .state import ROUTER, Router
+from .state import ROUTER, WORKER, Router
 
 access_log = logging.getLogger("model_router.access")
 log = logging.getLogger("model_router")
@@ -210,6 +211,8 @@ async def router_status(request: web.Request) -> web.Response:
         status |= accounting.status()
     cluster = request.app.get(CLUSTER)
     status["cluster"] = cluster.status() if cluster is not None else None
+    worker = request.app.get(WORKER)
+    status["worker"] = {"index": worker, "pid": os.getpid()} if worker is not None else None
     return json_response(status)
 
 

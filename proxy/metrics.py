@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 from .cluster.settings import CLUSTER
 from .dispatch import Outcome
 from .drain import IN_FLIGHT
-from .state import ROUTER
+from .state import ROUTER, WORKER
 
 # TTFT spans ~100 ms (small models) to tens of seconds (reasoning models).
 TTFT_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0)
@@ -253,4 +253,22 @@ METRICS = web.AppKey("metrics", Metrics)
 async def metrics_endpoint(request: web.Request) -> web.Response:
     encode, content_type = choose_encoder(request.headers.get("Accept", ""))
     body = encode(request.app[METRICS].registry)
+    if (worker := request.app.get(WORKER)) is not None:
+        body = with_label(body, f'worker="{worker}"'.encode())
     return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+def with_label(body: bytes, label: bytes) -> bytes:
+    """Every sample line of an exposition gains ``label`` (the worker's, under --workers), so
+    series from the workers of one box stay apart when Prometheus scrapes each of them."""
+    out = []
+    for line in body.split(b"\n"):
+        if line and not line.startswith(b"#"):
+            space, brace = line.find(b" "), line.find(b"{")
+            if brace != -1 and brace < space:
+                sep = b"" if line[brace + 1 : brace + 2] == b"}" else b","
+                line = line[: brace + 1] + label + sep + line[brace + 1 :]
+            elif space != -1:
+                line = line[:space] + b"{" + label + b"}" + line[space:]
+        out.append(line)
+    return b"\n".join(out)

@@ -149,3 +149,6 @@ class RouterHolder:
 
 
 ROUTER = web.AppKey("router", RouterHolder)
+# This process's index among ``serve --workers N`` (proxy/workers.py); absent in a single
+# process. /metrics labels every series with it and /v1/router/status names it.
+WORKER = web.AppKey("worker", int)
