@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import openai
@@ -110,7 +109,7 @@ def test_sigterm_drains_every_worker(tmp_path: Path) -> None:
             sim_url,
             {"probes": {"enabled": False}, "server": {"worker_port_base": base, "drain_s": 20.0}},
         )
-        proc, url = spawn_server(
+        proc, _ = spawn_server(
             ["serve", "--config", str(cfg), "--workers", "2", "--port", "0"],
             {"OPENAI_API_KEY": "sim-key", "STATE_DIRECTORY": str(tmp_path)},
             timeout=60,
