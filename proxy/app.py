@@ -18,28 +18,28 @@ import aiohttp
 from aiohttp import web
 
 from probes.loop import ProbeFailed, ProbeLoop, ProbeSettings, paced_interval_s
+from proxy.accounting.ledger import ACCOUNTING, accounting_ctx
+from proxy.accounting.usage_log import db_path
+from proxy.http import handlers
+from proxy.http.auth import ACCESS, Access, auth_middleware
+from proxy.http.hostile_input import GuardedRunner
+from proxy.http.metrics import METRICS, Metrics, metrics_endpoint
+from proxy.providers.base import Endpoint, Provider, UpstreamError, UpstreamRequest, UpstreamStream
+from proxy.providers.openai import OpenAIProvider
+from proxy.serve.dispatch import Dispatcher, first_content
+from proxy.serve.drain import IN_FLIGHT, InFlight, in_flight_middleware
+from proxy.serve.health import Health
+from proxy.serve.relay import SSERelay
+from proxy.serve.state import CLUSTER, ROUTER, WORKER, Router, RouterHolder
+from proxy.service.credentials import read_credential
+from proxy.service.notify import Notifier, watchdog_task
+from proxy.service.reload import Runtime, keep_listen_address
+from proxy.sim.launch import bound_port, start_sim
+from proxy.sim.script import Profile
+from proxy.sim.server import SimState
 
-from . import handlers
-from .accounting import ACCOUNTING, accounting_ctx
-from .auth import ACCESS, Access, auth_middleware
 from .catalog import Catalog, Deployment, Model
-from .cluster.settings import CLUSTER
 from .config import Config, ProviderConfig, load_config
-from .credentials import read_credential
-from .dispatch import Dispatcher, first_content
-from .drain import IN_FLIGHT, InFlight, in_flight_middleware
-from .health import Health
-from .limits import GuardedRunner
-from .metrics import METRICS, Metrics, metrics_endpoint
-from .notify import Notifier, watchdog_task
-from .providers.base import Endpoint, Provider, UpstreamError, UpstreamRequest, UpstreamStream
-from .providers.openai import OpenAIProvider
-from .relay import SSERelay
-from .reload import Runtime, keep_listen_address
-from .sim.script import Profile
-from .sim.server import SimState, bound_port, start_sim
-from .state import ROUTER, WORKER, Router, RouterHolder
-from .usagelog import db_path
 
 log = logging.getLogger("model_router")
 
@@ -170,12 +170,12 @@ def build_provider(
             pc.name, base_url=pc.base_url, api_key=key or "", session=sessions["openai"]
         )
     if pc.kind == "anthropic":
-        from .providers.anthropic import AnthropicProvider
+        from proxy.providers.anthropic import AnthropicProvider
 
         return AnthropicProvider(
             pc.name, base_url=pc.base_url, api_key=key or "", session=sessions["anthropic"]
         )
-    from .providers.bedrock import BedrockProvider
+    from proxy.providers.bedrock import BedrockProvider
 
     return BedrockProvider(
         pc.name,
@@ -345,7 +345,7 @@ async def start_server(
     run_app/AppRunner default ``handler_cancellation`` to False; without it a client that
     leaves goes unnoticed until the next write and its upstream keeps generating.
     ``shutdown_timeout`` bounds what ``runner.cleanup()`` waits for handlers: the drain
-    (proxy/drain.py) has already ended the streams by then. The guarded runner adds the
+    (proxy/serve/drain.py) has already ended the streams by then. The guarded runner adds the
     header deadline and the connection cap ([limits]).
     """
     runner = GuardedRunner(
@@ -363,6 +363,13 @@ def instance_origin(config: Config, environ: Mapping[str, str]) -> str:
     usage log (today's spend is read back from that file at start)."""
     where = os.path.abspath(db_path(config.usage, environ))
     return hashlib.sha256(f"{socket.gethostname()}:{where}".encode()).hexdigest()[:16]
+
+
+async def cluster_accounting(app: web.Application) -> AsyncIterator[None]:
+    """After the accounting starts: the cluster shares its limits and budgets."""
+    if (cluster := app.get(CLUSTER)) is not None:
+        cluster.attach_accounting(app[ACCESS], app[ACCOUNTING].budget)
+    yield
 
 
 def make_app(
@@ -464,6 +471,7 @@ def make_app(
 
     app.cleanup_ctx.append(lifecycle)
     app.cleanup_ctx.append(accounting_ctx(config, env))
+    app.cleanup_ctx.append(cluster_accounting)
     app.router.add_post("/v1/chat/completions", handlers.chat_completions)
     app.router.add_post("/v1/completions", handlers.completions)
     app.router.add_get("/v1/models", handlers.list_models)

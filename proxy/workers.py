@@ -21,9 +21,9 @@ import sys
 import time
 from collections.abc import Sequence
 
+from .accounting.usage_log import db_path
 from .config import Config
-from .notify import Notifier
-from .usagelog import db_path
+from .service.notify import Notifier
 
 log = logging.getLogger("model_router.workers")
 

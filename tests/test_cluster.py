@@ -14,7 +14,7 @@ from typing import Any
 import openai
 import pytest
 
-from proxy.auth import hash_key
+from proxy.http.auth import hash_key
 from tests.cluster_support import (
     Instance,
     RedisServer,

@@ -1,5 +1,5 @@
 """Shared state across workers and boxes through Redis (the ``[cluster]`` config table).
 
-Only ``settings`` is imported when no ``[cluster]`` table is configured: redis-py is loaded
-by ``node`` alone, so a single process needs nothing beyond the base install.
+Its settings live in proxy/config.py (ClusterSettings). The app imports ``node`` only when
+``redis_url`` is set, so a single process never loads redis-py.
 """

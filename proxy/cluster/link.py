@@ -19,7 +19,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError
 
-from .settings import ClusterSettings, mask_url
+from proxy.config import ClusterSettings, mask_url
 
 log = logging.getLogger("model_router.cluster")
 

@@ -34,13 +34,13 @@ from redis.asyncio.client import PubSub
 
 from probes.breaker import State
 from probes.latency import Source
+from proxy.accounting.daily_budget import Budget
+from proxy.config import ClusterSettings
+from proxy.http.auth import Access
+from proxy.serve.state import Router
 
-from ..auth import Access
-from ..budget import Budget
-from ..state import Router
 from .link import FAILURES, Link, script
 from .quota import Quota
-from .settings import ClusterSettings
 
 log = logging.getLogger("model_router.cluster")
 

@@ -23,8 +23,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..auth import Access, KeyState, TokenBucket
-from ..budget import Budget, day_of
+from proxy.accounting.daily_budget import Budget, day_of
+from proxy.http.auth import Access, KeyState, TokenBucket
+
 from .link import Link, script
 
 if TYPE_CHECKING:

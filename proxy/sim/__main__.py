@@ -11,8 +11,9 @@ from collections.abc import Sequence
 
 import uvloop
 
+from .launch import start_sim
 from .script import Profile
-from .server import SimState, start_sim
+from .server import SimState
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -18,21 +18,22 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .config import RoutingSettings, ServerSettings
-from .deadline import Deadline
-from .drain import IN_FLIGHT, InFlight, OpenStream, shutdown_error
-from .errors import RouterError
-from .health import Health
-from .intent import Intent
-from .providers.base import (
+from proxy.config import RoutingSettings, ServerSettings
+from proxy.decide.intent import Intent
+from proxy.decide.routing import Candidate, Plan
+from proxy.errors import RouterError
+from proxy.providers.base import (
     Provider,
     UnsupportedFeatureError,
     UpstreamError,
     UpstreamRequest,
     UpstreamStream,
 )
+
+from .deadline import Deadline
+from .drain import IN_FLIGHT, InFlight, OpenStream, shutdown_error
+from .health import Health
 from .relay import SSERelay
-from .routing import Candidate, Plan
 
 log = logging.getLogger("model_router.dispatch")
 

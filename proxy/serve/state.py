@@ -9,17 +9,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from probes.loop import ProbeLoop
+from proxy.catalog import Catalog, Model
+from proxy.config import Config
+from proxy.providers.base import Provider
 
-from .catalog import Catalog, Model
-from .config import Config
 from .dispatch import Dispatcher, Outcome
 from .health import Health
-from .providers.base import Provider
 
 
 def model_entry(m: Model) -> dict[str, Any]:
@@ -149,6 +149,19 @@ class RouterHolder:
 
 
 ROUTER = web.AppKey("router", RouterHolder)
+
+
+class ClusterView(Protocol):
+    """What the serving layer sees of a cluster member (proxy/cluster/node.py's Cluster),
+    without importing it (or redis-py)."""
+
+    def status(self) -> dict[str, Any]: ...
+
+    def attach_accounting(self, access: Any, budget: Any) -> None: ...
+
+
+# Present when [cluster] redis_url is set.
+CLUSTER: web.AppKey[ClusterView] = web.AppKey("cluster")
 # This process's index among ``serve --workers N`` (proxy/workers.py); absent in a single
 # process. /metrics labels every series with it and /v1/router/status names it.
 WORKER = web.AppKey("worker", int)
