@@ -72,7 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config and list the enabled models")
     check.add_argument("path")
     report = sub.add_parser("report", help="calls, spend and TTFT from the usage log")
-    report.add_argument("--db", help="usage log (default: as `serve` would place it)")
+    report.add_argument(
+        "--db",
+        action="append",
+        help="usage log (default: as `serve` would place it); repeat it to read the logs "
+        "of several workers or instances together",
+    )
     report.add_argument("--config", help="take the usage log path from this config")
     report.add_argument("--since", default="24h", help="24h, 30m, 7d, today, all or a date")
     report.add_argument("--by", choices=("model", "tier", "prefer", "key", "arm"), default="model")
@@ -202,10 +207,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # histogram, which halves what a scrape formats on the event loop.
     disable_created_metrics()  # type: ignore[no-untyped-call]
     if args.command == "report":
-        from proxy.accounting.report import run_report
+        from proxy.accounting.report import PATH_SEP, run_report
         from proxy.accounting.usage_log import db_path
 
-        db = args.db or db_path(_load(args.config).usage, os.environ)
+        db = PATH_SEP.join(args.db) if args.db else db_path(_load(args.config).usage, os.environ)
         return run_report(db, args.since, args.by, args.json)
     if args.command == "hash-key":
         return _hash_key()

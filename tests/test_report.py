@@ -261,3 +261,20 @@ def test_older_log_without_arm_columns_gains_them(tmp_path: Path) -> None:
     insert(conn, [row(arm="y:control")])
     conn.close()
     assert as_json(path, "--by", "arm")["arms"][0]["arm"] == "y:control"
+
+
+def test_several_logs_are_read_as_one(
+    capsys: pytest.CaptureFixture[str], db: str, tmp_path: Path
+) -> None:
+    """The usage logs of two workers (or boxes): --db given twice sums them."""
+    other = str(tmp_path / "usage-w1.db")
+    conn = connect(other)
+    insert(conn, [row(cost=0.5, ttft_ms=1000.0), row(cost=0.25, ttft_ms=2000.0)])
+    conn.close()
+    assert main(["report", "--db", db, "--db", other, "--json"]) == 0
+    data = orjson.loads(capsys.readouterr().out)
+    assert data["total"]["calls"] == 13 + 2
+    assert data["total"]["cost_usd"] == pytest.approx(0.06 + 0.75)
+    nano = next(g for g in data["groups"] if g["model"] == "gpt-5-nano")
+    assert (nano["calls"], nano["ttft_p95_ms"]) == (13, 2000.0)
+    assert data["db"] == f"{db}, {other}"
