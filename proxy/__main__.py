@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
 import os
 import signal
@@ -243,6 +244,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if not args.demo and not enabled_providers(config, os.environ):
         print(f"model-router: {how_to_enable(config)}", file=sys.stderr)
+        return 2
+    if config.cluster.enabled and importlib.util.find_spec("redis") is None:
+        print(
+            "model-router: [cluster] redis_url needs redis-py: pip install 'model-router[cluster]'",
+            file=sys.stderr,
+        )
         return 2
     if not 1 <= args.workers <= MAX_WORKERS:
         print(f"model-router: --workers must be within 1..{MAX_WORKERS}", file=sys.stderr)
