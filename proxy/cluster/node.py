@@ -74,6 +74,10 @@ return 0
 
 # Samples waiting to be published are dropped past this (Redis slow): they are hints.
 MAX_BATCH = 10_000
+# The transitions another instance's message may carry.
+_ADOPTED = frozenset({State.OPEN.value, State.CLOSED.value})
+# The shortest gap between two sync rounds (see Cluster._flush).
+MIN_ROUND_GAP_S = 0.01
 # A half-open trial lease lasts this long at most; it is dropped when the breaker decides.
 TRIAL_LEASE_S = 10.0
 
@@ -297,17 +301,22 @@ class Cluster:
             if source in ("probe", "live") and isinstance(ms, int | float) and ms >= 0:
                 table.fold(key, float(ms), source)
         for key, state, open_s in event.get("b", ()):
-            if key in table:
+            if key in table and state in _ADOPTED and isinstance(open_s, int | float):
                 board.adopt(key, State(state), float(open_s))
 
     async def _flush(self) -> None:
+        # Under heavy traffic every request kicks; rounds then run at most this often, so
+        # the sync costs the event loop a bounded share however busy the instance is.
+        min_gap = min(self.settings.sync_interval_s, MIN_ROUND_GAP_S)
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.sync_interval_s):
                     await self._kick.wait()
             self._kick.clear()
             if not self.link.up:
+                self.quota.hold_share()
                 continue
+            began = time.monotonic()
             try:
                 if self._resync:
                     self._resync = False
@@ -317,6 +326,7 @@ class Cluster:
                 await self.quota.sync()
             except Exception:
                 log.exception("cluster sync failed")
+            await asyncio.sleep(max(0.0, began + min_gap - time.monotonic()))
 
     async def _publish(self) -> None:
         samples, breakers = self._samples, self._breakers

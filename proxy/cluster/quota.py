@@ -129,6 +129,19 @@ class Quota:
             self._own_at_down = own
         self._pending.clear()
 
+    def hold_share(self) -> None:
+        """While Redis is away: buckets created since (a key's first request) get this
+        instance's share too, and every bucket follows a changed instance count."""
+        if self.access is None:
+            return
+        n = max(1, self._instances())
+        now = time.monotonic()
+        for st in self.access.states.values():
+            for bucket, limit in ((st.requests, st.config.rpm), (st.tokens, st.config.tpm)):
+                if bucket is not None and bucket.capacity != limit / n:
+                    _resize(bucket, limit / n, now)
+                    bucket.level = min(bucket.level, bucket.capacity)
+
     # --- the background sync ---------------------------------------------------------------
 
     async def sync(self) -> None:
