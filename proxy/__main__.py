@@ -31,7 +31,7 @@ from .app import (
     make_app,
     start_server,
 )
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, load_config, mask_url
 
 log = logging.getLogger("model_router")
 
@@ -221,6 +221,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         catalog = config.catalog.only_providers(enabled)
         print(f"{args.path}: valid; {len(config.catalog.models)} models in catalog")
         print(f"providers with credentials: {', '.join(sorted(enabled)) or 'none'}")
+        if config.cluster.enabled:
+            print(
+                f"cluster: shares state through {mask_url(config.cluster.redis_url)} "
+                f"(key prefix {config.cluster.key_prefix!r})"
+            )
         for m in catalog.models:
             print(f"  {m.id:<28} {m.tier:<9} {', '.join(d.provider for d in m.deployments)}")
         return 0

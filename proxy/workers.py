@@ -51,8 +51,9 @@ def not_shared(workers: int) -> str:
         f"see a provider fail itself), probe loop ({workers}x the probes and probe spend), "
         f"per-key rpm/tpm and concurrent-stream limits and daily budgets (a key may get up "
         f"to {workers}x its limits, and the global budget up to {workers}x), and response "
-        f"cache. Usage logs are per worker (usage-w<N>.db; `model-router report --db A --db "
-        f"B` reads them together). Set [cluster] redis_url to share all but the cache."
+        f"cache. Usage logs are per worker (model-router-w<N>.db; `model-router report "
+        f"--db A --db B` reads them together). Set [cluster] redis_url to share all but the "
+        f"cache."
     )
 
 
