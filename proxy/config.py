@@ -264,6 +264,9 @@ class KeyConfig:
     tpm: int = 0
     daily_usd: float = 0.0
     max_concurrent_streams: int = 0
+    # May read the status page's data (GET /v1/router/history), which shows every key's
+    # traffic and spend.
+    admin: bool = False
 
 
 @dataclass(frozen=True, slots=True)
