@@ -4,6 +4,7 @@ simulator process: breakers, limits and budgets, latency, probe leases, and Redi
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 import time
@@ -28,6 +29,8 @@ from tests.cluster_support import (
 )
 
 MSG = [{"role": "user", "content": "hello"}]
+# Real processes start slowly on a loaded 2-core box; the default 60 s is for one process.
+pytestmark = pytest.mark.timeout(180)
 NANO = "gpt-4.1-nano@openai"
 # Fast sync and heartbeats keep the tests short; the defaults are what production runs.
 CLUSTER = {"sync_interval_s": 0.05, "heartbeat_s": 0.3, "op_timeout_s": 0.3}
@@ -125,9 +128,10 @@ def test_rpm_and_daily_budget_are_cluster_wide(
     elapsed = time.monotonic() - started
     admitted = statuses.count(200)
     assert statuses.count(429) == 100 - admitted
-    # The bucket holds 60 and refills one a second; both instances admitted from it.
-    # Overshoot across instances is at most what one sync round lets through.
-    assert 60 <= admitted <= 60 + int(elapsed) + 2, (admitted, elapsed)
+    # The bucket holds 60 and refills one a second; both instances admitted from it. At
+    # the boundary each instance may admit what reaches it within one sync round before
+    # it learns the bucket is empty: a few requests, never another instance's 60.
+    assert 60 <= admitted <= 60 + math.ceil(elapsed) + 4, (admitted, elapsed)
     for inst in (a, b):
         assert any(s == 200 for s in statuses[(inst is b) :: 2])
 
@@ -277,4 +281,4 @@ def test_redis_killed_mid_run_fails_no_request_and_state_reconverges(
     started = time.monotonic()
     statuses = [chat((a, b)[i % 2].url, body, "sk-capped").status for i in range(40)]
     elapsed = time.monotonic() - started
-    assert 20 <= statuses.count(200) <= 20 + int(elapsed) + 2, statuses
+    assert 20 <= statuses.count(200) <= 20 + math.ceil(elapsed) + 4, statuses

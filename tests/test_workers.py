@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 import openai
+import pytest
 
 from tests.cluster_support import free_port, http, wait_for, write_config
 from tests.conftest import spawn_server, stop_server
@@ -20,6 +21,8 @@ from tests.test_service import finish, notify_socket, receive
 __all__ = ["notify_socket"]  # the fixture, imported for use here
 
 MSG = [{"role": "user", "content": "hello"}]
+# Real processes start slowly on a loaded 2-core box; the default 60 s is for one process.
+pytestmark = pytest.mark.timeout(180)
 
 
 def worker_pid(url: str) -> int:
@@ -53,6 +56,9 @@ def test_a_killed_worker_is_replaced_and_the_port_keeps_answering(
     try:
         ready = receive(sock, "READY")[-1]
         assert "2 workers" in ready["STATUS"]
+        proc.send_signal(signal.SIGHUP)  # every worker reloads, then the parent is READY again
+        reloaded = receive(sock, "READY")
+        assert "RELOADING" in reloaded[0] and reloaded[-1]["STATUS"] == "2 workers reloaded"
         seen: set[int] = set()
         wait_for(lambda: seen.add(worker_pid(url)) or len(seen) == 2, 10, "both workers answer")
         victim = min(seen)
