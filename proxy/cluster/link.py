@@ -61,6 +61,7 @@ class Link:
             async with asyncio.timeout(self.settings.op_timeout_s):
                 return await op
         except FAILURES as exc:
+            _reraise_cancel(exc)
             self.fail(exc)
             return None
 
@@ -70,6 +71,7 @@ class Link:
             async with asyncio.timeout(self.settings.op_timeout_s):
                 await self.client.ping()
         except FAILURES as exc:
+            _reraise_cancel(exc)
             self.fail(exc)
             return False
         if not self.up:
@@ -112,6 +114,14 @@ class Link:
     async def close(self) -> None:
         with contextlib.suppress(*FAILURES):
             await self.client.aclose()
+
+
+def _reraise_cancel(exc: BaseException) -> None:
+    """redis-py can turn a cancellation that lands mid-command into a connection error; the
+    task is still being cancelled, so let it end instead of carrying on as "Redis down"."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from exc
 
 
 def script(link: Link, source: str) -> Callable[..., Awaitable[Any]]:

@@ -164,9 +164,11 @@ class Cluster:
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # Bounded: a task that swallowed its cancellation must not hold up the shutdown.
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=2 * self.settings.op_timeout_s + 1)
+            for task in stuck:
+                log.warning("cluster: %s did not stop; leaving it", task.get_name())
         if self.link.up:
             # Leave cleanly: another instance takes our leases at its next heartbeat.
             held = [self._lease_key("probe", k) for k in self._leases]
@@ -282,6 +284,9 @@ class Cluster:
             except asyncio.CancelledError:
                 raise
             except FAILURES as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from exc
                 self.link.fail(exc)
                 self._went_down()
             except Exception:
