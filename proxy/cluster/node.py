@@ -26,7 +26,6 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -416,6 +415,3 @@ class Cluster:
             "events_received": self.received,
             **self.quota.status(),
         }
-
-    def probing(self) -> Iterable[str]:
-        return sorted(self._leases)
