@@ -140,23 +140,6 @@ async def serve(
     notifier = app[NOTIFIER]
     router = app[ROUTER].current
     mode = "demo, simulated providers" if demo else "live providers"
-    # A worker's line must not read like the parent's "ready on", which scripts wait for.
-    what = (
-        "model-router ready on"
-        if worker is None
-        else f"worker {worker} (pid {os.getpid()}) serving"
-    )
-    print(
-        f"{what} http://{config.server.host}:{port} "
-        f"({len(router.catalog.models)} models enabled, {mode})",
-        flush=True,
-    )
-    if demo:
-        print(
-            f"simulated providers on {app[SIM_URL]} (fault control: POST /_sim/fault)",
-            flush=True,
-        )
-    notifier.ready(f"serving {len(router.catalog.models)} models on port {port}")
     stop = asyncio.Event()
     reloads: set[asyncio.Task[None]] = set()
 
@@ -182,6 +165,25 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
+    # Announced only now: a SIGHUP sent the moment READY arrives must find its handler, not
+    # the default action (which ends the process).
+    # A worker's line must not read like the parent's "ready on", which scripts wait for.
+    what = (
+        "model-router ready on"
+        if worker is None
+        else f"worker {worker} (pid {os.getpid()}) serving"
+    )
+    print(
+        f"{what} http://{config.server.host}:{port} "
+        f"({len(router.catalog.models)} models enabled, {mode})",
+        flush=True,
+    )
+    if demo:
+        print(
+            f"simulated providers on {app[SIM_URL]} (fault control: POST /_sim/fault)",
+            flush=True,
+        )
+    notifier.ready(f"serving {len(router.catalog.models)} models on port {port}")
     try:
         await stop.wait()
         notifier.stopping()

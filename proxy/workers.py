@@ -149,7 +149,13 @@ class Supervisor:
             "--worker-index",
             str(w.index),
         ]
-        w.proc = await asyncio.create_subprocess_exec(*args, env=env)
+        if w.proc is not None:
+            # A worker restarted during a reload: its predecessor will not report; the new
+            # one starts on the current config anyway.
+            self._reload_done(w.proc.pid)
+        # The workers' own lines go to stderr (the log): stdout carries only the parent's
+        # one "ready on" line, which scripts and service managers wait for.
+        w.proc = await asyncio.create_subprocess_exec(*args, env=env, stdout=sys.stderr.fileno())
         w.started = time.monotonic()
         w.ready = False
         proc = w.proc
@@ -284,6 +290,9 @@ class Supervisor:
                 log.info("worker %d (pid %d) ready", w.index, pid)
         if all(w.ready for w in self.workers):
             self._all_ready.set()
+        self._reload_done(pid)
+
+    def _reload_done(self, pid: int) -> None:
         if self.reloading:
             self.reloading.discard(pid)
             if not self.reloading:

@@ -57,7 +57,7 @@ def test_a_killed_worker_is_replaced_and_the_port_keeps_answering(
         ready = receive(sock, "READY")[-1]
         assert "2 workers" in ready["STATUS"]
         proc.send_signal(signal.SIGHUP)  # every worker reloads, then the parent is READY again
-        reloaded = receive(sock, "READY")
+        reloaded = receive(sock, "READY", timeout=60)
         assert "RELOADING" in reloaded[0] and reloaded[-1]["STATUS"] == "2 workers reloaded"
         seen: set[int] = set()
         wait_for(lambda: seen.add(worker_pid(url)) or len(seen) == 2, 10, "both workers answer")
