@@ -15,7 +15,7 @@ from typing import Any
 import openai
 import pytest
 
-from proxy.http.auth import hash_key
+from proxy.decide.tokens import hash_key
 from tests.cluster_support import (
     Instance,
     RedisServer,
