@@ -116,7 +116,13 @@ def _parser() -> argparse.ArgumentParser:
         help="worker processes sharing the port through SO_REUSEPORT, under a supervising "
         "parent (default 1: one process, no parent)",
     )
-    serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument(
+        "--worker-index",
+        type=int,
+        default=None,
+        metavar="I",
+        help="set by the --workers parent on each worker it starts; not for direct use",
+    )
     serve.add_argument(
         "--sim-port",
         type=_port,
