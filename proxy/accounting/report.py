@@ -15,9 +15,10 @@ from urllib.parse import quote
 
 import orjson
 
+from proxy.serve.record import COLUMNS
+
 from .daily_budget import DAY_S
 from .experiment_report import arm_stats, compare, format_table
-from .usage_log import COLUMNS
 
 # Joins several --db paths into the one ``path`` the report functions take.
 PATH_SEP = "|"
@@ -94,6 +95,22 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+def _counts(values: Sequence[Any]) -> dict[str, Any]:
+    calls, cost, hits, fallbacks, errors, tokens_in, tokens_out, est, est_cost = values
+    return {
+        "calls": int(calls),
+        "cost_usd": round(float(cost), 10),
+        "cache_hits": int(hits),
+        "fallbacks": int(fallbacks),
+        "errors": int(errors),
+        "prompt_tokens": int(tokens_in),
+        "completion_tokens": int(tokens_out),
+        # Streams cut short (client left, upstream broke): tokens counted by the router.
+        "estimated": int(est),
+        "estimated_cost_usd": round(float(est_cost), 10),
+    }
+
+
 def summarize(path: str, since: float, by: str) -> dict[str, Any]:
     column = GROUPS[by]
     conn = _connect(path)
@@ -127,28 +144,13 @@ def summarize(path: str, since: float, by: str) -> dict[str, Any]:
     finally:
         conn.close()
 
-    def counts(values: Sequence[Any]) -> dict[str, Any]:
-        calls, cost, hits, fallbacks, errors, tokens_in, tokens_out, est, est_cost = values
-        return {
-            "calls": int(calls),
-            "cost_usd": round(float(cost), 10),
-            "cache_hits": int(hits),
-            "fallbacks": int(fallbacks),
-            "errors": int(errors),
-            "prompt_tokens": int(tokens_in),
-            "completion_tokens": int(tokens_out),
-            # Streams cut short (client left, upstream broke): tokens counted by the router.
-            "estimated": int(est),
-            "estimated_cost_usd": round(float(est_cost), 10),
-        }
-
     groups = []
     for group, *values in rows:
         samples = ttfts.get(group, [])
         groups.append(
             {
                 by: group,
-                **counts(values),
+                **_counts(values),
                 "ttft_p50_ms": percentile(samples, 50),
                 "ttft_p95_ms": percentile(samples, 95),
             }
@@ -158,7 +160,7 @@ def summarize(path: str, since: float, by: str) -> dict[str, Any]:
         "db": path.replace(PATH_SEP, ", "),
         "since": datetime.fromtimestamp(since, UTC).isoformat(),
         "by": by,
-        "total": counts(total),
+        "total": _counts(total),
         "groups": groups,
     }
 
