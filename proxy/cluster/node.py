@@ -1,3 +1,5 @@
+# Over 400 lines: one member's whole Redis protocol (heartbeats, events, leases, sync) kept
+# together while it settles; the leases are the first part to move into a module of their own.
 """One instance's membership of the cluster: heartbeats, the event channel (latency samples
 and breaker transitions), probe and half-open trial leases, and the quota sync.
 

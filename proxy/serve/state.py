@@ -103,7 +103,6 @@ class Router:
                     if lat and lat.age_s is not None
                     else None,
                     "last_sample_source": lat.source if lat else None,
-                    # Unix time of this instance's last probe of it (None: never probed here).
                     "last_probe_at": probed.get(d.key),
                     "regime_changes": lat.shifts if lat else 0,
                     "tier": tier_of[d.model_id],
