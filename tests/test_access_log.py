@@ -35,6 +35,7 @@ FIELDS = {
     "prompt_tokens",
     "completion_tokens",
     "cost",
+    "estimated",
 }
 
 

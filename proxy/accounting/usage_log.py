@@ -53,7 +53,8 @@ CREATE TABLE IF NOT EXISTS usage (
     cache_hit INTEGER NOT NULL,
     arm TEXT,                      -- experiment arm, "<name>:control" / "<name>:treatment"
     escalated_from TEXT,           -- the tier whose answer was retried a tier up
-    complexity REAL                -- the classifier's score when the tier was auto
+    complexity REAL,               -- the classifier's score when the tier was auto
+    estimated INTEGER              -- 1: tokens and cost estimated (a stream cut short)
 );
 CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts);
 """
@@ -81,9 +82,15 @@ COLUMNS = (
     "arm",
     "escalated_from",
     "complexity",
+    "estimated",
 )
 # Columns added after the first release of the table; an older database gains them.
-LATER_COLUMNS = {"arm": "TEXT", "escalated_from": "TEXT", "complexity": "REAL"}
+LATER_COLUMNS = {
+    "arm": "TEXT",
+    "escalated_from": "TEXT",
+    "complexity": "REAL",
+    "estimated": "INTEGER",
+}
 INSERT = f"INSERT INTO usage ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 
 Row = tuple[Any, ...]

@@ -122,10 +122,18 @@ class OpenAIProvider:
     kind = "openai"
 
     def __init__(
-        self, name: str, *, base_url: str, api_key: str, session: aiohttp.ClientSession
+        self,
+        name: str,
+        *,
+        base_url: str,
+        api_key: str,
+        session: aiohttp.ClientSession,
+        fields: Mapping[str, frozenset[str]] | None = None,
     ) -> None:
         self.name = name
         self._session = session
+        # Top-level fields this upstream is sent, per endpoint (proxy/decide/fields.py); None: all.
+        self._fields = fields
         base = base_url.rstrip("/")
         self._urls = {"chat": f"{base}/chat/completions", "completions": f"{base}/completions"}
         # Built from an allowlist: nothing from the client's request reaches the upstream.
@@ -141,10 +149,22 @@ class OpenAIProvider:
     async def close(self) -> None:
         return None  # the session belongs to the app
 
+    def _body(self, request: UpstreamRequest) -> dict[str, Any]:
+        """The body as this upstream may see it: a field another provider's config allowed
+        is not sent here (the router checked every field against the allowlist already)."""
+        body = request.body
+        if self._fields is not None:
+            allowed = self._fields[request.endpoint]
+            if not allowed.issuperset(body):
+                body = {k: v for k, v in body.items() if k in allowed}
+        return body
+
     async def _post(self, request: UpstreamRequest) -> aiohttp.ClientResponse:
         try:
             resp = await self._session.post(
-                self._urls[request.endpoint], data=orjson.dumps(request.body), headers=self._headers
+                self._urls[request.endpoint],
+                data=orjson.dumps(self._body(request)),
+                headers=self._headers,
             )
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise transport_error(exc) from None

@@ -138,6 +138,12 @@ class Outcome:
     prefer: str | None = None  # as requested (None for pinned models)
     tier: str | None = None  # as requested (None: any tier, or pinned)
     cache_hit: bool = False
+    # Tokens and cost were estimated: the stream ended before the upstream's usage came.
+    estimated: bool = False
+
+    def take_charge(self, charge: tuple[int, int, float, bool]) -> None:
+        """A stream's (prompt, completion, cost, estimated), from ``SSERelay.charge``."""
+        self.prompt_tokens, self.completion_tokens, self.cost, self.estimated = charge
 
     def take_usage(self, usage: Mapping[str, Any] | None) -> None:
         if not usage:
@@ -279,7 +285,7 @@ class Dispatcher:
                     outcome.attempts += 1
                     try:
                         opened = await self._open_stream(
-                            cand, intent, body, deadline, trial, failures
+                            cand, intent, body, deadline, trial, failures, outcome
                         )
                     finally:
                         if fallback:
@@ -304,11 +310,12 @@ class Dispatcher:
         deadline: float,
         trial: bool,
         failures: list[tuple[Candidate, UpstreamError]],
+        outcome: Outcome | None = None,
     ) -> tuple[UpstreamStream, SSERelay, bytes, float] | None:
         """One attempt up to the commit point; None when it failed (and was recorded)."""
         loop = asyncio.get_running_loop()
         provider = self.providers[cand.deployment.provider]
-        relay = SSERelay(intent.include_usage, cand.model.cost_usd)
+        relay = SSERelay(intent.include_usage, cand.model.cost_usd, intent.prompt_tokens)
         upstream: UpstreamStream | None = None
         mark = self.health.mark(cand.deployment.key)
         started = loop.time()
@@ -334,6 +341,11 @@ class Dispatcher:
             # trial slot goes back, and the upstream connection is closed, not pooled.
             self._no_verdict(cand, trial)
             if upstream is not None:
+                if outcome is not None:
+                    # The upstream took the request: its prompt, and whatever it generated
+                    # before the client left, are charged (else leaving early is free).
+                    outcome.model, outcome.provider = cand.model.id, cand.deployment.provider
+                    outcome.take_charge(relay.charge())
                 await upstream.aclose()
             raise
         ttft_ms = (loop.time() - started) * 1000
@@ -405,8 +417,9 @@ class Dispatcher:
             outcome.error, outcome.status = "client_disconnected", 499
             raise
         finally:
+            # The upstream's usage, or (a stream cut short) an estimate of what it generated.
+            outcome.take_charge(relay.charge())
             await upstream.aclose()
-            outcome.take_usage(relay.usage)
         if not await self._write_bounded(resp, None):
             return self._client_gone(request, resp, outcome, "client_stalled")
         return resp
