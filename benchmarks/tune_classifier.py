@@ -1,10 +1,13 @@
 """Tune the classifier's signal weights on the *tune* half of RouteLLM's GSM8K and MMLU data
 (the held-out half is never read), by coordinate ascent on the mean APGR of both sets.
 
-    python benchmarks/tune_classifier.py [--without-lexicon]
+    python benchmarks/tune_classifier.py [--without-lexicon] [--without-domain]
+                                         [--only SIGNAL ...]
 
-Prints weights: with --without-lexicon, the defaults in proxy/decide/classifier.py; without
-it, the set that switches the learned lexicon on (WITH_LEXICON in routing_quality.py).
+Prints weights: with --without-lexicon --without-domain, the defaults in
+proxy/decide/classifier.py; with --without-domain alone, the set that switches the learned
+lexicon on (WITH_LEXICON in routing_quality.py); with --without-lexicon --only domain, the
+knowledge-domain table's weight with every other weight held (WITH_DOMAIN there).
 
 Bounds encode what we hold
 true beyond these benchmarks: complexity markers never count against a prompt, simple and

@@ -249,8 +249,8 @@ class Weights:
     by_signal: Mapping[str, float] = field(
         default_factory=lambda: {
             # Tuned on the tune half of RouteLLM's GSM8K and MMLU data within sign bounds
-            # (benchmarks/tune_classifier.py --without-lexicon); code, tools, depth and
-            # output are hand-set because that data never exercises them. The learned
+            # (benchmarks/tune_classifier.py --without-lexicon --without-domain); code, tools,
+            # depth and output are hand-set because that data never exercises them. The learned
             # lexicon is off: with it, held-out APGR rose on MMLU and fell on GSM8K
             # (benchmarks/RESULTS-routing.md gives the weights that switch it on). The
             # knowledge-domain table is off for the same reason: with it (weight 8, tuned
