@@ -14,7 +14,7 @@ from aiohttp import web
 from proxy.accounting.ledger import ACCOUNTING
 from proxy.catalog import PREFERS, TIERS
 from proxy.decide.experiments import key_id
-from proxy.decide.intent import forwarded_body, parse_intent
+from proxy.decide.intent import forwarded_body, not_found, parse_intent
 from proxy.decide.resolve import resolve
 from proxy.decide.routing import plan
 from proxy.errors import RouterError, quote
@@ -25,6 +25,7 @@ from proxy.serve.state import ROUTER, Router
 
 from . import hostile_input
 from .auth import Ticket, principal, route_of
+from .log_stream import access_handler
 
 access_log = logging.getLogger("model_router.access")
 log = logging.getLogger("model_router")
@@ -212,11 +213,30 @@ async def list_models(request: web.Request) -> web.Response:
     return json_response({"object": "list", "data": router.models_listing + _virtual_models()})
 
 
+async def retrieve_model(request: web.Request) -> web.Response:
+    """GET /v1/models/{id}: one entry of the listing, by catalog id, alias or virtual name.
+
+    Ids hold ``/`` and ``:`` (``openai/gpt-4o``, ``auto:premium:coding``), so the route is
+    greedy and the id is the rest of the path."""
+    router: Router = request.app[ROUTER].current
+    name = request.match_info["model_id"]
+    model = router.catalog.get(name)
+    if model is not None:
+        return json_response(router.models_by_id[model.id])
+    for entry in _virtual_models():
+        if entry["id"] == name:
+            return json_response(entry)
+    err = not_found(name, router.catalog)
+    return error_response(err, request_id(request))
+
+
 async def router_status(request: web.Request) -> web.Response:
     router: Router = request.app[ROUTER].current
     status = router.status()
     if (accounting := request.app.get(ACCOUNTING)) is not None:
         status |= accounting.status()
+    if (handler := access_handler()) is not None:
+        status["access_log"] = handler.stats()
     return json_response(status)
 
 
@@ -224,15 +244,38 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
+def bookkeeping_faults(app: web.Application) -> dict[str, str]:
+    """What fails beside serving (usage log, access log): reported, never a reason to refuse
+    requests, so readiness stays true with these as its detail."""
+    faults = {}
+    accounting = app.get(ACCOUNTING)
+    if accounting is not None and accounting.usage is not None and accounting.usage.error:
+        usage = accounting.usage
+        faults["usage_log"] = (
+            f"{usage.error} ({usage.queued} rows queued, {usage.dropped_rows} dropped)"
+        )
+    if (handler := access_handler()) is not None and handler.error:
+        faults["access_log"] = f"{handler.error} ({handler.errors} lines lost)"
+    return faults
+
+
 async def readyz(request: web.Request) -> web.Response:
     router: Router = request.app[ROUTER].current
     snap = router.health.snapshot()
     closed = [d.key for d in router.catalog.deployments() if d.key not in snap.open]
+    faults = bookkeeping_faults(request.app)
     if not closed:
         return json_response(
-            {"status": "unavailable", "reason": "every deployment's breaker is open"}, 503
+            {
+                "status": "unavailable",
+                "reason": "every deployment's breaker is open",
+                "degraded": faults,
+            },
+            503,
         )
-    return json_response({"status": "ready", "deployments_available": len(closed)})
+    return json_response(
+        {"status": "ready", "deployments_available": len(closed), "degraded": faults}
+    )
 
 
 @web.middleware

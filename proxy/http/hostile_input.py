@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
+import logging
+import resource
 from collections.abc import Callable
 from typing import Any
 
@@ -149,6 +151,23 @@ REQUEST_TIMEOUT = (
 
 
 OVER_CAPACITY_HEADER_S = 1.0
+# Descriptors kept back from client connections: the listening socket, the logs, the usage
+# database (db, -wal, -shm), the loop's own, the probes' upstream sockets, and the over-cap
+# connections that are accepted only to be told 503.
+FD_RESERVE = 64
+
+log = logging.getLogger("model_router")
+
+
+def fd_connection_cap() -> int | None:
+    """How many client connections RLIMIT_NOFILE leaves room for, each with one upstream
+    socket beside it; None when the limit is unlimited. Past it a new connection gets the
+    over-capacity 503 instead of an accept() failing with EMFILE and an upstream connect
+    failing in a way that would count against a healthy provider."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    return max((soft - FD_RESERVE) // 2, 1)
 
 
 def _closing(err: RouterError) -> web.Response:
@@ -242,6 +261,10 @@ def client_address(request: web.BaseRequest, trusted: tuple[str, ...]) -> str:
     return peer
 
 
+# How long a connection cut off by the header deadline is read (and dropped) after its 408.
+LINGER_S = 0.5
+
+
 class GuardedHandler(web_protocol.RequestHandler):
     """aiohttp's HTTP protocol plus a header deadline and the connection cap.
 
@@ -258,6 +281,8 @@ class GuardedHandler(web_protocol.RequestHandler):
         "_header_timeout",
         "_header_timer",
         "_limits",
+        "_lingering",
+        "_max_connections",
         "_partial",
         "_received",
     )
@@ -267,8 +292,10 @@ class GuardedHandler(web_protocol.RequestHandler):
         self._guard = manager
         self._limits = limits
         self._header_timeout = limits.header_timeout_s
+        self._max_connections = manager.connection_cap(limits)
         self._header_timer: asyncio.TimerHandle | None = None
         self._partial = False
+        self._lingering = False
         self._counted = False
         self._address: str | None = None  # counted against the per-address cap
         self._received = 0
@@ -279,7 +306,7 @@ class GuardedHandler(web_protocol.RequestHandler):
         guard, limits = self._guard, self._limits
         address = peer_of(transport)
         per_address = guard.by_address
-        if guard.open_connections >= limits.max_connections:
+        if guard.open_connections >= self._max_connections:
             self._request_handler = _over_capacity
             # It only gets a 503; it need not hold a socket for the full header deadline.
             self._header_timeout = min(self._header_timeout, OVER_CAPACITY_HEADER_S)
@@ -336,6 +363,8 @@ class GuardedHandler(web_protocol.RequestHandler):
         self._guard.bad_requests.bad_request(address, what, self._received)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return  # after a 408: read and dropped, see _header_deadline
         self._received += len(data)
         before = self._request_count
         super().data_received(data)
@@ -363,9 +392,18 @@ class GuardedHandler(web_protocol.RequestHandler):
         waiter = self._waiter
         if self.transport is None or waiter is None or waiter.done():
             return  # a request is being handled: not a wait for headers
-        if self._partial:
-            self.transport.write(REQUEST_TIMEOUT)
-        self.force_close()
+        if not self._partial:
+            self.force_close()
+            return
+        # Closing a socket with unread input sends a reset, and a reset can reach the client
+        # before it has read our 408. So: the 408, then FIN, then read and drop whatever the
+        # client still sends for LINGER_S (not the whole of it: a dribbler is why we are here).
+        transport = self.transport
+        transport.write(REQUEST_TIMEOUT)
+        self._lingering = True
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._loop.call_later(LINGER_S, self.force_close)
 
 
 class GuardedServer(web.Server):
@@ -386,6 +424,23 @@ class GuardedServer(web.Server):
         self.open_connections = 0
         self.by_address = AddressCounts()
         self.bad_requests = BadRequestLog()
+        self.fd_cap = fd_connection_cap()
+        self._warned_for: int | None = None
+
+    def connection_cap(self, limits: LimitsSettings) -> int:
+        """``max_connections``, lowered to what the descriptor limit can hold."""
+        if self.fd_cap is None or self.fd_cap >= limits.max_connections:
+            return limits.max_connections
+        if self._warned_for != limits.max_connections:
+            self._warned_for = limits.max_connections
+            log.warning(
+                "the open-file limit (RLIMIT_NOFILE %d, systemd LimitNOFILE=) holds %d client "
+                "connections with their upstream sockets; max_connections=%d is lowered to it",
+                resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+                self.fd_cap,
+                limits.max_connections,
+            )
+        return self.fd_cap
 
     def __call__(self) -> GuardedHandler:
         limits = self._limits()
@@ -407,4 +462,6 @@ class GuardedRunner(web.AppRunner):
     async def _make_server(self) -> web.Server:
         base = await super()._make_server()
         app = self.app
-        return GuardedServer(base, lambda: app[ROUTER].current.config.limits)
+        server = GuardedServer(base, lambda: app[ROUTER].current.config.limits)
+        server.connection_cap(app[ROUTER].current.config.limits)  # warns now, not at a peak
+        return server

@@ -137,11 +137,9 @@ class OpenAIProvider:
         base = base_url.rstrip("/")
         self._urls = {"chat": f"{base}/chat/completions", "completions": f"{base}/completions"}
         # Built from an allowlist: nothing from the client's request reaches the upstream.
-        self._headers = {
-            "Authorization": f"Bearer {api_key}",
-            "Content-Type": "application/json",
-            "User-Agent": USER_AGENT,
-        }
+        self._headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+        if api_key:  # a keyless local server (Ollama, llama.cpp) gets no Authorization at all
+            self._headers["Authorization"] = f"Bearer {api_key}"
 
     async def start(self) -> None:
         return None

@@ -25,11 +25,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--gap-ms", type=float, default=0.0, help="time between content chunks")
     parser.add_argument("--tokens", type=int, default=16, help="content chunks per answer")
+    parser.add_argument(
+        "--keyless",
+        action="store_true",
+        help="accept OpenAI-wire requests without a bearer token, as a local server does",
+    )
     return parser
 
 
-async def serve(host: str, port: int, profile: Profile) -> None:
-    runner, url = await start_sim(SimState(default=profile), host, port)
+async def serve(host: str, port: int, profile: Profile, keyless: bool = False) -> None:
+    runner, url = await start_sim(SimState(default=profile, keyless=keyless), host, port)
     print(f"sim ready on {url}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -48,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--tokens, --ttft-ms and --gap-ms must not be negative")
     profile = Profile(ttft_ms=args.ttft_ms, gap_ms=args.gap_ms, tokens=args.tokens)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(args.host, args.port, profile))
+        runner.run(serve(args.host, args.port, profile, args.keyless))
     return 0
 
 

@@ -160,7 +160,7 @@ async def _openai(request: web.Request, legacy: bool) -> web.StreamResponse:
     model = str(body.get("model", ""))
     state.record(model, body, request.headers)
     state.fields_seen.update(body)
-    if not request.headers.get("Authorization", "").startswith("Bearer "):
+    if not state.keyless and not request.headers.get("Authorization", "").startswith("Bearer "):
         return openai_error(401, "simulator: missing bearer token")
     fault = state.take_fault(model)
     if (early := await apply_pre_byte_fault(request, fault, openai_error)) is not None:
