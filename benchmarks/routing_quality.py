@@ -608,7 +608,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     lines = [
         "## Routing quality: tier=auto on RouteLLM's GSM8K and MMLU",
         "",
-        f"Data: `{root}` (contaminated prompts excluded). Weak model {WEAK} = economy, "
+        f"Data: `{root.relative_to(ROOT) if root.is_relative_to(ROOT) else root}` (contaminated prompts excluded). Weak model {WEAK} = economy, "
         f"strong {STRONG} = premium. Prices: economy = `{economy.id}` "
         f"(${economy.input_price:g}/${economy.output_price:g} per 1M in/out), premium = "
         f"`{premium.id}` (${premium.input_price:g}/${premium.output_price:g}). Thresholds at "
