@@ -14,17 +14,16 @@ import aiohttp
 import orjson
 
 from .anthropic_wire import (
+    WIRE,
     AnthropicStreamTranslator,
-    SSEDecoder,
     from_anthropic_response,
     to_anthropic_request,
     upstream_error,
 )
 from .base import UnsupportedFeatureError, UpstreamError, UpstreamRequest
-from .openai import parse_retry_after, transport_error
+from .http_errors import error_body, parse_retry_after, transport_error
+from .sse import SSEDecoder
 from .translate import DONE, json_tool_name, sse
-
-ERROR_BODY_LIMIT = 64 * 1024
 
 
 class AnthropicStream:
@@ -43,7 +42,7 @@ class AnthropicStream:
         return self._gen
 
     async def _iterate(self) -> AsyncGenerator[bytes, None]:
-        decoder = SSEDecoder()
+        decoder = SSEDecoder(WIRE)
         translator = self._translator
         try:
             async for data in self._resp.content.iter_any():
@@ -131,12 +130,7 @@ class AnthropicProvider:
             raise transport_error(exc) from None
         if resp.status == 200:
             return resp
-        try:
-            body = await resp.content.read(ERROR_BODY_LIMIT)
-        except (aiohttp.ClientError, TimeoutError):
-            body = b""
-        finally:
-            resp.release()
+        body = await error_body(resp)
         raise upstream_error(resp.status, body, parse_retry_after(resp.headers))
 
     async def stream(self, request: UpstreamRequest) -> AnthropicStream:
