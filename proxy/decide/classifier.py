@@ -443,6 +443,23 @@ def _asks_for(body: Mapping[str, Any]) -> tuple[int, float]:
     return n_tools, max(output, 0.5 if structured else 0.0, effort)
 
 
+def _tables(
+    words: Iterable[str],
+    lexicon: Lexicon | None,
+    learned: bool,
+    domain: Lexicon | None,
+    knowledge: bool,
+) -> dict[str, float]:
+    """The learned signals: ``lexicon`` (the shipped word weights unless one is given; 0 and
+    not read when ``learned`` is false) and ``domain`` (the shipped knowledge-domain table
+    unless one is given; the neutral 0.5 and not read when ``knowledge`` is false)."""
+    words = list(words)
+    return {
+        "lexicon": (lexicon or bundled_lexicon()).value(words) if learned else 0.0,
+        "domain": domain_signal((domain or bundled_domain()).value(words)) if knowledge else 0.5,
+    }
+
+
 def signals_of(
     body: Mapping[str, Any],
     lexicon: Lexicon | None = None,
@@ -451,10 +468,7 @@ def signals_of(
     domain: Lexicon | None = None,
     knowledge: bool = True,
 ) -> dict[str, float]:
-    """Every signal in [0, 1] for one request body (chat or legacy completions);
-    ``lexicon`` defaults to the shipped word weights, and is not read (the signal is 0)
-    when ``learned`` is false; ``domain`` defaults to the shipped knowledge-domain table,
-    not read (the signal is the neutral 0.5) when ``knowledge`` is false."""
+    """Every signal in [0, 1] for one request body (chat or legacy completions)."""
     shape = _shape(body)
     sample = "\n".join([shape.ask, *shape.context])
     low = sample.lower()
@@ -464,7 +478,6 @@ def signals_of(
     tokens = shape.chars / CHARS_PER_TOKEN
     # 0 below ~16 tokens, 1 at ~16k: each doubling of the prompt adds the same amount.
     length = min(1.0, max(0.0, math.log2(max(tokens, 1.0) / 16.0) / 10.0))
-
     c, past = _counts(words)
     extraction = _saturate(c["extraction"], 1.0)
     numbers = len(found) - sum(words.values())
@@ -505,10 +518,7 @@ def signals_of(
         "math_task": _saturate(math_task + 0.25 * numbers, 4.0),
         "extraction": extraction,
         "lookup": 1.0 if lookup else 0.0,
-        "lexicon": (lexicon or bundled_lexicon()).value(words.keys()) if learned else 0.0,
-        "domain": (
-            domain_signal((domain or bundled_domain()).value(words.keys())) if knowledge else 0.5
-        ),
+        **_tables(words.keys(), lexicon, learned, domain, knowledge),
     }
 
 
