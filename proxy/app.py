@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from typing import Any
@@ -112,12 +113,13 @@ def how_to_enable(config: Config) -> str:
     return "\n".join(lines)
 
 
-def demo_config(config: Config, sim_url: str) -> Config:
+def demo_config(config: Config, sim_url: str, ca_file: str = "") -> Config:
     """Every provider pointed at the local simulator (unless the config disabled it); the
-    catalog is unchanged."""
+    catalog is unchanged. ``ca_file``: the simulator's CA when it serves TLS."""
     providers = {}
     for name, pc in config.providers.items():
         on = pc.enabled is not False
+        pc = replace(pc, ca_file=ca_file or pc.ca_file)
         if pc.kind == "openai":
             providers[name] = replace(pc, base_url=f"{sim_url}/v1", enabled=on)
         elif pc.kind == "anthropic":
@@ -162,15 +164,24 @@ def build_provider(
     aws_credentials: dict[str, str] | None,
     timeouts: tuple[float, float] = (5.0, 60.0),
 ) -> Provider:
+    context = ssl.create_default_context(cafile=pc.ca_file) if pc.ca_file else None
     if pc.kind == "openai":
         return OpenAIProvider(
-            pc.name, base_url=pc.base_url, api_key=key or "", session=sessions["openai"]
+            pc.name,
+            base_url=pc.base_url,
+            api_key=key or "",
+            session=sessions["openai"],
+            ssl_context=context,
         )
     if pc.kind == "anthropic":
         from .providers.anthropic import AnthropicProvider
 
         return AnthropicProvider(
-            pc.name, base_url=pc.base_url, api_key=key or "", session=sessions["anthropic"]
+            pc.name,
+            base_url=pc.base_url,
+            api_key=key or "",
+            session=sessions["anthropic"],
+            ssl_context=context,
         )
     from .providers.bedrock import BedrockProvider
 
@@ -181,6 +192,7 @@ def build_provider(
         credentials=aws_credentials,
         connect_timeout_s=timeouts[0],
         read_timeout_s=timeouts[1],
+        ca_file=pc.ca_file or None,
     )
 
 

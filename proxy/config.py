@@ -87,6 +87,9 @@ class ProviderConfig:
     region: str = ""
     endpoint_url: str = ""
     enabled: bool | None = None  # None: enabled when its credentials are present
+    # A PEM file of CAs to trust for this provider's endpoint instead of the system store: a
+    # private gateway, a local server behind TLS, the simulator's TLS mode.
+    ca_file: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,6 +407,8 @@ def _providers(raw: Any) -> dict[str, ProviderConfig]:
         providers[name] = _typed(ProviderConfig, merged, path, name=name, kind=kind)
         if providers[name].kind != "bedrock" and not providers[name].base_url:
             raise ConfigError(f"{path}.base_url: required for kind {kind!r}")
+        if (ca := providers[name].ca_file) and not Path(ca).is_file():
+            raise ConfigError(f"{path}.ca_file: {ca!r} is not a readable file")
     return providers
 
 

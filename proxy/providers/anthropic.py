@@ -6,6 +6,7 @@ Translation lives in ``anthropic_wire``; this module only sends, maps transport 
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -93,8 +94,10 @@ class AnthropicProvider:
         session: aiohttp.ClientSession,
         version: str = "2023-06-01",
         default_max_tokens: int = 4096,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.name = name
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         root = base_url.rstrip("/")
         self._url = root + ("/messages" if root.endswith("/v1") else "/v1/messages")
         self._headers = {
@@ -125,7 +128,7 @@ class AnthropicProvider:
     async def _post(self, payload: dict[str, Any]) -> aiohttp.ClientResponse:
         try:
             resp = await self._session.post(
-                self._url, data=orjson.dumps(payload), headers=self._headers
+                self._url, data=orjson.dumps(payload), headers=self._headers, ssl=self._ssl
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise transport_error(exc) from None

@@ -125,6 +125,7 @@ class BedrockProvider:
         connect_timeout_s: float = 5,
         read_timeout_s: float = 60,
         credentials: Mapping[str, str] | None = None,
+        ca_file: str | None = None,
     ) -> None:
         if credentials is not None and not set(credentials) <= CREDENTIAL_KEYS:
             unknown = sorted(set(credentials) - CREDENTIAL_KEYS)
@@ -132,6 +133,7 @@ class BedrockProvider:
         self.name = name
         self.region = region
         self.endpoint_url = endpoint_url
+        self.ca_file = ca_file
         self._credentials = dict(credentials) if credentials is not None else None
         self._config = Config(
             connect_timeout=connect_timeout_s,
@@ -172,6 +174,7 @@ class BedrockProvider:
                 region_name=self.region,
                 endpoint_url=self.endpoint_url or None,
                 config=self._config,
+                verify=self.ca_file or None,
             )
         )
         self._stack = stack

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import ssl
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -122,10 +123,18 @@ class OpenAIProvider:
     kind = "openai"
 
     def __init__(
-        self, name: str, *, base_url: str, api_key: str, session: aiohttp.ClientSession
+        self,
+        name: str,
+        *,
+        base_url: str,
+        api_key: str,
+        session: aiohttp.ClientSession,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.name = name
         self._session = session
+        # None: the system trust store (aiohttp's default); a context: the provider's ca_file.
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         base = base_url.rstrip("/")
         self._urls = {"chat": f"{base}/chat/completions", "completions": f"{base}/completions"}
         # Built from an allowlist: nothing from the client's request reaches the upstream.
@@ -144,7 +153,10 @@ class OpenAIProvider:
     async def _post(self, request: UpstreamRequest) -> aiohttp.ClientResponse:
         try:
             resp = await self._session.post(
-                self._urls[request.endpoint], data=orjson.dumps(request.body), headers=self._headers
+                self._urls[request.endpoint],
+                data=orjson.dumps(request.body),
+                headers=self._headers,
+                ssl=self._ssl,
             )
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise transport_error(exc) from None

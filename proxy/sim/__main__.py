@@ -8,11 +8,13 @@ import argparse
 import asyncio
 import signal
 from collections.abc import Sequence
+from pathlib import Path
 
 import uvloop
 
 from .script import Profile
 from .server import SimState, start_sim
+from .tls import make_sim_tls
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,11 +26,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--gap-ms", type=float, default=0.0, help="time between content chunks")
     parser.add_argument("--tokens", type=int, default=16, help="content chunks per answer")
+    parser.add_argument(
+        "--tls-dir",
+        type=Path,
+        help="serve HTTPS with a certificate made now; the CA a client must trust is written "
+        "to TLS_DIR/sim-ca.pem (needs the trustme package, in the test and bench extras)",
+    )
     return parser
 
 
-async def serve(host: str, port: int, profile: Profile) -> None:
-    runner, url = await start_sim(SimState(default=profile), host, port)
+async def serve(host: str, port: int, profile: Profile, tls_dir: Path | None = None) -> None:
+    tls = make_sim_tls(tls_dir).server if tls_dir is not None else None
+    runner, url = await start_sim(SimState(default=profile), host, port, tls=tls)
     print(f"sim ready on {url}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -47,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--tokens, --ttft-ms and --gap-ms must not be negative")
     profile = Profile(ttft_ms=args.ttft_ms, gap_ms=args.gap_ms, tokens=args.tokens)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(args.host, args.port, profile))
+        runner.run(serve(args.host, args.port, profile, args.tls_dir))
     return 0
 
 

@@ -9,6 +9,7 @@ benchmarks share it.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -17,6 +18,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from .script import (
     FAULT_MODES,
@@ -44,6 +46,8 @@ class SimState:
         self.open_streams = 0
         self.cancelled = 0
         self.completed = 0
+        # Client connections seen (by peer address): what the warm-pool tests count.
+        self.connections: set[str] = set()
 
     def profile(self, model: str) -> Profile:
         return self.profiles.get(model, self.default)
@@ -428,12 +432,22 @@ async def control_stats(request: web.Request) -> web.Response:
             "open_streams": state.open_streams,
             "cancelled": state.cancelled,
             "completed": state.completed,
+            "connections": len(state.connections),
         }
     )
 
 
+@web.middleware
+async def _count_connection(request: web.Request, handler: Handler) -> web.StreamResponse:
+    transport = request.transport
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    if peer is not None:
+        request.app[SIM_STATE].connections.add(f"{peer[0]}:{peer[1]}")
+    return await handler(request)
+
+
 def make_sim_app(state: SimState) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[_count_connection])
     app[SIM_STATE] = state
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
@@ -460,16 +474,29 @@ def bound_port(site: web.TCPSite) -> int:
 
 
 async def start_sim(
-    state: SimState, host: str = "127.0.0.1", port: int = 0
+    state: SimState,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    tls: ssl.SSLContext | None = None,
+    keepalive_timeout_s: float = 75.0,
 ) -> tuple[web.AppRunner, str]:
-    """Start the simulator on loopback; returns the runner (to clean up) and its base URL.
+    """Start the simulator on loopback; returns the runner (to clean up) and its base URL
+    (``https://`` when ``tls`` is given: see ``proxy.sim.tls``).
 
     ``handler_cancellation`` is on so a departed client cancels the simulated answer, as a
-    real provider would notice.
+    real provider would notice. Idle connections are kept ``keepalive_timeout_s`` (aiohttp's
+    default is 75 s, as many providers' load balancers).
     """
-    runner = web.AppRunner(make_sim_app(state), handler_cancellation=True, access_log=None)
+    runner = web.AppRunner(
+        make_sim_app(state),
+        handler_cancellation=True,
+        access_log=None,
+        keepalive_timeout=keepalive_timeout_s,
+    )
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=tls)
     await site.start()
     bound = bound_port(site)
-    return runner, f"http://{host}:{bound}"
+    scheme = "https" if tls is not None else "http"
+    return runner, f"{scheme}://{host}:{bound}"
