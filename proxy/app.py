@@ -38,6 +38,7 @@ from .reload import Runtime, keep_listen_address
 from .sim.script import Profile
 from .sim.server import SimState, bound_port, start_sim
 from .state import ROUTER, Router, RouterHolder
+from .warm import Warmer, WarmTarget
 
 log = logging.getLogger("model_router")
 
@@ -56,6 +57,8 @@ NOTIFIER = web.AppKey("notifier", Notifier)
 RUNTIME = web.AppKey("runtime", Runtime)
 # What runner.cleanup() waits for handlers after the drain has cut the streams.
 SHUTDOWN_TIMEOUT_S = 5.0
+# Keeps the upstream pools warm (proxy/warm.py); read by /v1/router/status and the tests.
+WARMER: web.AppKey[Warmer] = web.AppKey("warmer", Warmer)
 # The upstream client sessions by wire family; read by the fault tests to check the pool.
 SESSIONS: web.AppKey[dict[str, aiohttp.ClientSession]] = web.AppKey("sessions")
 
@@ -104,6 +107,8 @@ def how_to_enable(config: Config) -> str:
                 f"credentials {AWS_CREDENTIALS[0]!r} + {AWS_CREDENTIALS[1]!r}), "
                 f"or [providers.{name}] enabled = true"
             )
+        elif not pc.api_key_env and not pc.api_key_credential:
+            lines.append(f"  {name:<11} [providers.{name}] enabled = true (a local server)")
         else:
             where = f"${pc.api_key_env}" + (
                 f" or systemd credential {pc.api_key_credential!r}" if pc.api_key_credential else ""
@@ -120,7 +125,7 @@ def demo_config(config: Config, sim_url: str, ca_file: str = "") -> Config:
     for name, pc in config.providers.items():
         on = pc.enabled is not False
         pc = replace(pc, ca_file=ca_file or pc.ca_file)
-        if pc.kind == "openai":
+        if pc.kind in ("openai", "mistral"):
             providers[name] = replace(pc, base_url=f"{sim_url}/v1", enabled=on)
         elif pc.kind == "anthropic":
             providers[name] = replace(pc, base_url=sim_url, enabled=on)
@@ -173,6 +178,16 @@ def build_provider(
             session=sessions["openai"],
             ssl_context=context,
         )
+    if pc.kind == "mistral":
+        from .providers.mistral import MistralProvider
+
+        return MistralProvider(
+            pc.name,
+            base_url=pc.base_url,
+            api_key=key or "",
+            session=sessions["openai"],
+            ssl_context=context,
+        )
     if pc.kind == "anthropic":
         from .providers.anthropic import AnthropicProvider
 
@@ -196,11 +211,45 @@ def build_provider(
     )
 
 
-def make_session(config: Config) -> aiohttp.ClientSession:
+def make_session(
+    config: Config, trace_configs: list[aiohttp.TraceConfig] | None = None
+) -> aiohttp.ClientSession:
     # No pool limit: 512 concurrent streams must not queue behind aiohttp's default of 100.
-    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.server.connect_timeout_s)
-    return aiohttp.ClientSession(connector=connector, timeout=timeout)
+    s = config.server
+    connector = aiohttp.TCPConnector(
+        limit=0,
+        use_dns_cache=s.dns_cache_s > 0,
+        ttl_dns_cache=max(1, round(s.dns_cache_s)),
+        keepalive_timeout=s.upstream_keepalive_s,
+    )
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=s.connect_timeout_s)
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, trace_configs=trace_configs)
+
+
+def warm_targets(router: Router) -> list[WarmTarget]:
+    """The upstreams the config expects to use: every provider serving a deployment."""
+    used = {d.provider for d in router.catalog.deployments()}
+    targets = []
+    for name, provider in router.providers.items():
+        if name in used and (pool := provider.pool_target()) is not None:
+            url, session, tls = pool
+            targets.append(WarmTarget(name, url, session, tls))
+    return targets
+
+
+async def drain(upstream: UpstreamStream, relay: SSERelay) -> None:
+    """Read a probe's answer to its end (briefly) so its connection is pooled, not closed."""
+    if relay.done:
+        return
+    with contextlib.suppress(TimeoutError, UpstreamError):
+        async with asyncio.timeout(PROBE_DRAIN_S):
+            async for chunk in upstream:
+                relay.feed(chunk)
+
+
+# How long a probe reads on after its first token so its connection goes back to the pool:
+# a max_tokens=1 answer has a finish chunk, a usage chunk and [DONE] left.
+PROBE_DRAIN_S = 1.0
 
 
 # What a probe is billed: "ping" in a chat template is ~8 input tokens, and 1 output token.
@@ -251,14 +300,17 @@ def make_probe_sender(router: Router) -> ProbeLoop | None:
         model, d = by_key[key]
         endpoint: Endpoint = "chat" if "chat" in model.capabilities else "completions"
         body = probe_body(model, d, router.config.providers.get(d.provider))
-        request = UpstreamRequest(endpoint, d.upstream_id, body, True)
+        request = UpstreamRequest(endpoint, d.upstream_id, body, True, d.fim_template)
         loop = asyncio.get_running_loop()
         started = loop.time()
         upstream: UpstreamStream | None = None
         try:
             async with asyncio.timeout(pc.timeout_s):
                 upstream = await router.providers[d.provider].stream(request)
-                await first_content(upstream, SSERelay(False, model.cost_usd))
+                relay = SSERelay(False, model.cost_usd)
+                await first_content(upstream, relay)
+            ttft_ms = (loop.time() - started) * 1000
+            await drain(upstream, relay)
         except UpstreamError as exc:
             raise ProbeFailed(exc.kind, exc.retry_after, exc.message) from None
         except TimeoutError:
@@ -268,7 +320,7 @@ def make_probe_sender(router: Router) -> ProbeLoop | None:
         finally:
             if upstream is not None:
                 await upstream.aclose()
-        return (loop.time() - started) * 1000
+        return ttft_ms
 
     settings = ProbeSettings(
         enabled=True,
@@ -397,12 +449,23 @@ def make_app(
             sim_runner, sim_url = await start_sim(state, port=sim_port)
             app[SIM], app[SIM_URL] = state, sim_url
             sim = state, sim_url
-        sessions = {"openai": make_session(config), "anthropic": make_session(config)}
+        warmer = Warmer(
+            config.server.upstream_keepalive_s, timeout_s=config.server.connect_timeout_s
+        )
+        traces = [warmer.trace] if config.server.warm_connections else None
+        sessions = {
+            "openai": make_session(config, traces),
+            "anthropic": make_session(config, traces),
+        }
         app[SESSIONS] = sessions
+        app[WARMER] = warmer
 
         def build(cfg: Config, previous: Router | None) -> Router:
             if sim is not None:  # the demo: every provider is the simulator
                 sim[0].profiles.update(demo_profiles(cfg.catalog))
+                sim[0].no_suffix.update(
+                    d.upstream_id for d in cfg.catalog.deployments() if d.fim_template
+                )
                 cfg = demo_config(cfg, sim[1])
             router = build_router(
                 cfg,
@@ -417,6 +480,8 @@ def make_app(
 
         def rebuild(previous: Router) -> Router:
             router = build(keep_listen_address(load_config(config_path), config), previous)
+            if traces:
+                warmer.set_targets(warm_targets(router))
             # The usage log and budget live across reloads; the new router must feed them.
             if (accounting := app.get(ACCOUNTING)) is not None:
                 accounting.attach(router)
@@ -425,6 +490,10 @@ def make_app(
         router = build(config, None)
         for provider in router.providers.values():
             await provider.start()
+        warming = None
+        if traces:
+            warmer.set_targets(warm_targets(router))
+            warming = asyncio.create_task(warmer.run(), name="warm-connections")
         app[ROUTER] = RouterHolder(router)
         app[RUNTIME] = runtime = Runtime(app[ROUTER], rebuild, app[IN_FLIGHT])
         # Both tick on the event loop itself: a blocked loop stops the watchdog pings (and
@@ -434,10 +503,13 @@ def make_app(
         try:
             yield
         finally:
-            for task in (watchdog, lag):
+            for task in (watchdog, lag, warming):
+                if task is None:
+                    continue
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await warmer.close()
             await runtime.close()
             for session in sessions.values():
                 await session.close()

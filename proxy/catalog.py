@@ -14,6 +14,8 @@ from functools import partial
 from importlib import resources
 from typing import Any, Literal, get_args
 
+from .providers.fim import TEMPLATES
+
 Tier = Literal["economy", "standard", "premium"]
 Prefer = Literal["cheap", "fast", "balanced", "quality", "coding"]
 # "chat": serves /v1/chat/completions (completions-only models such as instruct ones lack it);
@@ -41,6 +43,9 @@ class Deployment:
     provider: str
     upstream_id: str
     nominal_ttft_ms: float
+    # For a server that takes no ``suffix`` (vLLM, llama.cpp): the FIM template it is sent in
+    # (a key of ``providers.fim.TEMPLATES``); "" sends ``suffix`` as it is.
+    fim_template: str = ""
     # Built once: routing, health and dispatch look deployments up by it on every request.
     key: str = field(init=False, repr=False, compare=False)
 
@@ -171,7 +176,7 @@ _MODEL_KEYS = {
     "deployments",
 }
 _SCORE_KEYS = {"value", "source", "date"}
-_DEPLOYMENT_KEYS = {"provider", "upstream_id", "nominal_ttft_ms"}
+_DEPLOYMENT_KEYS = {"provider", "upstream_id", "nominal_ttft_ms", "fim_template"}
 
 
 def _check_keys(table: Mapping[str, Any], allowed: set[str], path: str) -> None:
@@ -243,12 +248,18 @@ def parse_model(raw: Mapping[str, Any], path: str) -> Model:
         )
         if dep_ttft <= 0:
             raise CatalogError(f"{dpath}.nominal_ttft_ms: must be positive")
+        template = _require(d, "fim_template", str, dpath) if "fim_template" in d else ""
+        if template and template not in TEMPLATES:
+            raise CatalogError(
+                f"{dpath}.fim_template: expected one of {', '.join(sorted(TEMPLATES))}"
+            )
         deployments.append(
             Deployment(
                 model_id=model_id,
                 provider=provider,
                 upstream_id=_require(d, "upstream_id", str, dpath),
                 nominal_ttft_ms=dep_ttft,
+                fim_template=template,
             )
         )
     for key in ("input_price", "output_price"):

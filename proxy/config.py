@@ -28,8 +28,8 @@ from .catalog import (
 from .policy import TOP_LEVEL_KEYS as POLICY_KEYS
 from .policy import Policy, PolicyError, parse_policy
 
-ProviderKind = Literal["openai", "anthropic", "bedrock"]
-PROVIDER_KINDS = ("openai", "anthropic", "bedrock")
+ProviderKind = Literal["openai", "anthropic", "bedrock", "mistral"]
+PROVIDER_KINDS = ("openai", "anthropic", "bedrock", "mistral")
 
 
 class ConfigError(ValueError):
@@ -50,6 +50,15 @@ class ServerSettings:
     connect_timeout_s: float = 5.0
     # On SIGTERM, in-flight streams get this long to finish.
     drain_s: float = 20.0
+    # An idle upstream connection is kept this long. A minute outlasts a developer reading
+    # code between completions (and the 30 s probe interval), and is under the idle limits
+    # providers' load balancers are known to keep (60-120 s or more).
+    upstream_keepalive_s: float = 60.0
+    # Keep a connection to every upstream the config routes to open and fresh (proxy/warm.py):
+    # pre-connect at start and reload, re-use an idle one before it expires.
+    warm_connections: bool = True
+    # Resolved upstream addresses are cached this long (aiohttp's DNS cache).
+    dns_cache_s: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +258,15 @@ BUILTIN_PROVIDERS: dict[str, ProviderConfig] = {
         "deepseek_api_key",
     ),
     "bedrock": ProviderConfig("bedrock", "bedrock", region="us-east-1"),
+    # Chat as OpenAI's wire; FIM (Codestral) on /v1/fim/completions.
+    "mistral": ProviderConfig(
+        "mistral", "mistral", "https://api.mistral.ai/v1", "MISTRAL_API_KEY", "mistral_api_key"
+    ),
+    # Local OpenAI-compatible servers for the open FIM models: never on unless a config says
+    # `enabled = true` (and, if the server is elsewhere, its base_url). Their default ports.
+    "ollama": ProviderConfig("ollama", "openai", "http://127.0.0.1:11434/v1"),
+    "vllm": ProviderConfig("vllm", "openai", "http://127.0.0.1:8000/v1", "VLLM_API_KEY"),
+    "llamacpp": ProviderConfig("llamacpp", "openai", "http://127.0.0.1:8080/v1"),
 }
 
 # Overrides may change these catalog fields (or drop a model with enabled = false).
@@ -552,6 +570,10 @@ def parse_config(data: Mapping[str, Any], source: str = "<string>") -> Config:
     server = _typed(
         ServerSettings, _check(data.get("server", {}), ServerSettings, "server"), "server"
     )
+    if not server.upstream_keepalive_s > 0:
+        raise ConfigError("server.upstream_keepalive_s: must be > 0")
+    if not server.dns_cache_s >= 0:
+        raise ConfigError("server.dns_cache_s: must be >= 0")
     probes = _probes(data.get("probes", {}))
     routing = _routing(data.get("routing", {}))
     breaker = _breaker(data.get("breaker", {}))

@@ -215,7 +215,11 @@ class Dispatcher:
                 "include_usage": True,
             }
         return UpstreamRequest(
-            intent.endpoint, cand.deployment.upstream_id, upstream_body, intent.stream
+            intent.endpoint,
+            cand.deployment.upstream_id,
+            upstream_body,
+            intent.stream,
+            cand.deployment.fim_template,
         )
 
     def _failed(

@@ -114,6 +114,9 @@ class AnthropicProvider:
     async def start(self) -> None:
         """Nothing to create: the aiohttp session belongs to the app."""
 
+    def pool_target(self) -> tuple[str, aiohttp.ClientSession, ssl.SSLContext | bool]:
+        return self._url.rsplit("/messages", 1)[0], self._session, self._ssl
+
     async def close(self) -> None:
         """Nothing to close: the aiohttp session belongs to the app."""
 

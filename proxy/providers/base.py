@@ -18,9 +18,13 @@ the failure classes below; dispatch decides what each class means.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    import aiohttp
 
 FailureKind = Literal[
     "connect", "timeout", "rate_limited", "overloaded", "server", "auth", "client", "protocol"
@@ -84,6 +88,9 @@ class UpstreamRequest:
     upstream_id: str
     body: dict[str, Any]
     stream: bool
+    # The deployment's FIM template (``providers/fim.py``), for servers that take no
+    # ``suffix``: an adapter renders prompt + suffix in it. "" sends ``suffix`` as it is.
+    fim_template: str = ""
 
 
 class UpstreamStream(Protocol):
@@ -127,4 +134,9 @@ class Provider(Protocol):
     async def complete(self, request: UpstreamRequest) -> dict[str, Any]:
         """Send a non-streaming request; return an OpenAI-shaped response object
         (``CreateChatCompletionResponse`` or ``CreateCompletionResponse``) with ``usage``."""
+        ...
+
+    def pool_target(self) -> tuple[str, aiohttp.ClientSession, ssl.SSLContext | bool] | None:
+        """The base URL, session and TLS setting its requests use, so the app can keep that
+        connection pool warm; None for an adapter with a pool of its own."""
         ...

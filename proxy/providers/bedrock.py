@@ -179,6 +179,10 @@ class BedrockProvider:
         )
         self._stack = stack
 
+    def pool_target(self) -> None:
+        """botocore keeps its own connection pool."""
+        return None
+
     async def close(self) -> None:
         stack, self._stack, self._client = self._stack, None, None
         if stack is not None:

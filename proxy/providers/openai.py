@@ -14,7 +14,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from .base import FailureKind, UpstreamError, UpstreamRequest
+from .base import FailureKind, UpstreamError, UpstreamRequest, UpstreamStream
+from .fim import render
 
 USER_AGENT = "model-router/0.1"
 # Error bodies are read only this far: enough for a message, bounded against a hostile upstream.
@@ -115,8 +116,12 @@ class OpenAIStream:
         return data
 
     async def aclose(self) -> None:
-        # close(), not release(): an unfinished stream's connection must not be reused.
-        self._resp.close()
+        # An answer read to its end goes back to the pool (a probe's, so that live requests
+        # find it warm); an unfinished one is closed: its connection must not be reused.
+        if self._content.at_eof():
+            self._resp.release()
+        else:
+            self._resp.close()
 
 
 class OpenAIProvider:
@@ -135,26 +140,30 @@ class OpenAIProvider:
         self._session = session
         # None: the system trust store (aiohttp's default); a context: the provider's ca_file.
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
-        base = base_url.rstrip("/")
+        base = self._base = base_url.rstrip("/")
         self._urls = {"chat": f"{base}/chat/completions", "completions": f"{base}/completions"}
         # Built from an allowlist: nothing from the client's request reaches the upstream.
-        self._headers = {
-            "Authorization": f"Bearer {api_key}",
-            "Content-Type": "application/json",
-            "User-Agent": USER_AGENT,
-        }
+        self._headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+        if api_key:  # a local server (Ollama, vLLM, llama.cpp) may need none
+            self._headers["Authorization"] = f"Bearer {api_key}"
 
     async def start(self) -> None:
         return None
+
+    def pool_target(self) -> tuple[str, aiohttp.ClientSession, ssl.SSLContext | bool]:
+        return self._base, self._session, self._ssl
 
     async def close(self) -> None:
         return None  # the session belongs to the app
 
     async def _post(self, request: UpstreamRequest) -> aiohttp.ClientResponse:
+        body = request.body
+        if request.fim_template and request.endpoint == "completions":
+            body = render(request.fim_template, body)
         try:
             resp = await self._session.post(
                 self._urls[request.endpoint],
-                data=orjson.dumps(request.body),
+                data=orjson.dumps(body),
                 headers=self._headers,
                 ssl=self._ssl,
             )
@@ -164,7 +173,7 @@ class OpenAIProvider:
             raise await status_error(resp)
         return resp
 
-    async def stream(self, request: UpstreamRequest) -> OpenAIStream:
+    async def stream(self, request: UpstreamRequest) -> UpstreamStream:
         resp = await self._post(request)
         if not resp.content_type.startswith("text/event-stream"):
             resp.close()

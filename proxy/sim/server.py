@@ -46,6 +46,9 @@ class SimState:
         self.open_streams = 0
         self.cancelled = 0
         self.completed = 0
+        # Models served as vLLM / llama.cpp serve them: a completions `suffix` is refused, so
+        # the proxy must send the prompt in the model's FIM template instead.
+        self.no_suffix: set[str] = set()
         # Client connections seen (by peer address): what the warm-pool tests count.
         self.connections: set[str] = set()
 
@@ -347,8 +350,11 @@ async def _openai(request: web.Request, legacy: bool) -> web.StreamResponse:
         return openai_error(400, "simulator: body is not JSON")
     model = str(body.get("model", ""))
     state.record(model, body, request.headers)
-    if not request.headers.get("Authorization", "").startswith("Bearer "):
-        return openai_error(401, "simulator: missing bearer token")
+    # No Authorization at all is how a local server (Ollama, vLLM, llama.cpp) is called.
+    if not request.headers.get("Authorization", "Bearer ").startswith("Bearer "):
+        return openai_error(401, "simulator: not a bearer token")
+    if legacy and body.get("suffix") is not None and model in state.no_suffix:
+        return openai_error(400, "simulator: suffix is not currently supported")
     fault = state.take_fault(model)
     if (early := await apply_pre_byte_fault(request, fault, openai_error)) is not None:
         return early
@@ -458,9 +464,11 @@ def make_sim_app(state: SimState) -> web.Application:
     # Imported here: the wire modules import this one for the pacing and fault helpers.
     from .anthropic_wire import add_anthropic_routes
     from .bedrock_wire import add_bedrock_routes
+    from .mistral_wire import add_mistral_routes
 
     add_anthropic_routes(app)
     add_bedrock_routes(app)
+    add_mistral_routes(app)
     return app
 
 
