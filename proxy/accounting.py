@@ -93,6 +93,8 @@ class Accounting:
                 outcome.arm,
                 outcome.escalated_from,
                 outcome.complexity,
+                outcome.hedged,
+                outcome.hedge_cost,
             )
         )
 

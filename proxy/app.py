@@ -390,7 +390,7 @@ def build_router(
         )
     else:
         health.set_catalog(catalog)
-    dispatcher = Dispatcher(providers, health, config.routing, config.server)
+    dispatcher = Dispatcher(providers, health, config.routing, config.server, config.hedging)
     router = Router(config, catalog, providers, health, dispatcher, demo=demo)
     router.provider_fingerprints = fingerprints
     router.probe_loop = make_probe_sender(router)

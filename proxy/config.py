@@ -25,6 +25,7 @@ from .catalog import (
     load_bundled,
     parse_model,
 )
+from .hedge import HedgeSettings
 from .policy import TOP_LEVEL_KEYS as POLICY_KEYS
 from .policy import Policy, PolicyError, parse_policy
 
@@ -203,6 +204,8 @@ class KeyConfig:
     tpm: int = 0
     daily_usd: float = 0.0
     max_concurrent_streams: int = 0
+    # Hedge this key's streams (True) or never (False); None: the [hedging] prefer default.
+    hedge: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +223,7 @@ class Config:
     policy: Policy = field(default_factory=Policy)
     limits: LimitsSettings = LimitsSettings()
     keys: tuple[KeyConfig, ...] = ()
+    hedging: HedgeSettings = field(default_factory=HedgeSettings)
 
     def with_providers(self, providers: Mapping[str, ProviderConfig]) -> Config:
         return replace(self, providers=dict(providers))
@@ -473,7 +477,21 @@ def _scaled_nominals(model: Model, nominal_ms: float) -> tuple[Deployment, ...]:
 
 
 TOP_LEVEL = {"server", "routing", "probes", "providers", "models", "overrides", *POLICY_KEYS}
-TOP_LEVEL |= {"usage", "cache", "budget", "limits", "keys", "breaker"}
+TOP_LEVEL |= {"usage", "cache", "budget", "limits", "keys", "breaker", "hedging"}
+
+
+def _hedging(raw: Any) -> HedgeSettings:
+    table = dict(_check(raw, HedgeSettings, "hedging"))
+    prefer = _names(table.pop("prefer", list(HedgeSettings().prefer)), "hedging.prefer")
+    for p in prefer:
+        if p not in PREFERS:
+            raise ConfigError(f"hedging.prefer: {p!r} is not one of {', '.join(PREFERS)}")
+    settings: HedgeSettings = _typed(HedgeSettings, table, "hedging", prefer=tuple(prefer))
+    if settings.budget_percent > 100:
+        raise ConfigError("hedging.budget_percent: must be at most 100")
+    if settings.min_delay_ms > settings.max_delay_ms:
+        raise ConfigError("hedging.min_delay_ms: must not exceed max_delay_ms")
+    return settings
 
 
 def _accounting(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -536,6 +554,9 @@ def _key(raw: Any, path: str, catalog: Catalog) -> KeyConfig:
             raise ConfigError(f"{path}.allowed_models: no catalog model named {name!r}")
         models.append(model.id)
     del table["id"], table["sha256"]
+    hedge = table.pop("hedge", None)
+    if hedge is not None and not isinstance(hedge, bool):
+        raise ConfigError(f"{path}.hedge: expected true or false")
     key: KeyConfig = _typed(
         KeyConfig,
         table,
@@ -544,6 +565,7 @@ def _key(raw: Any, path: str, catalog: Catalog) -> KeyConfig:
         sha256=digest.lower(),
         allowed_tiers=tuple(tiers),
         allowed_models=tuple(dict.fromkeys(models)),
+        hedge=hedge,
     )
     return key
 
@@ -610,6 +632,7 @@ def parse_config(data: Mapping[str, Any], source: str = "<string>") -> Config:
         **_accounting(data),
         limits=_limits(data.get("limits", {})),
         keys=_keys(data.get("keys"), catalog),
+        hedging=_hedging(data.get("hedging", {})),
     )
 
 

@@ -11,18 +11,21 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from probes.breaker import State
+
 from .config import RoutingSettings, ServerSettings
 from .deadline import Deadline
 from .drain import IN_FLIGHT, InFlight, OpenStream, shutdown_error
 from .errors import RouterError
 from .health import Health
+from .hedge import HedgePolicy, HedgeSettings, race
 from .intent import Intent
 from .providers.base import (
     Provider,
@@ -137,13 +140,21 @@ class Outcome:
     prefer: str | None = None  # as requested (None for pinned models)
     tier: str | None = None  # as requested (None: any tier, or pinned)
     cache_hit: bool = False
+    # A hedged race: which attempt won ("primary" or "hedge"; None when none started), and
+    # what the cancelled one cost (estimated prompt tokens plus content it had produced).
+    hedged: str | None = None
+    hedge_cost: float = 0.0
+    hedge_tokens: int = 0
 
     def take_usage(self, usage: Mapping[str, Any] | None) -> None:
+        """The answer's usage; ``cost`` is what the request cost us, the loser of a hedged
+        race included (the answer's own ``usage.cost`` excludes it)."""
+        self.cost = self.hedge_cost
         if not usage:
             return
         self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
         self.completion_tokens = int(usage.get("completion_tokens") or 0)
-        self.cost = float(usage.get("cost") or 0.0)
+        self.cost += float(usage.get("cost") or 0.0)
 
 
 def router_headers(cand: Candidate, plan: Plan, outcome: Outcome) -> dict[str, str]:
@@ -158,7 +169,20 @@ def router_headers(cand: Candidate, plan: Plan, outcome: Outcome) -> dict[str, s
         headers["x-router-arm"] = outcome.arm
     if outcome.escalated_from:
         headers["x-router-escalated"] = f"{outcome.escalated_from}->{cand.model.tier}"
+    if outcome.hedged:
+        headers["x-router-hedged"] = outcome.hedged
     return headers
+
+
+@dataclass(slots=True)
+class Meter:
+    """One attempt as the hedge accounting sees it."""
+
+    started: float = 0.0
+    relay: SSERelay | None = None
+
+
+Opened = tuple[UpstreamStream, SSERelay, bytes, float]
 
 
 class Dispatcher:
@@ -168,15 +192,17 @@ class Dispatcher:
         health: Health,
         routing: RoutingSettings,
         server: ServerSettings,
+        hedging: HedgeSettings | None = None,
     ) -> None:
         self.providers = providers
         self.health = health
         self.routing = routing
         self.server = server
         self.budget = RetryBudget(routing.retry_budget_ratio, routing.retry_budget_min)
+        self.hedge = HedgePolicy(hedging or HedgeSettings())
 
     async def _attempts(
-        self, plan: Plan, wait_s: float
+        self, plan: Plan, wait_s: float, skip: set[str] | None = None
     ) -> AsyncGenerator[tuple[Candidate, bool, bool]]:
         """(candidate, is_fallback, is_trial) in order, within the attempt cap, the retry budget
         and half-open trials. The caller releases the budget slot of a fallback when its
@@ -189,6 +215,8 @@ class Dispatcher:
             for cand in plan.candidates:
                 if tried >= cap:
                     return
+                if skip and cand.deployment.key in skip:
+                    continue  # already tried as a hedge
                 fallback = tried > 0
                 if fallback and not held:
                     if not await self.budget.acquire(wait_s):
@@ -276,14 +304,21 @@ class Dispatcher:
         deadline = self.routing.deadline_s(intent.prefer if not intent.pinned else None)
         failures: list[tuple[Candidate, UpstreamError]] = []
         opened = None
+        hedged: set[str] = set()  # deployments a hedge already tried
         try:
-            async with contextlib.aclosing(self._attempts(plan, deadline)) as attempts:
+            async with contextlib.aclosing(self._attempts(plan, deadline, hedged)) as attempts:
                 async for cand, fallback, trial in attempts:
                     outcome.attempts += 1
                     try:
-                        opened = await self._open_stream(
-                            cand, intent, body, deadline, trial, failures
-                        )
+                        if outcome.attempts == 1 and self._hedges(intent):
+                            # The hook: the first attempt, raced against a hedge.
+                            cand, opened = await self._open_hedged(
+                                cand, intent, plan, body, deadline, trial, failures, outcome, hedged
+                            )
+                        else:
+                            opened = await self._open_stream(
+                                cand, intent, body, deadline, trial, failures
+                            )
                     finally:
                         if fallback:
                             self.budget.release()
@@ -307,7 +342,8 @@ class Dispatcher:
         deadline: float,
         trial: bool,
         failures: list[tuple[Candidate, UpstreamError]],
-    ) -> tuple[UpstreamStream, SSERelay, bytes, float] | None:
+        meter: Meter | None = None,
+    ) -> Opened | None:
         """One attempt up to the commit point; None when it failed (and was recorded)."""
         loop = asyncio.get_running_loop()
         provider = self.providers[cand.deployment.provider]
@@ -315,6 +351,8 @@ class Dispatcher:
         upstream: UpstreamStream | None = None
         mark = self.health.mark(cand.deployment.key)
         started = loop.time()
+        if meter is not None:
+            meter.started, meter.relay = started, relay
         try:
             async with asyncio.timeout(deadline):
                 upstream = await provider.stream(self._request(cand, intent, body))
@@ -342,6 +380,85 @@ class Dispatcher:
         ttft_ms = (loop.time() - started) * 1000
         self.health.success(cand.deployment.key, ttft_ms, since=mark)
         return upstream, relay, head, ttft_ms
+
+    def _hedges(self, intent: Intent) -> bool:
+        return intent.stream and self.hedge.wants(
+            intent.prefer if not intent.pinned else None, None, intent.hedge
+        )
+
+    def _hedge_candidate(self, plan: Plan, primary: Candidate) -> Candidate | None:
+        """The next candidate on another provider whose breaker is CLOSED (not half-open: a
+        trial is the probe loop's, and an open one is refusing)."""
+        if plan.forced:
+            return None
+        for cand in plan.candidates:
+            key = cand.deployment.key
+            if cand.deployment.provider == primary.deployment.provider:
+                continue
+            if self.health.board.state(key) is State.CLOSED:
+                return cand
+        return None
+
+    async def _open_hedged(
+        self,
+        cand: Candidate,
+        intent: Intent,
+        plan: Plan,
+        body: dict[str, Any],
+        deadline: float,
+        trial: bool,
+        failures: list[tuple[Candidate, UpstreamError]],
+        outcome: Outcome,
+        hedged: set[str],
+    ) -> tuple[Candidate, Opened | None]:
+        """The first attempt raced against a hedge (``proxy/hedge.py`` decides); returns the
+        winning candidate and its stream at the first content token, or the primary's None."""
+        policy = self.hedge
+        policy.budget.offer()
+        try:
+            p90_ms = self.health.table.row(cand.deployment.key).p90_ms
+        except KeyError:
+            p90_ms = cand.deployment.nominal_ttft_ms
+        meters = (Meter(), Meter())
+        racers = [cand, cand]
+
+        def alternate() -> Callable[[], Awaitable[Opened | None]] | None:
+            alt = self._hedge_candidate(plan, cand)
+            if alt is None or not policy.budget.take():
+                return None
+            racers[1] = alt
+            hedged.add(alt.deployment.key)
+            outcome.attempts += 1
+            return lambda: self._open_stream(
+                alt, intent, body, deadline, False, failures, meters[1]
+            )
+
+        result = await race(
+            lambda: self._open_stream(cand, intent, body, deadline, trial, failures, meters[0]),
+            alternate,
+            policy.delay_s(p90_ms),
+        )
+        if not result.hedged:
+            return cand, result.value
+        loop = asyncio.get_running_loop()
+        outcome.hedged = "primary" if result.winner == 0 else "hedge"
+        for extra in result.discarded:  # a tie's loser reached its token too: close it
+            await extra[0].aclose()
+        if result.winner >= 0:
+            loser = 1 - result.winner
+            lost, meter = racers[loser], meters[loser]
+            if not any(c is lost for c, _ in failures):
+                # Cancelled at the winner's first token: billed for its prompt and whatever
+                # content it had produced (none, unless it tied).
+                produced = 1 if meter.relay is not None and meter.relay.content_seen else 0
+                outcome.hedge_tokens = produced
+                outcome.hedge_cost = lost.model.cost_usd(intent.prompt_tokens, produced)
+                if loser == 0:
+                    # It waited past its p90 without a token: a censored sample, as a deadline.
+                    waited_ms = (loop.time() - meter.started) * 1000
+                    self.health.table.observe(lost.deployment.key, waited_ms, "live")
+            return racers[result.winner], result.value
+        return cand, None
 
     async def _relay(
         self,

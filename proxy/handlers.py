@@ -6,6 +6,7 @@ import logging
 import re
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -94,6 +95,8 @@ async def _route(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
             who = key_id(request.headers.get("Authorization"))
         chosen = resolve(intent, body, policy, rid, who)
         intent, outcome.complexity, outcome.arm = chosen.intent, chosen.complexity, chosen.arm
+        if intent.hedge is None and caller.key is not None and caller.key.hedge is not None:
+            intent = replace(intent, hedge=caller.key.hedge)  # the key's say on hedging
         outcome.prefer, outcome.tier = intent.prefer, intent.tier
         decision = chosen.annotate(
             plan(
@@ -175,6 +178,8 @@ def access_log_sink(outcome: Outcome, seconds: float) -> None:
         "arm": outcome.arm,
         "escalated_from": outcome.escalated_from,
         "cache_hit": outcome.cache_hit,
+        "hedged": outcome.hedged,
+        "hedge_cost": outcome.hedge_cost,
     }
     access_log.info(orjson.dumps(record).decode())
 

@@ -16,8 +16,9 @@ from .providers.base import Endpoint
 
 # Routing extensions: never forwarded upstream.
 # "cache": true/false opts a request in or out of the response cache (proxy/cache.py).
+# "hedge": true/false opts a stream in or out of a hedged first-token race (proxy/hedge.py).
 EXTENSION_FIELDS = frozenset(
-    {"prefer", "tier", "min_coding_score", "models", "task", "escalate", "cache"}
+    {"prefer", "tier", "min_coding_score", "models", "task", "escalate", "cache", "hedge"}
 )
 
 # Rough tokens for an image part; the context check only needs an upper-ish estimate.
@@ -41,6 +42,7 @@ class Intent:
     tier_auto: bool = False  # tier "auto": the classifier picks the tier before planning
     task: str | None = None  # the caller's task hint, already applied to tier and prefer
     escalate: bool = False  # retry once a tier up on a cut-off, empty or refused answer
+    hedge: bool | None = None  # the request's (or its key's) say on hedging; None: default
 
 
 def _check_type(
@@ -215,6 +217,7 @@ def parse_intent(
         tier = t
     task = _task(body, tasks)
     escalate = _check_type(body, "escalate", bool, "a boolean") or False
+    hedge = _check_type(body, "hedge", bool, "a boolean (false opts out of hedging)")
     score = body.get("min_coding_score")
     if score is not None and (
         isinstance(score, bool) or not isinstance(score, int | float) or not 0 <= score <= 100
@@ -261,6 +264,7 @@ def parse_intent(
         tier_auto=tier_auto and not pinned,
         task=task,
         escalate=escalate,
+        hedge=hedge,
     )
 
 

@@ -82,7 +82,8 @@ def summarize(path: str, since: float, by: str) -> dict[str, Any]:
             raise ReportError(f"{path}: not a model-router usage log (no usage table)")
         agg = """COUNT(*), COALESCE(SUM(cost), 0), COALESCE(SUM(cache_hit), 0),
                  COALESCE(SUM(attempts > 1), 0), COALESCE(SUM(status >= 400), 0),
-                 COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0)"""
+                 COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0),
+                 COALESCE(SUM(hedged IS NOT NULL), 0), COALESCE(SUM(hedge_cost), 0)"""
         total = conn.execute(f"SELECT {agg} FROM usage WHERE ts >= ?", (since,)).fetchone()
         rows = conn.execute(
             f"SELECT {column}, {agg} FROM usage WHERE ts >= ? GROUP BY {column}", (since,)
@@ -100,7 +101,7 @@ def summarize(path: str, since: float, by: str) -> dict[str, Any]:
         conn.close()
 
     def counts(values: Sequence[Any]) -> dict[str, Any]:
-        calls, cost, hits, fallbacks, errors, tokens_in, tokens_out = values
+        calls, cost, hits, fallbacks, errors, tokens_in, tokens_out, hedges, hedge_cost = values
         return {
             "calls": int(calls),
             "cost_usd": round(float(cost), 10),
@@ -109,6 +110,8 @@ def summarize(path: str, since: float, by: str) -> dict[str, Any]:
             "errors": int(errors),
             "prompt_tokens": int(tokens_in),
             "completion_tokens": int(tokens_out),
+            "hedged": int(hedges),
+            "hedge_cost_usd": round(float(hedge_cost), 10),
         }
 
     groups = []
@@ -148,6 +151,7 @@ def render(summary: dict[str, Any], since_text: str) -> str:
         f"total: ${t['cost_usd']:.6f} over {t['calls']} calls; {t['cache_hits']} cache hits, "
         f"{t['fallbacks']} fallbacks, {t['errors']} errors; "
         f"{t['prompt_tokens']} tokens in, {t['completion_tokens']} out",
+        f"hedged: {t['hedged']} streams; hedge spend ${t['hedge_cost_usd']:.6f} (in the total)",
         "",
     ]
     header = ("calls", "errors", "cache hits", "fallbacks", "cost (USD)", "TTFT p50", "TTFT p95")

@@ -53,7 +53,9 @@ CREATE TABLE IF NOT EXISTS usage (
     cache_hit INTEGER NOT NULL,
     arm TEXT,                      -- experiment arm, "<name>:control" / "<name>:treatment"
     escalated_from TEXT,           -- the tier whose answer was retried a tier up
-    complexity REAL                -- the classifier's score when the tier was auto
+    complexity REAL,               -- the classifier's score when the tier was auto
+    hedged TEXT,                   -- a hedged race's winner: primary | hedge (NULL: none)
+    hedge_cost REAL                -- USD the race's cancelled attempt cost (part of cost)
 );
 CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts);
 """
@@ -81,9 +83,17 @@ COLUMNS = (
     "arm",
     "escalated_from",
     "complexity",
+    "hedged",
+    "hedge_cost",
 )
 # Columns added after the first release of the table; an older database gains them.
-LATER_COLUMNS = {"arm": "TEXT", "escalated_from": "TEXT", "complexity": "REAL"}
+LATER_COLUMNS = {
+    "arm": "TEXT",
+    "escalated_from": "TEXT",
+    "complexity": "REAL",
+    "hedged": "TEXT",
+    "hedge_cost": "REAL",
+}
 INSERT = f"INSERT INTO usage ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 
 Row = tuple[Any, ...]

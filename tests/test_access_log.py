@@ -17,6 +17,8 @@ SECRET_PROMPT = "the launch code is swordfish-7781"
 MSG = [{"role": "user", "content": SECRET_PROMPT}]
 FIELDS = {
     "request_id",
+    "hedged",
+    "hedge_cost",
     "arm",
     "complexity",
     "cache_hit",

@@ -43,6 +43,8 @@ def row(**values: Any) -> tuple[Any, ...]:
         "arm": None,
         "escalated_from": None,
         "complexity": None,
+        "hedged": None,
+        "hedge_cost": 0.0,
     }
     base.update(values)
     return tuple(base[c] for c in COLUMNS)
@@ -60,7 +62,9 @@ ROWS = [
         model_tier="premium",
         prefer="quality",
         ttft_ms=900.0,
-        cost=0.05,
+        cost=0.05,  # the cancelled loser of a hedged race included
+        hedged="hedge",
+        hedge_cost=0.004,
     ),
     row(
         model=None,
@@ -119,6 +123,8 @@ def test_totals_and_groups_by_model_match_the_rows(db: str) -> None:
         "errors": 1,
         "prompt_tokens": 130,
         "completion_tokens": 260,
+        "hedged": 1,
+        "hedge_cost_usd": pytest.approx(0.004),
     }
     groups = data["groups"]
     assert [g["model"] for g in groups] == ["claude-sonnet-4-5", "gpt-5-nano", None]

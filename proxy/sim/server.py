@@ -45,6 +45,7 @@ class SimState:
         self.last_headers: dict[str, dict[str, str]] = {}
         self.open_streams = 0
         self.cancelled = 0
+        self.cancel_times: list[float] = []  # loop time each cancelled stream noticed it
         self.completed = 0
         # Models served as vLLM / llama.cpp serve them: a completions `suffix` is refused, so
         # the proxy must send the prompt in the model's FIM template instead.
@@ -164,6 +165,7 @@ async def stream_rendered(
         return resp
     except (asyncio.CancelledError, ConnectionResetError):
         state.cancelled += 1
+        state.cancel_times.append(asyncio.get_running_loop().time())
         raise
     finally:
         state.open_streams -= 1
