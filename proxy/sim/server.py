@@ -9,6 +9,7 @@ benchmarks share it.
 from __future__ import annotations
 
 import asyncio
+import random
 import ssl
 import time
 from collections import Counter
@@ -43,6 +44,7 @@ class SimState:
         self.requests: Counter[str] = Counter()
         self.last_body: dict[str, dict[str, Any]] = {}
         self.last_headers: dict[str, dict[str, str]] = {}
+        self.rng = random.Random(0)  # draws heavy-tail TTFTs (Profile.tail_p); seedable
         self.open_streams = 0
         self.cancelled = 0
         self.cancel_times: list[float] = []  # loop time each cancelled stream noticed it
@@ -146,7 +148,7 @@ async def stream_rendered(
             await resp.write(part)
         if fault.mode == "hang_first_token":
             await _hang()
-        await state.pause(profile.ttft_ms)
+        await state.pause(profile.draw_ttft_ms(state.rng))
         first = asyncio.get_running_loop().time()
         for i, part in enumerate(r.body):
             if i == fault.after_chunks and await _strike(request, resp, fault, r):
