@@ -31,6 +31,7 @@ serve: $(VENV)/.installed
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff format --check $(SRC)
 	$(BIN)/ruff check $(SRC)
+	$(BIN)/lint-imports
 
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy --strict proxy probes

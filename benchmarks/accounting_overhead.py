@@ -48,7 +48,8 @@ def serve_sim() -> None:
     """Child mode: the simulator with zero delay, until SIGTERM."""
     import uvloop
 
-    from proxy.sim.server import SimState, start_sim
+    from proxy.sim.launch import start_sim
+    from proxy.sim.server import SimState
 
     async def run() -> None:
         runner, url = await start_sim(SimState(scale=0.0))

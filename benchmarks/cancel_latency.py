@@ -22,7 +22,7 @@ from aiohttp import web
 
 from proxy.app import make_app, start_server
 from proxy.config import parse_config
-from proxy.sim.server import bound_port
+from proxy.sim.launch import bound_port
 
 CHUNK = b"data: " + orjson.dumps(
     {

@@ -33,8 +33,9 @@ import aiohttp
 import orjson
 
 from proxy.sim.catalogs import only_models, sim_model, upstream_id
+from proxy.sim.launch import start_sim
 from proxy.sim.script import Profile
-from proxy.sim.server import SimState, start_sim
+from proxy.sim.server import SimState
 
 OUT = Path(__file__).resolve().parent / "out"
 GAP_MS = 5.0

@@ -16,9 +16,9 @@ from prometheus_client import disable_created_metrics, generate_latest
 
 from proxy.app import build_router, make_session
 from proxy.config import parse_config
-from proxy.dispatch import Outcome
-from proxy.metrics import Metrics
-from proxy.state import ROUTER, RouterHolder
+from proxy.http.metrics import Metrics
+from proxy.serve.dispatch import Outcome
+from proxy.serve.state import ROUTER, RouterHolder
 
 REQUESTS = 200_000
 SCRAPES = 200

@@ -11,9 +11,9 @@ from typing import Any
 
 import orjson
 
-from proxy.relay import SSERelay
+from proxy.serve.relay import SSERelay
+from proxy.sim.openai_api import render_openai_chat
 from proxy.sim.script import Conversation, Profile, script_answer
-from proxy.sim.server import render_openai_chat
 
 from .common import Context, stats
 

@@ -18,9 +18,9 @@ import orjson
 from probes.breaker import BreakerBoard, BreakerPolicy
 from probes.latency import LatencyTable
 from proxy.catalog import PREFERS, TIERS, Catalog, Deployment, Model, Score
-from proxy.health import Health
-from proxy.intent import forwarded_body, parse_intent
-from proxy.routing import Snapshot, plan
+from proxy.decide.intent import forwarded_body, parse_intent
+from proxy.decide.routing import Snapshot, plan
+from proxy.serve.health import Health
 
 from .common import Check, Context, stats
 

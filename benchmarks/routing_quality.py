@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from proxy.catalog import Model, load_bundled  # noqa: E402
-from proxy.classifier import CHARS_PER_TOKEN, assess  # noqa: E402
-from proxy.policy import ClassifierSettings  # noqa: E402
+from proxy.decide.classifier import CHARS_PER_TOKEN, assess  # noqa: E402
+from proxy.decide.policy import ClassifierSettings  # noqa: E402
 
 WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 STRONG = "gpt-4-1106-preview"

@@ -3,7 +3,7 @@
 
     python benchmarks/tune_classifier.py
 
-Prints weights to paste into proxy/classifier.py's defaults. Bounds encode what we hold
+Prints weights to paste into proxy/decide/classifier.py's defaults. Bounds encode what we hold
 true beyond these benchmarks: complexity markers never count against a prompt, simple and
 reading markers never for it, and math and technical vocabulary keep a floor: in this data
 the strong model scores 3 % on high-school mathematics (an answer-extraction artefact), which
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from routing_quality import Item, apgr, body_of, curve, data_dir, held_out, load_gsm8k, load_mmlu
 
-from proxy.classifier import DEFAULT_WEIGHTS, SIGNALS, signals_of
+from proxy.decide.classifier import DEFAULT_WEIGHTS, SIGNALS, signals_of
 
 BOUNDS = {
     "length": (0.0, 3.0),

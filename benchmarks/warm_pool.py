@@ -37,8 +37,9 @@ import aiohttp
 import orjson
 
 from proxy.sim.catalogs import only_models, sim_model
+from proxy.sim.launch import start_sim
 from proxy.sim.script import Profile
-from proxy.sim.server import SimState, start_sim
+from proxy.sim.server import SimState
 from proxy.sim.tls import make_sim_tls
 
 OUT = Path(__file__).resolve().parent / "out"

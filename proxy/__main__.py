@@ -13,6 +13,12 @@ from collections.abc import Sequence
 import uvloop
 from prometheus_client import disable_created_metrics
 
+from proxy.http.auth import hash_key, is_loopback
+from proxy.http.metrics import METRICS
+from proxy.serve.drain import IN_FLIGHT, drain
+from proxy.serve.state import ROUTER
+from proxy.service.reload import ReloadError
+
 from .app import (
     NOTIFIER,
     RUNTIME,
@@ -22,12 +28,7 @@ from .app import (
     make_app,
     start_server,
 )
-from .auth import hash_key, is_loopback
 from .config import Config, ConfigError, load_config
-from .drain import IN_FLIGHT, drain
-from .metrics import METRICS
-from .reload import ReloadError
-from .state import ROUTER
 
 log = logging.getLogger("model_router")
 
@@ -171,8 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # histogram, which halves what a scrape formats on the event loop.
     disable_created_metrics()  # type: ignore[no-untyped-call]
     if args.command == "report":
-        from .report import run_report
-        from .usagelog import db_path
+        from proxy.accounting.report import run_report
+        from proxy.accounting.usage_log import db_path
 
         db = args.db or db_path(_load(args.config).usage, os.environ)
         return run_report(db, args.since, args.by, args.json)

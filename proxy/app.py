@@ -18,27 +18,28 @@ import aiohttp
 from aiohttp import web
 
 from probes.loop import ProbeFailed, ProbeLoop, ProbeSettings, paced_interval_s
+from proxy.accounting.ledger import ACCOUNTING, accounting_ctx
+from proxy.http import handlers
+from proxy.http.auth import ACCESS, Access, auth_middleware
+from proxy.http.hostile_input import GuardedRunner
+from proxy.http.metrics import METRICS, Metrics, metrics_endpoint
+from proxy.providers.base import Endpoint, Provider, UpstreamError, UpstreamRequest, UpstreamStream
+from proxy.providers.openai import OpenAIProvider
+from proxy.serve.dispatch import Dispatcher, first_content
+from proxy.serve.drain import IN_FLIGHT, InFlight, in_flight_middleware
+from proxy.serve.health import Health
+from proxy.serve.relay import SSERelay
+from proxy.serve.state import ROUTER, Router, RouterHolder
+from proxy.serve.warm import Warmer, WarmTarget
+from proxy.service.credentials import read_credential
+from proxy.service.notify import Notifier, watchdog_task
+from proxy.service.reload import Runtime, keep_listen_address
+from proxy.sim.launch import bound_port, start_sim
+from proxy.sim.script import Profile
+from proxy.sim.server import SimState
 
-from . import handlers
-from .accounting import ACCOUNTING, accounting_ctx
-from .auth import ACCESS, Access, auth_middleware
 from .catalog import Catalog, Deployment, Model
 from .config import Config, ProviderConfig, load_config
-from .credentials import read_credential
-from .dispatch import Dispatcher, first_content
-from .drain import IN_FLIGHT, InFlight, in_flight_middleware
-from .health import Health
-from .limits import GuardedRunner
-from .metrics import METRICS, Metrics, metrics_endpoint
-from .notify import Notifier, watchdog_task
-from .providers.base import Endpoint, Provider, UpstreamError, UpstreamRequest, UpstreamStream
-from .providers.openai import OpenAIProvider
-from .relay import SSERelay
-from .reload import Runtime, keep_listen_address
-from .sim.script import Profile
-from .sim.server import SimState, bound_port, start_sim
-from .state import ROUTER, Router, RouterHolder
-from .warm import Warmer, WarmTarget
 
 log = logging.getLogger("model_router")
 
@@ -189,7 +190,7 @@ def build_provider(
             ssl_context=context,
         )
     if pc.kind == "anthropic":
-        from .providers.anthropic import AnthropicProvider
+        from proxy.providers.anthropic import AnthropicProvider
 
         return AnthropicProvider(
             pc.name,
@@ -198,7 +199,7 @@ def build_provider(
             session=sessions["anthropic"],
             ssl_context=context,
         )
-    from .providers.bedrock import BedrockProvider
+    from proxy.providers.bedrock import BedrockProvider
 
     return BedrockProvider(
         pc.name,
@@ -404,7 +405,7 @@ async def start_server(app: web.Application, host: str, port: int) -> tuple[web.
     run_app/AppRunner default ``handler_cancellation`` to False; without it a client that
     leaves goes unnoticed until the next write and its upstream keeps generating.
     ``shutdown_timeout`` bounds what ``runner.cleanup()`` waits for handlers: the drain
-    (proxy/drain.py) has already ended the streams by then. The guarded runner adds the
+    (proxy/serve/drain.py) has already ended the streams by then. The guarded runner adds the
     header deadline and the connection cap ([limits]).
     """
     runner = GuardedRunner(

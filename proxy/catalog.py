@@ -14,8 +14,6 @@ from functools import partial
 from importlib import resources
 from typing import Any, Literal, get_args
 
-from .providers.fim import TEMPLATES
-
 Tier = Literal["economy", "standard", "premium"]
 Prefer = Literal["cheap", "fast", "balanced", "quality", "coding"]
 # "chat": serves /v1/chat/completions (completions-only models such as instruct ones lack it);
@@ -248,11 +246,9 @@ def parse_model(raw: Mapping[str, Any], path: str) -> Model:
         )
         if dep_ttft <= 0:
             raise CatalogError(f"{dpath}.nominal_ttft_ms: must be positive")
+        # Checked against the adapters' templates by proxy.config (the catalog sits beside
+        # the providers, not above them).
         template = _require(d, "fim_template", str, dpath) if "fim_template" in d else ""
-        if template and template not in TEMPLATES:
-            raise CatalogError(
-                f"{dpath}.fim_template: expected one of {', '.join(sorted(TEMPLATES))}"
-            )
         deployments.append(
             Deployment(
                 model_id=model_id,

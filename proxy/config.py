@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from probes.breaker import BreakerPolicy
+from proxy.decide.policy import TOP_LEVEL_KEYS as POLICY_KEYS
+from proxy.decide.policy import Policy, PolicyError, parse_policy
 
 from .catalog import (
     PREFERS,
@@ -25,9 +27,7 @@ from .catalog import (
     load_bundled,
     parse_model,
 )
-from .hedge import HedgeSettings
-from .policy import TOP_LEVEL_KEYS as POLICY_KEYS
-from .policy import Policy, PolicyError, parse_policy
+from .providers.fim import TEMPLATES as FIM_TEMPLATES
 
 ProviderKind = Literal["openai", "anthropic", "bedrock", "mistral"]
 PROVIDER_KINDS = ("openai", "anthropic", "bedrock", "mistral")
@@ -88,6 +88,23 @@ class RoutingSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class HedgeSettings:
+    """``[hedging]``: hedged first-token races (``proxy/serve/hedge.py``)."""
+
+    enabled: bool = True
+    # prefer values hedged by default; a key or a request may override.
+    prefer: tuple[str, ...] = ("fast",)
+    # At most this share of eligible requests hedges (a token bucket per instance).
+    budget_percent: float = 10.0
+    # Hedges that may happen back to back when the budget is full.
+    burst: float = 5.0
+    # The p90 delay is clamped to this range: never hedge a primary given less than the
+    # floor, never wait more than the ceiling.
+    min_delay_ms: float = 50.0
+    max_delay_ms: float = 1500.0
+
+
+@dataclass(frozen=True, slots=True)
 class ProviderConfig:
     name: str
     kind: ProviderKind
@@ -142,7 +159,7 @@ class ProbeConfig:
 
 @dataclass(frozen=True, slots=True)
 class UsageSettings:
-    """The SQLite usage log (proxy/usagelog.py)."""
+    """The SQLite usage log (proxy/accounting/usage_log.py)."""
 
     enabled: bool = True
     # "": $STATE_DIRECTORY/model-router.db under systemd, else ./model-router.db.
@@ -156,7 +173,7 @@ class UsageSettings:
 
 @dataclass(frozen=True, slots=True)
 class CacheSettings:
-    """The response cache (proxy/cache.py): temperature-0 or opted-in requests."""
+    """The response cache (proxy/accounting/cache.py): temperature-0 or opted-in requests."""
 
     enabled: bool = True
     max_entries: int = 1024
@@ -613,6 +630,11 @@ def parse_config(data: Mapping[str, Any], source: str = "<string>") -> Config:
             for d in m.deployments:
                 if d.provider not in providers:
                     raise ConfigError(f"models.{m.id}.deployments: unknown provider {d.provider!r}")
+                if d.fim_template and d.fim_template not in FIM_TEMPLATES:
+                    raise ConfigError(
+                        f"models.{m.id}.deployments.{d.provider}.fim_template: expected one of "
+                        + ", ".join(sorted(FIM_TEMPLATES))
+                    )
         catalog = Catalog.build(models)
     except CatalogError as exc:
         raise ConfigError(str(exc)) from None

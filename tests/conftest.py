@@ -20,9 +20,10 @@ from aiohttp import web
 
 from proxy.app import demo_config, make_app, start_server
 from proxy.config import Config, parse_config
+from proxy.serve.state import ROUTER, Router
+from proxy.sim.launch import start_sim
 from proxy.sim.script import Profile
-from proxy.sim.server import SimState, start_sim
-from proxy.state import ROUTER, Router
+from proxy.sim.server import SimState
 
 # Keys the proxy holds for its upstreams in tests; a test searches logs for them.
 UPSTREAM_ENV = {

@@ -19,7 +19,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from proxy.accounting import ACCOUNTING, Accounting
+from proxy.accounting.ledger import ACCOUNTING, Accounting
 from proxy.app import make_app, start_server
 from proxy.sim.script import Fault
 from tests.conftest import UPSTREAM_ENV, Proxy, Sim, StartProxy, config_for

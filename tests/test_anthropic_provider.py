@@ -15,9 +15,10 @@ from aiohttp.test_utils import TestServer
 
 from proxy.providers.anthropic import AnthropicProvider
 from proxy.providers.base import UnsupportedFeatureError, UpstreamError, UpstreamRequest
-from proxy.sim.anthropic_wire import add_anthropic_routes
+from proxy.sim.anthropic_api import add_anthropic_routes
+from proxy.sim.launch import make_sim_app
 from proxy.sim.script import Fault, Profile
-from proxy.sim.server import SimState, make_sim_app
+from proxy.sim.server import SimState
 from tests.openapi_schema import assert_valid
 
 MODEL = "claude-haiku-4-5"

@@ -19,13 +19,14 @@ import orjson
 import pytest
 from aiohttp import web
 
-from proxy.accounting import ACCOUNTING
-from proxy.auth import hash_key, is_loopback
+from proxy.accounting.ledger import ACCOUNTING
 from proxy.config import ConfigError, parse_config
-from proxy.sim.anthropic_wire import add_anthropic_routes
-from proxy.sim.bedrock_wire import add_bedrock_routes
+from proxy.http.auth import hash_key, is_loopback
+from proxy.sim.anthropic_api import add_anthropic_routes
+from proxy.sim.bedrock_api import add_bedrock_routes
+from proxy.sim.launch import bound_port, make_sim_app
 from proxy.sim.script import Fault, Profile
-from proxy.sim.server import SimState, bound_port, make_sim_app
+from proxy.sim.server import SimState
 from tests.conftest import (
     UPSTREAM_ENV,
     Proxy,

@@ -10,8 +10,8 @@ import aiohttp
 import openai
 import pytest
 
-from proxy.classifier import assess
-from proxy.dispatch import Outcome
+from proxy.decide.classifier import assess
+from proxy.serve.dispatch import Outcome
 from proxy.sim.script import Fault
 from tests.conftest import Proxy, StartProxy
 

@@ -12,9 +12,10 @@ from aiohttp import web
 
 from proxy.app import aws_credentials_from, enabled_providers, make_app, start_server
 from proxy.config import parse_config
-from proxy.sim.bedrock_wire import add_bedrock_routes
+from proxy.sim.bedrock_api import add_bedrock_routes
+from proxy.sim.launch import bound_port, make_sim_app
 from proxy.sim.script import Profile
-from proxy.sim.server import SimState, bound_port, make_sim_app
+from proxy.sim.server import SimState
 from tests.conftest import Sim
 
 KEY_ID = "AKIACREDFILE00000001"

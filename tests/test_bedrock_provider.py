@@ -15,10 +15,11 @@ from aiohttp.test_utils import TestServer
 
 from proxy.providers.base import UnsupportedFeatureError, UpstreamError, UpstreamRequest
 from proxy.providers.bedrock import BedrockProvider
-from proxy.sim.bedrock_wire import add_bedrock_routes
+from proxy.sim.bedrock_api import add_bedrock_routes
 from proxy.sim.eventstream import encode_bedrock_event, encode_bedrock_exception
+from proxy.sim.launch import make_sim_app
 from proxy.sim.script import Fault, Profile
-from proxy.sim.server import SimState, make_sim_app
+from proxy.sim.server import SimState
 from tests.openapi_schema import assert_valid
 
 MODEL = "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.deepseek.r1-v1:0"

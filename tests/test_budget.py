@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from proxy.budget import Budget
+from proxy.accounting.daily_budget import Budget
 from proxy.errors import RouterError
 
 

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from proxy.classifier import (
+from proxy.config import ConfigError, parse_config
+from proxy.decide.classifier import (
     ASK_HEAD_CHARS,
     DEFAULT_WEIGHTS,
     SIGNALS,
@@ -16,8 +17,7 @@ from proxy.classifier import (
     score_signals,
     signals_of,
 )
-from proxy.config import ConfigError, parse_config
-from proxy.policy import ClassifierSettings
+from proxy.decide.policy import ClassifierSettings
 
 
 def chat(text: str, **extra: Any) -> dict[str, Any]:

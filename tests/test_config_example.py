@@ -17,7 +17,7 @@ from proxy.config import (
     load_config,
     parse_config,
 )
-from proxy.drain import CUT_GRACE_S
+from proxy.serve.drain import CUT_GRACE_S
 from tests.test_systemd_unit import service_values
 
 ROOT = Path(__file__).resolve().parents[1]

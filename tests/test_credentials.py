@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.credentials import read_credential
+from proxy.service.credentials import read_credential
 
 SECRET = "sk-test-3f9c1e0d7a"
 

@@ -9,8 +9,8 @@ import socket
 import orjson
 import pytest
 
-from proxy.deadline import Deadline
-from proxy.dispatch import Outcome
+from proxy.serve.deadline import Deadline
+from proxy.serve.dispatch import Outcome
 from proxy.sim.script import Fault, Profile
 from tests.conftest import StartProxy
 

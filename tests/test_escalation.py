@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from proxy.config import ConfigError, parse_config
-from proxy.escalation import next_tier, trigger
-from proxy.policy import EscalationSettings
+from proxy.decide.policy import EscalationSettings
+from proxy.serve.escalation import next_tier, trigger
 
 SETTINGS = EscalationSettings()
 

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
+from proxy.accounting.experiment_report import arm_stats, compare, format_table
 from proxy.config import ConfigError, parse_config
-from proxy.experiments import assign, bucket, in_treatment, key_id, matches, treated
-from proxy.experiments_report import arm_stats, compare, format_table
-from proxy.intent import Intent, parse_intent
-from proxy.policy import Experiment, ExperimentMatch
+from proxy.decide.experiments import assign, bucket, in_treatment, key_id, matches, treated
+from proxy.decide.intent import Intent, parse_intent
+from proxy.decide.policy import Experiment, ExperimentMatch
 
 MSG = [{"role": "user", "content": "hello"}]
 IDS = [f"req-{i}" for i in range(10_000)]

@@ -24,9 +24,9 @@ from aiohttp import web
 
 from proxy.app import SESSIONS
 from proxy.config import Config
-from proxy.dispatch import Outcome
+from proxy.serve.dispatch import Outcome
+from proxy.sim.launch import bound_port
 from proxy.sim.script import Fault, Profile
-from proxy.sim.server import bound_port
 from tests.conftest import Proxy, Sim, StartProxy, config_for
 
 MSG = [{"role": "user", "content": "count to ten"}]

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from proxy.decide.intent import forwarded_body, parse_intent
 from proxy.errors import RouterError
-from proxy.intent import forwarded_body, parse_intent
 
 MSG = [{"role": "user", "content": "hello"}]
 

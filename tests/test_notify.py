@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import uvloop
 
-from proxy.notify import Notifier, watchdog_task
+from proxy.service.notify import Notifier, watchdog_task
 
 LOOPS = [
     pytest.param(asyncio.new_event_loop, id="asyncio"),
@@ -137,7 +137,7 @@ def test_send_failures_never_reach_the_caller_and_are_logged_once(
 ) -> None:
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "nobody-listens"))
     n = Notifier.from_env()
-    with caplog.at_level(logging.DEBUG, logger="proxy.notify"):
+    with caplog.at_level(logging.DEBUG, logger="proxy.service.notify"):
         for _ in range(3):
             n.watchdog()
         n.ready("x")

@@ -32,7 +32,7 @@ import pytest
 
 from probes.latency import settled_weight
 from proxy.app import RUNTIME
-from proxy.health import SNAPSHOT_MAX_AGE_S
+from proxy.serve.health import SNAPSHOT_MAX_AGE_S
 from proxy.sim.catalogs import only_models, sim_model, upstream_id
 from proxy.sim.script import Fault, Profile
 from tests.conftest import Proxy, Sim, StartProxy

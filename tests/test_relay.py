@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from proxy.providers.base import UpstreamError
-from proxy.relay import SSERelay
+from proxy.serve.relay import SSERelay
 
 
 def chunk(content: str | None = None, finish: str | None = None, role: bool = False) -> bytes:

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from proxy.catalog import load_bundled
-from proxy.relay import SSERelay
+from proxy.serve.relay import SSERelay
 
 MODEL = replace(
     next(m for m in load_bundled() if m.id == "gpt-5-nano"), input_price=2.0, output_price=8.0

@@ -13,9 +13,10 @@ from probes.breaker import BreakerBoard, BreakerPolicy
 from probes.latency import LatencyTable
 from probes.loop import ProbeLoop, ProbeSettings
 from proxy.app import RUNTIME
-from proxy.reload import ReloadError
+from proxy.service.reload import ReloadError
+from proxy.sim.launch import start_sim
 from proxy.sim.script import Profile
-from proxy.sim.server import SimState, start_sim
+from proxy.sim.server import SimState
 from tests.conftest import Proxy, Sim, StartProxy
 
 MSG = [{"role": "user", "content": "say something"}]

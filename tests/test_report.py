@@ -12,8 +12,8 @@ import orjson
 import pytest
 
 from proxy.__main__ import main
-from proxy.report import ReportError, parse_since, percentile
-from proxy.usagelog import COLUMNS, connect, insert
+from proxy.accounting.report import ReportError, parse_since, percentile
+from proxy.accounting.usage_log import COLUMNS, connect, insert
 
 NOW = time.time()
 

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from proxy.cache import ResponseCache, cache_key, replay_sse, wants_cache
+from proxy.accounting.cache import ResponseCache, cache_key, replay_sse, wants_cache
 from proxy.config import CacheSettings
 from proxy.errors import RouterError
 from tests.openapi_schema import assert_valid

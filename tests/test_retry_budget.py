@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from proxy.dispatch import RetryBudget
+from proxy.serve.dispatch import RetryBudget
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 
 from proxy.catalog import Catalog, Deployment, Model, Score
+from proxy.decide.intent import parse_intent
+from proxy.decide.routing import Snapshot, plan
 from proxy.errors import RouterError
-from proxy.intent import parse_intent
-from proxy.routing import Snapshot, plan
 
 ALL = frozenset({"chat", "tools", "json", "vision", "logprobs"})
 

@@ -11,8 +11,9 @@ import pytest
 
 from proxy.app import demo_config
 from proxy.config import ConfigError, parse_config
+from proxy.sim.launch import start_sim
 from proxy.sim.script import Profile
-from proxy.sim.server import SimState, start_sim
+from proxy.sim.server import SimState
 from proxy.sim.tls import SimTLS, make_sim_tls
 from tests.conftest import Sim, StartProxy
 

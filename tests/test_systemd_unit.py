@@ -117,7 +117,7 @@ if sys.argv[1] == "--mdwe":
 import asyncio, os, signal, socket, sqlite3, ssl, tempfile
 import aioboto3, aiohttp, boto3, orjson, uvloop
 from aiohttp import web
-from proxy.notify import Notifier, watchdog_task
+from proxy.service.notify import Notifier, watchdog_task
 
 TMP, CERT, KEY = sys.argv[2:5]
 

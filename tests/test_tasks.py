@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 
 from proxy.config import ConfigError, parse_config
+from proxy.decide.intent import parse_intent
+from proxy.decide.policy import DEFAULT_TASKS
 from proxy.errors import RouterError
-from proxy.intent import parse_intent
-from proxy.policy import DEFAULT_TASKS
 
 MSG = [{"role": "user", "content": "hello"}]
 TASKS = [

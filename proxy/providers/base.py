@@ -21,10 +21,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
-
-if TYPE_CHECKING:
-    import aiohttp
+from typing import Any, Literal, Protocol
 
 FailureKind = Literal[
     "connect", "timeout", "rate_limited", "overloaded", "server", "auth", "client", "protocol"
@@ -136,7 +133,8 @@ class Provider(Protocol):
         (``CreateChatCompletionResponse`` or ``CreateCompletionResponse``) with ``usage``."""
         ...
 
-    def pool_target(self) -> tuple[str, aiohttp.ClientSession, ssl.SSLContext | bool] | None:
-        """The base URL, session and TLS setting its requests use, so the app can keep that
-        connection pool warm; None for an adapter with a pool of its own."""
+    def pool_target(self) -> tuple[str, Any, ssl.SSLContext | bool] | None:
+        """The base URL, the ``aiohttp.ClientSession`` and the TLS setting its requests use,
+        so the app can keep that connection pool warm; None for an adapter with a pool of its
+        own. (The session is typed Any: the decision layer imports this module, not aiohttp.)"""
         ...

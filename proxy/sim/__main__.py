@@ -12,8 +12,9 @@ from pathlib import Path
 
 import uvloop
 
+from .launch import start_sim
 from .script import Profile
-from .server import SimState, start_sim
+from .server import SimState
 from .tls import make_sim_tls
 
 

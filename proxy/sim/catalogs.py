@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..catalog import load_bundled
+from proxy.catalog import load_bundled
 
 
 def sim_model(

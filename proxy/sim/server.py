@@ -1,34 +1,24 @@
-"""Simulated upstream providers: pacing, fault injection, a control API and the OpenAI wire.
+"""Simulated upstream providers: per-model state, pacing, fault injection and the control API.
 
 One aiohttp app serves every simulated model; behaviour per model (by the upstream id in
 the request) comes from a latency ``Profile`` and an optional ``Fault`` that tests switch
 at run time through ``/_sim/*`` or directly on ``SimState``. The demo, the tests and the
-benchmarks share it.
+benchmarks share it. Each wire format renders here (``openai_api``, ``anthropic_api``,
+``bedrock_api``); ``launch`` assembles the app.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-import ssl
-import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
-from .script import (
-    FAULT_MODES,
-    Answer,
-    Fault,
-    Profile,
-    openai_conversation,
-    script_answer,
-)
+from .script import FAULT_MODES, Answer, Fault, Profile
 
 PRE_BYTE_FAULTS = frozenset({"status", "reset", "hang_headers"})
 
@@ -206,190 +196,6 @@ async def reply_after(
     await state.pause(profile.ttft_ms + profile.gap_ms * max(len(answer.pieces) - 1, 0))
 
 
-# --- OpenAI wire -----------------------------------------------------------------------
-
-
-def _sse(obj: Any) -> bytes:
-    return b"data: " + orjson.dumps(obj) + b"\n\n"
-
-
-def openai_error(status: int, message: str) -> web.Response:
-    kind = {429: "rate_limit_exceeded", 400: "invalid_request_error"}.get(status, "server_error")
-    body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
-    return web.json_response(body, status=status, dumps=lambda o: orjson.dumps(o).decode())
-
-
-def _usage(answer: Answer) -> dict[str, int]:
-    return {
-        "prompt_tokens": answer.prompt_tokens,
-        "completion_tokens": answer.completion_tokens,
-        "total_tokens": answer.prompt_tokens + answer.completion_tokens,
-    }
-
-
-def render_openai_chat(model: str, answer: Answer, include_usage: bool) -> Rendered:
-    created = int(time.time())
-    base = {"id": f"chatcmpl-sim{created}", "object": "chat.completion.chunk", "created": created}
-    base["model"] = model
-    extra = {"usage": None} if include_usage else {}
-
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return _sse({**base, "choices": [choice], **extra})
-
-    body: list[bytes]
-    if answer.tool_call is not None:
-        tc = answer.tool_call
-        args = tc.arguments
-        thirds = [args[: len(args) // 3], args[len(args) // 3 : 2 * len(args) // 3]]
-        thirds.append(args[2 * len(args) // 3 :])
-        first = {"index": 0, "id": tc.id, "type": "function"}
-        first["function"] = {"name": tc.name, "arguments": ""}
-        body = [chunk({"tool_calls": [first]})]
-        body += [
-            chunk({"tool_calls": [{"index": 0, "function": {"arguments": a}}]}) for a in thirds
-        ]
-    else:
-        body = [chunk({"content": piece}) for piece in answer.pieces]
-    tail = [chunk({}, answer.finish_reason)]
-    if include_usage:
-        tail.append(_sse({**base, "choices": [], "usage": _usage(answer)}))
-    tail.append(b"data: [DONE]\n\n")
-    return Rendered(
-        content_type="text/event-stream",
-        head=[chunk({"role": "assistant", "content": ""})],
-        body=body,
-        tail=tail,
-        error_event=_sse(
-            {
-                "error": {
-                    "message": "simulated mid-stream failure",
-                    "type": "server_error",
-                    "param": None,
-                    "code": None,
-                }
-            }
-        ),
-    )
-
-
-def openai_chat_response(model: str, answer: Answer) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": answer.text or None}
-    message["refusal"] = None
-    if answer.tool_call is not None:
-        tc = answer.tool_call
-        fn = {"name": tc.name, "arguments": tc.arguments}
-        message["tool_calls"] = [{"id": tc.id, "type": "function", "function": fn}]
-    created = int(time.time())
-    choice = {
-        "index": 0,
-        "message": message,
-        "logprobs": None,
-        "finish_reason": answer.finish_reason,
-    }
-    return {
-        "id": f"chatcmpl-sim{created}",
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [choice],
-        "usage": _usage(answer),
-    }
-
-
-def render_openai_completion(model: str, answer: Answer, include_usage: bool) -> Rendered:
-    created = int(time.time())
-    base = {"id": f"cmpl-sim{created}", "object": "text_completion", "created": created}
-    base["model"] = model
-
-    def chunk(text: str, finish: str | None = None) -> bytes:
-        choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
-        return _sse({**base, "choices": [choice]})
-
-    tail = [chunk("", answer.finish_reason)]
-    if include_usage:
-        tail.append(_sse({**base, "choices": [], "usage": _usage(answer)}))
-    tail.append(b"data: [DONE]\n\n")
-    return Rendered(
-        content_type="text/event-stream",
-        head=[],
-        body=[chunk(p) for p in answer.pieces],
-        tail=tail,
-        error_event=_sse(
-            {
-                "error": {
-                    "message": "simulated mid-stream failure",
-                    "type": "server_error",
-                    "param": None,
-                    "code": None,
-                }
-            }
-        ),
-    )
-
-
-def openai_completion_response(model: str, answer: Answer) -> dict[str, Any]:
-    created = int(time.time())
-    choice = {
-        "text": answer.text,
-        "index": 0,
-        "logprobs": None,
-        "finish_reason": answer.finish_reason,
-    }
-    return {
-        "id": f"cmpl-sim{created}",
-        "object": "text_completion",
-        "created": created,
-        "model": model,
-        "choices": [choice],
-        "usage": _usage(answer),
-    }
-
-
-async def _openai(request: web.Request, legacy: bool) -> web.StreamResponse:
-    state = request.app[SIM_STATE]
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        return openai_error(400, "simulator: body is not JSON")
-    model = str(body.get("model", ""))
-    state.record(model, body, request.headers)
-    # No Authorization at all is how a local server (Ollama, vLLM, llama.cpp) is called.
-    if not request.headers.get("Authorization", "Bearer ").startswith("Bearer "):
-        return openai_error(401, "simulator: not a bearer token")
-    if legacy and body.get("suffix") is not None and model in state.no_suffix:
-        return openai_error(400, "simulator: suffix is not currently supported")
-    fault = state.take_fault(model)
-    if (early := await apply_pre_byte_fault(request, fault, openai_error)) is not None:
-        return early
-    profile = state.profile(model)
-    try:
-        answer = script_answer(openai_conversation(body), profile)
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-    except (TypeError, ValueError, KeyError, AttributeError):
-        # A real provider answers a malformed body with a 400, not a crash.
-        return openai_error(400, "simulator: malformed request body")
-    if body.get("stream"):
-        render = render_openai_completion if legacy else render_openai_chat
-        return await stream_rendered(
-            request, state, fault, profile, render(model, answer, include_usage)
-        )
-    await reply_after(request, state, fault, profile, answer)
-    if fault.mode in {"malformed", "bad_json"}:
-        return web.Response(body=b'{"id": "broken", ', content_type="application/json")
-    respond = openai_completion_response if legacy else openai_chat_response
-    state.completed += 1
-    return web.json_response(respond(model, answer), dumps=lambda o: orjson.dumps(o).decode())
-
-
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    return await _openai(request, legacy=False)
-
-
-async def completions(request: web.Request) -> web.StreamResponse:
-    return await _openai(request, legacy=True)
-
-
 # --- control API -----------------------------------------------------------------------
 
 
@@ -445,70 +251,3 @@ async def control_stats(request: web.Request) -> web.Response:
             "connections": len(state.connections),
         }
     )
-
-
-@web.middleware
-async def _count_connection(request: web.Request, handler: Handler) -> web.StreamResponse:
-    transport = request.transport
-    peer = transport.get_extra_info("peername") if transport is not None else None
-    if peer is not None:
-        request.app[SIM_STATE].connections.add(f"{peer[0]}:{peer[1]}")
-    return await handler(request)
-
-
-def make_sim_app(state: SimState) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[_count_connection])
-    app[SIM_STATE] = state
-    app.router.add_post("/v1/chat/completions", chat_completions)
-    app.router.add_post("/v1/completions", completions)
-    app.router.add_post("/_sim/profile", control_profile)
-    app.router.add_post("/_sim/fault", control_fault)
-    app.router.add_post("/_sim/reset", control_reset)
-    app.router.add_get("/_sim/stats", control_stats)
-    # Imported here: the wire modules import this one for the pacing and fault helpers.
-    from .anthropic_wire import add_anthropic_routes
-    from .bedrock_wire import add_bedrock_routes
-    from .mistral_wire import add_mistral_routes
-
-    add_anthropic_routes(app)
-    add_bedrock_routes(app)
-    add_mistral_routes(app)
-    return app
-
-
-def bound_port(site: web.TCPSite) -> int:
-    """The port a site listens on (it may have been asked for port 0)."""
-    # asyncio's Server and uvloop's both have .sockets; neither is the other's subclass.
-    sockets = getattr(site._server, "sockets", None)
-    if not sockets:
-        raise RuntimeError("site is not started")
-    return int(sockets[0].getsockname()[1])
-
-
-async def start_sim(
-    state: SimState,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    *,
-    tls: ssl.SSLContext | None = None,
-    keepalive_timeout_s: float = 75.0,
-) -> tuple[web.AppRunner, str]:
-    """Start the simulator on loopback; returns the runner (to clean up) and its base URL
-    (``https://`` when ``tls`` is given: see ``proxy.sim.tls``).
-
-    ``handler_cancellation`` is on so a departed client cancels the simulated answer, as a
-    real provider would notice. Idle connections are kept ``keepalive_timeout_s`` (aiohttp's
-    default is 75 s, as many providers' load balancers).
-    """
-    runner = web.AppRunner(
-        make_sim_app(state),
-        handler_cancellation=True,
-        access_log=None,
-        keepalive_timeout=keepalive_timeout_s,
-    )
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=tls)
-    await site.start()
-    bound = bound_port(site)
-    scheme = "https" if tls is not None else "http"
-    return runner, f"{scheme}://{host}:{bound}"

@@ -4,7 +4,8 @@ delay, a second one starts on another provider; the first to produce a content t
 This module knows nothing of HTTP, providers or dispatch. ``race`` takes "start an attempt and
 return when its first content token arrives" callables and a delay; ``HedgeBudget`` bounds
 how many requests may hedge; ``HedgePolicy`` says whether a request may hedge and after how
-long. Dispatch plugs in at its commit point (``Dispatcher._open_hedged``).
+long. Dispatch plugs in at its commit point (``Dispatcher._open_hedged``); the settings are
+``proxy.config.HedgeSettings``.
 
 How it decides, per streamed request:
 1. Eligible: hedging is on for the request's ``prefer`` (``[hedging] prefer``, default
@@ -23,32 +24,17 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
+
+from proxy.config import HedgeSettings
 
 T = TypeVar("T")
 
 # Starts one attempt; resolves to its value at the first content token, or None when the
 # attempt failed (the callable records the failure itself).
 Attempt = Callable[[], Awaitable[T | None]]
-
-
-@dataclass(frozen=True, slots=True)
-class HedgeSettings:
-    """``[hedging]`` in the config."""
-
-    enabled: bool = True
-    # prefer values hedged by default; a key or a request may override.
-    prefer: tuple[str, ...] = ("fast",)
-    # At most this share of eligible requests hedges (a token bucket per instance).
-    budget_percent: float = 10.0
-    # Hedges that may happen back to back when the budget is full.
-    burst: float = 5.0
-    # The p90 delay is clamped to this range: never hedge a primary given less than the
-    # floor, never wait more than the ceiling.
-    min_delay_ms: float = 50.0
-    max_delay_ms: float = 1500.0
 
 
 class HedgeBudget:
@@ -154,8 +140,3 @@ async def race(
             t.cancel()
         if live:
             await asyncio.wait(live)
-
-
-def key_hedges(keys: Mapping[str, bool | None], key_id: str | None) -> bool | None:
-    """A key's hedging override (None: the per-prefer default)."""
-    return None if key_id is None else keys.get(key_id)

@@ -9,14 +9,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .catalog import PREFERS, TIERS, Prefer, Tier
-from .errors import RouterError, bad_request
+from proxy.catalog import PREFERS, TIERS, Prefer, Tier
+from proxy.errors import RouterError, bad_request
+from proxy.providers.base import Endpoint
+
 from .policy import DEFAULT_TASKS, TaskRoute
-from .providers.base import Endpoint
 
 # Routing extensions: never forwarded upstream.
-# "cache": true/false opts a request in or out of the response cache (proxy/cache.py).
-# "hedge": true/false opts a stream in or out of a hedged first-token race (proxy/hedge.py).
+# "cache": true/false opts a request in or out of the response cache (proxy/accounting/cache.py).
+# "hedge": true/false opts a stream in or out of a hedged first-token race (serve/hedge.py).
 EXTENSION_FIELDS = frozenset(
     {"prefer", "tier", "min_coding_score", "models", "task", "escalate", "cache", "hedge"}
 )

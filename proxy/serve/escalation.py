@@ -12,12 +12,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .catalog import TIERS, Tier
+from proxy.catalog import TIERS, Tier
+from proxy.decide.intent import Intent
+from proxy.decide.policy import EscalationSettings
+from proxy.decide.routing import Plan, plan
+from proxy.errors import RouterError
+
 from .dispatch import Outcome
-from .errors import RouterError
-from .intent import Intent
-from .policy import EscalationSettings
-from .routing import Plan, plan
 from .state import Router
 
 log = logging.getLogger("model_router.escalation")

@@ -16,8 +16,9 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from proxy.errors import RouterError
+
 from .deadline import Deadline
-from .errors import RouterError
 
 log = logging.getLogger("model_router")
 

@@ -11,8 +11,9 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from .catalog import TIERS, Catalog, Deployment, Model
-from .errors import RouterError, bad_request
+from proxy.catalog import TIERS, Catalog, Deployment, Model
+from proxy.errors import RouterError, bad_request
+
 from .intent import Intent, not_found
 
 # The request field to name when no model supports what the request uses.

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from .providers.base import UpstreamError
+from proxy.providers.base import UpstreamError
 
 # A single event larger than this is not an LLM chunk; refuse to buffer it.
 MAX_EVENT_BYTES = 1024 * 1024

@@ -19,23 +19,23 @@ import orjson
 from aiohttp import web
 
 from probes.breaker import State
-
-from .config import RoutingSettings, ServerSettings
-from .deadline import Deadline
-from .drain import IN_FLIGHT, InFlight, OpenStream, shutdown_error
-from .errors import RouterError
-from .health import Health
-from .hedge import HedgePolicy, HedgeSettings, race
-from .intent import Intent
-from .providers.base import (
+from proxy.config import HedgeSettings, RoutingSettings, ServerSettings
+from proxy.decide.intent import Intent
+from proxy.decide.routing import Candidate, Plan
+from proxy.errors import RouterError
+from proxy.providers.base import (
     Provider,
     UnsupportedFeatureError,
     UpstreamError,
     UpstreamRequest,
     UpstreamStream,
 )
+
+from .deadline import Deadline
+from .drain import IN_FLIGHT, InFlight, OpenStream, shutdown_error
+from .health import Health
+from .hedge import HedgePolicy, race
 from .relay import SSERelay
-from .routing import Candidate, Plan
 
 log = logging.getLogger("model_router.dispatch")
 

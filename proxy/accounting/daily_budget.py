@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from .errors import RouterError
+from proxy.errors import RouterError
 
 DAY_S = 86_400.0
 

@@ -13,9 +13,9 @@ import orjson
 from aiohttp import web, web_protocol
 from aiohttp.web_request import BaseRequest
 
-from .config import LimitsSettings
-from .errors import RouterError, bad_request
-from .state import ROUTER
+from proxy.config import LimitsSettings
+from proxy.errors import RouterError, bad_request
+from proxy.serve.state import ROUTER
 
 # Fields some gateways honour to pick an upstream or its credentials per request (LiteLLM's
 # api_base sent its owner's key to an attacker's host, CVE-2024-6587). Upstreams and keys

@@ -9,9 +9,8 @@ from collections.abc import Callable
 
 from probes.breaker import BreakerBoard, BreakerPolicy, State
 from probes.latency import LatencyTable, Source, prior_weight_for, settled_weight
-
-from .catalog import Catalog
-from .routing import Snapshot
+from proxy.catalog import Catalog
+from proxy.decide.routing import Snapshot
 
 # TTFT changes reach routing at most this late; breaker transitions reach it at once.
 SNAPSHOT_MAX_AGE_S = 0.05

@@ -15,8 +15,8 @@ from urllib.parse import quote
 
 import orjson
 
-from .budget import DAY_S
-from .experiments_report import arm_stats, compare, format_table
+from .daily_budget import DAY_S
+from .experiment_report import arm_stats, compare, format_table
 
 # --by choice -> usage column. "tier" is the tier of the model that answered.
 GROUPS = {"model": "model", "tier": "model_tier", "prefer": "prefer", "key": "key_id"}

@@ -16,10 +16,10 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from .config import Config, ConfigError
-from .drain import InFlight
-from .providers.base import Provider
-from .state import Router, RouterHolder
+from proxy.config import Config, ConfigError
+from proxy.providers.base import Provider
+from proxy.serve.drain import InFlight
+from proxy.serve.state import Router, RouterHolder
 
 log = logging.getLogger("model_router")
 

@@ -15,9 +15,9 @@ from typing import Any
 import orjson
 from cachetools import TTLCache
 
-from .config import CacheSettings
-from .errors import bad_request
-from .intent import EXTENSION_FIELDS
+from proxy.config import CacheSettings
+from proxy.decide.intent import EXTENSION_FIELDS
+from proxy.errors import bad_request
 
 # Fields that do not change the answer. "model" is replaced by the routed model's id.
 IGNORED_FIELDS = frozenset(

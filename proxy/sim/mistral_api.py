@@ -13,17 +13,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from .openai_api import _sse, _usage, openai_error
 from .script import Answer, openai_conversation, script_answer
-from .server import (
-    SIM_STATE,
-    Rendered,
-    _sse,
-    _usage,
-    apply_pre_byte_fault,
-    openai_error,
-    reply_after,
-    stream_rendered,
-)
+from .server import SIM_STATE, Rendered, apply_pre_byte_fault, reply_after, stream_rendered
 
 FIM_FIELDS = frozenset(
     {

@@ -12,19 +12,20 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from . import limits
-from .accounting import ACCOUNTING
+from proxy.accounting.ledger import ACCOUNTING
+from proxy.catalog import PREFERS, TIERS
+from proxy.decide.experiments import key_id
+from proxy.decide.intent import forwarded_body, parse_intent
+from proxy.decide.resolve import resolve
+from proxy.decide.routing import plan
+from proxy.errors import RouterError
+from proxy.providers.base import Endpoint
+from proxy.serve.dispatch import Outcome
+from proxy.serve.escalation import complete_escalating
+from proxy.serve.state import ROUTER, Router
+
+from . import hostile_input
 from .auth import Ticket, principal
-from .catalog import PREFERS, TIERS
-from .dispatch import Outcome
-from .errors import RouterError
-from .escalation import complete_escalating
-from .experiments import key_id
-from .intent import forwarded_body, parse_intent
-from .providers.base import Endpoint
-from .resolve import resolve
-from .routing import plan
-from .state import ROUTER, Router
 
 access_log = logging.getLogger("model_router.access")
 log = logging.getLogger("model_router")
@@ -79,7 +80,7 @@ async def _route(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
     budget = router.dispatcher.budget
     budget.active += 1
     try:
-        body = await limits.read_json(request, router.config.limits)
+        body = await hostile_input.read_json(request, router.config.limits)
         policy = router.config.policy
         intent = parse_intent(body, endpoint, policy.tasks)
         outcome.stream = intent.stream

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .config import UsageSettings
+from proxy.config import UsageSettings
 
 log = logging.getLogger("model_router.usage")
 

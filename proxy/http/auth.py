@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from .catalog import Catalog, Model
-from .config import KeyConfig
-from .dispatch import Outcome
-from .errors import RouterError
-from .intent import Intent
-from .state import ROUTER
+from proxy.catalog import Catalog, Model
+from proxy.config import KeyConfig
+from proxy.decide.intent import Intent
+from proxy.errors import RouterError
+from proxy.serve.dispatch import Outcome
+from proxy.serve.state import ROUTER
 
 log = logging.getLogger("model_router.auth")
 
@@ -164,8 +164,8 @@ class Principal:
                 "streams); retry when one ends",
                 1.0,
             )
-        # daily_usd is enforced by the accounting budget (proxy/budget.py), which reads
-        # today's spend back from the usage log so it survives a restart.
+        # daily_usd is enforced by the accounting budget (proxy/accounting/daily_budget.py),
+        # which reads today's spend back from the usage log so it survives a restart.
         need = intent.prompt_tokens + (intent.max_output_tokens or UNSTATED_MAX_TOKENS)
         waits = []
         if st.requests is not None and (w := st.requests.wait_s(1, now)) > 0:

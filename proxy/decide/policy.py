@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .catalog import PREFERS, TIERS, Prefer, Tier
+from proxy.catalog import PREFERS, TIERS, Prefer, Tier
+
 from .classifier import DEFAULT_WEIGHTS, SIGNALS, Weights
 
 

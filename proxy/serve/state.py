@@ -14,12 +14,12 @@ from typing import Any
 from aiohttp import web
 
 from probes.loop import ProbeLoop
+from proxy.catalog import Catalog, Model
+from proxy.config import Config
+from proxy.providers.base import Provider
 
-from .catalog import Catalog, Model
-from .config import Config
 from .dispatch import Dispatcher, Outcome
 from .health import Health
-from .providers.base import Provider
 
 
 def model_entry(m: Model) -> dict[str, Any]:

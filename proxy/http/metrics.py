@@ -14,9 +14,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from .dispatch import Outcome
-from .drain import IN_FLIGHT
-from .state import ROUTER
+from proxy.serve.dispatch import Outcome
+from proxy.serve.drain import IN_FLIGHT
+from proxy.serve.state import ROUTER
 
 # TTFT spans ~100 ms (small models) to tens of seconds (reasoning models).
 TTFT_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0)

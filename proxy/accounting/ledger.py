@@ -12,14 +12,15 @@ from typing import Any
 
 from aiohttp import web
 
-from .budget import Budget
+from proxy.config import Config
+from proxy.decide.intent import Intent
+from proxy.decide.routing import Plan
+from proxy.serve.dispatch import Outcome
+from proxy.serve.state import ROUTER, Router
+
 from .cache import CachedAnswer, ResponseCache, cache_key, replay_sse, wants_cache
-from .config import Config
-from .dispatch import Outcome
-from .intent import Intent
-from .routing import Plan
-from .state import ROUTER, Router
-from .usagelog import MAX_TEXT, UsageLog, db_path
+from .daily_budget import Budget
+from .usage_log import MAX_TEXT, UsageLog, db_path
 
 log = logging.getLogger("model_router.accounting")
 

@@ -1,0 +1,1 @@
+"""The decision: request body -> intent -> classifier and experiments -> a ranked plan. Pure."""

@@ -1,0 +1,1 @@
+"""The face: HTTP handlers, API keys, hostile-input limits and /metrics, over the core."""

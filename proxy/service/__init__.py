@@ -1,0 +1,1 @@
+"""Running as a service: sd_notify, SIGHUP reload and systemd credentials."""
