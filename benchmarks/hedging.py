@@ -119,9 +119,9 @@ async def stream_once(session: aiohttp.ClientSession, url: str) -> tuple[str, fl
         model = resp.headers["x-router-model"]
         ttft = None
         async for line in resp.content:
-            if ttft is None and line.startswith(b"data: {") and b'"content":"' in line:
-                if b'"content":""' not in line:
-                    ttft = (time.perf_counter() - started) * 1000
+            text = b'"content":"' in line and b'"content":""' not in line
+            if ttft is None and line.startswith(b"data: {") and text:
+                ttft = (time.perf_counter() - started) * 1000
     if ttft is None:
         raise RuntimeError("a stream ended without content")
     return model, ttft
