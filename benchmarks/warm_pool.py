@@ -4,13 +4,16 @@ the simulator serving HTTPS with a certificate made at start (``proxy/sim/tls.py
 request pays TCP and a full TLS handshake as against a real provider (on loopback: no network
 round trips, only the handshake's CPU, so the gap is smaller than in production).
 
-    python -m benchmarks.warm_pool            # ~1 min
+    python -m benchmarks.warm_pool            # ~3 min
     python -m benchmarks.warm_pool --smoke    # tiny
 
 Time is compressed 20x: the 60 s pause is 3 s; "off" keeps the old pool (30 s keep-alive, no
 warming: 1.5 s here), "on" the new defaults (60 s keep-alive, pre-connect and re-use before
 expiry: 3 s here). The simulator keeps idle connections 75 s (3.75 s here), like aiohttp's
-server and many load balancers. Probes are off in both runs so only the pool differs.
+server and many load balancers. Probes are off in both runs so only the pool differs. During
+the pause the router is kept busy with another model on another simulator (another origin,
+so another pool): the request after it then finds the code paths as warm as the requests it
+is compared with, and only its own upstream connection has been idle.
 
 Per setup: TTFT at the client of the first request after each pause, and of requests on the
 connection already open right after it; the ratio of their medians is the figure (target: on
@@ -29,7 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +63,7 @@ class Size:
     idle_s: float  # production seconds
 
 
-FULL = Size(rounds=12, open_requests=5, idle_s=60.0)
+FULL = Size(rounds=30, open_requests=5, idle_s=60.0)
 SMOKE = Size(rounds=2, open_requests=2, idle_s=60.0)
 SETUPS = (Setup("off", warm=False, keepalive_s=30.0), Setup("on", warm=True, keepalive_s=60.0))
 
@@ -76,7 +79,10 @@ class Result:
 
 def config_data(setup: Setup) -> dict[str, Any]:
     return {
-        **only_models(sim_model("m-a", nominal_ttft_ms=100.0)),
+        **only_models(
+            sim_model("m-a", provider="openai", nominal_ttft_ms=100.0),
+            sim_model("m-b", provider="openrouter", nominal_ttft_ms=100.0),
+        ),
         "probes": {"enabled": False},
         "server": {
             "upstream_keepalive_s": setup.keepalive_s / SCALE,
@@ -86,7 +92,11 @@ def config_data(setup: Setup) -> dict[str, Any]:
 
 
 def serve_proxy(
-    data: dict[str, Any], sim_url: str, ca_file: str, conn: multiprocessing.connection.Connection
+    data: dict[str, Any],
+    sim_url: str,
+    busy_url: str,
+    ca_file: str,
+    conn: multiprocessing.connection.Connection,
 ) -> None:
     import uvloop
 
@@ -95,7 +105,10 @@ def serve_proxy(
 
     async def main() -> None:
         cfg = demo_config(parse_config(data), sim_url, ca_file)
-        app = make_app(cfg, environ={"OPENROUTER_API_KEY": "bench"})
+        # m-b's provider is another simulator (another origin, so another pool).
+        busy = replace(cfg.providers["openrouter"], base_url=f"{busy_url}/v1")
+        cfg = cfg.with_providers({**cfg.providers, "openrouter": busy})
+        app = make_app(cfg, environ={"OPENAI_API_KEY": "bench", "OPENROUTER_API_KEY": "bench"})
         runner, port = await start_server(app, "127.0.0.1", 0)
         conn.send(port)
         await asyncio.get_running_loop().run_in_executor(None, conn.recv)
@@ -105,8 +118,8 @@ def serve_proxy(
         runner.run(main())
 
 
-async def ttft_ms(session: aiohttp.ClientSession, url: str) -> float:
-    body = {"model": "m-a", "stream": True, "messages": [{"role": "user", "content": "go"}]}
+async def ttft_ms(session: aiohttp.ClientSession, url: str, model: str = "m-a") -> float:
+    body = {"model": model, "stream": True, "messages": [{"role": "user", "content": "go"}]}
     started = time.perf_counter()
     async with session.post(f"{url}/v1/chat/completions", json=body) as resp:
         if resp.status != 200:
@@ -120,13 +133,27 @@ async def ttft_ms(session: aiohttp.ClientSession, url: str) -> float:
     return first
 
 
+async def idle(session: aiohttp.ClientSession, url: str, seconds: float) -> None:
+    """No traffic to m-a's upstream for ``seconds``, while the router stays busy: the client
+    streams from m-b (another provider, another simulator) every 50 ms, as other users keep a
+    real router busy. So the request after the pause finds the proxy's and the simulator's code
+    as warm as the requests it is compared with; only m-a's connection pool has been idle."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + seconds
+    while loop.time() < until:
+        await ttft_ms(session, url, "m-b")
+        await asyncio.sleep(0.05)
+
+
 async def measure(setup: Setup, size: Size, workdir: Path) -> Result:
     tls = make_sim_tls(workdir / setup.name)
     state = SimState(default=Profile(ttft_ms=2.0, gap_ms=0.0, tokens=4))
     sim_runner, sim_url = await start_sim(state, tls=tls.server, keepalive_timeout_s=75 / SCALE)
+    busy_state = SimState(default=Profile(ttft_ms=2.0, gap_ms=0.0, tokens=4))
+    busy_runner, busy_url = await start_sim(busy_state, tls=tls.server)
     ctx = multiprocessing.get_context("spawn")
     ours, theirs = ctx.Pipe()
-    args = (config_data(setup), sim_url, str(tls.ca_file), theirs)
+    args = (config_data(setup), sim_url, busy_url, str(tls.ca_file), theirs)
     proc = ctx.Process(target=serve_proxy, args=args, daemon=True)
     proc.start()
     result = Result(setup)
@@ -140,7 +167,7 @@ async def measure(setup: Setup, size: Size, workdir: Path) -> Result:
         async with aiohttp.ClientSession(connector=connector) as session:
             await ttft_ms(session, url)  # the client's connection, and a first upstream one
             for _ in range(size.rounds):
-                await asyncio.sleep(size.idle_s / SCALE)
+                await idle(session, url, size.idle_s / SCALE)
                 result.after_idle_ms.append(await ttft_ms(session, url))
                 for _ in range(size.open_requests):
                     result.open_ms.append(await ttft_ms(session, url))
@@ -152,6 +179,7 @@ async def measure(setup: Setup, size: Size, workdir: Path) -> Result:
             proc.kill()  # by its own handle, i.e. its PID
             proc.join(5)
         await sim_runner.cleanup()
+        await busy_runner.cleanup()
     result.ratio = statistics.median(result.after_idle_ms) / statistics.median(result.open_ms)
     return result
 
