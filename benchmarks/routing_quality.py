@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from proxy.catalog import Model, load_bundled  # noqa: E402
-from proxy.decide.classifier import CHARS_PER_TOKEN, assess  # noqa: E402
+from proxy.decide.classifier import CHARS_PER_TOKEN, DEFAULT_WEIGHTS, Weights, assess  # noqa: E402
 from proxy.decide.policy import ClassifierSettings  # noqa: E402
 
 WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
@@ -47,6 +47,11 @@ def data_dir() -> Path:
     return Path(__file__).resolve().parent / "data" / "routellm"
 
 
+def mt_bench_dir() -> Path:
+    """MT-Bench's questions (first turns), shipped with their licence; no outcomes."""
+    return Path(__file__).resolve().parent / "data" / "mt_bench"
+
+
 @dataclass(frozen=True, slots=True)
 class Item:
     prompt: str
@@ -54,6 +59,7 @@ class Item:
     strong: bool
     weak_out: int  # output tokens of each model's answer (estimated)
     strong_out: int
+    category: str = ""  # MMLU: the subject's group (STEM, humanities, ...)
 
 
 def _contaminated(path: Path) -> set[str]:
@@ -88,10 +94,38 @@ def load_gsm8k(root: Path) -> list[Item]:
     return items
 
 
+def _names(text: str) -> list[str]:
+    return text.split()
+
+
+# MMLU's four subject groups (Hendrycks et al.); a subject not named here is "other".
+MMLU_GROUPS = {
+    "STEM": _names("""abstract_algebra anatomy astronomy college_biology college_chemistry
+        college_computer_science college_mathematics college_physics computer_security
+        conceptual_physics electrical_engineering elementary_mathematics high_school_biology
+        high_school_chemistry high_school_computer_science high_school_mathematics
+        high_school_physics high_school_statistics machine_learning"""),
+    "humanities": _names("""formal_logic high_school_european_history high_school_us_history
+        high_school_world_history international_law jurisprudence logical_fallacies
+        moral_disputes moral_scenarios philosophy prehistory professional_law
+        world_religions"""),
+    "social sciences": _names("""econometrics high_school_geography
+        high_school_government_and_politics high_school_macroeconomics
+        high_school_microeconomics high_school_psychology human_sexuality
+        professional_psychology public_relations security_studies sociology
+        us_foreign_policy"""),
+}
+
+
+def mmlu_group(subject: str) -> str:
+    return next((g for g, names in MMLU_GROUPS.items() if subject in names), "other")
+
+
 def load_mmlu(root: Path) -> list[Item]:
     skip = _contaminated(root / "mmlu_contaminated_prompts.jsonl")
     items = []
     for path in sorted((root / "mmlu").glob("mmlu_*.csv")):
+        group = mmlu_group(path.stem.removeprefix("mmlu_"))
         with path.open(encoding="utf-8", newline="") as f:
             for i, row in enumerate(csv.DictReader(f)):
                 if row["prompt"] in skip:
@@ -104,9 +138,40 @@ def load_mmlu(root: Path) -> list[Item]:
                         _flag(row[STRONG], where),
                         MMLU_OUTPUT_TOKENS,
                         MMLU_OUTPUT_TOKENS,
+                        group,
                     )
                 )
     return items
+
+
+def load_mt_bench(root: Path) -> list[tuple[str, str]]:
+    """(category, first-turn prompt) of MT-Bench's 80 questions; no outcomes."""
+    path = root / "question_turn1.jsonl"
+    with path.open(encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [(row["category"], row["turns"][0]) for row in rows]
+
+
+def task_type_report(prompts: Sequence[tuple[str, str]]) -> tuple[list[str], dict[str, float]]:
+    """Where the default thresholds send each category of a prompt set without outcomes."""
+    settings = ClassifierSettings()
+    by_cat: dict[str, list[float]] = {}
+    for cat, prompt in prompts:
+        by_cat.setdefault(cat, []).append(assess(body_of(prompt)).score)
+    lines = [
+        "| category | prompts | economy | standard | premium | median score |",
+        "|---|---|---|---|---|---|",
+    ]
+    figures: dict[str, float] = {}
+    for cat, scores in by_cat.items():
+        mix = _mix(scores, settings)
+        figures |= {f"mt_bench.{cat}.{t}": v for t, v in mix.items()}
+        lines.append(
+            f"| {cat} | {len(scores)} | "
+            + " | ".join(f"{100 * v:.0f}%" for v in mix.values())
+            + f" | {statistics.median(scores):.2f} |"
+        )
+    return lines, figures
 
 
 def held_out(prompt: str) -> bool:
@@ -121,6 +186,26 @@ def body_of(prompt: str) -> dict[str, object]:
 
 def classifier_scores(items: Sequence[Item]) -> list[float]:
     return [assess(body_of(it.prompt)).score for it in items]
+
+
+# The learned signal, as tuned with the others on the same tune half (out-of-fold values,
+# benchmarks/tune_classifier.py): it did not beat the hand-written signals on held-out data
+# (RESULTS-routing.md), so it is off by default and reported here as the alternative.
+WITH_LEXICON = Weights(
+    DEFAULT_WEIGHTS.bias,
+    {
+        **{name: 0.0 for name in DEFAULT_WEIGHTS.by_signal},
+        **{"length": 1.1, "math": 0.5, "code": 1.2, "reasoning": 1.1, "technical": 0.6},
+        **{"multi_part": 4.5, "relations": 1.7, "situation": 0.6, "negation": 2.2},
+        **{"tools": 1.0, "depth": 0.8, "output": 1.0, "simple": -0.6, "reading": -0.5},
+        **{"code_task": 1.5, "math_task": 0.5, "extraction": -0.5, "lookup": -1.0},
+        "lexicon": 3.1,
+    },
+)
+
+
+def lexicon_scores(items: Sequence[Item]) -> list[float]:
+    return [assess(body_of(it.prompt), WITH_LEXICON).score for it in items]
 
 
 def length_scores(items: Sequence[Item]) -> list[float]:
@@ -215,8 +300,8 @@ class RouterResult:
     name: str
     points: list[Point]
     apgr: float
-    at_50: Point | None  # recovers half the gap
-    at_80: Point | None
+    at_80: Point | None  # the cheapest point that recovers 80 % of the quality gap
+    at_95: Point | None
 
 
 def evaluate(
@@ -242,22 +327,29 @@ def evaluate(
                 name,
                 pts,
                 apgr(pts, weak_acc, strong_acc),
-                share_for_gap(pts, weak_acc, strong_acc, 0.5),
                 share_for_gap(pts, weak_acc, strong_acc, 0.8),
+                share_for_gap(pts, weak_acc, strong_acc, 0.95),
             )
         )
     return weak_acc, strong_acc, always_premium, results
 
 
-def bootstrap_gap(
-    items: Sequence[Item], a: Sequence[float], b: Sequence[float], bins: int, rounds: int
-) -> tuple[float, float] | None:
-    """95 % interval of APGR(a) - APGR(b) over resamples of the items (paired)."""
+@dataclass(frozen=True, slots=True)
+class Intervals:
+    by_router: dict[str, tuple[float, float]]  # 95 % interval of each router's APGR
+    gain: tuple[float, float]  # of APGR(classifier) - APGR(length), paired
+
+
+def bootstrap(
+    items: Sequence[Item], routers: dict[str, Sequence[float]], bins: int, rounds: int
+) -> Intervals | None:
+    """Percentile intervals over resamples of the items; every router sees the same ones."""
     if rounds <= 0:
         return None
     rng = random.Random(1)
     zero = ([0.0] * len(items), [0.0] * len(items))
-    diffs = []
+    draws: dict[str, list[float]] = {name: [] for name in routers}
+    gains = []
     for _ in range(rounds):
         idx = [rng.randrange(len(items)) for _ in items]
         sample = [items[i] for i in idx]
@@ -265,17 +357,24 @@ def bootstrap_gap(
         s = sum(it.strong for it in sample) / len(sample)
         if w == s:
             continue
-        z = (zero[0][: len(sample)], zero[1][: len(sample)])
-        da = apgr(curve([a[i] for i in idx], sample, bins, z), w, s)
-        db = apgr(curve([b[i] for i in idx], sample, bins, z), w, s)
-        diffs.append(da - db)
-    diffs.sort()
-    return diffs[int(0.025 * len(diffs))], diffs[int(0.975 * len(diffs)) - 1]
+        got = {
+            name: apgr(curve([sc[i] for i in idx], sample, bins, zero), w, s)
+            for name, sc in routers.items()
+        }
+        for name, value in got.items():
+            draws[name].append(value)
+        gains.append(got["classifier"] - got["length"])
+
+    def interval(values: list[float]) -> tuple[float, float]:
+        values = sorted(values)
+        return values[int(0.025 * len(values))], values[int(0.975 * len(values)) - 1]
+
+    return Intervals({n: interval(v) for n, v in draws.items()}, interval(gains))
 
 
 def time_classifier(reps_short: int, reps_long: int) -> dict[str, float]:
     """Median microseconds per assess() call for a short prompt and an 80k-token one."""
-    short = body_of("Summarize the main idea of this paragraph in one sentence, please.")
+    short = body_of("Write a Python function that checks whether a string is a palindrome.")
     unit = "The quarterly report shows revenue grew 12% while costs rose 3 points. "
     long_text = unit * (80_000 * CHARS_PER_TOKEN // len(unit))
     long = body_of(long_text + "\nWhat are the three biggest risks, and why?")
@@ -333,18 +432,58 @@ def _pt(p: Point | None, always: float) -> str:
     return f"{100 * p.strong_share:.1f}% | {100 * (1 - p.cost / always):.1f}%"
 
 
+def _mix(scores: Sequence[float], settings: ClassifierSettings) -> dict[str, float]:
+    tiers = [settings.tier_for(x) for x in scores]
+    return {t: tiers.count(t) / len(tiers) for t in ("economy", "standard", "premium")}
+
+
+def _category_table(items: list[Item], routers: dict[str, Sequence[float]], bins: int) -> list[str]:
+    """Held-out APGR per category, where the set has categories of a useful size."""
+    cats = sorted({it.category for it in items if it.category})
+    if len(cats) < 2:
+        return []
+    settings = ClassifierSettings()
+    lines = [
+        "\nBy category (held-out): APGR, and the default thresholds' mix "
+        "(economy / standard / premium)\n",
+        "| category | prompts | classifier | with learned lexicon | length | random "
+        "| mix at defaults |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    zero_costs: tuple[list[float], list[float]]
+    for cat in cats:
+        idx = [i for i, it in enumerate(items) if it.category == cat]
+        sub = [items[i] for i in idx]
+        weak = sum(it.weak for it in sub) / len(sub)
+        strong = sum(it.strong for it in sub) / len(sub)
+        zero_costs = ([0.0] * len(sub), [0.0] * len(sub))
+        cells = []
+        for scores in routers.values():
+            pts = curve([scores[i] for i in idx], sub, bins, zero_costs)
+            cells.append(f"{apgr(pts, weak, strong):.3f}")
+        mix = _mix([routers["classifier"][i] for i in idx], settings)
+        lines.append(
+            f"| {cat} | {len(sub)} | {' | '.join(cells)} | "
+            + " / ".join(f"{100 * v:.0f}%" for v in mix.values())
+            + " |"
+        )
+    return lines
+
+
 def report_dataset(
     name: str,
     items: list[Item],
     bins: int,
-    bootstrap: int,
+    rounds: int,
     economy: Model,
     premium: Model,
     chart_dir: Path | None,
     scorer: Callable[[Sequence[Item]], list[float]] = classifier_scores,
-) -> tuple[list[str], dict[str, float]]:
+) -> tuple[list[str], dict[str, float], str | None]:
+    """The dataset's report, its figures, and its row of the summary table."""
     lines: list[str] = []
     figures: dict[str, float] = {}
+    summary: str | None = None
     splits = {
         "held-out": [it for it in items if held_out(it.prompt)],
         "tune": [it for it in items if not held_out(it.prompt)],
@@ -355,58 +494,80 @@ def report_dataset(
             continue
         routers = {
             "classifier": scorer(subset),
+            "with learned lexicon": lexicon_scores(subset),
             "length": length_scores(subset),
             "random": random_scores(subset),
         }
         weak, strong, always, results = evaluate(subset, routers, bins, economy, premium)
+        ci = bootstrap(subset, routers, bins, rounds) if split == "held-out" else None
         lines.append(
             f"\n**{name}, {split} ({len(subset)} prompts)**: economy-only accuracy {100 * weak:.1f}%, "
             f"premium-only {100 * strong:.1f}%, always-premium cost ${always:.4f}\n"
         )
         lines.append(
-            "| router | APGR | premium calls for 50% of the gap | cost saved there | "
-            "premium calls for 80% of the gap | cost saved there |"
+            "| router | APGR | 95% interval | premium calls for 80% of the gap | cost saved there | "
+            "premium calls for 95% of the gap | cost saved there |"
         )
-        lines.append("|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|")
         for r in results:
+            band = ci.by_router[r.name] if ci else None
+            shown = f"[{band[0]:.3f}, {band[1]:.3f}]" if band else "-"
             lines.append(
-                f"| {r.name} | {r.apgr:.3f} | {_pt(r.at_50, always)} | {_pt(r.at_80, always)} |"
+                f"| {r.name} | {r.apgr:.3f} | {shown} | {_pt(r.at_80, always)} | "
+                f"{_pt(r.at_95, always)} |"
             )
             figures[f"{name}.{split}.{r.name}"] = r.apgr
-        if split == "held-out":
-            settings = ClassifierSettings()
-            mix = [settings.tier_for(x) for x in routers["classifier"]]
+            for frac, point in (("80", r.at_80), ("95", r.at_95)):
+                if point is not None:
+                    figures[f"{name}.{split}.{r.name}.saved_at_{frac}"] = 1 - point.cost / always
+        if split != "held-out":
+            continue
+        settings = ClassifierSettings()
+        mix = _mix(routers["classifier"], settings)
+        for tier, share in mix.items():
+            figures[f"{name}.mix.{tier}"] = share
+        lines.append(
+            f"\nAt the default thresholds (economy below {settings.economy_below:g}, premium from "
+            f"{settings.premium_from:g}) the classifier sends "
+            + ", ".join(f"{100 * v:.0f}% to {t}" for t, v in mix.items())
+            + "."
+        )
+        by = {r.name: r.apgr for r in results}
+        gain = by["classifier"] - by["length"]
+        verdict = "n/a"
+        if ci is not None:
+            lo, hi = ci.gain
+            half = (hi - lo) / 2
+            figures[f"{name}.gain_half_width"] = half
+            verdict = "yes" if gain > half else "no"
             lines.append(
-                f"\nAt the default thresholds (economy below {settings.economy_below:g}, premium from "
-                f"{settings.premium_from:g}) the classifier sends "
-                + ", ".join(
-                    f"{100 * mix.count(t) / len(mix):.0f}% to {t}"
-                    for t in ("economy", "standard", "premium")
-                )
-                + "."
+                f"\nClassifier minus length-only APGR: {gain:+.3f}, paired 95% bootstrap interval "
+                f"({rounds} resamples) [{lo:+.3f}, {hi:+.3f}], half-width {half:.3f}."
             )
-            ci = bootstrap_gap(subset, routers["classifier"], routers["length"], bins, bootstrap)
-            if ci is not None:
-                lines.append(
-                    f"\nClassifier minus length-only APGR, 95% bootstrap interval "
-                    f"({bootstrap} resamples): [{ci[0]:+.3f}, {ci[1]:+.3f}]"
-                )
-            lines.append("\nCurve (held-out): premium share / accuracy at each threshold\n")
-            lines.append("| router | " + " | ".join(f"q{i}" for i in range(bins + 1)) + " |")
-            lines.append("|---|" + "---|" * (bins + 1))
-            for r in results:
-                cells = " | ".join(
-                    f"{100 * p.strong_share:.0f}% / {100 * p.accuracy:.1f}" for p in r.points
-                )
-                lines.append(f"| {r.name} | {cells} |")
-            if chart_dir is not None:
-                path = chart(name, results, weak, strong, chart_dir)
-                lines.append(
-                    f"\nChart: `{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}`"
-                    if path
-                    else "\nChart skipped: matplotlib is not installed."
-                )
-    return lines, figures
+        summary = (
+            f"| {name} | {len(subset)} | **{by['classifier']:.3f}** | "
+            f"{by['with learned lexicon']:.3f} | {by['length']:.3f} | "
+            f"{by['random']:.3f} | {gain:+.3f} | {verdict} | "
+            + " / ".join(f"{100 * v:.0f}%" for v in mix.values())
+            + " |"
+        )
+        lines += _category_table(subset, routers, bins)
+        lines.append("\nCurve (held-out): premium share / accuracy at each threshold\n")
+        lines.append("| router | " + " | ".join(f"q{i}" for i in range(bins + 1)) + " |")
+        lines.append("|---|" + "---|" * (bins + 1))
+        for r in results:
+            cells = " | ".join(
+                f"{100 * p.strong_share:.0f}% / {100 * p.accuracy:.1f}" for p in r.points
+            )
+            lines.append(f"| {r.name} | {cells} |")
+        if chart_dir is not None:
+            path = chart(name, results, weak, strong, chart_dir)
+            lines.append(
+                f"\nChart: `{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}`"
+                if path
+                else "\nChart skipped: matplotlib is not installed."
+            )
+    return lines, figures, summary
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -414,6 +575,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data", type=Path, default=None, help="the routellm reference folder")
+    parser.add_argument("--mt-bench", type=Path, default=None, help="the MT-Bench question folder")
     parser.add_argument(
         "--limit", type=int, default=0, help="use only the first N prompts of each set"
     )
@@ -439,24 +601,49 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         f"(${economy.input_price:g}/${economy.output_price:g} per 1M in/out), premium = "
         f"`{premium.id}` (${premium.input_price:g}/${premium.output_price:g}). Thresholds at "
         f"{args.bins + 1} quantiles of each router's score (RouteLLM's method); APGR by the "
-        "trapezoid rule. The classifier's weights were tuned on the `tune` half only.",
+        "trapezoid rule. The classifier's weights were tuned, and its learned lexicon trained, on "
+        "the `tune` half only, so the `tune` rows are in-sample for the lexicon; the held-out "
+        "rows are the result.",
     ]
     figures: dict[str, float] = {}
+    body: list[str] = []
+    summary = [
+        "",
+        "| set | held-out prompts | classifier APGR | with the learned lexicon | length-only "
+        "| random | classifier - length "
+        "| beyond the interval's half-width | mix at defaults (economy / standard / premium) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, loader in (("GSM8K", load_gsm8k), ("MMLU", load_mmlu)):
         items = loader(root)
         if args.limit:
             items = items[: args.limit]
-        more, figs = report_dataset(
+        more, figs, row = report_dataset(
             name, items, args.bins, args.bootstrap, economy, premium, args.chart_dir
         )
-        lines += more
+        body += more
         figures |= figs
+        if row:
+            summary.append(row)
     t = time_classifier(args.timing_reps, max(5, args.timing_reps // 100))
     figures |= t
+    lines += summary + body
+    mt_root = args.mt_bench or mt_bench_dir()
+    if (mt_root / "question_turn1.jsonl").is_file():
+        table, figs = task_type_report(load_mt_bench(mt_root))
+        figures |= figs
+        lines += [
+            "",
+            "**Task types on third-party prompts (MT-Bench, 80 first turns, no outcomes, never "
+            "tuned on)**: where the default thresholds send each category.",
+            "",
+            *table,
+        ]
     lines.append(
-        f"\n**Classifier cost**: {t['short_us']:.1f} µs per request for a short prompt, "
-        f"{t['long_80k_us']:.1f} µs for an 80k-token prompt ({t['long_chars'] / 1e3:.0f} kB of text; "
-        "the scan reads a bounded sample), median on this machine."
+        f"\n**Classifier cost**: {t['short_us']:.1f} µs per request for a short prompt (target: "
+        f"under 50 µs), {t['long_80k_us']:.1f} µs for an 80k-token prompt "
+        f"({t['long_chars'] / 1e3:.0f} kB of text; the scan reads a bounded sample), median on "
+        "this machine."
     )
     text = "\n".join(lines) + "\n"
     print(text)

@@ -65,6 +65,10 @@ RATE_LIMITED = "rate_limited"
 _MAX_EXPONENT = 60
 
 
+# Transitions remembered per breaker: enough to show an hour of a flapping deployment.
+CHANGES_KEPT = 32
+
+
 class State(enum.Enum):
     CLOSED = "closed"
     OPEN = "open"
@@ -139,6 +143,7 @@ class Breaker:
     __slots__ = (
         "_failures",
         "_slows",
+        "changes",
         "consecutive_failures",
         "events",
         "failure_seq",
@@ -174,11 +179,13 @@ class Breaker:
         self.half_open_ok = 0
         self.trial_since: float | None = None
         self.transitions = 0
+        # The newest transitions as (clock time, state entered), for the status page.
+        self.changes: deque[tuple[float, str]] = deque(maxlen=CHANGES_KEPT)
 
     def poll(self, now: float) -> None:
         """OPEN -> HALF_OPEN once the open period has elapsed."""
         if self.state is State.OPEN and now >= self.open_until:
-            self._enter(State.HALF_OPEN)
+            self._enter(State.HALF_OPEN, now)
             self.half_open_ok = 0
             self.trial_since = None
             self.retry_until = None
@@ -218,7 +225,7 @@ class Breaker:
                 return
             self.half_open_ok += 1
             if self.half_open_ok >= self.policy.half_open_successes:
-                self._close()
+                self._close(now)
 
     def on_failure(
         self,
@@ -311,7 +318,7 @@ class Breaker:
         self.opened_count += 1
         base = min(p.max_open_s, p.base_open_s * 2.0 ** min(self.openings - 1, _MAX_EXPONENT))
         factor = 1.0 + p.jitter * self.rng.uniform(-1.0, 1.0) if p.jitter else 1.0
-        self._enter(State.OPEN)
+        self._enter(State.OPEN, now)
         self.open_until = now + base * factor
         self.retry_until = None
         self.half_open_ok = 0
@@ -326,19 +333,20 @@ class Breaker:
                 self.retry_until = until
             return
         self.opened_count += 1
-        self._enter(State.OPEN)
+        self._enter(State.OPEN, now)
         self.open_until = until
         self.retry_until = until
         self.half_open_ok = 0
         self.trial_since = None
 
-    def _enter(self, state: State) -> None:
+    def _enter(self, state: State, now: float) -> None:
         # HALF_OPEN -> OPEN re-entry counts too: the board's version must move on every change.
         self.state = state
         self.transitions += 1
+        self.changes.append((now, state.value))
 
-    def _close(self) -> None:
-        self._enter(State.CLOSED)
+    def _close(self, now: float) -> None:
+        self._enter(State.CLOSED, now)
         self.openings = 0
         self.consecutive_failures = 0
         # The window that tripped the breaker must not trip it again the moment it closes.
@@ -460,6 +468,14 @@ class BreakerBoard:
             return None
         self._poll(b)
         return b.open_until if b.state is State.OPEN else None
+
+    def changes(self, key: str) -> list[tuple[float, str]]:
+        """The newest transitions of one breaker, oldest first: (clock time, state entered)."""
+        b = self._breakers.get(key)
+        if b is None:
+            return []
+        self._poll(b)
+        return list(b.changes)
 
     def rows(self) -> list[BreakerRow]:
         now = self._clock()

@@ -113,6 +113,7 @@ class LatencyRow:
     source: Source | None  # of the last sample
     nominal_ms: float
     shifts: int = 0  # regime changes adopted (see "Regime change" above)
+    probe_samples: int = 0  # of ``samples``, those fed by probes (the rest are live)
 
 
 def settled_weight(interval_s: float, half_life_s: float) -> float:
@@ -161,6 +162,7 @@ class _Entry:
         "nominal",
         "p10",
         "p90",
+        "probe_samples",
         "run",
         "run_bound",
         "run_count",
@@ -183,6 +185,7 @@ class _Entry:
         self.p10 = nominal  # real-sample p10, likewise (the faster-regime test reads it)
         self.mix = nominal  # (1 - high_weight) * mean + high_weight * p90 of real samples
         self.samples = 0
+        self.probe_samples = 0
         self.last_sample: float | None = None
         self.last_source: Source | None = None
         self.last_live: float | None = None
@@ -395,6 +398,8 @@ class LatencyTable:
         e.last_source = source
         if source == "live":
             e.last_live = now
+        else:
+            e.probe_samples += 1
         self._version += 1
 
     def _extend_run(self, e: _Entry, ttft_ms: float, now: float) -> bool:
@@ -473,6 +478,7 @@ class LatencyTable:
             source=e.last_source,
             nominal_ms=e.nominal,
             shifts=e.shifts,
+            probe_samples=e.probe_samples,
         )
 
     def _blend_weight(self, e: _Entry, now: float) -> float:

@@ -1,4 +1,5 @@
-"""The CLI and composition root: ``model-router serve | check-config | report | hash-key``."""
+"""The CLI and composition root: ``model-router serve | check-config | report | status |
+hash-key``."""
 
 from __future__ import annotations
 
@@ -65,6 +66,16 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--since", default="24h", help="24h, 30m, 7d, today, all or a date")
     report.add_argument("--by", choices=("model", "tier", "prefer", "key", "arm"), default="model")
     report.add_argument("--json", action="store_true", help="machine-readable output")
+    status = sub.add_parser(
+        "status",
+        help="the live table in a terminal (exit 1 when the router is not ready); with "
+        "[[keys]], an admin key in $MODEL_ROUTER_ADMIN_KEY",
+    )
+    status.add_argument("--url", default=None, help="the router (default http://127.0.0.1:8080)")
+    status.add_argument("--watch", action="store_true", help="redraw in place until interrupted")
+    status.add_argument(
+        "--interval", type=float, default=2.0, help="seconds between redraws with --watch"
+    )
     sub.add_parser(
         "hash-key",
         help="read a client API key on stdin and print the SHA-256 digest for [[keys]] sha256",
@@ -179,6 +190,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_report(db, args.since, args.by, args.json)
     if args.command == "hash-key":
         return _hash_key()
+    if args.command == "status":
+        from .status.cli import DEFAULT_URL, run_status
+
+        if not args.interval > 0:
+            print("model-router: status: --interval must be > 0", file=sys.stderr)
+            return 2
+        return run_status(args.url or DEFAULT_URL, args.watch, args.interval)
     if args.command == "check-config":
         config = _load(args.path)
         enabled = enabled_providers(config, os.environ)

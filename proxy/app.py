@@ -37,6 +37,8 @@ from proxy.service.reload import Runtime, keep_listen_address
 from proxy.sim.launch import bound_port, start_sim
 from proxy.sim.script import Profile
 from proxy.sim.server import SimState
+from proxy.status.history import HISTORY, History, history_ctx
+from proxy.status.page import STATUS_PAGE, StatusPage, router_history, status_page
 
 from .catalog import Catalog, Deployment, Model
 from .config import Config, ProviderConfig, load_config
@@ -441,6 +443,8 @@ def make_app(
     app[NOTIFIER] = Notifier.from_env(env)
     metrics = app[METRICS] = Metrics(app)
     app[ACCESS] = Access()
+    history = app[HISTORY] = History()
+    app[STATUS_PAGE] = StatusPage()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         sim_runner = None
@@ -477,6 +481,7 @@ def make_app(
                 previous=previous,
             )
             router.sinks.append(metrics.sink)
+            router.sinks.append(history.sink)
             return router
 
         def rebuild(previous: Router) -> Router:
@@ -520,10 +525,13 @@ def make_app(
 
     app.cleanup_ctx.append(lifecycle)
     app.cleanup_ctx.append(accounting_ctx(config, env))
+    app.cleanup_ctx.append(history_ctx)
     app.router.add_post("/v1/chat/completions", handlers.chat_completions)
     app.router.add_post("/v1/completions", handlers.completions)
     app.router.add_get("/v1/models", handlers.list_models)
     app.router.add_get("/v1/router/status", handlers.router_status)
+    app.router.add_get("/v1/router/history", router_history)
+    app.router.add_get("/status", status_page)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)

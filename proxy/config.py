@@ -223,6 +223,9 @@ class KeyConfig:
     max_concurrent_streams: int = 0
     # Hedge this key's streams (True) or never (False); None: the [hedging] prefer default.
     hedge: bool | None = None
+    # May read the status page's data (GET /v1/router/history), which shows every key's
+    # traffic and spend.
+    admin: bool = False
 
 
 @dataclass(frozen=True, slots=True)

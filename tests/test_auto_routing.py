@@ -71,6 +71,18 @@ async def test_auto_tier_follows_the_classifier_and_explains_itself(
     assert seen[1].reason == high.headers["x-router-reason"]
 
 
+async def test_default_thresholds_send_prose_coding_up_and_chit_chat_down(proxy: Proxy) -> None:
+    coding = [{"role": "user", "content": "Write a Python function that merges two sorted lists."}]
+    chat = [{"role": "user", "content": "Good morning! How are you today?"}]
+    up = await create(proxy, coding, model="auto:auto")
+    down = await create(proxy, chat, model="auto:auto")
+    assert tier_of(proxy, up.headers["x-router-model"]) in ("standard", "premium")
+    assert tier_of(proxy, down.headers["x-router-model"]) == "economy"
+    # The reason names the words that drove the score, not only the prompt's shape.
+    assert "code_task+" in up.headers["x-router-reason"]
+    assert "simple-" in down.headers["x-router-reason"]
+
+
 async def test_auto_tier_shorthand_keeps_the_prefer(proxy: Proxy) -> None:
     raw = await create(proxy, EASY, model="auto:auto:cheap")
     reason = raw.headers["x-router-reason"]

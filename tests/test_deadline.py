@@ -26,11 +26,14 @@ async def test_raises_timeout_once_the_deadline_passes() -> None:
 
 async def test_moving_the_deadline_forward_keeps_the_task_alive() -> None:
     loop = asyncio.get_running_loop()
-    async with Deadline(loop.time() + 0.05, 0.05) as d:
+    started = loop.time()
+    # Each move leaves 0.3 s: a loaded box may wake a 0.1 s sleep late by up to 0.2 s.
+    async with Deadline(loop.time() + 0.3, 0.3) as d:
         for _ in range(6):
-            await asyncio.sleep(0.02)
-            d.at = loop.time() + 0.05
+            await asyncio.sleep(0.1)
+            d.at = loop.time() + 0.3
     assert not d.expired
+    assert loop.time() - started > 0.3  # it outlived the deadline it started with
 
 
 async def test_a_deadline_moved_earlier_still_fires_on_time() -> None:

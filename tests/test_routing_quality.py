@@ -73,6 +73,11 @@ def test_synthetic_set_end_to_end(bench: Any, tmp_path: Path) -> None:
         assert figures[f"MMLU.{split}.length"] > 0.75 > 0.25 + figures[f"MMLU.{split}.random"]
         assert figures[f"MMLU.{split}.classifier"] > figures[f"MMLU.{split}.random"]
     assert figures["short_us"] > 0 and figures["long_80k_us"] > 0
+    assert "| router | APGR | 95% interval |" in text and "premium calls for 95% of the gap" in text
+    mix = [figures[f"MMLU.mix.{t}"] for t in ("economy", "standard", "premium")]
+    assert sum(mix) == pytest.approx(1.0)
+    assert figures["MMLU.gain_half_width"] >= 0
+    assert "| MMLU | " in text.split("**GSM8K, held-out")[0]  # the summary row leads
 
 
 def test_apgr_of_the_weak_and_strong_lines(bench: Any) -> None:
@@ -95,3 +100,21 @@ def test_real_reference_data_at_tiny_size(bench: Any, tmp_path: Path) -> None:
     figures = bench.main(["--limit", "150", "--bootstrap", "0", "--timing-reps", "5"])
     for name in ("GSM8K", "MMLU"):
         assert 0.0 < figures[f"{name}.all.classifier"] < 1.5
+    # MT-Bench's questions ship too: every category is reported, each mix sums to one.
+    cats = {key.split(".")[1] for key in figures if key.startswith("mt_bench.")}
+    assert cats == {
+        "writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities"
+    }  # fmt: skip
+    for cat in cats:
+        shares = [figures[f"mt_bench.{cat}.{t}"] for t in ("economy", "standard", "premium")]
+        assert sum(shares) == pytest.approx(1.0)
+
+
+def test_mmlu_subjects_fall_into_their_groups(bench: Any) -> None:
+    assert bench.mmlu_group("college_physics") == "STEM"
+    assert bench.mmlu_group("professional_law") == "humanities"
+    assert bench.mmlu_group("sociology") == "social sciences"
+    assert bench.mmlu_group("nutrition") == "other"
+    subjects = {p.stem.removeprefix("mmlu_") for p in (bench.data_dir() / "mmlu").glob("*.csv")}
+    named = {s for names in bench.MMLU_GROUPS.values() for s in names}
+    assert named <= subjects  # no misspelt subject silently lands in "other"

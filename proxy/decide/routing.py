@@ -64,6 +64,16 @@ class Snapshot:
         return self.ttft_ms.get(d.key, d.nominal_ttft_ms)
 
 
+def fast_ranks(snap: Snapshot, pool: str = "any") -> dict[str, int]:
+    """Each deployment's place (1 = first) in the ``prefer=fast`` order of ``pool`` for a plain
+    request; deployments whose breaker refuses traffic have none."""
+    ranks: dict[str, int] = {}
+    for d in snap.fast_order.get(pool, ()):
+        if d.key not in snap.open:
+            ranks[d.key] = len(ranks) + 1
+    return ranks
+
+
 @dataclass(frozen=True, slots=True)
 class Candidate:
     model: Model

@@ -27,7 +27,9 @@ log = logging.getLogger("model_router.auth")
 
 # Liveness and readiness answer anyone (a load balancer has no key). /metrics is not here:
 # it shows traffic and spend, and Prometheus sends a bearer token as easily as a client.
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+# /status is the status page's HTML and script only, no data: a browser cannot send a bearer
+# token when it opens a page, so the page's script sends the admin key with each fetch.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/status"})
 
 # Tokens reserved for the answer when the client does not say max_tokens; the bucket is
 # corrected to the real usage when the request ends.
@@ -311,6 +313,20 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise
     request[PRINCIPAL] = access.principal(key)
     return await handler(request)
+
+
+def require_admin(request: web.Request) -> None:
+    """403 unless the caller's key has ``admin = true`` (anyone may when keys are off: the
+    router then serves loopback only)."""
+    key = principal(request).key
+    if key is not None and not key.admin:
+        raise RouterError(
+            403,
+            f"API key {key.id!r} is not an admin key; the status page's data needs one "
+            "(admin = true in its [[keys]] entry)",
+            type="permission_error",
+            code="admin_key_required",
+        )
 
 
 def principal(request: web.Request) -> Principal:

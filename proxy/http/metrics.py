@@ -18,6 +18,8 @@ from proxy.serve.dispatch import Outcome
 from proxy.serve.drain import IN_FLIGHT
 from proxy.serve.state import ROUTER
 
+from .ops_metrics import OpsCollector
+
 # TTFT spans ~100 ms (small models) to tens of seconds (reasoning models).
 TTFT_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0)
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -119,6 +121,7 @@ class Metrics:
             registry=reg,
         )
         reg.register(StateCollector(app))
+        reg.register(OpsCollector(app))
         self._series: dict[tuple[str | None, str | None, int, str], _Series] = {}
 
     def sink(self, outcome: Outcome, seconds: float) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from probes.breaker import BreakerBoard, BreakerPolicy, State
+from probes.breaker import CLIENT_FAULTS, BreakerBoard, BreakerPolicy, State
 from probes.latency import LatencyTable, Source, prior_weight_for, settled_weight
 from proxy.catalog import Catalog
 from proxy.decide.routing import Snapshot
@@ -21,7 +21,16 @@ PRIOR_SHARE = 0.05
 
 
 class Health:
-    __slots__ = ("_built_at", "_catalog", "_clock", "_snap", "_versions", "board", "table")
+    __slots__ = (
+        "_built_at",
+        "_catalog",
+        "_clock",
+        "_snap",
+        "_versions",
+        "board",
+        "failures",
+        "table",
+    )
 
     def __init__(
         self,
@@ -38,6 +47,9 @@ class Health:
         self._snap = Snapshot.nominal(catalog)
         self._built_at = -1e18
         self._versions = (-1, -1)
+        # Failed attempts per deployment ever, live and probe, client faults excluded: the
+        # status page's error counts (proxy/history.py reads it every sample).
+        self.failures: dict[str, int] = {}
         self.set_catalog(catalog)
 
     @classmethod
@@ -133,6 +145,8 @@ class Health:
         source: Source = "live",
         after_success: bool = False,
     ) -> None:
+        if kind not in CLIENT_FAULTS:
+            self.failures[key] = self.failures.get(key, 0) + 1
         if kind == "timeout" and waited_ms is not None:
             # A deadline hit is a censored TTFT: at least this slow. Feeding it keeps a
             # hanging deployment from looking fast on its old samples.

@@ -16,6 +16,7 @@ from aiohttp import web
 from probes.loop import ProbeLoop
 from proxy.catalog import Catalog, Model
 from proxy.config import Config
+from proxy.decide.routing import fast_ranks
 from proxy.providers.base import Provider
 
 from .dispatch import Dispatcher, Outcome
@@ -76,6 +77,10 @@ class Router:
         now = time.monotonic()
         latency = {row.key: row for row in self.health.table.rows()}
         breakers = {row.key: row for row in self.health.board.rows()}
+        snap = self.health.snapshot()
+        ranks = fast_ranks(snap)
+        tier_of = {m.id: m.tier for m in self.catalog.models}
+        tier_ranks = {tier: fast_ranks(snap, tier) for tier in set(tier_of.values())}
         rows = []
         for d in self.catalog.deployments():
             lat = latency.get(d.key)
@@ -95,6 +100,10 @@ class Router:
                     else None,
                     "last_sample_source": lat.source if lat else None,
                     "regime_changes": lat.shifts if lat else 0,
+                    "tier": tier_of[d.model_id],
+                    # Place in prefer=fast's order for a plain request (None: breaker open).
+                    "fast_rank": ranks.get(d.key),
+                    "fast_rank_in_tier": tier_ranks[tier_of[d.model_id]].get(d.key),
                     "breaker": brk.state if brk else "closed",
                     "breaker_detail": {
                         "consecutive_failures": brk.consecutive_failures,
