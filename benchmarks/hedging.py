@@ -51,7 +51,7 @@ class Size:
 
 
 FULL = Size(requests=800, workers=4)
-SMOKE = Size(requests=40, workers=2)
+SMOKE = Size(requests=20, workers=2)
 
 
 @dataclass(slots=True)

@@ -6,7 +6,8 @@ routes ``auto:fast`` streams among a few simulated models whose TTFTs change on 
     python -m benchmarks.latency_shift --smoke    # tiny, for the test suite
 
 Per shift of the best model, labelled a *slowdown* (the best model got slower; traffic must leave
-it) or a *recovery* (the new best got faster, or came back from a slowdown): time to switch (from the shift to the first request of the run of
+it), a *recovery* (the new best got faster, or came back from a slowdown) or *both* at once:
+time to switch (from the shift to the first request of the run of
 requests that goes to the new best and stays there), in seconds, in probe intervals and in live
 requests sent meanwhile. Over the run: regret = mean TTFT of the model each request went to /
 mean TTFT of the best model when it was sent (both as the simulator was set; "measured" uses
@@ -100,7 +101,7 @@ class Shift:
     at_s: float
     phase: int
     best: str
-    kind: str  # "slowdown" or "recovery"
+    kind: str  # "slowdown", "recovery", or "both" at once (phase 3)
     switch_s: float | None = None
     intervals: float | None = None
     live_requests: int | None = None
@@ -275,7 +276,9 @@ def score(
         if best == before:
             continue
         at = i * size.phase_s
-        kind = "recovery" if table[i][best] < table[i - 1][best] else "slowdown"
+        faster = table[i][best] < table[i - 1][best]
+        slower = table[i][before] > table[i - 1][before]
+        kind = "both" if faster and slower else "recovery" if faster else "slowdown"
         shift = Shift(at, i, best, kind)
         window = [s for s in samples if at <= s.sent_s < at + size.phase_s]
         # The switch is the first request of the final run that goes to the new best.
@@ -310,7 +313,7 @@ def report(results: Sequence[Result]) -> str:
                 lines.append(
                     f"{head} {sh.switch_s:>9.2f} {sh.intervals:>9.1f} {sh.live_requests:>8}"
                 )
-        for kind in ("slowdown", "recovery"):
+        for kind in ("slowdown", "recovery", "both"):
             of_kind = [sh for sh in r.shifts if sh.kind == kind]
             if not of_kind:
                 continue

@@ -64,7 +64,7 @@ class Size:
 
 
 FULL = Size(rounds=30, open_requests=5, idle_s=60.0)
-SMOKE = Size(rounds=2, open_requests=2, idle_s=60.0)
+SMOKE = Size(rounds=1, open_requests=2, idle_s=20.0)
 SETUPS = (Setup("off", warm=False, keepalive_s=30.0), Setup("on", warm=True, keepalive_s=60.0))
 
 
