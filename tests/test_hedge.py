@@ -208,3 +208,32 @@ def test_hedging_config_is_checked() -> None:
     key = {"id": "k", "sha256": "a" * 64, "hedge": "sometimes"}
     with pytest.raises(ConfigError, match=r"keys\[0\]\.hedge"):
         parse_config({"keys": [key]})
+
+
+async def test_a_key_can_turn_hedging_off_for_its_streams(start_proxy: StartProxy) -> None:
+    from proxy.http.auth import hash_key
+
+    cfg = data()
+    cfg["keys"] = [
+        {"id": "no-hedge", "sha256": hash_key("sk-no-hedge"), "hedge": False},
+        {"id": "default", "sha256": hash_key("sk-default")},
+    ]
+    proxy = await start_proxy(cfg)
+    # Both slow, so whichever routing picks first is past its delay: a race, for keys that allow.
+    for upstream in (SLOW, FAST):
+        proxy.sim.state.profiles[upstream] = Profile(ttft_ms=400.0, gap_ms=1.0, tokens=6)
+    hedged = {}
+    for secret in ("sk-no-hedge", "sk-default"):
+        async with openai.AsyncOpenAI(
+            base_url=f"{proxy.url}/v1", api_key=secret, max_retries=0
+        ) as client:
+            raw = await client.chat.completions.with_raw_response.create(
+                model="auto:fast",
+                messages=MSG,  # type: ignore[arg-type]
+                stream=True,
+            )
+            async for _ in raw.parse():
+                pass
+        hedged[secret] = raw.headers.get("x-router-hedged")
+    assert hedged["sk-no-hedge"] is None
+    assert hedged["sk-default"] in {"primary", "hedge"}
