@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from proxy.app import build_router, make_session
+from proxy.app import build_router, enabled_providers, make_session
 from proxy.catalog import Catalog
 from proxy.config import Config, parse_config
 from proxy.serve.dispatch import Outcome
@@ -65,7 +65,9 @@ def per_call_us(fn: Any, n: int) -> float:
 
 
 def widened(config: Config, deployments: int) -> Config:
-    """The bundled catalog copied under new ids until it has ``deployments`` deployments."""
+    """The bundled catalog copied under new ids until it has ``deployments`` deployments (of
+    providers enabled with ``ENV``: local servers off by default would be dropped later)."""
+    enabled = set(enabled_providers(config, ENV))
     models = []
     count = 0
     copy = 0
@@ -74,7 +76,9 @@ def widened(config: Config, deployments: int) -> Config:
             if count >= deployments:
                 break
             mid = f"{m.id}-{copy}"
-            deps = tuple(replace(d, model_id=mid) for d in m.deployments)
+            deps = tuple(replace(d, model_id=mid) for d in m.deployments if d.provider in enabled)
+            if not deps:
+                continue
             deps = deps[: deployments - count]
             models.append(replace(m, id=mid, aliases=(), deployments=deps))
             count += len(deps)
