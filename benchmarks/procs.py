@@ -215,6 +215,9 @@ def router_config(sim_url: str) -> str:
     lines = ["# model-router benchmark config: every OpenAI-wire provider is the simulator"]
     for name in OPENAI_WIRE:
         lines += [f"[providers.{name}]", f'base_url = "{sim_url}/v1"', ""]
+    # The load generator is one address standing for many clients (1,000 held streams in
+    # the memory benchmark): the per-address share would cap it at 256.
+    lines += ["[limits]", "max_connections_per_address = 2048", ""]
     return "\n".join(lines)
 
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import uvloop
 from prometheus_client import disable_created_metrics
 
-from proxy.http.auth import hash_key, is_loopback
+from proxy.http.auth import is_loopback
 from proxy.http.metrics import METRICS
 from proxy.serve.drain import IN_FLIGHT, drain
 from proxy.serve.state import ROUTER
@@ -30,12 +30,10 @@ from .app import (
     start_server,
 )
 from .config import Config, ConfigError, load_config
+from .decide.tokens import hash_key
+from .http.hygiene import guard_library_logs
 
 log = logging.getLogger("model_router")
-
-# Libraries that log whole requests at DEBUG (botocore: the body, i.e. the prompt, and the
-# SigV4 Authorization header). They stay at WARNING whatever MODEL_ROUTER_LOG_LEVEL says.
-CHATTY_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3transfer", "urllib3")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -177,8 +175,7 @@ def _logging() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _logging()
-    for name in CHATTY_LOGGERS:
-        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
+    guard_library_logs()
     # A process-wide switch of the library: no `_created` line beside every counter and
     # histogram, which halves what a scrape formats on the event loop.
     disable_created_metrics()  # type: ignore[no-untyped-call]

@@ -19,9 +19,11 @@ from aiohttp import web
 
 from probes.loop import ProbeFailed, ProbeLoop, ProbeSettings, paced_interval_s
 from proxy.accounting.ledger import ACCOUNTING, accounting_ctx
+from proxy.decide.fields import FieldPolicy
 from proxy.http import handlers
 from proxy.http.auth import ACCESS, Access, auth_middleware
-from proxy.http.hostile_input import GuardedRunner
+from proxy.http.hostile_input import GuardedRunner, expect_continue
+from proxy.http.hygiene import guard_library_logs
 from proxy.http.metrics import METRICS, Metrics, metrics_endpoint
 from proxy.providers.base import Endpoint, Provider, UpstreamError, UpstreamRequest, UpstreamStream
 from proxy.providers.openai import OpenAIProvider
@@ -171,25 +173,29 @@ def build_provider(
     sessions: Mapping[str, aiohttp.ClientSession],
     aws_credentials: dict[str, str] | None,
     timeouts: tuple[float, float] = (5.0, 60.0),
+    fields: FieldPolicy | None = None,
 ) -> Provider:
     context = ssl.create_default_context(cafile=pc.ca_file) if pc.ca_file else None
-    if pc.kind == "openai":
+    if pc.kind in ("openai", "mistral"):
+        forwarded = (fields or FieldPolicy.build((), {pc.name: pc.extra_body_fields})).forwarded
+        if pc.kind == "mistral":
+            from proxy.providers.mistral import MistralProvider
+
+            return MistralProvider(
+                pc.name,
+                base_url=pc.base_url,
+                api_key=key or "",
+                session=sessions["openai"],
+                ssl_context=context,
+                fields=forwarded.get(pc.name),
+            )
         return OpenAIProvider(
             pc.name,
             base_url=pc.base_url,
             api_key=key or "",
             session=sessions["openai"],
             ssl_context=context,
-        )
-    if pc.kind == "mistral":
-        from .providers.mistral import MistralProvider
-
-        return MistralProvider(
-            pc.name,
-            base_url=pc.base_url,
-            api_key=key or "",
-            session=sessions["openai"],
-            ssl_context=context,
+            fields=forwarded.get(pc.name),
         )
     if pc.kind == "anthropic":
         from proxy.providers.anthropic import AnthropicProvider
@@ -350,10 +356,15 @@ def make_probe_sender(router: Router) -> ProbeLoop | None:
 
 
 def provider_fingerprint(
-    pc: ProviderConfig, key: str | None, aws_credentials: Mapping[str, str] | None
+    pc: ProviderConfig,
+    key: str | None,
+    aws_credentials: Mapping[str, str] | None,
+    fields: FieldPolicy | None = None,
 ) -> str:
     """A digest of everything a provider is built from; secrets enter only hashed."""
-    material = repr((pc, key, sorted((aws_credentials or {}).items())))
+    forwarded = fields.forwarded.get(pc.name, {}) if fields is not None else {}
+    allow = sorted((e, sorted(f)) for e, f in forwarded.items())
+    material = repr((pc, key, sorted((aws_credentials or {}).items()), allow))
     return hashlib.sha256(material.encode()).hexdigest()
 
 
@@ -376,12 +387,12 @@ def build_router(
     for name, pc in enabled.items():
         key = DEMO_KEY if demo else provider_key(pc, environ)
         aws = aws_credentials_from(environ, demo) if pc.kind == "bedrock" else None
-        fingerprints[name] = provider_fingerprint(pc, key, aws)
+        fingerprints[name] = provider_fingerprint(pc, key, aws, config.fields)
         if previous is not None and previous.provider_fingerprints.get(name) == fingerprints[name]:
             providers[name] = previous.providers[name]  # a reload that left it unchanged
         else:
             timeouts = (config.server.connect_timeout_s, config.server.upstream_idle_s)
-            providers[name] = build_provider(pc, key, sessions, aws, timeouts)
+            providers[name] = build_provider(pc, key, sessions, aws, timeouts, config.fields)
     if health is None:
         health = Health.create(
             catalog,
@@ -430,6 +441,7 @@ def make_app(
     """The app for ``config``. A reload (``app[RUNTIME].reload()``, on SIGHUP) re-reads
     ``config_path`` (the built-in defaults when None) and keeps the listen address."""
     env = dict(os.environ if environ is None else environ)
+    guard_library_logs()
     app = web.Application(
         client_max_size=config.server.max_body_bytes,
         middlewares=[
@@ -526,8 +538,10 @@ def make_app(
     app.cleanup_ctx.append(lifecycle)
     app.cleanup_ctx.append(accounting_ctx(config, env))
     app.cleanup_ctx.append(history_ctx)
-    app.router.add_post("/v1/chat/completions", handlers.chat_completions)
-    app.router.add_post("/v1/completions", handlers.completions)
+    app.router.add_post(
+        "/v1/chat/completions", handlers.chat_completions, expect_handler=expect_continue
+    )
+    app.router.add_post("/v1/completions", handlers.completions, expect_handler=expect_continue)
     app.router.add_get("/v1/models", handlers.list_models)
     app.router.add_get("/v1/router/status", handlers.router_status)
     app.router.add_get("/v1/router/history", router_history)

@@ -6,6 +6,7 @@ providers, add models and override catalog entries.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from probes.breaker import BreakerPolicy
+from proxy.decide.fields import FieldPolicy, check_extra
 from proxy.decide.policy import TOP_LEVEL_KEYS as POLICY_KEYS
 from proxy.decide.policy import Policy, PolicyError, parse_policy
 
@@ -117,6 +119,8 @@ class ProviderConfig:
     # A PEM file of CAs to trust for this provider's endpoint instead of the system store: a
     # private gateway, a local server behind TLS, the simulator's TLS mode.
     ca_file: str = ""
+    # Request fields beyond OpenAI's schema this provider is sent (e.g. vLLM's top_k).
+    extra_body_fields: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +209,26 @@ class LimitsSettings:
     keepalive_timeout_s: float = 75.0
     # Connections past this get 503 and are closed; 512 concurrent streams fit with room.
     max_connections: int = 2048
+    # Open connections one client address may hold; past it: 429, closed. 0 means an eighth
+    # of max_connections, so one sender cannot take every connection.
+    max_connections_per_address: int = 0
+    # A new connection must send its first request's headers within this (it has shown
+    # nothing yet, so it gets less than header_timeout_s); idle-and-never-used is not kept.
+    first_request_timeout_s: float = 5.0
+    # Addresses or networks (CIDR) of reverse proxies in front of the router: their
+    # X-Forwarded-For names the client, and they are exempt from the per-address cap.
+    trusted_proxies: tuple[str, ...] = ()
+
+    @property
+    def per_address(self) -> int:
+        return self.max_connections_per_address or max(1, self.max_connections // 8)
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardingSettings:
+    """What request fields go upstream besides OpenAI's own (proxy/decide/fields.py)."""
+
+    extra_body_fields: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +268,9 @@ class Config:
     limits: LimitsSettings = LimitsSettings()
     keys: tuple[KeyConfig, ...] = ()
     hedging: HedgeSettings = field(default_factory=HedgeSettings)
+    forwarding: ForwardingSettings = ForwardingSettings()
+    # Built from forwarding and the providers' extra_body_fields by parse_config.
+    fields: FieldPolicy = field(default_factory=lambda: FieldPolicy.build((), {}))
 
     def with_providers(self, providers: Mapping[str, ProviderConfig]) -> Config:
         return replace(self, providers=dict(providers))
@@ -335,6 +362,9 @@ def _typed(cls: type, raw: dict[str, Any], path: str, **fixed: Any) -> Any:
             ok = isinstance(value, int) and not isinstance(value, bool)
         elif isinstance(default, str):
             ok = isinstance(value, str)
+        elif isinstance(default, tuple):
+            ok = isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+            value = tuple(value) if ok else value
         else:
             ok = isinstance(value, dict)
         if not ok:
@@ -446,6 +476,13 @@ def _providers(raw: Any) -> dict[str, ProviderConfig]:
         merged.update(table)
         merged.pop("name", None)
         merged.pop("kind", None)
+        if "extra_body_fields" in table:
+            try:
+                merged["extra_body_fields"] = check_extra(
+                    table["extra_body_fields"], f"{path}.extra_body_fields"
+                )
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         providers[name] = _typed(ProviderConfig, merged, path, name=name, kind=kind)
         if providers[name].kind != "bedrock" and not providers[name].base_url:
             raise ConfigError(f"{path}.base_url: required for kind {kind!r}")
@@ -497,7 +534,7 @@ def _scaled_nominals(model: Model, nominal_ms: float) -> tuple[Deployment, ...]:
 
 
 TOP_LEVEL = {"server", "routing", "probes", "providers", "models", "overrides", *POLICY_KEYS}
-TOP_LEVEL |= {"usage", "cache", "budget", "limits", "keys", "breaker", "hedging"}
+TOP_LEVEL |= {"usage", "cache", "budget", "limits", "keys", "breaker", "forwarding", "hedging"}
 
 
 def _hedging(raw: Any) -> HedgeSettings:
@@ -537,9 +574,32 @@ def _accounting(data: Mapping[str, Any]) -> dict[str, Any]:
 def _limits(raw: Any) -> LimitsSettings:
     limits: LimitsSettings = _typed(LimitsSettings, _check(raw, LimitsSettings, "limits"), "limits")
     for f in fields(LimitsSettings):
-        if getattr(limits, f.name) <= 0:
+        value = getattr(limits, f.name)
+        if isinstance(value, tuple) or f.name == "max_connections_per_address":
+            continue  # 0 per address: the default share of max_connections
+        if value <= 0:
             raise ConfigError(f"limits.{f.name}: must be positive")
+    for entry in limits.trusted_proxies:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"limits.trusted_proxies: {entry!r} is not an IP address or network"
+            ) from None
     return limits
+
+
+def _forwarding(raw: Any, providers: Mapping[str, ProviderConfig]) -> dict[str, Any]:
+    table = _check(raw, ForwardingSettings, "forwarding")
+    try:
+        extra = check_extra(table.get("extra_body_fields", []), "forwarding.extra_body_fields")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    per_provider = {name: pc.extra_body_fields for name, pc in providers.items()}
+    return {
+        "forwarding": ForwardingSettings(extra),
+        "fields": FieldPolicy.build(extra, per_provider),
+    }
 
 
 _SHA256_HEX = frozenset("0123456789abcdef")
@@ -658,6 +718,7 @@ def parse_config(data: Mapping[str, Any], source: str = "<string>") -> Config:
         limits=_limits(data.get("limits", {})),
         keys=_keys(data.get("keys"), catalog),
         hedging=_hedging(data.get("hedging", {})),
+        **_forwarding(data.get("forwarding", {}), providers),
     )
 
 

@@ -51,3 +51,18 @@ class RouterError(Exception):
 
 def bad_request(message: str, param: str | None, code: str | None = None) -> RouterError:
     return RouterError(400, message, param=param, code=code)
+
+
+# How much of a client-supplied value an error message may quote: enough to recognise it,
+# never a 4 MB model name echoed back (or written to a log).
+QUOTE_MAX = 256
+
+
+def quote(value: object) -> str:
+    """``repr(value)`` cut to at most QUOTE_MAX characters of the client's value."""
+    if isinstance(value, str) and len(value) > QUOTE_MAX:
+        return repr(value[:QUOTE_MAX]) + f"... ({len(value)} characters)"
+    text = repr(value)
+    if len(text) > QUOTE_MAX + 2:
+        return text[: QUOTE_MAX + 2] + f"... ({len(text)} characters)"
+    return text

@@ -37,6 +37,7 @@ FIELDS = {
     "prompt_tokens",
     "completion_tokens",
     "cost",
+    "estimated",
 }
 
 

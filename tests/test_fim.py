@@ -5,12 +5,14 @@ llama.cpp get the prompt in the model's FIM template)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import openai
 import pytest
 
 from proxy.providers.fim import TEMPLATES
+from proxy.serve.health import SNAPSHOT_MAX_AGE_S
 from tests.conftest import Proxy, StartProxy
 from tests.openapi_schema import assert_valid
 
@@ -130,6 +132,7 @@ async def test_auto_fast_fim_picks_the_fim_deployment_with_the_lowest_measured_t
         for key in fim_keys:
             for _ in range(20):
                 table.observe(key, 60.0 if key == fastest else 900.0, "live")
+        await asyncio.sleep(SNAPSHOT_MAX_AGE_S * 2)  # TTFT changes reach routing this late
         raw = await proxy.client().completions.with_raw_response.create(
             model="auto:fast", prompt=PROMPT, suffix=SUFFIX, max_tokens=16
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,16 +19,24 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from proxy.decide.fields import EXTENSION_FIELDS, openai_fields
 from tests.conftest import Proxy, server_log, spawn_server, stop_server
 from tests.openapi_schema import assert_valid
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 class Server:
     """A ``serve --demo`` subprocess, its stderr read on a thread, and a keep-alive client."""
 
     def __init__(self) -> None:
+        self.sim_port = free_port()
         self.proc, url = spawn_server(
-            ["serve", "--demo", "--port", "0"],
+            ["serve", "--demo", "--port", "0", "--sim-port", str(self.sim_port)],
             {"MODEL_ROUTER_DEMO_SCALE": "0.001", "MODEL_ROUTER_LOG_LEVEL": "DEBUG"},
         )
         self.port = int(url.rsplit(":", 1)[1])
@@ -52,6 +61,15 @@ class Server:
                 self._conn = None
             return resp.status, resp.headers, data
         raise AssertionError("unreachable")
+
+    def fields_seen(self) -> set[str]:
+        """Every top-level field the simulated upstreams were sent, so far."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.sim_port, timeout=10)
+        try:
+            conn.request("GET", "/_sim/stats")
+            return set(json.loads(conn.getresponse().read())["fields_seen"])
+        finally:
+            conn.close()
 
     @property
     def lines(self) -> list[str]:
@@ -162,7 +180,12 @@ FIELDS = [
     "user",
     "metadata",
     "api_base",
+    "aws_region",
+    "litellm_params",
+    "extra_body",
+    "top_k",
 ]
+FORWARDABLE = openai_fields()["chat"] | openai_fields()["completions"]
 tool_lists = st.lists(
     st.fixed_dictionaries(
         {"type": st.just("function")},
@@ -245,6 +268,36 @@ def test_nearly_valid_bodies_with_wrong_types_are_routed_or_refused_cleanly(
 
     since = len(server.lines)
     run()
+    assert_clean_log(server, since)
+
+
+def test_no_unknown_field_ever_reaches_an_upstream(server: Server) -> None:
+    """Any top-level field names at all: each request is refused or routed, and what the
+    upstreams were sent holds only fields OpenAI's schema defines."""
+
+    @settings(SETTINGS, max_examples=150)
+    @given(
+        endpoint=st.sampled_from(["/v1/chat/completions", "/v1/completions"]),
+        extra=st.dictionaries(
+            st.text(max_size=30) | st.sampled_from(FIELDS) | st.sampled_from(sorted(FORWARDABLE)),
+            st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=10),
+            max_size=4,
+        ),
+    )
+    def run(endpoint: str, extra: dict[str, Any]) -> None:
+        body = mutated(endpoint, "auto:economy:cheap", False, [])
+        body.update(extra)
+        status, headers, data = server.post(dumps(body), endpoint)
+        check(status, headers, data)
+        ours = openai_fields()["chat" if endpoint.endswith("chat/completions") else "completions"]
+        unknown = set(extra) - ours - EXTENSION_FIELDS
+        if unknown:
+            assert status == 400, (status, data[:300])
+            assert orjson.loads(data)["error"]["param"] in unknown
+
+    since = len(server.lines)
+    run()
+    assert server.fields_seen() <= FORWARDABLE, server.fields_seen() - FORWARDABLE
     assert_clean_log(server, since)
 
 
@@ -466,6 +519,36 @@ CORPUS: list[Any] = [
         400,
         "api_key",
         id="api-key-in-body",
+    ),
+    pytest.param(
+        b'{"model": "auto", "messages": ' + MSG + b', "aws_region": "us-west-2"}',
+        400,
+        "aws_region",
+        id="aws-region",
+    ),
+    pytest.param(
+        b'{"model": "auto", "messages": ' + MSG + b', "litellm_params": {"api_base": "x"}}',
+        400,
+        "litellm_params",
+        id="litellm-params",
+    ),
+    pytest.param(
+        b'{"model": "auto", "messages": ' + MSG + b', "extra_body": {"api_base": "x"}}',
+        400,
+        "extra_body",
+        id="nested-extra-body",
+    ),
+    pytest.param(
+        b'{"model": "auto", "messages": ' + MSG + b', "mock_response": "free"}',
+        400,
+        "mock_response",
+        id="mock-response",
+    ),
+    pytest.param(
+        b'{"model": "auto", "messages": ' + MSG + b', "frobnicate": 1}',
+        400,
+        "frobnicate",
+        id="unknown-field",
     ),
     pytest.param(
         b'{"model": "gpt-5-nano", "messages": [{"role": "user", "content": [5, null, {"type": 1}]}]}',

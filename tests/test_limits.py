@@ -235,7 +235,7 @@ async def test_a_body_slower_than_body_timeout_gets_408(start_proxy: StartProxy)
 async def test_connections_past_max_connections_get_503_and_are_closed(
     start_proxy: StartProxy,
 ) -> None:
-    proxy = await start_proxy({"limits": {"max_connections": 2}})
+    proxy = await start_proxy({"limits": {"max_connections": 2, "max_connections_per_address": 2}})
     health = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
     async def open_and_ask() -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:

@@ -43,6 +43,7 @@ def row(**values: Any) -> tuple[Any, ...]:
         "arm": None,
         "escalated_from": None,
         "complexity": None,
+        "estimated": 0,
         "hedged": None,
         "hedge_cost": 0.0,
     }
@@ -123,6 +124,8 @@ def test_totals_and_groups_by_model_match_the_rows(db: str) -> None:
         "errors": 1,
         "prompt_tokens": 130,
         "completion_tokens": 260,
+        "estimated": 0,
+        "estimated_cost_usd": 0.0,
         "hedged": 1,
         "hedge_cost_usd": pytest.approx(0.004),
     }
@@ -170,6 +173,7 @@ def test_table_is_readable_in_a_terminal(db: str) -> None:
         "cache",
         "hits",
         "fallbacks",
+        "estimated",
         "cost",
         "(USD)",
         "TTFT",
@@ -178,7 +182,19 @@ def test_table_is_readable_in_a_terminal(db: str) -> None:
         "p95",
     ]
     nano = next(line for line in lines if line.startswith("gpt-5-nano"))
-    assert nano.split() == ["gpt-5-nano", "11", "0", "1", "1", "0.010000", "50", "ms", "100", "ms"]
+    assert nano.split() == [
+        "gpt-5-nano",
+        "11",
+        "0",
+        "1",
+        "1",
+        "0",
+        "0.010000",
+        "50",
+        "ms",
+        "100",
+        "ms",
+    ]
     none = next(line for line in lines if line.startswith("(none)"))
     assert none.split()[-2:] == ["-", "-"]
     # Columns line up: every row is as wide as the header.
@@ -267,3 +283,24 @@ def test_older_log_without_arm_columns_gains_them(tmp_path: Path) -> None:
     insert(conn, [row(arm="y:control")])
     conn.close()
     assert as_json(path, "--by", "arm")["arms"][0]["arm"] == "y:control"
+
+
+def test_estimated_rows_are_counted_and_said(tmp_path: Path) -> None:
+    """Streams cut short are charged by the router's count; the report says how many."""
+    path = str(tmp_path / "usage.db")
+    conn = connect(path)
+    insert(
+        conn,
+        [
+            row(cost=0.002),
+            row(status=499, error="client_disconnected", cost=0.003, estimated=1),
+        ],
+    )
+    conn.close()
+    data = as_json(path)
+    assert data["total"]["estimated"] == 1
+    assert data["total"]["estimated_cost_usd"] == pytest.approx(0.003)
+    assert data["groups"][0]["estimated"] == 1
+    done = report("--db", path)
+    assert done.returncode == 0, done.stderr
+    assert "estimated: 1 calls ($0.003000)" in done.stdout

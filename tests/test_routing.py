@@ -197,3 +197,13 @@ def test_reason_says_what_drove_the_choice() -> None:
         1,
     )
     assert p.reason == "prefer=fast tier=any ttft_ewma_ms=120"
+
+
+def test_min_coding_score_above_every_model_is_a_400_naming_it() -> None:
+    intent = parse_intent(
+        {"model": "auto", "messages": [{"role": "user", "content": "x"}], "min_coding_score": 99},
+        "chat",
+    )
+    with pytest.raises(RouterError) as caught:
+        plan(intent, CATALOG, NOMINAL, 3)
+    assert caught.value.status == 400 and caught.value.param == "min_coding_score"

@@ -16,7 +16,7 @@ import orjson
 from cachetools import TTLCache
 
 from proxy.config import CacheSettings
-from proxy.decide.intent import EXTENSION_FIELDS
+from proxy.decide.fields import EXTENSION_FIELDS
 from proxy.errors import bad_request
 
 # Fields that do not change the answer. "model" is replaced by the routed model's id.

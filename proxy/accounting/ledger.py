@@ -94,6 +94,7 @@ class Accounting:
                 outcome.arm,
                 outcome.escalated_from,
                 outcome.complexity,
+                int(outcome.estimated),
                 outcome.hedged,
                 outcome.hedge_cost,
             )

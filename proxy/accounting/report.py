@@ -80,10 +80,19 @@ def summarize(path: str, since: float, by: str) -> dict[str, Any]:
         ).fetchone()
         if not has_table:
             raise ReportError(f"{path}: not a model-router usage log (no usage table)")
-        agg = """COUNT(*), COALESCE(SUM(cost), 0), COALESCE(SUM(cache_hit), 0),
+        have = {row[1] for row in conn.execute("PRAGMA table_info(usage)")}
+        # A log from before estimates were flagged has none.
+        estimated = "COALESCE(estimated, 0)" if "estimated" in have else "0"
+        # Nor one from before hedging.
+        hedged = "hedge_cost" in have
+        hedges = "COALESCE(SUM(hedged IS NOT NULL), 0)" if hedged else "0"
+        hedge_cost = "COALESCE(SUM(hedge_cost), 0)" if hedged else "0"
+        agg = f"""COUNT(*), COALESCE(SUM(cost), 0), COALESCE(SUM(cache_hit), 0),
                  COALESCE(SUM(attempts > 1), 0), COALESCE(SUM(status >= 400), 0),
                  COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0),
-                 COALESCE(SUM(hedged IS NOT NULL), 0), COALESCE(SUM(hedge_cost), 0)"""
+                 COALESCE(SUM({estimated}), 0),
+                 COALESCE(SUM(CASE WHEN {estimated} THEN cost ELSE 0 END), 0),
+                 {hedges}, {hedge_cost}"""
         total = conn.execute(f"SELECT {agg} FROM usage WHERE ts >= ?", (since,)).fetchone()
         rows = conn.execute(
             f"SELECT {column}, {agg} FROM usage WHERE ts >= ? GROUP BY {column}", (since,)
@@ -101,7 +110,10 @@ def summarize(path: str, since: float, by: str) -> dict[str, Any]:
         conn.close()
 
     def counts(values: Sequence[Any]) -> dict[str, Any]:
-        calls, cost, hits, fallbacks, errors, tokens_in, tokens_out, hedges, hedge_cost = values
+        calls, cost, hits, fallbacks, errors, tokens_in, tokens_out, est, est_cost, *hedging = (
+            values
+        )
+        hedges, hedge_cost = hedging
         return {
             "calls": int(calls),
             "cost_usd": round(float(cost), 10),
@@ -110,6 +122,10 @@ def summarize(path: str, since: float, by: str) -> dict[str, Any]:
             "errors": int(errors),
             "prompt_tokens": int(tokens_in),
             "completion_tokens": int(tokens_out),
+            # Streams cut short (client left, upstream broke): tokens counted by the router.
+            "estimated": int(est),
+            "estimated_cost_usd": round(float(est_cost), 10),
+            # Hedged races; the cancelled attempts' cost is part of cost_usd.
             "hedged": int(hedges),
             "hedge_cost_usd": round(float(hedge_cost), 10),
         }
@@ -151,10 +167,27 @@ def render(summary: dict[str, Any], since_text: str) -> str:
         f"total: ${t['cost_usd']:.6f} over {t['calls']} calls; {t['cache_hits']} cache hits, "
         f"{t['fallbacks']} fallbacks, {t['errors']} errors; "
         f"{t['prompt_tokens']} tokens in, {t['completion_tokens']} out",
-        f"hedged: {t['hedged']} streams; hedge spend ${t['hedge_cost_usd']:.6f} (in the total)",
-        "",
     ]
-    header = ("calls", "errors", "cache hits", "fallbacks", "cost (USD)", "TTFT p50", "TTFT p95")
+    if t["hedged"]:
+        lines.append(
+            f"hedged: {t['hedged']} streams; hedge spend ${t['hedge_cost_usd']:.6f} (in the total)"
+        )
+    if t["estimated"]:
+        lines.append(
+            f"estimated: {t['estimated']} calls (${t['estimated_cost_usd']:.6f}) were streams "
+            "cut short, charged for the tokens the router counted"
+        )
+    lines.append("")
+    header = (
+        "calls",
+        "errors",
+        "cache hits",
+        "fallbacks",
+        "estimated",
+        "cost (USD)",
+        "TTFT p50",
+        "TTFT p95",
+    )
     table = [
         (
             str(g[by]) if g[by] is not None else "(none)",
@@ -162,6 +195,7 @@ def render(summary: dict[str, Any], since_text: str) -> str:
             str(g["errors"]),
             str(g["cache_hits"]),
             str(g["fallbacks"]),
+            str(g["estimated"]),
             f"{g['cost_usd']:.6f}",
             _ms(g["ttft_p50_ms"]),
             _ms(g["ttft_p95_ms"]),

@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS usage (
     arm TEXT,                      -- experiment arm, "<name>:control" / "<name>:treatment"
     escalated_from TEXT,           -- the tier whose answer was retried a tier up
     complexity REAL,               -- the classifier's score when the tier was auto
+    estimated INTEGER,             -- 1: tokens and cost estimated (a stream cut short)
     hedged TEXT,                   -- a hedged race's winner: primary | hedge (NULL: none)
     hedge_cost REAL                -- USD the race's cancelled attempt cost (part of cost)
 );
@@ -83,6 +84,7 @@ COLUMNS = (
     "arm",
     "escalated_from",
     "complexity",
+    "estimated",
     "hedged",
     "hedge_cost",
 )
@@ -91,6 +93,7 @@ LATER_COLUMNS = {
     "arm": "TEXT",
     "escalated_from": "TEXT",
     "complexity": "REAL",
+    "estimated": "INTEGER",
     "hedged": "TEXT",
     "hedge_cost": "REAL",
 }

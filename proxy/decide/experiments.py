@@ -10,6 +10,7 @@ from dataclasses import replace
 
 from .intent import Intent
 from .policy import Experiment
+from .tokens import bearer, hash_key
 
 # Buckets per experiment: percentages resolve to 0.01 %.
 BUCKETS = 10_000
@@ -29,10 +30,8 @@ def in_treatment(e: Experiment, request_id: str) -> bool:
 def key_id(authorization: str | None) -> str | None:
     """The client key's id for matching: the SHA-256 hex digest of the bearer token (the
     form access control stores keys in); never the key itself."""
-    if not authorization or not authorization.lower().startswith("bearer "):
-        return None
-    token = authorization[7:].strip()
-    return hashlib.sha256(token.encode()).hexdigest() if token else None
+    token = bearer(authorization)
+    return hash_key(token) if token is not None else None
 
 
 def matches(e: Experiment, intent: Intent, key: str | None) -> bool:

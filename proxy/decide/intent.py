@@ -10,17 +10,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.catalog import PREFERS, TIERS, Prefer, Tier
-from proxy.errors import RouterError, bad_request
+from proxy.errors import RouterError, bad_request, quote
 from proxy.providers.base import Endpoint
 
+from .fields import EXTENSION_FIELDS
 from .policy import DEFAULT_TASKS, TaskRoute
 
-# Routing extensions: never forwarded upstream.
+# Routing extensions (never forwarded upstream) are listed in proxy/decide/fields.py.
 # "cache": true/false opts a request in or out of the response cache (proxy/accounting/cache.py).
-# "hedge": true/false opts a stream in or out of a hedged first-token race (serve/hedge.py).
-EXTENSION_FIELDS = frozenset(
-    {"prefer", "tier", "min_coding_score", "models", "task", "escalate", "cache", "hedge"}
-)
 
 # Rough tokens for an image part; the context check only needs an upper-ish estimate.
 IMAGE_TOKENS = 800
@@ -79,7 +76,7 @@ def _parse_model(model: str) -> tuple[bool, str | None, Prefer | None]:
 
 def _model_help(model: str) -> str:
     return (
-        f"'model' {model!r} is not a valid auto route: use 'auto', 'auto:<prefer>', "
+        f"'model' {quote(model)} is not a valid auto route: use 'auto', 'auto:<prefer>', "
         f"'auto:<tier>' or 'auto:<tier>:<prefer>' with tier in {', '.join(TIERS)} "
         f"or auto, and prefer in {', '.join(PREFERS)}"
     )
@@ -171,7 +168,7 @@ def _task(body: Mapping[str, Any], tasks: Mapping[str, TaskRoute]) -> str | None
         return None
     if not isinstance(task, str) or task not in tasks:
         raise bad_request(
-            f"'task' {task!r} is not a known task; use one of {', '.join(sorted(tasks))}",
+            f"'task' {quote(task)} is not a known task; use one of {', '.join(sorted(tasks))}",
             "task",
             "unknown_task",
         )
@@ -208,12 +205,14 @@ def parse_intent(
     auto, tier, prefer = _parse_model(model)
     if (p := body.get("prefer")) is not None:
         if p not in PREFERS:
-            raise bad_request(f"'prefer' must be one of {', '.join(PREFERS)}; got {p!r}", "prefer")
+            raise bad_request(
+                f"'prefer' must be one of {', '.join(PREFERS)}; got {quote(p)}", "prefer"
+            )
         prefer = p
     if (t := body.get("tier")) is not None:
         if t not in TIERS and t != "auto":
             raise bad_request(
-                f"'tier' must be one of {', '.join(TIERS)} or auto; got {t!r}", "tier"
+                f"'tier' must be one of {', '.join(TIERS)} or auto; got {quote(t)}", "tier"
             )
         tier = t
     task = _task(body, tasks)
@@ -277,7 +276,7 @@ def forwarded_body(body: Mapping[str, Any]) -> dict[str, Any]:
 def not_found(model: str) -> RouterError:
     return RouterError(
         404,
-        f"The model {model!r} does not exist or is not enabled. GET /v1/models lists every "
+        f"The model {quote(model)} does not exist or is not enabled. GET /v1/models lists every "
         "routable model; use 'auto' to route by intent.",
         param="model",
         code="model_not_found",

@@ -198,12 +198,16 @@ def plan(
         )
         chosen, forced = open_ones[:limit], True
     if not chosen:
-        raise _nothing_eligible(intent, too_small, incapable, denied)
+        raise _nothing_eligible(intent, too_small, incapable, denied, catalog)
     return Plan(tuple(chosen), _reason(intent, chosen[0], snap, forced), forced)
 
 
 def _nothing_eligible(
-    intent: Intent, too_small: list[Model], incapable: list[Model], denied: list[Model]
+    intent: Intent,
+    too_small: list[Model],
+    incapable: list[Model],
+    denied: list[Model],
+    catalog: Catalog,
 ) -> RouterError:
     if too_small:
         largest = max(m.context_length for m in too_small)
@@ -235,6 +239,17 @@ def _nothing_eligible(
             code="model_not_allowed",
         )
     where = f"tier {intent.tier!r}" if intent.tier else "the catalog"
+    score = intent.min_coding_score
+    offered = [m for m in catalog.models if intent.tier in (None, m.tier)]
+    if score is not None and offered:
+        # The client asked for more than any model offers: its request, not our outage.
+        best = max(m.coding.value for m in offered)
+        return bad_request(
+            f"no enabled model in {where} has a coding score of at least {score:g} "
+            f"(the highest is {best:g}); lower min_coding_score",
+            "min_coding_score",
+            "no_model_meets_min_coding_score",
+        )
     return RouterError(
         503,
         f"no model in {where} is enabled; configure a provider for it (see /v1/models)",

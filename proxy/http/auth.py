@@ -5,7 +5,6 @@ concurrent streams). Keys live in config only as SHA-256 digests; a key never re
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import ipaddress
 import logging
@@ -19,9 +18,12 @@ from aiohttp import web
 from proxy.catalog import Catalog, Model
 from proxy.config import KeyConfig
 from proxy.decide.intent import Intent
+from proxy.decide.tokens import bearer, hash_key
 from proxy.errors import RouterError
 from proxy.serve.dispatch import Outcome
 from proxy.serve.state import ROUTER
+
+from .hostile_input import client_address
 
 log = logging.getLogger("model_router.auth")
 
@@ -34,11 +36,6 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz", "/status"})
 # Tokens reserved for the answer when the client does not say max_tokens; the bucket is
 # corrected to the real usage when the request ends.
 UNSTATED_MAX_TOKENS = 1024
-
-
-def hash_key(key: str) -> str:
-    """What goes in config for a key: its SHA-256 hex digest."""
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def is_loopback(host: str) -> bool:
@@ -258,7 +255,7 @@ class Access:
 
     def authenticate(self, header: str | None, keys: Sequence[KeyConfig]) -> KeyConfig:
         """The key whose digest matches the bearer token; RouterError 401 otherwise."""
-        token = _bearer(header)
+        token = bearer(header)
         if token is None:
             raise _unauthorized(
                 "missing_api_key",
@@ -273,16 +270,6 @@ class Access:
         if found is None:
             raise _unauthorized("invalid_api_key", "Incorrect API key provided.")
         return found
-
-
-def _bearer(header: str | None) -> str | None:
-    if not header:
-        return None
-    scheme, _, token = header.strip().partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        return None
-    return token
 
 
 def _unauthorized(code: str, message: str) -> RouterError:
@@ -308,11 +295,18 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     try:
         key = access.authenticate(request.headers.get("Authorization"), keys)
     except RouterError as err:
-        peer = request.remote or "?"
-        log.info("refused %s %s from %s: %s", request.method, request.path, peer, err.code)
+        peer = client_address(request, request.app[ROUTER].current.config.limits.trusted_proxies)
+        # The route, not the raw path: a path is client bytes and may carry anything.
+        log.info("refused %s %s from %s: %s", request.method, route_of(request), peer, err.code)
         raise
     request[PRINCIPAL] = access.principal(key)
     return await handler(request)
+
+
+def route_of(request: web.Request) -> str:
+    """The matched route's pattern (``/v1/models``), or ``(no route)``: safe to log."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "(no route)"
 
 
 def require_admin(request: web.Request) -> None:

@@ -18,14 +18,14 @@ from proxy.decide.experiments import key_id
 from proxy.decide.intent import forwarded_body, parse_intent
 from proxy.decide.resolve import resolve
 from proxy.decide.routing import plan
-from proxy.errors import RouterError
+from proxy.errors import RouterError, quote
 from proxy.providers.base import Endpoint
 from proxy.serve.dispatch import Outcome
 from proxy.serve.escalation import complete_escalating
 from proxy.serve.state import ROUTER, Router
 
 from . import hostile_input
-from .auth import Ticket, principal
+from .auth import Ticket, principal, route_of
 
 access_log = logging.getLogger("model_router.access")
 log = logging.getLogger("model_router")
@@ -65,9 +65,12 @@ def error_response(err: RouterError, request_id: str | None = None) -> web.Respo
     headers = dict(err.headers)
     if request_id:
         headers.setdefault("x-request-id", request_id)
-    return web.Response(
+    response = web.Response(
         body=err.body(), status=err.status, content_type="application/json", headers=headers
     )
+    if headers.get("Connection", "").lower() == "close":
+        response.force_close()  # a refused body (408, 413) is not read to its end
+    return response
 
 
 async def _route(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
@@ -81,11 +84,16 @@ async def _route(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
     budget.active += 1
     try:
         body = await hostile_input.read_json(request, router.config.limits)
+        if type(body) is dict:
+            router.config.fields.check(body, endpoint)  # an allowlist: unknown fields are 400
         policy = router.config.policy
         intent = parse_intent(body, endpoint, policy.tasks)
         outcome.stream = intent.stream
+        # Names the catalog does not know are client text: logged as "(unknown)", never echoed.
+        named = router.catalog.get
+        pinned = tuple(n if named(n) is not None else "(unknown)" for n in intent.pinned)
         outcome.intent = describe(
-            intent.pinned, intent.prefer, "auto" if intent.tier_auto else intent.tier, intent.task
+            pinned, intent.prefer, "auto" if intent.tier_auto else intent.tier, intent.task
         )
         # The key's own limits and allowances see what the client asked for, before the
         # classifier or an experiment picks a tier.
@@ -175,6 +183,7 @@ def access_log_sink(outcome: Outcome, seconds: float) -> None:
         "prompt_tokens": outcome.prompt_tokens,
         "completion_tokens": outcome.completion_tokens,
         "cost": outcome.cost,
+        "estimated": outcome.estimated,
         "complexity": outcome.complexity,
         "arm": outcome.arm,
         "escalated_from": outcome.escalated_from,
@@ -241,25 +250,28 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         return error_response(err)
     except web.HTTPRequestEntityTooLarge as exc:
         limit = exc.text or ""
-        return error_response(
+        response = error_response(
             RouterError(
                 413, f"the request body is too large ({limit.strip()})", code="request_too_large"
             )
         )
+        # Closed: reading (and throwing away) the rest of a body we refused helps nobody.
+        response.force_close()
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         return error_response(
             RouterError(
                 exc.status,
-                f"{request.method} {request.path}: {exc.reason}",
+                f"{request.method} {quote(request.path)}: {exc.reason}",
                 type="invalid_request_error" if exc.status < 500 else "server_error",
                 code=exc.reason.lower().replace(" ", "_"),
             )
         )
     except Exception as exc:
         # Never the exception's repr: aiohttp's can carry request headers.
-        log.error("unhandled %s in %s %s", type(exc).__name__, request.method, request.path)
+        log.error("unhandled %s in %s %s", type(exc).__name__, request.method, route_of(request))
         return error_response(
             RouterError(
                 500, "internal error in the router", type="server_error", code="internal_error"

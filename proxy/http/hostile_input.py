@@ -1,11 +1,14 @@
 """Limits on hostile input, each with a clear answer: header and body read deadlines (408),
-open connections (503), body size (413, aiohttp's ``client_max_size``), JSON nesting depth,
-number of messages and request fields that try to steer the upstream (400).
+open connections (503; 429 past one address's share), body size (413, aiohttp's
+``client_max_size``), JSON nesting depth and number of messages (400). The protocol also
+logs a malformed request as one line without its bytes (proxy/http/hygiene.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import ipaddress
 from collections.abc import Callable
 from typing import Any
 
@@ -17,33 +20,21 @@ from proxy.config import LimitsSettings
 from proxy.errors import RouterError, bad_request
 from proxy.serve.state import ROUTER
 
-# Fields some gateways honour to pick an upstream or its credentials per request (LiteLLM's
-# api_base sent its owner's key to an attacker's host, CVE-2024-6587). Upstreams and keys
-# come only from config. Refused rather than dropped: a silent drop lets the client believe
-# it chose the endpoint, and forwarding would hand a client's secret to a third party.
-ROUTING_FIELDS = frozenset(
-    {
-        "api_base",
-        "base_url",
-        "api_key",
-        "api_version",
-        "api_type",
-        "organization",
-        "custom_llm_provider",
-        "extra_headers",
-        "headers",
-        "endpoint_url",
-        "aws_access_key_id",
-        "aws_secret_access_key",
-        "aws_session_token",
-        "aws_region_name",
-        "aws_profile_name",
-    }
-)
+from .hygiene import BadRequestLog
 
 
 async def read_body(request: web.Request, limits: LimitsSettings) -> bytes:
-    """The whole body within ``body_timeout_s``; over ``client_max_size`` aiohttp raises 413."""
+    """The whole body within ``body_timeout_s``; over ``client_max_size`` aiohttp raises 413.
+    A Content-Length over the limit is refused before a byte of the body is read."""
+    limit = request.client_max_size
+    if (length := request.content_length) is not None and length > limit:
+        raise RouterError(
+            413,
+            f"the request body is too large (Content-Length {length} is over "
+            f"max_body_bytes, {limit} bytes)",
+            code="request_too_large",
+            headers={"Connection": "close"},
+        )
     try:
         async with asyncio.timeout(limits.body_timeout_s):
             return await request.read()
@@ -100,17 +91,10 @@ def _deeper_than(value: Any, limit: int) -> bool:
 
 
 def screen(body: Any, limits: LimitsSettings) -> Any:
-    """Refuse upstream-steering fields and too many messages before anything else looks."""
+    """Refuse too many messages before anything else looks. (Unknown fields, those that
+    would steer an upstream among them, are proxy/decide/fields.py's.)"""
     if type(body) is not dict:
         return body  # parse_intent names the problem
-    if not ROUTING_FIELDS.isdisjoint(body):
-        name = sorted(ROUTING_FIELDS.intersection(body))[0]
-        raise bad_request(
-            f"'{name}' is not accepted: upstream endpoints and credentials come only from "
-            "the router's config",
-            name,
-            "unsupported_parameter",
-        )
     messages = body.get("messages")
     if type(messages) is list and len(messages) > limits.max_messages:
         raise bad_request(
@@ -119,6 +103,33 @@ def screen(body: Any, limits: LimitsSettings) -> Any:
             "too_many_messages",
         )
     return body
+
+
+async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """``Expect: 100-continue``: the client waits for a go-ahead before sending the body.
+    Answer 413 at once (and close) when Content-Length is over the limit; 100 otherwise."""
+    expect = request.headers.get("Expect", "")
+    if expect.lower() != "100-continue":
+        return _closing(
+            RouterError(
+                417, "the only Expect this server understands is 100-continue", code="expectation"
+            )
+        )
+    limit = request.app[ROUTER].current.config.server.max_body_bytes
+    length = request.content_length
+    if length is not None and length > limit:
+        return _closing(
+            RouterError(
+                413,
+                f"the request body is too large (Content-Length {length} is over "
+                f"max_body_bytes, {limit} bytes)",
+                code="request_too_large",
+            )
+        )
+    if request.version >= (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer proper has not started
+    return None
 
 
 async def read_json(request: web.Request, limits: LimitsSettings) -> Any:
@@ -140,19 +151,95 @@ REQUEST_TIMEOUT = (
 OVER_CAPACITY_HEADER_S = 1.0
 
 
-async def _over_capacity(request: BaseRequest) -> web.StreamResponse:
-    err = RouterError(
-        503,
-        "the router is at its max_connections limit; retry shortly",
-        type="server_error",
-        code="too_many_connections",
-        headers={"Retry-After": "1"},
-    )
+def _closing(err: RouterError) -> web.Response:
     resp = web.Response(
-        body=err.body(), status=503, content_type="application/json", headers=err.headers
+        body=err.body(), status=err.status, content_type="application/json", headers=err.headers
     )
     resp.force_close()
     return resp
+
+
+async def _over_capacity(request: BaseRequest) -> web.StreamResponse:
+    return _closing(
+        RouterError(
+            503,
+            "the router is at its max_connections limit; retry shortly",
+            type="server_error",
+            code="too_many_connections",
+            headers={"Retry-After": "1"},
+        )
+    )
+
+
+async def _over_address_cap(request: BaseRequest) -> web.StreamResponse:
+    return _closing(
+        RouterError(
+            429,
+            "too many open connections from your address (max_connections_per_address); "
+            "close idle ones or retry shortly",
+            type="rate_limit_error",
+            code="too_many_connections_from_address",
+            headers={"Retry-After": "1"},
+        )
+    )
+
+
+def peer_of(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) and peer else "unix"
+
+
+@functools.cache
+def _networks(
+    trusted: tuple[str, ...],
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(net, strict=False) for net in trusted)
+
+
+def is_trusted(address: str, trusted: tuple[str, ...]) -> bool:
+    """True when ``address`` is one of the configured reverse proxies (address or CIDR)."""
+    if not trusted:
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in _networks(trusted))
+
+
+class AddressCounts:
+    """Open connections per client address, for the per-address cap."""
+
+    __slots__ = ("held",)
+
+    def __init__(self) -> None:
+        self.held: dict[str, int] = {}
+
+    def open(self, address: str, cap: int) -> bool:
+        """Count a new connection; False when the address already held ``cap``."""
+        held = self.held.get(address, 0)
+        self.held[address] = held + 1
+        return held < cap
+
+    def close(self, address: str) -> None:
+        left = self.held[address] - 1
+        if left:
+            self.held[address] = left
+        else:
+            del self.held[address]
+
+
+def client_address(request: web.BaseRequest, trusted: tuple[str, ...]) -> str:
+    """The client's address: the peer, or when the peer is a trusted proxy, the rightmost
+    X-Forwarded-For entry that is not itself a trusted proxy."""
+    peer = request.remote or "?"
+    if not is_trusted(peer, trusted):
+        return peer
+    hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",")]
+    for hop in reversed(hops):
+        if hop and not is_trusted(hop, trusted):
+            return hop[:64]
+    return peer
 
 
 class GuardedHandler(web_protocol.RequestHandler):
@@ -165,44 +252,91 @@ class GuardedHandler(web_protocol.RequestHandler):
     """
 
     __slots__ = (
+        "_address",
         "_counted",
         "_guard",
         "_header_timeout",
         "_header_timer",
-        "_max_connections",
+        "_limits",
         "_partial",
+        "_received",
     )
 
     def __init__(self, manager: GuardedServer, limits: LimitsSettings, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._guard = manager
+        self._limits = limits
         self._header_timeout = limits.header_timeout_s
-        self._max_connections = limits.max_connections
         self._header_timer: asyncio.TimerHandle | None = None
         self._partial = False
         self._counted = False
+        self._address: str | None = None  # counted against the per-address cap
+        self._received = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Counted here, not when the protocol is made: the loop makes the protocols of a
         # whole burst of accepts before the first connection_made runs.
-        guard = self._guard
-        if guard.open_connections >= self._max_connections:
+        guard, limits = self._guard, self._limits
+        address = peer_of(transport)
+        per_address = guard.by_address
+        if guard.open_connections >= limits.max_connections:
             self._request_handler = _over_capacity
             # It only gets a 503; it need not hold a socket for the full header deadline.
             self._header_timeout = min(self._header_timeout, OVER_CAPACITY_HEADER_S)
+        elif not is_trusted(address, limits.trusted_proxies):
+            if not per_address.open(address, limits.per_address):
+                self._request_handler = _over_address_cap
+                self._header_timeout = min(self._header_timeout, OVER_CAPACITY_HEADER_S)
+            self._address = address
         guard.open_connections += 1
         self._counted = True
         super().connection_made(transport)
-        self._arm()
+        # A connection that has not sent a request yet has shown nothing: a shorter deadline.
+        self._arm(min(self._header_timeout, limits.first_request_timeout_s))
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm()
         if self._counted:
             self._counted = False
             self._guard.open_connections -= 1
+        if (address := self._address) is not None:
+            self._address = None
+            self._guard.by_address.close(address)
         super().connection_lost(exc)
 
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """A request aiohttp could not parse (or a failure outside every handler): one log
+        line without the request's bytes, and an answer in OpenAI's shape that quotes none."""
+        address = self._address or (peer_of(self.transport) if self.transport else "?")
+        self._guard.bad_requests.bad_request(address, exc or f"HTTP {status}", self._received)
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started; cannot send an error")
+        if status >= 500:
+            err = RouterError(
+                status, "internal error in the router", type="server_error", code="internal_error"
+            )
+        else:
+            what = type(exc).__name__ if exc is not None else "malformed request"
+            err = RouterError(
+                status, f"the request is not valid HTTP/1.1 ({what})", code="bad_request"
+            )
+        return _closing(err)
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        # aiohttp's "Unhandled exception" with a traceback that may quote the request.
+        exc = kw.get("exc_info")
+        what = exc if isinstance(exc, BaseException) else "unhandled error"
+        address = self._address or "?"
+        self._guard.bad_requests.bad_request(address, what, self._received)
+
     def data_received(self, data: bytes) -> None:
+        self._received += len(data)
         before = self._request_count
         super().data_received(data)
         if self._request_count != before:
@@ -214,8 +348,10 @@ class GuardedHandler(web_protocol.RequestHandler):
             if self._header_timer is None:
                 self._arm()
 
-    def _arm(self) -> None:
-        self._header_timer = self._loop.call_later(self._header_timeout, self._header_deadline)
+    def _arm(self, timeout_s: float | None = None) -> None:
+        self._header_timer = self._loop.call_later(
+            self._header_timeout if timeout_s is None else timeout_s, self._header_deadline
+        )
 
     def _disarm(self) -> None:
         if self._header_timer is not None:
@@ -248,10 +384,18 @@ class GuardedServer(web.Server):
         )
         self._limits = limits
         self.open_connections = 0
+        self.by_address = AddressCounts()
+        self.bad_requests = BadRequestLog()
 
     def __call__(self) -> GuardedHandler:
         limits = self._limits()
-        kwargs = {**self._kwargs, "keepalive_timeout": limits.keepalive_timeout_s}
+        # lingering_time 0: a request answered before its body was read (a 413, a 401) has
+        # its connection closed instead of the rest of the body read and thrown away.
+        kwargs = {
+            **self._kwargs,
+            "keepalive_timeout": limits.keepalive_timeout_s,
+            "lingering_time": 0.0,
+        }
         return GuardedHandler(self, limits, loop=self._loop, **kwargs)
 
 

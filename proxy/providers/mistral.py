@@ -10,7 +10,7 @@ final stream chunk carries ``usage``.
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import aiohttp
@@ -177,9 +177,15 @@ class MistralProvider(OpenAIProvider):
         api_key: str,
         session: aiohttp.ClientSession,
         ssl_context: ssl.SSLContext | None = None,
+        fields: Mapping[str, frozenset[str]] | None = None,
     ) -> None:
         super().__init__(
-            name, base_url=base_url, api_key=api_key, session=session, ssl_context=ssl_context
+            name,
+            base_url=base_url,
+            api_key=api_key,
+            session=session,
+            ssl_context=ssl_context,
+            fields=fields,
         )
         self._fim_url = f"{base_url.rstrip('/')}/fim/completions"
 

@@ -135,11 +135,14 @@ class OpenAIProvider:
         api_key: str,
         session: aiohttp.ClientSession,
         ssl_context: ssl.SSLContext | None = None,
+        fields: Mapping[str, frozenset[str]] | None = None,
     ) -> None:
         self.name = name
         self._session = session
         # None: the system trust store (aiohttp's default); a context: the provider's ca_file.
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
+        # Top-level fields this upstream is sent, per endpoint (proxy/decide/fields.py); None: all.
+        self._fields = fields
         base = self._base = base_url.rstrip("/")
         self._urls = {"chat": f"{base}/chat/completions", "completions": f"{base}/completions"}
         # Built from an allowlist: nothing from the client's request reaches the upstream.
@@ -156,8 +159,18 @@ class OpenAIProvider:
     async def close(self) -> None:
         return None  # the session belongs to the app
 
-    async def _post(self, request: UpstreamRequest) -> aiohttp.ClientResponse:
+    def _body(self, request: UpstreamRequest) -> dict[str, Any]:
+        """The body as this upstream may see it: a field another provider's config allowed
+        is not sent here (the router checked every field against the allowlist already)."""
         body = request.body
+        if self._fields is not None:
+            allowed = self._fields[request.endpoint]
+            if not allowed.issuperset(body):
+                body = {k: v for k, v in body.items() if k in allowed}
+        return body
+
+    async def _post(self, request: UpstreamRequest) -> aiohttp.ClientResponse:
+        body = self._body(request)
         if request.fim_template and request.endpoint == "completions":
             body = render(request.fim_template, body)
         try:

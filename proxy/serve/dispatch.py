@@ -140,21 +140,27 @@ class Outcome:
     prefer: str | None = None  # as requested (None for pinned models)
     tier: str | None = None  # as requested (None: any tier, or pinned)
     cache_hit: bool = False
+    # Tokens and cost were estimated: the stream ended before the upstream's usage came.
+    estimated: bool = False
     # A hedged race: which attempt won ("primary" or "hedge"; None when none started), and
-    # what the cancelled one cost (estimated prompt tokens plus content it had produced).
+    # what the cancelled one cost (its prompt, plus the content it had produced).
     hedged: str | None = None
     hedge_cost: float = 0.0
     hedge_tokens: int = 0
 
+    def take_charge(self, charge: tuple[int, int, float, bool]) -> None:
+        """A stream's (prompt, completion, cost, estimated), from ``SSERelay.charge``.
+        ``cost`` is what the request cost us: a hedged race's cancelled attempt included (the
+        answer's own ``usage.cost`` excludes it)."""
+        self.prompt_tokens, self.completion_tokens, cost, self.estimated = charge
+        self.cost = cost + self.hedge_cost
+
     def take_usage(self, usage: Mapping[str, Any] | None) -> None:
-        """The answer's usage; ``cost`` is what the request cost us, the loser of a hedged
-        race included (the answer's own ``usage.cost`` excludes it)."""
-        self.cost = self.hedge_cost
         if not usage:
             return
         self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
         self.completion_tokens = int(usage.get("completion_tokens") or 0)
-        self.cost += float(usage.get("cost") or 0.0)
+        self.cost = float(usage.get("cost") or 0.0)
 
 
 def router_headers(cand: Candidate, plan: Plan, outcome: Outcome) -> dict[str, str]:
@@ -317,7 +323,7 @@ class Dispatcher:
                             )
                         else:
                             opened = await self._open_stream(
-                                cand, intent, body, deadline, trial, failures
+                                cand, intent, body, deadline, trial, failures, outcome
                             )
                     finally:
                         if fallback:
@@ -342,12 +348,13 @@ class Dispatcher:
         deadline: float,
         trial: bool,
         failures: list[tuple[Candidate, UpstreamError]],
+        outcome: Outcome | None = None,
         meter: Meter | None = None,
     ) -> Opened | None:
         """One attempt up to the commit point; None when it failed (and was recorded)."""
         loop = asyncio.get_running_loop()
         provider = self.providers[cand.deployment.provider]
-        relay = SSERelay(intent.include_usage, cand.model.cost_usd)
+        relay = SSERelay(intent.include_usage, cand.model.cost_usd, intent.prompt_tokens)
         upstream: UpstreamStream | None = None
         mark = self.health.mark(cand.deployment.key)
         started = loop.time()
@@ -375,6 +382,11 @@ class Dispatcher:
             # trial slot goes back, and the upstream connection is closed, not pooled.
             self._no_verdict(cand, trial)
             if upstream is not None:
+                if outcome is not None:
+                    # The upstream took the request: its prompt, and whatever it generated
+                    # before the client left, are charged (else leaving early is free).
+                    outcome.model, outcome.provider = cand.model.id, cand.deployment.provider
+                    outcome.take_charge(relay.charge())
                 await upstream.aclose()
             raise
         ttft_ms = (loop.time() - started) * 1000
@@ -411,7 +423,7 @@ class Dispatcher:
         outcome: Outcome,
         hedged: set[str],
     ) -> tuple[Candidate, Opened | None]:
-        """The first attempt raced against a hedge (``proxy/hedge.py`` decides); returns the
+        """The first attempt raced against a hedge (``serve/hedge.py`` decides); returns the
         winning candidate and its stream at the first content token, or the primary's None."""
         policy = self.hedge
         policy.budget.offer()
@@ -430,14 +442,26 @@ class Dispatcher:
             hedged.add(alt.deployment.key)
             outcome.attempts += 1
             return lambda: self._open_stream(
-                alt, intent, body, deadline, False, failures, meters[1]
+                alt, intent, body, deadline, False, failures, meter=meters[1]
             )
 
-        result = await race(
-            lambda: self._open_stream(cand, intent, body, deadline, trial, failures, meters[0]),
-            alternate,
-            policy.delay_s(p90_ms),
-        )
+        try:
+            result = await race(
+                lambda: self._open_stream(
+                    cand, intent, body, deadline, trial, failures, meter=meters[0]
+                ),
+                alternate,
+                policy.delay_s(p90_ms),
+            )
+        except asyncio.CancelledError:
+            # The client left mid-race: what both attempts had cost is charged, as a single
+            # attempt's is (else leaving early is free).
+            charges = [m.relay.charge() for m in meters if m.relay is not None]
+            if charges:
+                prompt, completion, cost, _ = map(sum, zip(*charges, strict=True))
+                outcome.model, outcome.provider = cand.model.id, cand.deployment.provider
+                outcome.take_charge((int(prompt), int(completion), float(cost), True))
+            raise
         if not result.hedged:
             return cand, result.value
         loop = asyncio.get_running_loop()
@@ -449,10 +473,9 @@ class Dispatcher:
             lost, meter = racers[loser], meters[loser]
             if not any(c is lost for c, _ in failures):
                 # Cancelled at the winner's first token: billed for its prompt and whatever
-                # content it had produced (none, unless it tied).
-                produced = 1 if meter.relay is not None and meter.relay.content_seen else 0
-                outcome.hedge_tokens = produced
-                outcome.hedge_cost = lost.model.cost_usd(intent.prompt_tokens, produced)
+                # content it had produced (none, unless it tied), as the relay counted them.
+                if meter.relay is not None:
+                    _, outcome.hedge_tokens, outcome.hedge_cost, _ = meter.relay.charge()
                 if loser == 0:
                     # It waited past its p90 without a token: a censored sample, as a deadline.
                     waited_ms = (loop.time() - meter.started) * 1000
@@ -525,8 +548,9 @@ class Dispatcher:
             outcome.error, outcome.status = "client_disconnected", 499
             raise
         finally:
+            # The upstream's usage, or (a stream cut short) an estimate of what it generated.
+            outcome.take_charge(relay.charge())
             await upstream.aclose()
-            outcome.take_usage(relay.usage)
         if not await self._write_bounded(resp, None):
             return self._client_gone(request, resp, outcome, "client_stalled")
         return resp

@@ -43,18 +43,64 @@ def _is_content(obj: dict[str, Any]) -> bool:
     return False
 
 
+# A streamed delta up to this long is one token (OpenAI streams one token per chunk, and
+# a token is rarely longer); a longer one (Anthropic's and Bedrock's deltas hold several
+# tokens) counts as one token per 4 characters.
+ONE_TOKEN_CHARS = 12
+
+
+def _tokens(text: object) -> int:
+    if type(text) is not str or not text:
+        return 0
+    n = len(text)
+    return 1 if n <= ONE_TOKEN_CHARS else -(-n // 4)
+
+
+def produced_tokens(obj: dict[str, Any]) -> int:
+    """Estimated completion tokens in one chunk: its text, reasoning, refusal and tool-call
+    arguments. Used only when a stream ends before the upstream's usage event."""
+    total = 0
+    for choice in obj.get("choices") or ():
+        if type(choice) is not dict:
+            continue
+        total += _tokens(choice.get("text"))
+        delta = choice.get("delta")
+        if type(delta) is not dict:
+            continue
+        total += _tokens(delta.get("content"))
+        total += _tokens(delta.get("reasoning_content"))
+        total += _tokens(delta.get("refusal"))
+        for call in delta.get("tool_calls") or ():
+            if type(call) is dict and type(fn := call.get("function")) is dict:
+                total += _tokens(fn.get("arguments"))
+    return total
+
+
 class SSERelay:
     """Per-stream state. ``feed`` returns the bytes to forward now; raises UpstreamError."""
 
-    __slots__ = ("buf", "content_seen", "cost", "done", "include_usage", "usage")
+    __slots__ = (
+        "buf",
+        "content_seen",
+        "cost",
+        "done",
+        "include_usage",
+        "produced",
+        "prompt_estimate",
+        "usage",
+    )
 
-    def __init__(self, include_usage: bool, cost: CostFn) -> None:
+    def __init__(self, include_usage: bool, cost: CostFn, prompt_estimate: int = 0) -> None:
         self.buf = b""
         self.done = False
         self.content_seen = False
         self.include_usage = include_usage
         self.cost = cost
         self.usage: dict[str, Any] | None = None
+        # What the upstream has sent so far, estimated (for a stream that ends early), and
+        # the router's estimate of the prompt.
+        self.produced = 0
+        self.prompt_estimate = prompt_estimate
 
     def feed(self, chunk: bytes) -> bytes:
         if b"\r" in chunk:
@@ -123,10 +169,23 @@ class SSERelay:
             raise UpstreamError("server", f"upstream error mid-stream: {message}")
         if not self.content_seen and _is_content(obj):
             self.content_seen = True
+        self.produced += produced_tokens(obj)
         usage = obj.get("usage")
         if isinstance(usage, dict):
             return self._usage_event(obj, usage)
         return event
+
+    def charge(self) -> tuple[int, int, float, bool]:
+        """(prompt tokens, completion tokens, cost, estimated): the upstream's usage when it
+        came; else what was generated, counted from the relayed content, plus the estimated
+        prompt: a stream the client left, or that broke, is charged too."""
+        usage = self.usage
+        if usage is not None:
+            prompt = int(usage.get("prompt_tokens") or 0)
+            completion = int(usage.get("completion_tokens") or 0)
+            return prompt, completion, float(usage.get("cost") or 0.0), False
+        prompt, completion = self.prompt_estimate, self.produced
+        return prompt, completion, round(self.cost(prompt, completion), 10), True
 
     def _slow_path(self, event: bytes) -> bytes | None:
         data: list[bytes] = []

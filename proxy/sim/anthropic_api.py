@@ -207,7 +207,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     answer = script_answer(anthropic_conversation(body), profile)
     if body.get("stream"):
         rendered = render_anthropic(model, answer)
-        return await stream_rendered(request, state, fault, profile, rendered)
+        return await stream_rendered(request, state, fault, profile, rendered, model)
     await reply_after(request, state, fault, profile, answer)
     if fault.mode in {"malformed", "bad_json"}:
         return web.Response(body=b'{"id": "broken", ', content_type="application/json")

@@ -206,7 +206,7 @@ async def _converse(request: web.Request, stream: bool) -> web.StreamResponse:
     latency_ms = int(profile.ttft_ms + profile.gap_ms * max(len(answer.pieces) - 1, 0))
     if stream:
         rendered = render_converse_stream(answer, latency_ms)
-        return await stream_rendered(request, state, fault, profile, rendered)
+        return await stream_rendered(request, state, fault, profile, rendered, model)
     await reply_after(request, state, fault, profile, answer)
     if fault.mode in {"malformed", "bad_json"}:
         return web.Response(body=b'{"output": ', content_type="application/json")

@@ -159,6 +159,7 @@ async def _openai(request: web.Request, legacy: bool) -> web.StreamResponse:
         return openai_error(400, "simulator: body is not JSON")
     model = str(body.get("model", ""))
     state.record(model, body, request.headers)
+    state.fields_seen.update(body)
     # No Authorization at all is how a local server (Ollama, vLLM, llama.cpp) is called.
     if not request.headers.get("Authorization", "Bearer ").startswith("Bearer "):
         return openai_error(401, "simulator: not a bearer token")
@@ -177,7 +178,7 @@ async def _openai(request: web.Request, legacy: bool) -> web.StreamResponse:
     if body.get("stream"):
         render = render_openai_completion if legacy else render_openai_chat
         return await stream_rendered(
-            request, state, fault, profile, render(model, answer, include_usage)
+            request, state, fault, profile, render(model, answer, include_usage), model
         )
     await reply_after(request, state, fault, profile, answer)
     if fault.mode in {"malformed", "bad_json"}:

@@ -35,6 +35,10 @@ class SimState:
         self.last_body: dict[str, dict[str, Any]] = {}
         self.last_headers: dict[str, dict[str, str]] = {}
         self.rng = random.Random(0)  # draws heavy-tail TTFTs (Profile.tail_p); seedable
+        # Every top-level field of the OpenAI-wire requests (tests check what the router
+        # forwards), and content chunks written per model (what a stream had sent).
+        self.fields_seen: set[str] = set()
+        self.chunks_sent: Counter[str] = Counter()
         self.open_streams = 0
         self.cancelled = 0
         self.cancel_times: list[float] = []  # loop time each cancelled stream noticed it
@@ -82,6 +86,8 @@ class SimState:
         self.requests.clear()
         self.last_body.clear()
         self.last_headers.clear()
+        self.fields_seen.clear()
+        self.chunks_sent.clear()
         self.cancelled = self.completed = 0
 
 
@@ -127,7 +133,12 @@ async def apply_pre_byte_fault(
 
 
 async def stream_rendered(
-    request: web.Request, state: SimState, fault: Fault, profile: Profile, r: Rendered
+    request: web.Request,
+    state: SimState,
+    fault: Fault,
+    profile: Profile,
+    r: Rendered,
+    model: str = "",
 ) -> web.StreamResponse:
     """Send a rendered stream with the model's pacing, striking the fault when due."""
     resp = web.StreamResponse(headers={"Content-Type": r.content_type, **r.headers})
@@ -148,6 +159,7 @@ async def stream_rendered(
                 # so a paced stream's length is the same on every run (benchmarks compare it).
                 await state.pause_until(first + i * profile.gap_ms * state.scale / 1000.0)
             await resp.write(part)
+            state.chunks_sent[model] += 1
         if len(r.body) <= fault.after_chunks and await _strike(request, resp, fault, r):
             return resp
         for part in r.tail:
@@ -249,5 +261,7 @@ async def control_stats(request: web.Request) -> web.Response:
             "cancelled": state.cancelled,
             "completed": state.completed,
             "connections": len(state.connections),
+            "fields_seen": sorted(state.fields_seen),
+            "chunks_sent": dict(state.chunks_sent),
         }
     )

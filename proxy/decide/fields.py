@@ -1,0 +1,139 @@
+"""Which top-level request fields the router accepts and forwards, as data.
+
+OpenAI's own fields per endpoint come from ``openai_fields.json`` (generated from the
+OpenAPI description the repository ships: ``python -m benchmarks.gen_openai_fields``). The
+routing extensions are accepted and never forwarded. Anything else must be named in config
+(``[forwarding] extra_body_fields`` for every provider, ``[providers.<name>]
+extra_body_fields`` for one), or the request is a 400 naming the field: an allowlist, so a
+field that steers a gateway behind us (``api_base``, ``aws_*``, ``litellm_params``) never
+reaches it, whatever its name.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from proxy.errors import bad_request, quote
+
+ENDPOINTS = ("chat", "completions")
+
+# Routing extensions (proxy/decide/intent.py): the router's own, stripped before the upstream.
+# "hedge": true/false opts a stream in or out of a hedged first-token race (serve/hedge.py).
+EXTENSION_FIELDS = frozenset(
+    {"prefer", "tier", "min_coding_score", "models", "task", "escalate", "cache", "hedge"}
+)
+
+# Fields some gateways honour to pick an upstream or its credentials per request (LiteLLM's
+# api_base sent its owner's key to an attacker's host, CVE-2024-6587). Not in OpenAI's schema,
+# so the allowlist refuses them anyway; they are named here so that config cannot allow them
+# and the refusal says why.
+ROUTING_FIELDS = frozenset(
+    {
+        "api_base",
+        "base_url",
+        "api_key",
+        "api_version",
+        "api_type",
+        "organization",
+        "custom_llm_provider",
+        "extra_headers",
+        "extra_body",
+        "extra_query",
+        "headers",
+        "endpoint_url",
+        "litellm_params",
+        "mock_response",
+    }
+)
+ROUTING_PREFIXES = ("aws_", "vertex_", "azure_", "litellm_")
+
+
+def steers_upstream(name: str) -> bool:
+    return name in ROUTING_FIELDS or name.startswith(ROUTING_PREFIXES)
+
+
+@functools.cache
+def openai_fields() -> Mapping[str, frozenset[str]]:
+    """The fields OpenAI's schema defines, per endpoint (read once)."""
+    text = resources.files("proxy").joinpath("openai_fields.json").read_text(encoding="utf-8")
+    data = json.loads(text)
+    return {e: frozenset(data["endpoints"][e]["fields"]) for e in ENDPOINTS}
+
+
+@dataclass(frozen=True, slots=True)
+class FieldPolicy:
+    """Built once per config: what the door accepts, and what each provider is sent."""
+
+    accepted: Mapping[str, frozenset[str]]  # per endpoint
+    forwarded: Mapping[str, Mapping[str, frozenset[str]]]  # provider -> endpoint -> fields
+    global_extra: frozenset[str]
+
+    @classmethod
+    def build(
+        cls, global_extra: Iterable[str], per_provider: Mapping[str, Iterable[str]]
+    ) -> FieldPolicy:
+        spec = openai_fields()
+        extra = frozenset(global_extra)
+        providers = {name: frozenset(fields) for name, fields in per_provider.items()}
+        every_provider = frozenset().union(*providers.values()) if providers else frozenset()
+        accepted = {e: spec[e] | EXTENSION_FIELDS | extra | every_provider for e in ENDPOINTS}
+        forwarded = {
+            name: {e: spec[e] | extra | own for e in ENDPOINTS} for name, own in providers.items()
+        }
+        return cls(accepted, forwarded, extra)
+
+    def forwarded_for(self, provider: str, endpoint: str) -> frozenset[str]:
+        found = self.forwarded.get(provider)
+        if found is not None:
+            return found[endpoint]
+        return openai_fields()[endpoint] | self.global_extra
+
+    def check(self, body: Mapping[str, Any], endpoint: str) -> None:
+        """Refuse the first field (in the client's order) the router would not forward."""
+        accepted = self.accepted[endpoint]
+        if accepted.issuperset(body):
+            return
+        for name in body:
+            if name not in accepted:
+                raise unknown_field(name, endpoint)
+
+
+def unknown_field(name: str, endpoint: str) -> Exception:
+    shown = quote(name)
+    if steers_upstream(name):
+        return bad_request(
+            f"Unrecognized request argument supplied: {shown}. Fields that pick an upstream "
+            "or its credentials are never accepted: upstreams and their keys come only from "
+            "the router's config",
+            name[:256],
+            "unsupported_parameter",
+        )
+    path = "/v1/chat/completions" if endpoint == "chat" else "/v1/completions"
+    return bad_request(
+        f"Unrecognized request argument supplied: {shown}. The router forwards only the "
+        f"fields OpenAI's API defines for {path}; to pass this one to an upstream that "
+        f"understands it, name it in the config: extra_body_fields = [{shown}] under "
+        "[providers.<name>] (that provider only) or [forwarding] (every provider)",
+        name[:256],
+        "unknown_parameter",
+    )
+
+
+def check_extra(names: Any, path: str) -> tuple[str, ...]:
+    """A config list of extra field names; a message for ConfigError otherwise (raised as
+    ValueError so config.py owns the error type)."""
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f"{path}: expected an array of field names")
+    for name in names:
+        if steers_upstream(name):
+            raise ValueError(
+                f"{path}: {name!r} picks an upstream or its credentials and cannot be allowed"
+            )
+        if name in EXTENSION_FIELDS:
+            raise ValueError(f"{path}: {name!r} is a routing extension of the router itself")
+    return tuple(dict.fromkeys(names))
