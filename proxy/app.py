@@ -62,7 +62,7 @@ NOTIFIER = web.AppKey("notifier", Notifier)
 RUNTIME = web.AppKey("runtime", Runtime)
 # What runner.cleanup() waits for handlers after the drain has cut the streams.
 SHUTDOWN_TIMEOUT_S = 5.0
-# Keeps the upstream pools warm (proxy/warm.py); read by /v1/router/status and the tests.
+# Keeps the upstream pools warm (proxy/serve/warm.py); the tests read its counters.
 WARMER: web.AppKey[Warmer] = web.AppKey("warmer", Warmer)
 # The upstream client sessions by wire family; read by the fault tests to check the pool.
 SESSIONS: web.AppKey[dict[str, aiohttp.ClientSession]] = web.AppKey("sessions")

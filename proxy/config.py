@@ -57,7 +57,7 @@ class ServerSettings:
     # code between completions (and the 30 s probe interval), and is under the idle limits
     # providers' load balancers are known to keep (60-120 s or more).
     upstream_keepalive_s: float = 60.0
-    # Keep a connection to every upstream the config routes to open and fresh (proxy/warm.py):
+    # Keep a connection to every upstream the config routes to open and fresh (serve/warm.py):
     # pre-connect at start and reload, re-use an idle one before it expires.
     warm_connections: bool = True
     # Resolved upstream addresses are cached this long (aiohttp's DNS cache).
