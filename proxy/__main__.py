@@ -15,6 +15,7 @@ import uvloop
 from prometheus_client import disable_created_metrics
 
 from proxy.http.auth import is_loopback
+from proxy.http.log_stream import ACCESS_LOGGER, CountingStreamHandler
 from proxy.http.metrics import METRICS
 from proxy.serve.drain import IN_FLIGHT, drain
 from proxy.serve.state import ROUTER
@@ -165,8 +166,9 @@ def _logging() -> None:
         level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
     )
     # The access log is bare JSON, one object per line, so `journalctl -o cat | jq` works.
-    access = logging.getLogger("model_router.access")
-    handler = logging.StreamHandler(sys.stderr)
+    access = logging.getLogger(ACCESS_LOGGER)
+    # Its failed writes are counted (/v1/router/status, /readyz, /metrics), not raised.
+    handler = CountingStreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     access.addHandler(handler)
     access.propagate = False

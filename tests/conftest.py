@@ -119,6 +119,7 @@ def spawn_server(
     env: dict[str, str] | None = None,
     timeout: float = 20.0,
     log_path: str | None = None,
+    preexec_fn: Callable[[], object] | None = None,
 ) -> tuple[subprocess.Popen[str], str]:
     """Start ``model-router`` as a subprocess and wait for its ready line; returns (proc, url).
 
@@ -136,6 +137,7 @@ def spawn_server(
             stderr=log,
             text=True,
             env=full_env,
+            preexec_fn=preexec_fn,
         )
     proc.log_path = log_path  # type: ignore[attr-defined]
     assert proc.stdout is not None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -100,6 +101,7 @@ LATER_COLUMNS = {
 INSERT = f"INSERT INTO usage ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 
 Row = tuple[Any, ...]
+SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 def db_path(settings: UsageSettings, environ: Mapping[str, str]) -> str:
@@ -130,6 +132,29 @@ def connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+def is_corrupt(exc: sqlite3.Error) -> bool:
+    """True when SQLite says the file is not a database it can use ("file is not a
+    database", "database disk image is malformed"), as opposed to a busy, locked or full one."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return name == "SQLITE_NOTADB" or name.startswith("SQLITE_CORRUPT")
+
+
+def quarantine(path: str, now: float) -> str:
+    """Move a corrupt database (and its -wal/-shm) aside under a timestamped name; returns
+    the new name. The data stays on disk for an operator to inspect or salvage."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    target = f"{path}.corrupt-{stamp}"
+    n = 1
+    while os.path.exists(target):
+        n += 1
+        target = f"{path}.corrupt-{stamp}-{n}"
+    os.replace(path, target)
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(path + suffix, target + suffix)
+    return target
+
+
 def insert(conn: sqlite3.Connection, rows: Sequence[Row]) -> None:
     conn.execute("BEGIN")
     try:
@@ -158,10 +183,12 @@ class UsageLog:
         path: str,
         settings: UsageSettings,
         monotonic: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = path
         self.settings = settings
         self._monotonic = monotonic
+        self._clock = clock
         self._rows: list[Row] = []
         self._inflight = 0  # rows handed to the writer thread, not yet committed
         self._wake = asyncio.Event()
@@ -171,11 +198,16 @@ class UsageLog:
         # One thread owns the connection: sqlite3 objects stay on the thread that made them.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="usage-log")
         self._conn: sqlite3.Connection | None = None
+        self._conn_file: tuple[int, int] | None = None  # (st_dev, st_ino) when opened
         self._last_warning: float | None = None
         self._unreported = 0
         self.written_rows = 0
         self.dropped_rows = 0
         self.write_errors = 0
+        # The last failure, until a write succeeds again: what /readyz and status report.
+        self.error: str | None = None
+        self.failing_since: float | None = None  # monotonic
+        self.quarantined: list[str] = []  # corrupt files moved aside, oldest first
 
     async def start(self, since: float) -> tuple[float, dict[str, float]]:
         """Open the database and start the writer; returns the spend logged since ``since``
@@ -220,6 +252,14 @@ class UsageLog:
         else:
             self._inflight = 0
             self.written_rows += len(batch)
+            if self.error is not None:
+                log.warning(
+                    "usage log %s: writing again after %.0f s of errors (%d rows dropped so far)",
+                    self.path,
+                    self._monotonic() - (self.failing_since or self._monotonic()),
+                    self.dropped_rows,
+                )
+                self.error = self.failing_since = None
 
     async def close(self) -> None:
         """Flush everything and stop; rows appended afterwards are dropped and counted."""
@@ -236,12 +276,18 @@ class UsageLog:
         self._executor.shutdown(wait=True)
 
     def stats(self) -> dict[str, Any]:
+        failing = self.failing_since
         return {
             "path": self.path,
+            "ok": self.error is None,
+            "error": self.error,
+            "failing_for_s": None if failing is None else round(self._monotonic() - failing, 1),
             "written_rows": self.written_rows,
             "queued_rows": self.queued,
+            "queue_max": self.settings.queue_max,
             "dropped_rows": self.dropped_rows,
             "write_errors": self.write_errors,
+            "quarantined": list(self.quarantined),
         }
 
     async def _run(self) -> None:
@@ -260,18 +306,79 @@ class UsageLog:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def _open_and_read(self, since: float) -> tuple[float, dict[str, float]]:
-        return spend_since(self._connection(), since)
+        try:
+            return spend_since(self._connection(), since)
+        except sqlite3.DatabaseError as exc:
+            if not is_corrupt(exc):
+                raise
+            self._set_aside(exc)
+            return spend_since(self._connection(), since)
 
     def _connection(self) -> sqlite3.Connection:
+        if self._conn is not None and self._file_id() != self._conn_file:
+            # The file was deleted or replaced under the open connection, whose writes would
+            # go to the old inode that nobody will read: open what is at the path now.
+            log.warning("usage log %s: the file was replaced or removed; reopening", self.path)
+            self._close_conn()
         if self._conn is None:
-            self._conn = connect(self.path)
+            if (problem := self._bad_header()) is not None:
+                # Checked before SQLite sees it: a stale -wal left beside a replaced file
+                # would make SQLite read the old pages over the garbage and carry on.
+                self._set_aside(problem)
+            try:
+                self._conn = connect(self.path)
+            except sqlite3.DatabaseError as exc:
+                if not is_corrupt(exc):
+                    raise
+                self._set_aside(exc)
+                self._conn = connect(self.path)
+            self._conn_file = self._file_id()
         return self._conn
+
+    def _bad_header(self) -> str | None:
+        """Why the file at the path is not an SQLite database, or None (fine, or absent)."""
+        try:
+            with open(self.path, "rb") as fh:
+                head = fh.read(len(SQLITE_MAGIC))
+        except FileNotFoundError:
+            return None
+        if head and head != SQLITE_MAGIC:
+            return "the file is not an SQLite database (its header is wrong)"
+        return None
+
+    def _file_id(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def _set_aside(self, exc: sqlite3.Error | str) -> None:
+        """Refusing to start (or to log) over a damaged file helps nobody: keep it for
+        inspection under a timestamped name and begin a new one."""
+        self._close_conn()
+        moved = quarantine(self.path, self._clock())
+        self.quarantined.append(moved)
+        log.error(
+            "usage log %s: %s; moved the file aside to %s and started a new database "
+            "(today's spend so far restarts from what the new file holds)",
+            self.path,
+            exc,
+            moved,
+        )
 
     def _write(self, rows: list[Row]) -> None:
         try:
             insert(self._connection(), rows)
-        except sqlite3.Error:
+        except sqlite3.DatabaseError as exc:
+            if is_corrupt(exc):  # replaced or damaged under us: the batch goes to a new file
+                self._set_aside(exc)
+                insert(self._connection(), rows)
+                return
             # A broken connection (disk gone, file replaced) is reopened on the next batch.
+            self._close_conn()
+            raise
+        except sqlite3.Error:
             self._close_conn()
             raise
 
@@ -285,6 +392,9 @@ class UsageLog:
         self.write_errors += 1
         self._unreported += lost
         now = self._monotonic()
+        self.error = f"{type(exc).__name__}: {exc}"
+        if self.failing_since is None:
+            self.failing_since = now
         if self._last_warning is not None and now - self._last_warning < WARN_INTERVAL_S:
             return
         self._last_warning = now

@@ -26,6 +26,7 @@ from proxy.serve.state import ROUTER, Router
 
 from . import hostile_input
 from .auth import Ticket, principal, route_of
+from .log_stream import access_handler
 
 access_log = logging.getLogger("model_router.access")
 log = logging.getLogger("model_router")
@@ -222,6 +223,8 @@ async def router_status(request: web.Request) -> web.Response:
     status = router.status()
     if (accounting := request.app.get(ACCOUNTING)) is not None:
         status |= accounting.status()
+    if (handler := access_handler()) is not None:
+        status["access_log"] = handler.stats()
     return json_response(status)
 
 
@@ -229,15 +232,38 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
+def bookkeeping_faults(app: web.Application) -> dict[str, str]:
+    """What fails beside serving (usage log, access log): reported, never a reason to refuse
+    requests, so readiness stays true with these as its detail."""
+    faults = {}
+    accounting = app.get(ACCOUNTING)
+    if accounting is not None and accounting.usage is not None and accounting.usage.error:
+        usage = accounting.usage
+        faults["usage_log"] = (
+            f"{usage.error} ({usage.queued} rows queued, {usage.dropped_rows} dropped)"
+        )
+    if (handler := access_handler()) is not None and handler.error:
+        faults["access_log"] = f"{handler.error} ({handler.errors} lines lost)"
+    return faults
+
+
 async def readyz(request: web.Request) -> web.Response:
     router: Router = request.app[ROUTER].current
     snap = router.health.snapshot()
     closed = [d.key for d in router.catalog.deployments() if d.key not in snap.open]
+    faults = bookkeeping_faults(request.app)
     if not closed:
         return json_response(
-            {"status": "unavailable", "reason": "every deployment's breaker is open"}, 503
+            {
+                "status": "unavailable",
+                "reason": "every deployment's breaker is open",
+                "degraded": faults,
+            },
+            503,
         )
-    return json_response({"status": "ready", "deployments_available": len(closed)})
+    return json_response(
+        {"status": "ready", "deployments_available": len(closed), "degraded": faults}
+    )
 
 
 @web.middleware

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
+import logging
+import resource
 from collections.abc import Callable
 from typing import Any
 
@@ -149,6 +151,23 @@ REQUEST_TIMEOUT = (
 
 
 OVER_CAPACITY_HEADER_S = 1.0
+# Descriptors kept back from client connections: the listening socket, the logs, the usage
+# database (db, -wal, -shm), the loop's own, the probes' upstream sockets, and the over-cap
+# connections that are accepted only to be told 503.
+FD_RESERVE = 64
+
+log = logging.getLogger("model_router")
+
+
+def fd_connection_cap() -> int | None:
+    """How many client connections RLIMIT_NOFILE leaves room for, each with one upstream
+    socket beside it; None when the limit is unlimited. Past it a new connection gets the
+    over-capacity 503 instead of an accept() failing with EMFILE and an upstream connect
+    failing in a way that would count against a healthy provider."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    return max((soft - FD_RESERVE) // 2, 1)
 
 
 def _closing(err: RouterError) -> web.Response:
@@ -258,6 +277,7 @@ class GuardedHandler(web_protocol.RequestHandler):
         "_header_timeout",
         "_header_timer",
         "_limits",
+        "_max_connections",
         "_partial",
         "_received",
     )
@@ -267,6 +287,7 @@ class GuardedHandler(web_protocol.RequestHandler):
         self._guard = manager
         self._limits = limits
         self._header_timeout = limits.header_timeout_s
+        self._max_connections = manager.connection_cap(limits)
         self._header_timer: asyncio.TimerHandle | None = None
         self._partial = False
         self._counted = False
@@ -279,7 +300,7 @@ class GuardedHandler(web_protocol.RequestHandler):
         guard, limits = self._guard, self._limits
         address = peer_of(transport)
         per_address = guard.by_address
-        if guard.open_connections >= limits.max_connections:
+        if guard.open_connections >= self._max_connections:
             self._request_handler = _over_capacity
             # It only gets a 503; it need not hold a socket for the full header deadline.
             self._header_timeout = min(self._header_timeout, OVER_CAPACITY_HEADER_S)
@@ -386,6 +407,23 @@ class GuardedServer(web.Server):
         self.open_connections = 0
         self.by_address = AddressCounts()
         self.bad_requests = BadRequestLog()
+        self.fd_cap = fd_connection_cap()
+        self._warned_for: int | None = None
+
+    def connection_cap(self, limits: LimitsSettings) -> int:
+        """``max_connections``, lowered to what the descriptor limit can hold."""
+        if self.fd_cap is None or self.fd_cap >= limits.max_connections:
+            return limits.max_connections
+        if self._warned_for != limits.max_connections:
+            self._warned_for = limits.max_connections
+            log.warning(
+                "the open-file limit (RLIMIT_NOFILE %d, systemd LimitNOFILE=) holds %d client "
+                "connections with their upstream sockets; max_connections=%d is lowered to it",
+                resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+                self.fd_cap,
+                limits.max_connections,
+            )
+        return self.fd_cap
 
     def __call__(self) -> GuardedHandler:
         limits = self._limits()
@@ -407,4 +445,6 @@ class GuardedRunner(web.AppRunner):
     async def _make_server(self) -> web.Server:
         base = await super()._make_server()
         app = self.app
-        return GuardedServer(base, lambda: app[ROUTER].current.config.limits)
+        server = GuardedServer(base, lambda: app[ROUTER].current.config.limits)
+        server.connection_cap(app[ROUTER].current.config.limits)  # warns now, not at a peak
+        return server

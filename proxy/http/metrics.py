@@ -14,10 +14,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from proxy.accounting.ledger import ACCOUNTING
 from proxy.serve.dispatch import Outcome
 from proxy.serve.drain import IN_FLIGHT
 from proxy.serve.state import ROUTER
 
+from .log_stream import access_handler
 from .ops_metrics import OpsCollector
 
 # TTFT spans ~100 ms (small models) to tens of seconds (reasoning models).
@@ -188,6 +190,16 @@ class StateCollector(Collector):
                 "Requests being handled now.",
                 len(in_flight.requests),
             )
+        try:
+            tasks = len(asyncio.all_tasks())
+        except RuntimeError:  # scraped off the loop: nothing to count
+            tasks = 0
+        yield _gauge(
+            "model_router_event_loop_tasks",
+            "asyncio tasks alive on the event loop (grows without bound only on a leak).",
+            tasks,
+        )
+        yield from self._bookkeeping()
         holder = self._app.get(ROUTER)
         if holder is None:
             return
@@ -240,6 +252,32 @@ class StateCollector(Collector):
         yield _gauge(
             "model_router_probe_spend_cap_usd", "Daily probe budget in USD.", st.spend_cap_usd
         )
+
+    def _bookkeeping(self) -> Iterator[Metric]:
+        accounting = self._app.get(ACCOUNTING)
+        usage = accounting.usage if accounting is not None else None
+        if usage is not None:
+            yield _gauge(
+                "model_router_usage_log_ok",
+                "1 while the usage log writes, 0 while its writes fail (disk full, locked, ...).",
+                float(usage.error is None),
+            )
+            yield _counter(
+                "model_router_usage_log_quarantined_files",
+                "Corrupt usage databases moved aside and replaced by a new one.",
+                len(usage.quarantined),
+            )
+        if (handler := access_handler()) is not None:
+            yield _gauge(
+                "model_router_access_log_ok",
+                "1 while access-log lines are written, 0 while writes fail.",
+                float(handler.error is None),
+            )
+            yield _counter(
+                "model_router_access_log_write_errors",
+                "Access-log lines that could not be written.",
+                handler.errors,
+            )
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
