@@ -8,6 +8,8 @@ from typing import Any
 
 DPI = 72
 COLORS = {"direct": "#7f7f7f", "forwarder": "#1f77b4", "model-router": "#d62728"}
+# Extra --target names take these in order: none is a colour the built-in targets use.
+EXTRA_COLORS = ("#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 
 
 def available() -> bool:
@@ -18,8 +20,22 @@ def available() -> bool:
     return True
 
 
-def _color(name: str) -> str | None:
-    return COLORS.get(name)
+def palette(results: dict[str, Any]) -> dict[str, str]:
+    """One colour per target, the same in every chart of the run: the built-in targets keep
+    theirs, extra targets take the next unused colour in the order they appear."""
+    names: list[str] = list(results.get("targets", []))
+    for r in results.get("benchmarks", {}).values():
+        for key in ("levels", "targets"):
+            if isinstance(r, dict) and isinstance(r.get(key), dict):
+                names += list(r[key])
+        for mode in ("nonstream", "stream"):
+            if isinstance(r, dict) and isinstance(r.get(mode), dict):
+                names += list(r[mode].get("samples_ms", {}))
+    colors = dict(COLORS)
+    extra = [n for n in dict.fromkeys(names) if n not in colors]
+    for i, name in enumerate(extra):
+        colors[name] = EXTRA_COLORS[i % len(EXTRA_COLORS)]
+    return colors
 
 
 def write(results: dict[str, Any], out: Path) -> list[Path]:
@@ -30,6 +46,7 @@ def write(results: dict[str, Any], out: Path) -> list[Path]:
 
     written: list[Path] = []
     b = results["benchmarks"]
+    colors = palette(results)
 
     if "overhead" in b:
         r = b["overhead"]
@@ -43,7 +60,7 @@ def write(results: dict[str, Any], out: Path) -> list[Path]:
                 if not xs:
                     continue
                 ys = [(i + 1) / len(xs) for i in range(len(xs))]
-                ax.plot(xs, ys, label=name, color=_color(name), linewidth=1.4)
+                ax.plot(xs, ys, label=name, color=colors[name], linewidth=1.4)
             ax.set_xscale("log")
             ax.set_xlabel("ms (log)")
             ax.set_title(f"{title}, one at a time", fontsize=10)
@@ -62,7 +79,7 @@ def write(results: dict[str, Any], out: Path) -> list[Path]:
         for name, by in levels.items():
             cs = sorted(by, key=int)
             x = [int(c) for c in cs]
-            kw = {"label": name, "color": _color(name), "marker": "o", "markersize": 3}
+            kw = {"label": name, "color": colors[name], "marker": "o", "markersize": 3}
             axes[0].plot(x, [by[c]["ttft_ms"]["p99"] for c in cs], **kw)
             axes[1].plot(x, [by[c]["streams_per_s"] for c in cs], **kw)
             axes[2].plot(x, [by[c]["stalls"] for c in cs], **kw)
@@ -87,12 +104,12 @@ def write(results: dict[str, Any], out: Path) -> list[Path]:
         targets = b["memory"]["targets"]
         names = list(targets)
         fig, axes = plt.subplots(1, 2, figsize=(8, 3), dpi=DPI)
-        colors = [_color(n) or "#2ca02c" for n in names]
-        axes[0].bar(names, [targets[n]["idle_rss_kib"] / 1024 for n in names], color=colors)
+        bars = [colors[n] for n in names]
+        axes[0].bar(names, [targets[n]["idle_rss_kib"] / 1024 for n in names], color=bars)
         axes[0].axhline(60, color="black", linestyle="--", linewidth=0.8, label="target 60 MiB")
         axes[0].set_title("idle RSS (MiB)", fontsize=10)
         axes[0].legend(fontsize=8)
-        axes[1].bar(names, [targets[n]["per_stream_kib"] for n in names], color=colors)
+        axes[1].bar(names, [targets[n]["per_stream_kib"] for n in names], color=bars)
         axes[1].axhline(25, color="black", linestyle="--", linewidth=0.8, label="target 25 KiB")
         held = max(t["held_streams"] for t in targets.values())
         axes[1].set_title(f"RSS per open stream, {held} held (KiB)", fontsize=10)

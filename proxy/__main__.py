@@ -1,94 +1,276 @@
 """The CLI and composition root: ``model-router serve | check-config | report | status |
-hash-key``."""
+hash-key | sim-fault``. The help text a user reads is DESCRIPTION and each argument's help."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import logging
 import os
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
+from importlib import metadata
+from pathlib import Path
 
 import uvloop
 from prometheus_client import disable_created_metrics
 
-from proxy.http.auth import is_loopback
+from proxy.accounting.usage_log import DB_NAME, db_path
 from proxy.http.log_stream import ACCESS_LOGGER, CountingStreamHandler
 from proxy.http.metrics import METRICS
 from proxy.serve.drain import IN_FLIGHT, drain
 from proxy.serve.state import ROUTER
 from proxy.service.reload import ReloadError
+from proxy.sim.control import FaultOrder, SimControlError, reset, set_fault
+from proxy.sim.script import FAULT_MODES
 
 from .app import (
     NOTIFIER,
     RUNTIME,
     SIM_URL,
+    SimPortError,
     enabled_providers,
-    how_to_enable,
     make_app,
     start_server,
 )
 from .config import Config, ConfigError, load_config
 from .decide.tokens import hash_key
 from .http.hygiene import guard_library_logs
+from .preflight import PreflightError, bind_error, preflight
 
 log = logging.getLogger("model_router")
 
+# systemd/model-router.service's StateDirectory=, where `report` looks on the box.
+SERVICE_STATE_DIR = "/var/lib/model-router"
+
+
+DESCRIPTION = """\
+Model Router: an OpenAI-compatible proxy that picks a model for each request by what the
+client asks for (cheap, fast, quality, coding; a tier) and falls back when a provider fails.
+
+Try it without any API key:  model-router serve --demo
+"""
+
+
+def _port(text: str) -> int:
+    """argparse type for --port and --sim-port: 0 (any free port) to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"{port} is not a TCP port: use 1-65535, or 0 for any free port"
+        )
+    return port
+
+
+def _version() -> str:
+    try:
+        return metadata.version("model-router")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="model-router", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the proxy")
-    serve.add_argument("--config", help="TOML config file (default: built-in defaults)")
-    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to bind (default 8080; 0 picks a free one)")
-    serve.add_argument("--demo", action="store_true", help="route to built-in simulated providers")
+    parser = argparse.ArgumentParser(
+        prog="model-router",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {_version()}", help="print the version"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the proxy",
+        description="Run the proxy until stopped (Ctrl-C or SIGTERM; SIGHUP reloads the "
+        "config). Without --demo it needs at least one provider with credentials.",
+    )
+    serve.add_argument(
+        "--config", metavar="FILE", help="the TOML config file (default: built-in defaults)"
+    )
+    serve.add_argument("--host", help="the address to listen on (default 127.0.0.1)")
+    serve.add_argument(
+        "--port",
+        type=_port,
+        help="the port to listen on (default 8080, or the config's; 0 picks a free port, "
+        "printed when ready)",
+    )
+    _add_demo_flags(serve)
     serve.add_argument(
         "--sim-port",
-        type=int,
+        type=_port,
         default=0,
-        help="with --demo: the simulator's port, whose /_sim/fault makes a provider fail "
-        "(default: a free port, printed at start)",
+        metavar="PORT",
+        help="with --demo: the simulator's port, so you can make a simulated provider fail "
+        "with POST /_sim/fault or `model-router sim-fault` (default: a free port, printed "
+        "at start)",
     )
-    serve.add_argument(
-        "--insecure-no-auth",
-        action="store_true",
-        help="allow binding a non-loopback address with no [[keys]] configured",
+
+    check = sub.add_parser(
+        "check-config",
+        help="check a config the way serve would, without serving",
+        description="Load a config and make every check serve makes before it starts "
+        "(providers with credentials, client keys off loopback, the port, a writable usage "
+        "log), then list the models that would be enabled. Exit 0 when serve would start, "
+        "2 with the same message serve would print when it would refuse.",
     )
-    check = sub.add_parser("check-config", help="validate a config and list the enabled models")
-    check.add_argument("path")
-    report = sub.add_parser("report", help="calls, spend and TTFT from the usage log")
-    report.add_argument("--db", help="usage log (default: as `serve` would place it)")
-    report.add_argument("--config", help="take the usage log path from this config")
-    report.add_argument("--since", default="24h", help="24h, 30m, 7d, today, all or a date")
-    report.add_argument("--by", choices=("model", "tier", "prefer", "key", "arm"), default="model")
-    report.add_argument("--json", action="store_true", help="machine-readable output")
+    check.add_argument("path", metavar="FILE", help="the TOML config file to check")
+    _add_demo_flags(check)
+
+    report = sub.add_parser(
+        "report",
+        help="calls, spend and time to first token from the usage log",
+        description="Summarise the usage log: one total line, then one row per group "
+        "(calls, cost, p50 and p95 time to first token).",
+    )
+    report.add_argument(
+        "--db",
+        metavar="FILE",
+        help="the usage log to read (default: the config's [usage] path, else "
+        "$STATE_DIRECTORY/model-router.db, else /var/lib/model-router/model-router.db when "
+        "that folder exists, else ./model-router.db)",
+    )
+    report.add_argument(
+        "--config", metavar="FILE", help="read the usage log's path from this config"
+    )
+    report.add_argument(
+        "--since",
+        default="24h",
+        help="how far back: 30m, 24h, 7d, today, all, or a date such as 2026-01-31 (default 24h)",
+    )
+    report.add_argument(
+        "--by",
+        choices=("model", "tier", "prefer", "key", "arm"),
+        default="model",
+        help="one row per model (default), tier, prefer value, client key id or experiment arm",
+    )
+    report.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
     status = sub.add_parser(
         "status",
-        help="the live table in a terminal (exit 1 when the router is not ready); with "
-        "[[keys]], an admin key in $MODEL_ROUTER_ADMIN_KEY",
+        help="the router's live table in a terminal",
+        description="Show a running router's deployments, latency and breakers in the "
+        "terminal; exit 1 when the router is not ready. When the router has [[keys]], put "
+        "an admin key in $MODEL_ROUTER_ADMIN_KEY.",
     )
-    status.add_argument("--url", default=None, help="the router (default http://127.0.0.1:8080)")
-    status.add_argument("--watch", action="store_true", help="redraw in place until interrupted")
+    status.add_argument(
+        "--url", default=None, help="the router to ask (default http://127.0.0.1:8080)"
+    )
+    status.add_argument(
+        "--watch", action="store_true", help="redraw in place until interrupted (Ctrl-C)"
+    )
     status.add_argument(
         "--interval", type=float, default=2.0, help="seconds between redraws with --watch"
     )
+
     sub.add_parser(
         "hash-key",
-        help="read a client API key on stdin and print the SHA-256 digest for [[keys]] sha256",
+        help="print the SHA-256 digest of a client API key, for [[keys]] sha256",
+        description="Read a client API key and print its SHA-256 digest for a [[keys]] "
+        "entry's sha256. At a terminal it asks for the key without showing it; otherwise it "
+        "reads one line from standard input. The key never goes on the command line, so it "
+        "stays out of shell history and the process list.",
     )
+
+    fault = sub.add_parser(
+        "sim-fault",
+        help="make a simulated provider fail (for serve --demo)",
+        description="Tell the simulator of a running `serve --demo --sim-port PORT` to fail "
+        "requests for one model, to watch fallback and circuit breakers at work in "
+        "/v1/router/status. `--mode none` clears the fault; `--reset` clears every fault.",
+    )
+    fault.add_argument(
+        "model",
+        nargs="?",
+        help="the upstream model id to fail, as /v1/models lists under deployments "
+        "(e.g. gpt-4o-mini); * for every model",
+    )
+    fault.add_argument(
+        "--sim-port", type=_port, required=True, metavar="PORT", help="the simulator's port"
+    )
+    fault.add_argument(
+        "--mode",
+        choices=sorted(FAULT_MODES),
+        default="status",
+        help="how to fail: status (answer an HTTP error, the default), reset (drop the "
+        "connection), hang_headers / hang_first_token (never answer), none (stop failing); "
+        "the others strike mid-stream",
+    )
+    fault.add_argument(
+        "--status", type=int, default=500, help="with --mode status: the HTTP status (500)"
+    )
+    fault.add_argument(
+        "--count", type=int, help="fail only this many requests, then recover (default: all)"
+    )
+    fault.add_argument(
+        "--after-chunks",
+        type=int,
+        default=0,
+        metavar="N",
+        help="for the mid-stream modes: strike after N content chunks (default 0)",
+    )
+    fault.add_argument("--reset", action="store_true", help="clear every fault and counter")
     return parser
 
 
+def _add_demo_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="route to built-in simulated providers instead of real ones (no API keys needed)",
+    )
+    parser.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="allow an address other than loopback with no [[keys]] configured (only when "
+        "something in front of the router authenticates)",
+    )
+
+
 def _hash_key() -> int:
-    # One line: the key must not sit in shell history or the process list.
-    key = sys.stdin.readline().strip()
+    # Never an argument: the key must not sit in shell history or the process list.
+    if sys.stdin.isatty():
+        key = getpass.getpass("client API key (not shown): ").strip()
+    else:
+        key = sys.stdin.readline().strip()
     if not key:
-        print("model-router: hash-key: no key on stdin", file=sys.stderr)
+        print("model-router: hash-key: no key given", file=sys.stderr)
         return 2
     print(hash_key(key))
+    return 0
+
+
+def _report_db(args: argparse.Namespace) -> str:
+    """--db; else the config's path or $STATE_DIRECTORY; else the unit's state directory
+    when this box has one; else ./ (what serve does outside systemd)."""
+    if args.db:
+        return str(args.db)
+    if args.config or os.environ.get("STATE_DIRECTORY"):
+        return db_path(_load(args.config).usage, os.environ)
+    if Path(SERVICE_STATE_DIR).is_dir():
+        return str(Path(SERVICE_STATE_DIR) / DB_NAME)
+    return f"./{DB_NAME}"
+
+
+def _sim_fault(args: argparse.Namespace) -> int:
+    if not args.reset and not args.model:
+        print(
+            "model-router: sim-fault: name a model (or * for all), or pass --reset", file=sys.stderr
+        )
+        return 2
+    order = FaultOrder(args.model, args.mode, args.status, args.count, args.after_chunks)
+    try:
+        print(reset(args.sim_port) if args.reset else set_fault(args.sim_port, order))
+    except SimControlError as exc:
+        print(f"model-router: sim-fault: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -105,7 +287,15 @@ async def serve(
 ) -> None:
     """Run until SIGTERM/SIGINT, then drain; SIGHUP reloads ``config_path``."""
     app = make_app(config, demo=demo, config_path=config_path, sim_port=sim_port)
-    runner, port = await start_server(app, config.server.host, config.server.port)
+    host, wanted = config.server.host, config.server.port
+    try:
+        runner, port = await start_server(app, host, wanted)
+    except SimPortError as exc:
+        raise bind_error(
+            "the simulator (--sim-port)", "127.0.0.1", sim_port, exc.os_error
+        ) from None
+    except OSError as exc:
+        raise bind_error("the router", host, wanted, exc) from None
     notifier = app[NOTIFIER]
     router = app[ROUTER].current
     mode = "demo, simulated providers" if demo else "live providers"
@@ -183,12 +373,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     disable_created_metrics()  # type: ignore[no-untyped-call]
     if args.command == "report":
         from proxy.accounting.report import run_report
-        from proxy.accounting.usage_log import db_path
 
-        db = args.db or db_path(_load(args.config).usage, os.environ)
-        return run_report(db, args.since, args.by, args.json)
+        return run_report(_report_db(args), args.since, args.by, args.json)
     if args.command == "hash-key":
         return _hash_key()
+    if args.command == "sim-fault":
+        return _sim_fault(args)
     if args.command == "status":
         from .status.cli import DEFAULT_URL, run_status
 
@@ -197,39 +387,50 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return run_status(args.url or DEFAULT_URL, args.watch, args.interval)
     if args.command == "check-config":
-        config = _load(args.path)
-        enabled = enabled_providers(config, os.environ)
-        catalog = config.catalog.only_providers(enabled)
-        print(f"{args.path}: valid; {len(config.catalog.models)} models in catalog")
-        print(f"providers with credentials: {', '.join(sorted(enabled)) or 'none'}")
-        for m in catalog.models:
-            print(f"  {m.id:<28} {m.tier:<9} {', '.join(d.provider for d in m.deployments)}")
-        return 0
+        return _check_config(args)
     config = _load(args.config)
     server = config.server
     if args.host is not None or args.port is not None:
-        from dataclasses import replace
-
         server = replace(
             server,
             host=args.host or server.host,
             port=server.port if args.port is None else args.port,
         )
         config = replace(config, server=server)
-    if not config.keys and not is_loopback(server.host) and not args.insecure_no_auth:
-        print(
-            f"model-router: refusing to serve {server.host!r} without client keys: anyone "
-            "who can reach it could spend your provider credit. Add [[keys]] to the config "
-            "(`model-router hash-key` prints a key's digest), bind 127.0.0.1, or pass "
-            "--insecure-no-auth if something in front of the router authenticates.",
-            file=sys.stderr,
+    try:
+        preflight(
+            config,
+            os.environ,
+            demo=args.demo,
+            insecure_no_auth=args.insecure_no_auth,
+            port_from_cli=args.port is not None,
         )
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(
+                serve(config, demo=args.demo, config_path=args.config, sim_port=args.sim_port)
+            )
+    except PreflightError as exc:
+        print(f"model-router: {exc}", file=sys.stderr)
         return 2
-    if not args.demo and not enabled_providers(config, os.environ):
-        print(f"model-router: {how_to_enable(config)}", file=sys.stderr)
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    config = _load(args.path)
+    try:
+        preflight(config, os.environ, demo=args.demo, insecure_no_auth=args.insecure_no_auth)
+    except PreflightError as exc:
+        print(f"model-router: {exc}", file=sys.stderr)
         return 2
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(config, demo=args.demo, config_path=args.config, sim_port=args.sim_port))
+    enabled = enabled_providers(config, os.environ)
+    if args.demo:
+        enabled = {n: pc for n, pc in config.providers.items() if pc.enabled is not False}
+    catalog = config.catalog.only_providers(enabled)
+    print(f"{args.path}: valid; {len(config.catalog.models)} models in catalog")
+    what = "providers (simulated with --demo)" if args.demo else "providers with credentials"
+    print(f"{what}: {', '.join(sorted(enabled)) or 'none'}")
+    for m in catalog.models:
+        print(f"  {m.id:<28} {m.tier:<9} {', '.join(d.provider for d in m.deployments)}")
     return 0
 
 

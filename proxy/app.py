@@ -68,6 +68,14 @@ WARMER: web.AppKey[Warmer] = web.AppKey("warmer", Warmer)
 SESSIONS: web.AppKey[dict[str, aiohttp.ClientSession]] = web.AppKey("sessions")
 
 
+class SimPortError(Exception):
+    """The demo's simulator could not listen on its port (``--sim-port``)."""
+
+    def __init__(self, os_error: OSError) -> None:
+        super().__init__(str(os_error))
+        self.os_error = os_error
+
+
 def provider_key(pc: ProviderConfig, environ: Mapping[str, str]) -> str | None:
     """The provider's API key: a systemd credential first, then the environment variable."""
     if pc.api_key_credential and (key := read_credential(pc.api_key_credential)):
@@ -309,7 +317,7 @@ def make_probe_sender(router: Router) -> ProbeLoop | None:
         model, d = by_key[key]
         endpoint: Endpoint = "chat" if "chat" in model.capabilities else "completions"
         body = probe_body(model, d, router.config.providers.get(d.provider))
-        request = UpstreamRequest(endpoint, d.upstream_id, body, True, d.fim_template)
+        request = UpstreamRequest(endpoint, d.upstream_id, body, True, fim_template=d.fim_template)
         loop = asyncio.get_running_loop()
         started = loop.time()
         upstream: UpstreamStream | None = None
@@ -426,7 +434,11 @@ async def start_server(app: web.Application, host: str, port: int) -> tuple[web.
     )
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024)
-    await site.start()
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()  # the simulator and the usage log were already started
+        raise
     return runner, bound_port(site)
 
 
@@ -463,7 +475,10 @@ def make_app(
         sim: tuple[SimState, str] | None = None
         if demo:
             state = SimState(scale=float(env.get("MODEL_ROUTER_DEMO_SCALE", "1.0")))
-            sim_runner, sim_url = await start_sim(state, port=sim_port)
+            try:
+                sim_runner, sim_url = await start_sim(state, port=sim_port)
+            except OSError as exc:
+                raise SimPortError(exc) from exc
             app[SIM], app[SIM_URL] = state, sim_url
             sim = state, sim_url
         warmer = Warmer(
@@ -543,6 +558,7 @@ def make_app(
     )
     app.router.add_post("/v1/completions", handlers.completions, expect_handler=expect_continue)
     app.router.add_get("/v1/models", handlers.list_models)
+    app.router.add_get("/v1/models/{model_id:.+}", handlers.retrieve_model)
     app.router.add_get("/v1/router/status", handlers.router_status)
     app.router.add_get("/v1/router/history", router_history)
     app.router.add_get("/status", status_page)

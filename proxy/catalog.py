@@ -6,6 +6,7 @@ frozen dataclasses; the routing indexes built here are computed once per catalog
 
 from __future__ import annotations
 
+import difflib
 import math
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -27,6 +28,10 @@ CAPABILITIES: frozenset[str] = frozenset(get_args(Capability))
 # Price blend for "expected price": chat traffic is input-heavy; 3 input tokens per output.
 INPUT_WEIGHT = 0.75
 OUTPUT_WEIGHT = 0.25
+
+
+# How much of a client-supplied model name an error message quotes.
+MAX_SHOWN_NAME = 256
 
 
 class CatalogError(ValueError):
@@ -138,6 +143,13 @@ class Catalog:
 
     def get(self, name: str) -> Model | None:
         return self.by_name.get(name)
+
+    def nearest(self, name: str, n: int = 3) -> list[str]:
+        """The ids of the models whose id or alias reads most like ``name`` (for a 404's
+        suggestions); best first, at most ``n``. Only on the error path: O(names)."""
+        lowered = {k.lower(): m.id for k, m in self.by_name.items()}
+        found = difflib.get_close_matches(name[:MAX_SHOWN_NAME].lower(), lowered, n * 3, 0.6)
+        return list(dict.fromkeys(lowered[k] for k in found))[:n]
 
     def deployments(self) -> Iterable[Deployment]:
         for m in self.models:

@@ -32,6 +32,9 @@ from .catalog import (
 from .providers.fim import TEMPLATES as FIM_TEMPLATES
 
 ProviderKind = Literal["openai", "anthropic", "bedrock", "mistral"]
+# Bedrock's cross-region inference profiles are named after a geography, and a profile can
+# only be invoked from a region in it: us.* from us-*, eu.* from eu-*, apac.* from ap-*.
+PROFILE_BY_REGION = {"us": "us", "eu": "eu", "ap": "apac"}
 PROVIDER_KINDS = ("openai", "anthropic", "bedrock", "mistral")
 
 
@@ -119,8 +122,18 @@ class ProviderConfig:
     # A PEM file of CAs to trust for this provider's endpoint instead of the system store: a
     # private gateway, a local server behind TLS, the simulator's TLS mode.
     ca_file: str = ""
+    # Bedrock: the cross-region inference profile prefix for catalog ids that start with
+    # "us." ("eu", "apac", ...; "none" keeps them). "": from the region (eu-* -> eu,
+    # ap-* -> apac, else us).
+    inference_profile: str = ""
     # Request fields beyond OpenAI's schema this provider is sent (e.g. vLLM's top_k).
     extra_body_fields: tuple[str, ...] = ()
+
+    def profile_prefix(self) -> str:
+        """The inference-profile geography this Bedrock provider's ``us.`` ids become."""
+        if self.inference_profile:
+            return self.inference_profile
+        return PROFILE_BY_REGION.get(self.region.split("-")[0], "us")
 
 
 @dataclass(frozen=True, slots=True)
@@ -488,6 +501,12 @@ def _providers(raw: Any) -> dict[str, ProviderConfig]:
             raise ConfigError(f"{path}.base_url: required for kind {kind!r}")
         if (ca := providers[name].ca_file) and not Path(ca).is_file():
             raise ConfigError(f"{path}.ca_file: {ca!r} is not a readable file")
+        profile = providers[name].inference_profile
+        if profile and not (profile.isascii() and profile.isalpha() and profile.islower()):
+            raise ConfigError(
+                f"{path}.inference_profile: expected a geography prefix such as us, eu, "
+                f"apac, or none; got {profile!r}"
+            )
     return providers
 
 
@@ -522,6 +541,25 @@ def _apply_overrides(models: list[Model], raw: Any) -> list[Model]:
         except TypeError as exc:
             raise ConfigError(f"{path}: {exc}") from None
     return list(by_id.values())
+
+
+def _inference_profiles(
+    models: list[Model], providers: Mapping[str, ProviderConfig]
+) -> list[Model]:
+    """The bundled catalog names US inference profiles (``us.anthropic...``); a Bedrock
+    provider in another geography calls the same model through its own profile."""
+    out = []
+    for m in models:
+        deps = []
+        for d in m.deployments:
+            pc = providers.get(d.provider)
+            if pc is not None and pc.kind == "bedrock" and d.upstream_id.startswith("us."):
+                prefix = pc.profile_prefix()
+                if prefix not in ("us", "none"):
+                    d = replace(d, upstream_id=f"{prefix}.{d.upstream_id[3:]}")
+            deps.append(d)
+        out.append(replace(m, deployments=tuple(deps)) if deps != list(m.deployments) else m)
+    return out
 
 
 def _scaled_nominals(model: Model, nominal_ms: float) -> tuple[Deployment, ...]:
@@ -689,6 +727,7 @@ def parse_config(data: Mapping[str, Any], source: str = "<string>") -> Config:
         replaced = {m.id for m in added}
         models = [m for m in models if m.id not in replaced] + added
         models = _apply_overrides(models, data.get("overrides"))
+        models = _inference_profiles(models, providers)
         for m in models:
             for d in m.deployments:
                 if d.provider not in providers:

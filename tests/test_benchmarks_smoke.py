@@ -58,6 +58,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, 
     finally:
         other.stop()
     assert proc.returncode == 0, proc.stderr[-3000:]
+    (out / "stdout.txt").write_text(proc.stdout)
     yield orjson.loads((out / "results.json").read_bytes()), proc.stderr, out
 
 
@@ -112,8 +113,12 @@ def test_in_process_and_startup_benchmarks_report(smoke: Any) -> None:
 @pytest.mark.timeout(200)
 def test_summary_and_charts_are_written(smoke: Any) -> None:
     _, stderr, out = smoke
+    stdout = (out / "stdout.txt").read_text()
     summary = (out / "summary.md").read_text()
     assert "| target | goal | this run | met |" in summary
+    # Five samples cannot fail a goal: the table says it was not judged, never "no".
+    assert "not judged at smoke size" in summary and "**no**" not in summary
+    assert "**no**" not in stdout and "not judged at smoke size" in stdout
     assert "### (b) Concurrent paced streams" in summary
     assert "pinning" in stderr
     if importlib.util.find_spec("matplotlib") is None:
@@ -121,6 +126,19 @@ def test_summary_and_charts_are_written(smoke: Any) -> None:
     else:
         for chart in ("latency_cdf.png", "concurrency.png", "memory.png"):
             assert (out / chart).stat().st_size > 1000
+
+
+@pytest.mark.timeout(200)
+def test_every_target_has_its_own_colour_in_the_charts(smoke: Any) -> None:
+    from benchmarks.charts import palette
+
+    results, _, _ = smoke
+    colors = palette(results)
+    drawn = set(results["benchmarks"]["overhead"]["stream"]["samples_ms"])
+    drawn |= set(results["benchmarks"]["concurrency"]["levels"])
+    drawn |= set(results["benchmarks"]["memory"]["targets"])
+    assert {"direct", "forwarder", "model-router", "other"} <= drawn
+    assert len({colors[name] for name in drawn}) == len(drawn)
 
 
 @pytest.mark.parametrize(

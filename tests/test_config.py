@@ -149,3 +149,45 @@ def test_serve_without_credentials_refuses_and_says_how_to_configure() -> None:
         and "--demo" in out.stderr
     )
     assert "ready on" not in out.stdout
+
+
+@pytest.mark.parametrize(
+    "bedrock, expected",
+    [
+        pytest.param({}, "us.anthropic.claude-haiku-4-5-20251001-v1:0", id="default-us-east-1"),
+        pytest.param(
+            {"region": "eu-central-1"}, "eu.anthropic.claude-haiku-4-5-20251001-v1:0", id="eu"
+        ),
+        pytest.param(
+            {"region": "ap-southeast-2"},
+            "apac.anthropic.claude-haiku-4-5-20251001-v1:0",
+            id="apac",
+        ),
+        pytest.param(
+            {"region": "eu-west-1", "inference_profile": "none"},
+            "us.anthropic.claude-haiku-4-5-20251001-v1:0",
+            id="explicit-none",
+        ),
+        pytest.param(
+            {"region": "ap-northeast-1", "inference_profile": "jp"},
+            "jp.anthropic.claude-haiku-4-5-20251001-v1:0",
+            id="explicit-jp",
+        ),
+    ],
+)
+def test_bedrock_inference_profiles_follow_the_region(
+    bedrock: dict[str, Any], expected: str
+) -> None:
+    config = parse_config({"providers": {"bedrock": bedrock}})
+    model = config.catalog.get("claude-haiku-4-5")
+    assert model is not None
+    (dep,) = [d for d in model.deployments if d.provider == "bedrock"]
+    assert dep.upstream_id == expected
+    # Ids that are not US profiles (in-region model ids) are left as they are.
+    qwen = config.catalog.get("qwen3-32b")
+    assert qwen is not None and qwen.deployments[0].upstream_id == "qwen.qwen3-32b-v1:0"
+
+
+def test_a_malformed_inference_profile_names_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"providers.bedrock.inference_profile"):
+        parse_config({"providers": {"bedrock": {"inference_profile": "eu."}}})

@@ -82,7 +82,7 @@ async def test_a_slow_primary_is_hedged_and_the_client_gets_one_stream_from_the_
     assert headers["x-router-attempts"] == "2"
     assert events[-1] == b"[DONE]" and events.count(b"[DONE]") == 1
     chunks = [orjson.loads(e) for e in events[:-1]]
-    assert {c["model"] for c in chunks} == {FAST}  # nothing of the loser's
+    assert {c["model"] for c in chunks} == {"m-b"}  # nothing of the loser's
     state = proxy.sim.state
     assert state.requests[SLOW] == 1 and state.requests[FAST] == 1
     # The loser's upstream saw its connection closed right after the winner's first token.

@@ -124,3 +124,32 @@ def test_an_endless_event_is_refused_rather_than_buffered() -> None:
     with pytest.raises(UpstreamError):
         for _ in range(300):
             relay.feed(b"data: " + b"x" * 4096)
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        pytest.param(b'data: {"id":"c","model":"up/m:1","choices":[]}\n\n', id="compact"),
+        pytest.param(b'data: {"id": "c", "model": "up/m:1", "choices": []}\n\n', id="spaced"),
+        pytest.param(b'data: {"id":"c","model" :"up/m:1","choices":[]}\n\n', id="odd-spacing"),
+    ],
+)
+def test_the_upstream_model_name_becomes_the_catalog_id(event: bytes) -> None:
+    relay = SSERelay(False, lambda p, c: 0.0, rename=("up/m:1", "m"))
+    out = relay.feed(event)
+    assert out.endswith(b"\n\n")
+    assert orjson.loads(out[6:-2]) == {"id": "c", "model": "m", "choices": []}
+
+
+def test_a_model_name_quoted_in_content_is_left_alone() -> None:
+    relay = SSERelay(False, lambda p, c: 0.0, rename=("m", "catalog-m"))
+    text = 'say "model":"m" please'
+    body = {"model": "m", "choices": [{"index": 0, "delta": {"content": text}}]}
+    out = relay.feed(b"data: " + orjson.dumps(body) + b"\n\n")
+    parsed = orjson.loads(out[6:-2])
+    assert parsed["model"] == "catalog-m"
+    assert parsed["choices"][0]["delta"]["content"] == text
+    # Without a rename (the same id on both sides) the bytes pass through untouched.
+    same = SSERelay(False, lambda p, c: 0.0)
+    event = b"data: " + orjson.dumps(body) + b"\n\n"
+    assert same.feed(event) == event

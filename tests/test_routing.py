@@ -23,6 +23,7 @@ def model(
     ttft: float,
     *,
     ctx: int = 100_000,
+    out: int = 64_000,
     caps: frozenset[str] = ALL,
     providers: tuple[str, ...] = ("p1",),
 ) -> Model:
@@ -32,7 +33,7 @@ def model(
         name=mid,
         tier=tier,
         context_length=ctx,
-        max_output_tokens=4096,  # type: ignore[arg-type]
+        max_output_tokens=out,  # type: ignore[arg-type]
         input_price=price,
         output_price=price * 4,
         pricing_source="test",
@@ -50,7 +51,7 @@ CATALOG = Catalog.build(
     [
         model("eco-cheap", "economy", 0.05, 40, 20, 300),
         model("eco-fast", "economy", 0.20, 45, 30, 120, caps=frozenset({"chat"})),
-        model("eco-smart", "economy", 0.40, 55, 50, 400),
+        model("eco-smart", "economy", 0.40, 55, 50, 400, out=8_192),
         model("std-coder", "standard", 1.00, 60, 72, 500, providers=("p1", "p2")),
         model("std-general", "standard", 0.80, 65, 55, 350, ctx=32_000),
         model("pre-best", "premium", 5.00, 80, 78, 900),
@@ -165,6 +166,34 @@ def test_prompt_larger_than_every_window_names_the_largest() -> None:
         route({"model": "auto", "messages": [{"role": "user", "content": "x" * 500_000}]})
     assert err.value.code == "context_length_exceeded"
     assert "100000" in err.value.message and err.value.param == "messages"
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+def test_auto_routing_skips_models_whose_output_limit_is_below_max_tokens(field: str) -> None:
+    body = {"model": "auto:economy:quality", field: 8_193}
+    assert route(body)[0] == "eco-fast@p1"  # eco-smart ranks first but writes at most 8192
+    assert route({**body, field: 8_192})[0] == "eco-smart@p1"
+    assert route({"model": "auto:economy:quality"})[0] == "eco-smart@p1"  # no max: no limit
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+def test_a_pinned_model_asked_for_more_than_its_output_limit_is_400_naming_both(
+    field: str,
+) -> None:
+    with pytest.raises(RouterError) as err:
+        route({"model": "eco-smart", field: 10_000})
+    assert (err.value.status, err.value.param) == (400, field)
+    assert err.value.code == "max_tokens_exceeds_model_limit"
+    assert "8192" in err.value.message and "eco-smart" in err.value.message
+    # In an explicit fallback list the model that cannot write that much is passed over.
+    assert route({"model": "eco-smart", "models": ["eco-cheap"], field: 10_000}) == ["eco-cheap@p1"]
+
+
+def test_no_model_writing_enough_is_400_naming_the_largest_limit() -> None:
+    with pytest.raises(RouterError) as err:
+        route({"model": "auto", "max_tokens": 70_000})
+    assert (err.value.status, err.value.param) == (400, "max_tokens")
+    assert "64000" in err.value.message
 
 
 def test_unknown_model_is_404_pointing_at_the_listing() -> None:

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.catalog import PREFERS, TIERS, Prefer, Tier
+from proxy.catalog import PREFERS, TIERS, Catalog, Prefer, Tier
 from proxy.errors import RouterError, bad_request, quote
 from proxy.providers.base import Endpoint
 
@@ -40,6 +40,8 @@ class Intent:
     tier_auto: bool = False  # tier "auto": the classifier picks the tier before planning
     task: str | None = None  # the caller's task hint, already applied to tier and prefer
     escalate: bool = False  # retry once a tier up on a cut-off, empty or refused answer
+    # The field max_output_tokens came from, for errors that name it.
+    max_output_param: str = "max_tokens"
     hedge: bool | None = None  # the request's (or its key's) say on hedging; None: default
 
 
@@ -190,13 +192,13 @@ def parse_intent(
         raise bad_request(
             "'stream_options.include_usage' must be a boolean", "stream_options.include_usage"
         )
-    max_out = 0
+    max_out, max_param = 0, "max_tokens"
     for name in ("max_completion_tokens", "max_tokens"):
         value = _check_type(body, name, int, "a non-negative integer")
         if value is not None and value < 0:
             raise bad_request(f"'{name}' must be a non-negative integer", name)
         if value is not None and not max_out:
-            max_out = value
+            max_out, max_param = value, name
 
     needs: set[str] = {"chat"} if endpoint == "chat" else set()
     prompt_tokens = _messages(body, needs) if endpoint == "chat" else _prompt(body, needs)
@@ -264,6 +266,7 @@ def parse_intent(
         tier_auto=tier_auto and not pinned,
         task=task,
         escalate=escalate,
+        max_output_param=max_param,
         hedge=hedge,
     )
 
@@ -273,11 +276,13 @@ def forwarded_body(body: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if k not in EXTENSION_FIELDS}
 
 
-def not_found(model: str) -> RouterError:
+def not_found(model: str, catalog: Catalog | None = None) -> RouterError:
+    near = catalog.nearest(model) if catalog is not None else []
+    hint = f" The nearest catalog ids: {', '.join(near)}." if near else ""
     return RouterError(
         404,
-        f"The model {quote(model)} does not exist or is not enabled. GET /v1/models lists every "
-        "routable model; use 'auto' to route by intent.",
+        f"The model {quote(model)} does not exist or is not enabled.{hint} "
+        "GET /v1/models lists every routable model; use 'auto' to route by intent.",
         param="model",
         code="model_not_found",
     )

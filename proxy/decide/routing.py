@@ -91,6 +91,12 @@ def _fits(intent: Intent, m: Model) -> bool:
     return intent.prompt_tokens + intent.max_output_tokens <= m.context_length
 
 
+def _writes_enough(intent: Intent, m: Model) -> bool:
+    """The model can produce as many tokens as the client reserved (an upstream would
+    answer a larger max_tokens with a 400)."""
+    return intent.max_output_tokens <= m.max_output_tokens
+
+
 def _capable(intent: Intent, m: Model) -> bool:
     return intent.needs <= m.capabilities
 
@@ -120,7 +126,7 @@ def _pinned(catalog: Catalog, intent: Intent, snap: Snapshot) -> Iterator[Deploy
     for name in intent.pinned:
         model = catalog.get(name)
         if model is None:
-            raise not_found(name)
+            raise not_found(name, catalog)
         if model.id in seen:
             continue
         seen.add(model.id)
@@ -171,6 +177,7 @@ def plan(
     chosen: list[Candidate] = []
     open_ones: list[Candidate] = []
     too_small: list[Model] = []
+    too_short: list[Model] = []  # the window fits, but the output limit is below max_tokens
     incapable: list[Model] = []
     denied: list[Model] = []
     for d in source:
@@ -183,6 +190,9 @@ def plan(
             continue
         if not _fits(intent, model):
             too_small.append(model)
+            continue
+        if not _writes_enough(intent, model):
+            too_short.append(model)
             continue
         if d.key in snap.open:
             open_ones.append(Candidate(model, d))
@@ -198,17 +208,38 @@ def plan(
         )
         chosen, forced = open_ones[:limit], True
     if not chosen:
-        raise _nothing_eligible(intent, too_small, incapable, denied, catalog)
+        raise _nothing_eligible(intent, too_small, too_short, incapable, denied, catalog)
     return Plan(tuple(chosen), _reason(intent, chosen[0], snap, forced), forced)
 
 
 def _nothing_eligible(
     intent: Intent,
     too_small: list[Model],
+    too_short: list[Model],
     incapable: list[Model],
     denied: list[Model],
     catalog: Catalog,
 ) -> RouterError:
+    field = intent.max_output_param
+    if too_short and intent.pinned:
+        m = too_short[0]
+        return bad_request(
+            f"'{field}' is {intent.max_output_tokens} but {m.id} writes at most "
+            f"{m.max_output_tokens} output tokens; lower '{field}' to {m.max_output_tokens} "
+            "or less",
+            field,
+            "max_tokens_exceeds_model_limit",
+        )
+    if too_short:
+        longest = max(too_short, key=lambda m: (m.max_output_tokens, m.id))
+        pool = f"tier {intent.tier}" if intent.tier else "any tier"
+        return bad_request(
+            f"'{field}' is {intent.max_output_tokens} but no eligible model in {pool} writes "
+            f"that many output tokens (the largest limit is {longest.max_output_tokens}, "
+            f"{longest.id})",
+            field,
+            "max_tokens_exceeds_model_limit",
+        )
     if too_small:
         largest = max(m.context_length for m in too_small)
         return RouterError(

@@ -15,7 +15,7 @@ from aiohttp import web
 from proxy.accounting.ledger import ACCOUNTING
 from proxy.catalog import PREFERS, TIERS
 from proxy.decide.experiments import key_id
-from proxy.decide.intent import forwarded_body, parse_intent
+from proxy.decide.intent import forwarded_body, not_found, parse_intent
 from proxy.decide.resolve import resolve
 from proxy.decide.routing import plan
 from proxy.errors import RouterError, quote
@@ -216,6 +216,23 @@ def _virtual_models() -> list[dict[str, Any]]:
 async def list_models(request: web.Request) -> web.Response:
     router: Router = request.app[ROUTER].current
     return json_response({"object": "list", "data": router.models_listing + _virtual_models()})
+
+
+async def retrieve_model(request: web.Request) -> web.Response:
+    """GET /v1/models/{id}: one entry of the listing, by catalog id, alias or virtual name.
+
+    Ids hold ``/`` and ``:`` (``openai/gpt-4o``, ``auto:premium:coding``), so the route is
+    greedy and the id is the rest of the path."""
+    router: Router = request.app[ROUTER].current
+    name = request.match_info["model_id"]
+    model = router.catalog.get(name)
+    if model is not None:
+        return json_response(router.models_by_id[model.id])
+    for entry in _virtual_models():
+        if entry["id"] == name:
+            return json_response(entry)
+    err = not_found(name, router.catalog)
+    return error_response(err, request_id(request))
 
 
 async def router_status(request: web.Request) -> web.Response:

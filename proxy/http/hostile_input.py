@@ -261,6 +261,10 @@ def client_address(request: web.BaseRequest, trusted: tuple[str, ...]) -> str:
     return peer
 
 
+# How long a connection cut off by the header deadline is read (and dropped) after its 408.
+LINGER_S = 0.5
+
+
 class GuardedHandler(web_protocol.RequestHandler):
     """aiohttp's HTTP protocol plus a header deadline and the connection cap.
 
@@ -277,6 +281,7 @@ class GuardedHandler(web_protocol.RequestHandler):
         "_header_timeout",
         "_header_timer",
         "_limits",
+        "_lingering",
         "_max_connections",
         "_partial",
         "_received",
@@ -290,6 +295,7 @@ class GuardedHandler(web_protocol.RequestHandler):
         self._max_connections = manager.connection_cap(limits)
         self._header_timer: asyncio.TimerHandle | None = None
         self._partial = False
+        self._lingering = False
         self._counted = False
         self._address: str | None = None  # counted against the per-address cap
         self._received = 0
@@ -357,6 +363,8 @@ class GuardedHandler(web_protocol.RequestHandler):
         self._guard.bad_requests.bad_request(address, what, self._received)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return  # after a 408: read and dropped, see _header_deadline
         self._received += len(data)
         before = self._request_count
         super().data_received(data)
@@ -384,9 +392,18 @@ class GuardedHandler(web_protocol.RequestHandler):
         waiter = self._waiter
         if self.transport is None or waiter is None or waiter.done():
             return  # a request is being handled: not a wait for headers
-        if self._partial:
-            self.transport.write(REQUEST_TIMEOUT)
-        self.force_close()
+        if not self._partial:
+            self.force_close()
+            return
+        # Closing a socket with unread input sends a reset, and a reset can reach the client
+        # before it has read our 408. So: the 408, then FIN, then read and drop whatever the
+        # client still sends for LINGER_S (not the whole of it: a dribbler is why we are here).
+        transport = self.transport
+        transport.write(REQUEST_TIMEOUT)
+        self._lingering = True
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._loop.call_later(LINGER_S, self.force_close)
 
 
 class GuardedServer(web.Server):

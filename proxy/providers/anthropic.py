@@ -148,7 +148,7 @@ class AnthropicProvider:
     async def stream(self, request: UpstreamRequest) -> AnthropicStream:
         payload = self._payload(request, stream=True)
         translator = AnthropicStreamTranslator(
-            model=request.upstream_id,
+            model=request.reported_model,
             created=int(time.time()),
             json_tool=json_tool_name(request.body),
         )

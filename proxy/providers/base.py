@@ -85,6 +85,14 @@ class UpstreamRequest:
     upstream_id: str
     body: dict[str, Any]
     stream: bool
+    # The ``model`` the client's answer carries (the catalog id); chunks an adapter makes
+    # itself are stamped with it. Empty: the upstream id.
+    answer_model: str = ""
+
+    @property
+    def reported_model(self) -> str:
+        return self.answer_model or self.upstream_id
+
     # The deployment's FIM template (``providers/fim.py``), for servers that take no
     # ``suffix``: an adapter renders prompt + suffix in it. "" sends ``suffix`` as it is.
     fim_template: str = ""

@@ -210,7 +210,7 @@ class BedrockProvider:
             raise _failure(exc) from None
         translator = ConverseStreamTranslator(
             id=self._id(resp),
-            model=request.upstream_id,
+            model=request.reported_model,
             created=int(time.time()),
             json_tool=json_tool_name(request.body),
         )
@@ -227,7 +227,7 @@ class BedrockProvider:
                 resp,
                 id=self._id(resp),
                 created=int(time.time()),
-                model=request.upstream_id,
+                model=request.reported_model,
                 json_tool=json_tool_name(request.body),
             )
         except (TypeError, ValueError, AttributeError):

@@ -147,7 +147,7 @@ class OpenAIProvider:
         self._urls = {"chat": f"{base}/chat/completions", "completions": f"{base}/completions"}
         # Built from an allowlist: nothing from the client's request reaches the upstream.
         self._headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
-        if api_key:  # a local server (Ollama, vLLM, llama.cpp) may need none
+        if api_key:  # a keyless local server (Ollama, llama.cpp) gets no Authorization at all
             self._headers["Authorization"] = f"Bearer {api_key}"
 
     async def start(self) -> None:

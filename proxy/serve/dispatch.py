@@ -253,7 +253,8 @@ class Dispatcher:
             cand.deployment.upstream_id,
             upstream_body,
             intent.stream,
-            cand.deployment.fim_template,
+            answer_model=cand.model.id,
+            fim_template=cand.deployment.fim_template,
         )
 
     def _failed(
@@ -354,7 +355,11 @@ class Dispatcher:
         """One attempt up to the commit point; None when it failed (and was recorded)."""
         loop = asyncio.get_running_loop()
         provider = self.providers[cand.deployment.provider]
-        relay = SSERelay(intent.include_usage, cand.model.cost_usd, intent.prompt_tokens)
+        d = cand.deployment
+        rename = (d.upstream_id, cand.model.id) if d.upstream_id != cand.model.id else None
+        relay = SSERelay(
+            intent.include_usage, cand.model.cost_usd, intent.prompt_tokens, rename=rename
+        )
         upstream: UpstreamStream | None = None
         mark = self.health.mark(cand.deployment.key)
         started = loop.time()
@@ -630,6 +635,9 @@ class Dispatcher:
             raise
         if data is None:
             raise exhausted(failures, outcome)
+        # The answer names the catalog model, as x-router-model does, whichever provider
+        # (and whatever it calls the model) answered.
+        data["model"] = cand.model.id
         usage = data.get("usage")
         if isinstance(usage, dict):
             prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")

@@ -2,8 +2,9 @@
 
 Each event is checked (framing, JSON validity, in-band errors) so a malformed or failed
 upstream becomes an error event instead of bytes the client's SDK chokes on. Events pass
-through byte-for-byte; the only one rewritten is the usage event, which gains
-``usage.cost`` and is dropped when the client did not ask for usage.
+through byte-for-byte but for two edits: the usage event gains ``usage.cost`` (and is
+dropped when the client did not ask for usage), and where the upstream calls the model
+by another name than the catalog's, its ``"model"`` value is swapped in place.
 """
 
 from __future__ import annotations
@@ -85,12 +86,21 @@ class SSERelay:
         "cost",
         "done",
         "include_usage",
+        "model",
+        "needles",
         "produced",
         "prompt_estimate",
+        "upstream_model",
         "usage",
     )
 
-    def __init__(self, include_usage: bool, cost: CostFn, prompt_estimate: int = 0) -> None:
+    def __init__(
+        self,
+        include_usage: bool,
+        cost: CostFn,
+        prompt_estimate: int = 0,
+        rename: tuple[str, str] | None = None,
+    ) -> None:
         self.buf = b""
         self.done = False
         self.content_seen = False
@@ -101,6 +111,16 @@ class SSERelay:
         # the router's estimate of the prompt.
         self.produced = 0
         self.prompt_estimate = prompt_estimate
+        # rename = (upstream id, catalog id): the client sees the catalog id in every chunk.
+        self.upstream_model = rename[0] if rename else None
+        self.model = rename[1] if rename else ""
+        self.needles: tuple[tuple[bytes, bytes], ...] = ()
+        if rename:
+            old, new = orjson.dumps(rename[0]), orjson.dumps(rename[1])
+            self.needles = (
+                (b'"model":' + old, b'"model":' + new),
+                (b'"model": ' + old, b'"model": ' + new),
+            )
 
     def feed(self, chunk: bytes) -> bytes:
         if b"\r" in chunk:
@@ -170,10 +190,25 @@ class SSERelay:
         if not self.content_seen and _is_content(obj):
             self.content_seen = True
         self.produced += produced_tokens(obj)
+        renamed = self.upstream_model is not None and obj.get("model") == self.upstream_model
         usage = obj.get("usage")
         if isinstance(usage, dict):
+            if renamed:
+                obj["model"] = self.model
             return self._usage_event(obj, usage)
+        if renamed:
+            return self._renamed(payload, obj)
         return event
+
+    def _renamed(self, payload: bytes, obj: dict[str, Any]) -> bytes:
+        """The event with the catalog's model name: a byte swap of the one ``"model"`` key
+        (quotes inside JSON strings are escaped, so the needle cannot match text), or a
+        re-encode when the upstream spaced it some other way."""
+        for old, new in self.needles:
+            if old in payload:
+                return b"data: " + payload.replace(old, new, 1) + b"\n\n"
+        obj["model"] = self.model
+        return b"data: " + orjson.dumps(obj) + b"\n\n"
 
     def charge(self) -> tuple[int, int, float, bool]:
         """(prompt tokens, completion tokens, cost, estimated): the upstream's usage when it

@@ -63,6 +63,7 @@ class Router:
     demo: bool = False
     probe_loop: ProbeLoop | None = None
     models_listing: list[dict[str, Any]] = field(default_factory=list)
+    models_by_id: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Called once per request with its Outcome and duration in seconds, after the answer
     # (or error) has gone out: the access log, metrics and the usage log subscribe here.
     sinks: list[Callable[[Outcome, float], None]] = field(default_factory=list)
@@ -72,6 +73,7 @@ class Router:
 
     def __post_init__(self) -> None:
         self.models_listing = [model_entry(m) for m in self.catalog.models]
+        self.models_by_id = {entry["id"]: entry for entry in self.models_listing}
 
     def status(self) -> dict[str, Any]:
         now = time.monotonic()

@@ -28,6 +28,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--gap-ms", type=float, default=0.0, help="time between content chunks")
     parser.add_argument("--tokens", type=int, default=16, help="content chunks per answer")
     parser.add_argument(
+        "--keyless",
+        action="store_true",
+        help="accept OpenAI-wire requests without a bearer token, as a local server does",
+    )
+    parser.add_argument(
         "--tls-dir",
         type=Path,
         help="serve HTTPS with a certificate made now; the CA a client must trust is written "
@@ -36,9 +41,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def serve(host: str, port: int, profile: Profile, tls_dir: Path | None = None) -> None:
+async def serve(
+    host: str, port: int, profile: Profile, keyless: bool = False, tls_dir: Path | None = None
+) -> None:
     tls = make_sim_tls(tls_dir).server if tls_dir is not None else None
-    runner, url = await start_sim(SimState(default=profile), host, port, tls=tls)
+    state = SimState(default=profile, keyless=keyless)
+    runner, url = await start_sim(state, host, port, tls=tls)
     print(f"sim ready on {url}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -57,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--tokens, --ttft-ms and --gap-ms must not be negative")
     profile = Profile(ttft_ms=args.ttft_ms, gap_ms=args.gap_ms, tokens=args.tokens)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(args.host, args.port, profile, args.tls_dir))
+        runner.run(serve(args.host, args.port, profile, args.keyless, args.tls_dir))
     return 0
 
 

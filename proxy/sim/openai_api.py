@@ -160,8 +160,10 @@ async def _openai(request: web.Request, legacy: bool) -> web.StreamResponse:
     model = str(body.get("model", ""))
     state.record(model, body, request.headers)
     state.fields_seen.update(body)
-    # No Authorization at all is how a local server (Ollama, vLLM, llama.cpp) is called.
-    if not request.headers.get("Authorization", "Bearer ").startswith("Bearer "):
+    # No Authorization at all is how a local server (Ollama, vLLM, llama.cpp) is called;
+    # a keyless simulator takes any.
+    auth = request.headers.get("Authorization", "Bearer ")
+    if not state.keyless and not auth.startswith("Bearer "):
         return openai_error(401, "simulator: not a bearer token")
     if legacy and body.get("suffix") is not None and model in state.no_suffix:
         return openai_error(400, "simulator: suffix is not currently supported")

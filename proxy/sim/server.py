@@ -26,8 +26,12 @@ PRE_BYTE_FAULTS = frozenset({"status", "reset", "hang_headers"})
 class SimState:
     """Everything a test may want to switch or inspect while the simulator runs."""
 
-    def __init__(self, *, scale: float = 1.0, default: Profile | None = None) -> None:
+    def __init__(
+        self, *, scale: float = 1.0, default: Profile | None = None, keyless: bool = False
+    ) -> None:
         self.scale = scale
+        # A local server (Ollama, llama.cpp) takes requests without a bearer token.
+        self.keyless = keyless
         self.default = default or Profile()
         self.profiles: dict[str, Profile] = {}
         self.faults: dict[str, Fault] = {}
