@@ -19,11 +19,13 @@ from typing import Any
 
 import orjson
 
-from proxy.app import build_router, enabled_providers, make_session
+from proxy.assembly.providers import make_session
+from proxy.assembly.router import build_router
 from proxy.catalog import Catalog
 from proxy.config import Config, parse_config
-from proxy.serve.dispatch import Outcome
+from proxy.serve.record import Asked, RequestRecord
 from proxy.serve.state import Router
+from proxy.service.discovery import enabled_providers
 from proxy.status.history import POINTS, History
 
 ENV = {
@@ -36,7 +38,7 @@ ENV = {
 }
 
 
-def outcomes(router: Router, n: int = 1000) -> list[Outcome]:
+def outcomes(router: Router, n: int = 1000) -> list[RequestRecord]:
     """A spread like real traffic: every deployment, three keys, a few failures."""
     deps = list(router.catalog.deployments())
     out = []
@@ -44,15 +46,12 @@ def outcomes(router: Router, n: int = 1000) -> list[Outcome]:
         d = deps[i % len(deps)]
         failed = i % 50 == 0
         out.append(
-            Outcome(
-                request_id=f"r{i}",
-                endpoint="chat",
-                stream=True,
+            RequestRecord(
+                Asked(f"r{i}", "chat", ("ide", "ci", "batch")[i % 3], stream=True),
                 model=None if failed else d.model_id,
                 provider=None if failed else d.provider,
                 status=502 if failed else 200,
                 cost=0.0 if failed else 0.0004,
-                key_id=("ide", "ci", "batch")[i % 3],
             )
         )
     return out

@@ -14,10 +14,11 @@ import time
 from aiohttp import web
 from prometheus_client import disable_created_metrics, generate_latest
 
-from proxy.app import build_router, make_session
+from proxy.assembly.providers import make_session
+from proxy.assembly.router import build_router
 from proxy.config import parse_config
 from proxy.http.metrics import Metrics
-from proxy.serve.dispatch import Outcome
+from proxy.serve.record import Asked, RequestRecord
 from proxy.serve.state import ROUTER, RouterHolder
 
 REQUESTS = 200_000
@@ -25,12 +26,10 @@ SCRAPES = 200
 ROUNDS = 5
 
 
-def outcome(i: int) -> Outcome:
+def outcome(i: int) -> RequestRecord:
     # A realistic spread of label values: 8 models x 2 providers x 2 statuses.
-    return Outcome(
-        request_id=f"r{i}",
-        endpoint="chat",
-        stream=True,
+    return RequestRecord(
+        Asked(request_id=f"r{i}", endpoint="chat", stream=True),
         model=f"model-{i % 8}",
         provider=("openai", "openrouter")[i % 2],
         attempts=1 + (i % 20 == 0),

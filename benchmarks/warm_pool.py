@@ -100,7 +100,8 @@ def serve_proxy(
 ) -> None:
     import uvloop
 
-    from proxy.app import demo_config, make_app, start_server
+    from proxy.app import make_app, start_server
+    from proxy.assembly.demo import demo_config
     from proxy.config import parse_config
 
     async def main() -> None:

@@ -1,3 +1,4 @@
+# Over 400 lines: its docstring (48 lines) is the state machine's specification, kept beside it.
 """Circuit breakers, one per deployment: CLOSED -> OPEN -> HALF_OPEN -> CLOSED.
 
 The clock and the jitter source are injected, so every transition is testable without sleeping.
@@ -57,9 +58,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-# Mirrors proxy.providers.base.CLIENT_FAULTS: probes/ may not import from proxy/.
-CLIENT_FAULTS: frozenset[str] = frozenset({"client"})
-RATE_LIMITED = "rate_limited"
+from .kinds import CLIENT_FAULTS, RATE_LIMITED
 
 # 2**60 times any sane base_open_s is past every cap; the bound only stops float overflow.
 _MAX_EXPONENT = 60

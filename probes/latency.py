@@ -1,3 +1,4 @@
+# Over 400 lines: its docstring (54 lines) is the estimator's specification, kept beside it.
 """The decayed TTFT table: per deployment, a time-decayed mean and p90 of time-to-first-token.
 
 Probes and live requests feed the same statistics; routing reads one number per deployment.

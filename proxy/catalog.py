@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import math
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 from importlib import resources
@@ -99,18 +99,55 @@ class Model:
         return (prompt_tokens * self.input_price + completion_tokens * self.output_price) / 1e6
 
 
+@dataclass(frozen=True, slots=True)
+class Preference:
+    """What one ``prefer`` means, in one place: how it ranks models before any measurement,
+    the figure the reason header shows for the chosen model, and the default deadline for a
+    first token ([routing] ttft_deadline_ms overrides it)."""
+
+    # Tie-breaks are deterministic: then cheaper, then higher quality, then id order (the
+    # id comparison is done by the caller's stable sort over id-sorted input).
+    sort_key: Callable[[Model], tuple[float, ...]]
+    # The reason's figure for the chosen model; "fast" reads the live estimate instead.
+    figure: Callable[[Model], str]
+    ttft_deadline_ms: float
+
+
+PREFERENCES: Mapping[Prefer, Preference] = {
+    "cheap": Preference(
+        lambda m: (m.blended_price, -m.quality.value),
+        lambda m: f"blended_usd_per_m={m.blended_price:.3g}",
+        20_000.0,
+    ),
+    "fast": Preference(
+        lambda m: (m.nominal_ttft_ms, m.blended_price),
+        lambda m: f"nominal_ttft_ms={m.nominal_ttft_ms:.0f}",
+        2_000.0,
+    ),
+    "balanced": Preference(
+        lambda m: (-m.balanced_score, m.blended_price),
+        lambda m: f"balanced_score={m.balanced_score:.1f}",
+        20_000.0,
+    ),
+    "quality": Preference(
+        lambda m: (-m.quality.value, m.blended_price),
+        lambda m: f"quality={m.quality.value:g}",
+        30_000.0,
+    ),
+    "coding": Preference(
+        lambda m: (-m.coding.value, m.blended_price),
+        lambda m: f"coding={m.coding.value:g}",
+        30_000.0,
+    ),
+}
+# What a request that names no preference gets.
+DEFAULT_PREFER: Prefer = "balanced"
+# The first-token deadline for a pinned model.
+PINNED_TTFT_DEADLINE_MS = 30_000.0
+
+
 def _sort_key(prefer: Prefer, m: Model) -> tuple[float, ...]:
-    # Tie-breaks are deterministic: then cheaper, then higher quality, then id order
-    # (the id comparison is done by the caller's stable sort over id-sorted input).
-    if prefer == "cheap":
-        return (m.blended_price, -m.quality.value)
-    if prefer == "quality":
-        return (-m.quality.value, m.blended_price)
-    if prefer == "coding":
-        return (-m.coding.value, m.blended_price)
-    if prefer == "balanced":
-        return (-m.balanced_score, m.blended_price)
-    return (m.nominal_ttft_ms, m.blended_price)  # fast, before any measurement
+    return PREFERENCES[prefer].sort_key(m)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,27 +255,9 @@ def _score(table: Mapping[str, Any], key: str, path: str) -> Score:
     )
 
 
-def parse_model(raw: Mapping[str, Any], path: str) -> Model:
-    """One ``[[models]]`` table -> Model; raises CatalogError naming the key path."""
-    _check_keys(raw, _MODEL_KEYS, path)
-    model_id = _require(raw, "id", str, path)
-    tier: Tier = _require(raw, "tier", str, path)
-    if tier not in TIERS:
-        raise CatalogError(f"{path}.tier: {tier!r} is not one of {', '.join(TIERS)}")
-    caps = _require(raw, "capabilities", list, path)
-    for cap in caps:
-        if cap not in CAPABILITIES:
-            raise CatalogError(f"{path}.capabilities: unknown capability {cap!r}")
-    nominal = float(_require(raw, "nominal_ttft_ms", (int, float), path))
-    aliases = raw.get("aliases", [])
-    if not isinstance(aliases, list) or not all(isinstance(a, str) and a for a in aliases):
-        raise CatalogError(f"{path}.aliases: expected an array of strings")
-    for key in ("name", "owned_by"):
-        if key in raw and not isinstance(raw[key], str):
-            raise CatalogError(f"{path}.{key}: expected str")
-    for key in ("nominal_ttft_ms", "tokens_per_second", "context_length", "max_output_tokens"):
-        if _require(raw, key, (int, float), path) <= 0:
-            raise CatalogError(f"{path}.{key}: must be positive")
+def _deployments(
+    raw: Mapping[str, Any], model_id: str, nominal: float, path: str
+) -> list[Deployment]:
     deps_raw = _require(raw, "deployments", list, path)
     if not deps_raw:
         raise CatalogError(f"{path}.deployments: at least one deployment is required")
@@ -270,6 +289,31 @@ def parse_model(raw: Mapping[str, Any], path: str) -> Model:
                 fim_template=template,
             )
         )
+    return deployments
+
+
+def parse_model(raw: Mapping[str, Any], path: str) -> Model:
+    """One ``[[models]]`` table -> Model; raises CatalogError naming the key path."""
+    _check_keys(raw, _MODEL_KEYS, path)
+    model_id = _require(raw, "id", str, path)
+    tier: Tier = _require(raw, "tier", str, path)
+    if tier not in TIERS:
+        raise CatalogError(f"{path}.tier: {tier!r} is not one of {', '.join(TIERS)}")
+    caps = _require(raw, "capabilities", list, path)
+    for cap in caps:
+        if cap not in CAPABILITIES:
+            raise CatalogError(f"{path}.capabilities: unknown capability {cap!r}")
+    nominal = float(_require(raw, "nominal_ttft_ms", (int, float), path))
+    aliases = raw.get("aliases", [])
+    if not isinstance(aliases, list) or not all(isinstance(a, str) and a for a in aliases):
+        raise CatalogError(f"{path}.aliases: expected an array of strings")
+    for key in ("name", "owned_by"):
+        if key in raw and not isinstance(raw[key], str):
+            raise CatalogError(f"{path}.{key}: expected str")
+    for key in ("nominal_ttft_ms", "tokens_per_second", "context_length", "max_output_tokens"):
+        if _require(raw, key, (int, float), path) <= 0:
+            raise CatalogError(f"{path}.{key}: must be positive")
+    deployments = _deployments(raw, model_id, nominal, path)
     for key in ("input_price", "output_price"):
         if _require(raw, key, (int, float), path) < 0:
             raise CatalogError(f"{path}.{key}: must not be negative")

@@ -1,3 +1,4 @@
+# Over 400 lines: one schema, one reader: every section's dataclass and its checks, side by side.
 """User configuration: TOML -> frozen dataclasses. Unknown keys are errors naming their path.
 
 Built-in provider definitions live here; a user config may override their fields, add
@@ -20,6 +21,8 @@ from proxy.decide.policy import TOP_LEVEL_KEYS as POLICY_KEYS
 from proxy.decide.policy import Policy, PolicyError, parse_policy
 
 from .catalog import (
+    PINNED_TTFT_DEADLINE_MS,
+    PREFERENCES,
     PREFERS,
     TIERS,
     Catalog,
@@ -67,6 +70,12 @@ class ServerSettings:
     dns_cache_s: float = 300.0
 
 
+def _default_deadlines() -> dict[str, float]:
+    deadlines: dict[str, float] = {k: p.ttft_deadline_ms for k, p in PREFERENCES.items()}
+    deadlines["pinned"] = PINNED_TTFT_DEADLINE_MS
+    return deadlines
+
+
 @dataclass(frozen=True, slots=True)
 class RoutingSettings:
     max_attempts: int = 3
@@ -77,16 +86,7 @@ class RoutingSettings:
     # Whole-answer deadline for non-streaming requests (they have no first token to time).
     request_timeout_s: float = 300.0
     # Deadline for the first content-bearing chunk, per prefer; "pinned" for named models.
-    ttft_deadline_ms: Mapping[str, float] = field(
-        default_factory=lambda: {
-            "fast": 2_000.0,
-            "cheap": 20_000.0,
-            "balanced": 20_000.0,
-            "quality": 30_000.0,
-            "coding": 30_000.0,
-            "pinned": 30_000.0,
-        }
-    )
+    ttft_deadline_ms: Mapping[str, float] = field(default_factory=_default_deadlines)
 
     def deadline_s(self, prefer: str | None) -> float:
         return self.ttft_deadline_ms.get(prefer or "pinned", self.ttft_deadline_ms["pinned"]) / 1e3

@@ -66,3 +66,11 @@ def quote(value: object) -> str:
     if len(text) > QUOTE_MAX + 2:
         return text[: QUOTE_MAX + 2] + f"... ({len(text)} characters)"
     return text
+
+
+class SimPortError(Exception):
+    """The demo's simulator could not listen on its port (``--sim-port``)."""
+
+    def __init__(self, os_error: OSError) -> None:
+        super().__init__(str(os_error))
+        self.os_error = os_error

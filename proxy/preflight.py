@@ -15,8 +15,8 @@ from pathlib import Path
 
 from proxy.accounting.usage_log import db_path
 from proxy.http.auth import is_loopback
+from proxy.service.discovery import enabled_providers, how_to_enable
 
-from .app import enabled_providers, how_to_enable
 from .config import Config
 
 # `--port 0` asks the kernel for a free port (tests, one-off runs; the ready line prints

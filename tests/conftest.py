@@ -18,7 +18,8 @@ import openai
 import pytest
 from aiohttp import web
 
-from proxy.app import demo_config, make_app, start_server
+from proxy.app import make_app, start_server
+from proxy.assembly.demo import demo_config
 from proxy.config import Config, parse_config
 from proxy.serve.state import ROUTER, Router
 from proxy.sim.launch import start_sim

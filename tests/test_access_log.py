@@ -19,6 +19,7 @@ FIELDS = {
     "request_id",
     "hedged",
     "hedge_cost",
+    "hedge_tokens",
     "arm",
     "complexity",
     "cache_hit",

@@ -11,13 +11,13 @@ import pytest
 from proxy.providers.anthropic_wire import (
     STOP_REASONS,
     AnthropicStreamTranslator,
-    SSEDecoder,
     error_kind,
     from_anthropic_response,
     to_anthropic_request,
     upstream_error,
 )
 from proxy.providers.base import UnsupportedFeatureError, UpstreamError
+from proxy.providers.sse import SSEDecoder
 from proxy.providers.translate import json_tool_name
 from tests.openapi_schema import assert_valid
 

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from proxy.decide.classifier import assess
-from proxy.serve.dispatch import Outcome
+from proxy.serve.record import RequestRecord
 from proxy.sim.script import Fault
 from tests.conftest import Proxy, StartProxy
 
@@ -29,8 +29,8 @@ HARD = [
 ]
 
 
-def outcomes_of(proxy: Proxy) -> list[Outcome]:
-    seen: list[Outcome] = []
+def outcomes_of(proxy: Proxy) -> list[RequestRecord]:
+    seen: list[RequestRecord] = []
     proxy.router.sinks.append(lambda outcome, seconds: seen.append(outcome))
     return seen
 

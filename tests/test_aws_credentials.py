@@ -10,8 +10,9 @@ import openai
 import pytest
 from aiohttp import web
 
-from proxy.app import aws_credentials_from, enabled_providers, make_app, start_server
+from proxy.app import make_app, start_server
 from proxy.config import parse_config
+from proxy.service.discovery import aws_credentials_from, enabled_providers
 from proxy.sim.bedrock_api import add_bedrock_routes
 from proxy.sim.launch import bound_port, make_sim_app
 from proxy.sim.script import Profile

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from proxy.serve.deadline import Deadline
-from proxy.serve.dispatch import Outcome
+from proxy.serve.record import RequestRecord
 from proxy.sim.script import Fault, Profile
 from tests.conftest import StartProxy
 
@@ -72,8 +72,8 @@ async def test_a_cancellation_from_outside_stays_a_cancellation() -> None:
         await task
 
 
-def outcomes(proxy_router: object) -> list[Outcome]:
-    seen: list[Outcome] = []
+def outcomes(proxy_router: object) -> list[RequestRecord]:
+    seen: list[RequestRecord] = []
     proxy_router.sinks.append(lambda outcome, seconds: seen.append(outcome))  # type: ignore[attr-defined]
     return seen
 

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from proxy.app import SESSIONS
 from proxy.config import Config
-from proxy.serve.dispatch import Outcome
+from proxy.serve.record import RequestRecord
 from proxy.sim.launch import bound_port
 from proxy.sim.script import Fault, Profile
 from tests.conftest import Proxy, Sim, StartProxy, config_for
@@ -125,9 +125,9 @@ def http_post(body: dict[str, Any]) -> bytes:
     return head.encode() + data
 
 
-def outcomes(proxy: Proxy) -> list[Outcome]:
-    """Every request's Outcome, through the router's own sink plug point."""
-    seen: list[Outcome] = []
+def outcomes(proxy: Proxy) -> list[RequestRecord]:
+    """Every request's RequestRecord, through the router's own sink plug point."""
+    seen: list[RequestRecord] = []
     proxy.router.sinks.append(lambda outcome, _seconds: seen.append(outcome))
     return seen
 

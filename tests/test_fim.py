@@ -111,8 +111,8 @@ async def test_local_fim_models_on_each_local_server(
 async def test_local_servers_are_off_unless_a_config_enables_them(
     start_proxy: StartProxy,
 ) -> None:
-    from proxy.app import enabled_providers
     from proxy.config import parse_config
+    from proxy.service.discovery import enabled_providers
 
     live = enabled_providers(parse_config({}), {})
     assert not set(LOCAL) & set(live)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from probes.loop import ProbeSettings
-from proxy.app import probe_body, probe_costs, probe_interval
+from proxy.assembly.probing import probe_body, probe_costs, probe_interval
 from proxy.config import ConfigError, ProbeConfig, parse_config
 from proxy.sim.catalogs import only_models, sim_model
 

@@ -46,6 +46,7 @@ def row(**values: Any) -> tuple[Any, ...]:
         "estimated": 0,
         "hedged": None,
         "hedge_cost": 0.0,
+        "hedge_tokens": 0,
     }
     base.update(values)
     return tuple(base[c] for c in COLUMNS)

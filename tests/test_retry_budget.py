@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from proxy.serve.dispatch import RetryBudget
+from proxy.serve.retry_budget import RetryBudget
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from proxy.app import demo_config
+from proxy.assembly.demo import demo_config
 from proxy.config import ConfigError, parse_config
 from proxy.sim.launch import start_sim
 from proxy.sim.script import Profile

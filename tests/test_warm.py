@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from proxy.app import WARMER
+from proxy.assembly.warming import WARMER
 from proxy.sim.catalogs import only_models, sim_model
 from tests.conftest import Proxy, StartProxy
 

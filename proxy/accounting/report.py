@@ -71,6 +71,26 @@ def _connect(path: str) -> sqlite3.Connection:
         raise ReportError(f"{path}: cannot open: {exc}") from None
 
 
+def _counts(values: Sequence[Any]) -> dict[str, Any]:
+    calls, cost, hits, fallbacks, errors, tokens_in, tokens_out, est, est_cost, *hedging = values
+    hedges, hedge_cost = hedging
+    return {
+        "calls": int(calls),
+        "cost_usd": round(float(cost), 10),
+        "cache_hits": int(hits),
+        "fallbacks": int(fallbacks),
+        "errors": int(errors),
+        "prompt_tokens": int(tokens_in),
+        "completion_tokens": int(tokens_out),
+        # Streams cut short (client left, upstream broke): tokens counted by the router.
+        "estimated": int(est),
+        "estimated_cost_usd": round(float(est_cost), 10),
+        # Hedged races; the cancelled attempts' cost is part of cost_usd.
+        "hedged": int(hedges),
+        "hedge_cost_usd": round(float(hedge_cost), 10),
+    }
+
+
 def summarize(path: str, since: float, by: str) -> dict[str, Any]:
     column = GROUPS[by]
     conn = _connect(path)
@@ -109,34 +129,13 @@ def summarize(path: str, since: float, by: str) -> dict[str, Any]:
     finally:
         conn.close()
 
-    def counts(values: Sequence[Any]) -> dict[str, Any]:
-        calls, cost, hits, fallbacks, errors, tokens_in, tokens_out, est, est_cost, *hedging = (
-            values
-        )
-        hedges, hedge_cost = hedging
-        return {
-            "calls": int(calls),
-            "cost_usd": round(float(cost), 10),
-            "cache_hits": int(hits),
-            "fallbacks": int(fallbacks),
-            "errors": int(errors),
-            "prompt_tokens": int(tokens_in),
-            "completion_tokens": int(tokens_out),
-            # Streams cut short (client left, upstream broke): tokens counted by the router.
-            "estimated": int(est),
-            "estimated_cost_usd": round(float(est_cost), 10),
-            # Hedged races; the cancelled attempts' cost is part of cost_usd.
-            "hedged": int(hedges),
-            "hedge_cost_usd": round(float(hedge_cost), 10),
-        }
-
     groups = []
     for group, *values in rows:
         samples = ttfts.get(group, [])
         groups.append(
             {
                 by: group,
-                **counts(values),
+                **_counts(values),
                 "ttft_p50_ms": percentile(samples, 50),
                 "ttft_p95_ms": percentile(samples, 95),
             }
@@ -146,7 +145,7 @@ def summarize(path: str, since: float, by: str) -> dict[str, Any]:
         "db": path,
         "since": datetime.fromtimestamp(since, UTC).isoformat(),
         "by": by,
-        "total": counts(total),
+        "total": _counts(total),
         "groups": groups,
     }
 

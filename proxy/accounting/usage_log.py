@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy.config import UsageSettings
+from proxy.serve.record import COLUMNS, FIELDS
 
 log = logging.getLogger("model_router.usage")
 
@@ -26,78 +27,27 @@ DB_NAME = "model-router.db"
 WARN_INTERVAL_S = 60.0
 # Another process (``model-router report``) may briefly hold the write lock.
 BUSY_TIMEOUT_MS = 2_000
-# Intents name client-given models; bound what one row can hold.
-MAX_TEXT = 256
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS usage (
-    id INTEGER PRIMARY KEY,
-    ts REAL NOT NULL,              -- unix time (UTC) when the answer ended
-    request_id TEXT NOT NULL,
-    key_id TEXT,                   -- the client's API key id, never the key
-    endpoint TEXT NOT NULL,        -- chat | completions
-    stream INTEGER NOT NULL,
-    intent TEXT NOT NULL,          -- as requested, e.g. "auto prefer=fast tier=any"
-    prefer TEXT,
-    tier TEXT,                     -- requested tier (NULL: any, or pinned)
-    model TEXT,                    -- the model that answered
-    provider TEXT,
-    model_tier TEXT,               -- the answering model's tier
-    attempts INTEGER NOT NULL,
-    status INTEGER NOT NULL,
-    error TEXT,
-    ttft_ms REAL,
-    total_ms REAL NOT NULL,
-    prompt_tokens INTEGER NOT NULL,
-    completion_tokens INTEGER NOT NULL,
-    cost REAL NOT NULL,            -- USD; 0 for cache hits
-    cache_hit INTEGER NOT NULL,
-    arm TEXT,                      -- experiment arm, "<name>:control" / "<name>:treatment"
-    escalated_from TEXT,           -- the tier whose answer was retried a tier up
-    complexity REAL,               -- the classifier's score when the tier was auto
-    estimated INTEGER,             -- 1: tokens and cost estimated (a stream cut short)
-    hedged TEXT,                   -- a hedged race's winner: primary | hedge (NULL: none)
-    hedge_cost REAL                -- USD the race's cancelled attempt cost (part of cost)
-);
-CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts);
-"""
-COLUMNS = (
-    "ts",
-    "request_id",
-    "key_id",
-    "endpoint",
-    "stream",
-    "intent",
-    "prefer",
-    "tier",
-    "model",
-    "provider",
-    "model_tier",
-    "attempts",
-    "status",
-    "error",
-    "ttft_ms",
-    "total_ms",
-    "prompt_tokens",
-    "completion_tokens",
-    "cost",
-    "cache_hit",
-    "arm",
-    "escalated_from",
-    "complexity",
-    "estimated",
-    "hedged",
-    "hedge_cost",
-)
+
+def _schema() -> str:
+    last = len(FIELDS) - 1
+    columns = "\n".join(
+        f"    {f.name} {f.sql}{',' if i < last else ''}" + (f"  -- {f.doc}" if f.doc else "")
+        for i, f in enumerate(FIELDS)
+    )
+    return (
+        f"CREATE TABLE IF NOT EXISTS usage (\n    id INTEGER PRIMARY KEY,\n{columns}\n);\n"
+        "CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts);\n"
+    )
+
+
+SCHEMA = _schema()
 # Columns added after the first release of the table; an older database gains them.
-LATER_COLUMNS = {
-    "arm": "TEXT",
-    "escalated_from": "TEXT",
-    "complexity": "REAL",
-    "estimated": "INTEGER",
-    "hedged": "TEXT",
-    "hedge_cost": "REAL",
-}
+LATER = (
+    *("arm", "escalated_from", "complexity", "estimated"),
+    *("hedged", "hedge_cost", "hedge_tokens"),
+)
+LATER_COLUMNS = {f.name: f.sql for f in FIELDS if f.name in LATER}
 INSERT = f"INSERT INTO usage ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 
 Row = tuple[Any, ...]

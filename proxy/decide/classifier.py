@@ -1,3 +1,4 @@
+# Over 400 lines: its word lists are data, kept beside the signals that read them.
 """Prompt complexity in [0, 1] from the request body alone: local, pure and bounded in cost.
 
 Each signal is a number in [0, 1] computed from a bounded sample of the text (the newest
@@ -392,6 +393,37 @@ def words_of(body: Mapping[str, Any]) -> set[str]:
     return {t for t in _TOKEN.findall(low) if not t[0].isdigit()}
 
 
+def _is_lookup(ask: str, code_task: float, math_marks: int) -> bool:
+    """A short question that starts like a lookup and asks for no code or math."""
+    ask_words = ask.split()
+    return (
+        (
+            len(ask_words) <= 12
+            and ask_words[0].lower() in _LOOKUP_STARTS
+            and code_task == 0
+            and math_marks == 0
+        )
+        if ask_words
+        else False
+    )
+
+
+def _asks_for(body: Mapping[str, Any]) -> tuple[int, float]:
+    """(tools offered, the ``output`` signal) from the request's fields, not its text."""
+    tools = body.get("tools")
+    n_tools = len(tools) if isinstance(tools, list) else 0
+    if body.get("functions"):
+        n_tools += 1
+    max_out = body.get("max_completion_tokens") or body.get("max_tokens") or 0
+    max_out = max_out if isinstance(max_out, int) and not isinstance(max_out, bool) else 0
+    fmt = body.get("response_format")
+    structured = isinstance(fmt, dict) and fmt.get("type") == "json_schema"
+    effort = {"high": 1.0, "medium": 0.5}.get(str(body.get("reasoning_effort")), 0.0)
+    # 0 up to 256 output tokens, 1 at 16k: a long answer is a bigger job.
+    output = min(1.0, max(0.0, math.log2(max(max_out, 1) / 256.0) / 6.0))
+    return n_tools, max(output, 0.5 if structured else 0.0, effort)
+
+
 def signals_of(
     body: Mapping[str, Any], lexicon: Lexicon | None = None, *, learned: bool = True
 ) -> dict[str, float]:
@@ -421,29 +453,8 @@ def signals_of(
     wants = (langs or nouns) and not words.keys().isdisjoint(CODE_VERBS)
     code_task = 1.5 * min(langs, 2) + min(nouns, 4) + (1.0 if wants else 0.0)
     math_task = c["math"] + 2 * sum(low.count(p) for p in _MATH_PHRASES)
-    ask_words = shape.ask.split()
-    lookup = (
-        (
-            len(ask_words) <= 12
-            and ask_words[0].lower() in _LOOKUP_STARTS
-            and code_task == 0
-            and math_marks == 0
-        )
-        if ask_words
-        else False
-    )
-    tools = body.get("tools")
-    n_tools = len(tools) if isinstance(tools, list) else 0
-    if body.get("functions"):
-        n_tools += 1
-    max_out = body.get("max_completion_tokens") or body.get("max_tokens") or 0
-    max_out = max_out if isinstance(max_out, int) and not isinstance(max_out, bool) else 0
-    fmt = body.get("response_format")
-    structured = isinstance(fmt, dict) and fmt.get("type") == "json_schema"
-    effort = {"high": 1.0, "medium": 0.5}.get(str(body.get("reasoning_effort")), 0.0)
-    # 0 up to 256 output tokens, 1 at 16k: a long answer is a bigger job.
-    output = min(1.0, max(0.0, math.log2(max(max_out, 1) / 256.0) / 6.0))
-    output = max(output, 0.5 if structured else 0.0, effort)
+    lookup = _is_lookup(shape.ask, code_task, math_marks)
+    n_tools, output = _asks_for(body)
     return {
         "length": length,
         "math": _saturate(math_marks + 0.25 * numbers, 6.0),

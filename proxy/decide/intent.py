@@ -9,9 +9,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.catalog import PREFERS, TIERS, Catalog, Prefer, Tier
+from probes.kinds import Endpoint
+from proxy.catalog import DEFAULT_PREFER, PREFERS, TIERS, Catalog, Prefer, Tier
 from proxy.errors import RouterError, bad_request, quote
-from proxy.providers.base import Endpoint
 
 from .fields import EXTENSION_FIELDS
 from .policy import DEFAULT_TASKS, TaskRoute
@@ -185,6 +185,50 @@ def parse_intent(
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("'model' is required: a model id, an alias or 'auto'", "model")
+    stream, include_usage = _streaming(body)
+    max_out, max_param = _max_output(body)
+    needs: set[str] = {"chat"} if endpoint == "chat" else set()
+    prompt_tokens = _messages(body, needs) if endpoint == "chat" else _prompt(body, needs)
+    _needs(body, needs)
+    auto, tier, prefer = _route_fields(body, model)
+    task = _task(body, tasks)
+    escalate = _check_type(body, "escalate", bool, "a boolean") or False
+    hedge = _check_type(body, "hedge", bool, "a boolean (false opts out of hedging)")
+    score = _min_coding_score(body)
+    models = _check_type(body, "models", list, "an array of model ids") or []
+    if not all(isinstance(m, str) and m for m in models):
+        raise bad_request("'models' must be an array of model ids", "models")
+    pinned: tuple[str, ...] = (() if auto else (model,)) + tuple(models)
+    _check_escalate(escalate, stream, pinned)
+    tier_auto = tier == "auto"
+    if task is not None:
+        route = tasks[task]
+        prefer = prefer or route.prefer
+        tier = tier or route.tier
+    if auto and not pinned and prefer is None and tier is None and score is None:
+        tier, prefer = "standard", DEFAULT_PREFER  # a bare 'auto'
+    return Intent(
+        endpoint=endpoint,
+        auto=auto,
+        pinned=pinned,
+        prefer=None if pinned else (prefer or DEFAULT_PREFER),
+        tier=None if pinned or tier_auto else tier,  # type: ignore[arg-type]
+        min_coding_score=None if pinned or score is None else float(score),
+        needs=frozenset(needs),
+        prompt_tokens=prompt_tokens,
+        max_output_tokens=max_out,
+        stream=stream,
+        include_usage=include_usage,
+        tier_auto=tier_auto and not pinned,
+        task=task,
+        escalate=escalate,
+        max_output_param=max_param,
+        hedge=hedge,
+    )
+
+
+def _streaming(body: dict[str, Any]) -> tuple[bool, bool]:
+    """(stream, stream_options.include_usage)."""
     stream = _check_type(body, "stream", bool, "a boolean") or False
     options = _check_type(body, "stream_options", dict, "an object") or {}
     include_usage = options.get("include_usage", False)
@@ -192,6 +236,11 @@ def parse_intent(
         raise bad_request(
             "'stream_options.include_usage' must be a boolean", "stream_options.include_usage"
         )
+    return stream, include_usage
+
+
+def _max_output(body: dict[str, Any]) -> tuple[int, str]:
+    """(max output tokens, the field it came from, for errors that name it)."""
     max_out, max_param = 0, "max_tokens"
     for name in ("max_completion_tokens", "max_tokens"):
         value = _check_type(body, name, int, "a non-negative integer")
@@ -199,11 +248,11 @@ def parse_intent(
             raise bad_request(f"'{name}' must be a non-negative integer", name)
         if value is not None and not max_out:
             max_out, max_param = value, name
+    return max_out, max_param
 
-    needs: set[str] = {"chat"} if endpoint == "chat" else set()
-    prompt_tokens = _messages(body, needs) if endpoint == "chat" else _prompt(body, needs)
-    _needs(body, needs)
 
+def _route_fields(body: dict[str, Any], model: str) -> tuple[bool, str | None, Prefer | None]:
+    """(auto, tier, prefer) from the model name, overridden by ``tier`` and ``prefer``."""
     auto, tier, prefer = _parse_model(model)
     if (p := body.get("prefer")) is not None:
         if p not in PREFERS:
@@ -217,19 +266,19 @@ def parse_intent(
                 f"'tier' must be one of {', '.join(TIERS)} or auto; got {quote(t)}", "tier"
             )
         tier = t
-    task = _task(body, tasks)
-    escalate = _check_type(body, "escalate", bool, "a boolean") or False
-    hedge = _check_type(body, "hedge", bool, "a boolean (false opts out of hedging)")
+    return auto, tier, prefer
+
+
+def _min_coding_score(body: dict[str, Any]) -> Any:
     score = body.get("min_coding_score")
     if score is not None and (
         isinstance(score, bool) or not isinstance(score, int | float) or not 0 <= score <= 100
     ):
         raise bad_request("'min_coding_score' must be a number from 0 to 100", "min_coding_score")
-    models = _check_type(body, "models", list, "an array of model ids") or []
-    if not all(isinstance(m, str) and m for m in models):
-        raise bad_request("'models' must be an array of model ids", "models")
+    return score
 
-    pinned: tuple[str, ...] = (() if auto else (model,)) + tuple(models)
+
+def _check_escalate(escalate: bool, stream: bool, pinned: tuple[str, ...]) -> None:
     if escalate and stream:
         raise bad_request(
             "'escalate' cannot apply to a streaming request: a streamed answer reaches the "
@@ -244,31 +293,6 @@ def parse_intent(
             "the router cannot choose a higher tier for a model you pinned",
             "escalate",
         )
-    tier_auto = tier == "auto"
-    if task is not None:
-        route = tasks[task]
-        prefer = prefer or route.prefer
-        tier = tier or route.tier
-    if auto and not pinned and prefer is None and tier is None and score is None:
-        tier, prefer = "standard", "balanced"  # a bare 'auto'
-    return Intent(
-        endpoint=endpoint,
-        auto=auto,
-        pinned=pinned,
-        prefer=None if pinned else (prefer or "balanced"),
-        tier=None if pinned or tier_auto else tier,  # type: ignore[arg-type]
-        min_coding_score=None if pinned or score is None else float(score),
-        needs=frozenset(needs),
-        prompt_tokens=prompt_tokens,
-        max_output_tokens=max_out,
-        stream=stream,
-        include_usage=include_usage,
-        tier_auto=tier_auto and not pinned,
-        task=task,
-        escalate=escalate,
-        max_output_param=max_param,
-        hedge=hedge,
-    )
 
 
 def forwarded_body(body: Mapping[str, Any]) -> dict[str, Any]:

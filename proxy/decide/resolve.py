@@ -1,5 +1,5 @@
 """The step between parsing and planning: tier=auto through the classifier, then the
-experiment arm. Pure; what it decided is kept for the reason header and the Outcome.
+experiment arm. Pure; what it decided is kept for the reason header and the request record.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from proxy.catalog import TIERS, Catalog, Deployment, Model
+from proxy.catalog import DEFAULT_PREFER, PREFERENCES, TIERS, Catalog, Deployment, Model
 from proxy.errors import RouterError, bad_request
 
 from .intent import Intent, not_found
@@ -113,7 +113,7 @@ def _by_model(catalog: Catalog, intent: Intent, snap: Snapshot) -> Iterator[Depl
         yield from snap.fast_order.get(intent.tier or "any", ())
         return
     else:
-        models = catalog.ranked[(intent.tier or "any", intent.prefer or "balanced")]
+        models = catalog.ranked[(intent.tier or "any", intent.prefer or DEFAULT_PREFER)]
     for m in models:
         if len(m.deployments) == 1:
             yield m.deployments[0]
@@ -149,15 +149,12 @@ def _reason(intent: Intent, first: Candidate, snap: Snapshot, forced: bool) -> s
         if intent.min_coding_score is not None:
             head += f" min_coding_score={intent.min_coding_score:g} coding={m.coding.value:g}"
     if intent.prefer == "fast" or intent.pinned:
+        # The TTFT estimate (/v1/router/status's ttft_estimate_ms); see the README on the name.
         detail = f"ttft_ewma_ms={snap.ttft(d):.0f}"
-    elif intent.prefer == "cheap" or intent.min_coding_score is not None:
-        detail = f"blended_usd_per_m={m.blended_price:.3g}"
-    elif intent.prefer == "quality":
-        detail = f"quality={m.quality.value:g}"
-    elif intent.prefer == "coding":
-        detail = f"coding={m.coding.value:g}"
+    elif intent.min_coding_score is not None:
+        detail = PREFERENCES["cheap"].figure(m)
     else:
-        detail = f"balanced_score={m.balanced_score:.1f}"
+        detail = PREFERENCES[intent.prefer or DEFAULT_PREFER].figure(m)
     tail = " forced=all_open_least_bad" if forced else ""
     return f"{head} {detail}{tail}"
 
@@ -212,6 +209,7 @@ def plan(
     return Plan(tuple(chosen), _reason(intent, chosen[0], snap, forced), forced)
 
 
+# Over 60 lines: one message per reason nothing fits (merged from main; to split).
 def _nothing_eligible(
     intent: Intent,
     too_small: list[Model],

@@ -20,7 +20,7 @@ from proxy.config import KeyConfig
 from proxy.decide.intent import Intent
 from proxy.decide.tokens import bearer, hash_key
 from proxy.errors import RouterError
-from proxy.serve.dispatch import Outcome
+from proxy.serve.record import RequestRecord
 from proxy.serve.state import ROUTER
 
 from .hostile_input import client_address
@@ -115,7 +115,7 @@ class Ticket:
     stream: bool
     settled: bool = False
 
-    def settle(self, outcome: Outcome) -> None:
+    def settle(self, outcome: RequestRecord) -> None:
         if self.settled:
             return
         self.settled = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -9,26 +10,28 @@ import uuid
 from dataclasses import replace
 from typing import Any
 
-import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
+from probes.kinds import Endpoint
+from proxy.accounting.cache import replay_sse
 from proxy.accounting.ledger import ACCOUNTING
 from proxy.catalog import PREFERS, TIERS
 from proxy.decide.experiments import key_id
-from proxy.decide.intent import forwarded_body, not_found, parse_intent
-from proxy.decide.resolve import resolve
-from proxy.decide.routing import plan
+from proxy.decide.intent import Intent, forwarded_body, not_found, parse_intent
+from proxy.decide.resolve import Resolution, resolve
+from proxy.decide.routing import Plan, plan
 from proxy.errors import RouterError, quote
-from proxy.providers.base import Endpoint
-from proxy.serve.dispatch import Outcome
+from proxy.serve.drain import IN_FLIGHT, shutdown_error
 from proxy.serve.escalation import complete_escalating
+from proxy.serve.record import MAX_TEXT, Asked, RequestRecord
 from proxy.serve.state import ROUTER, Router
 
-from . import hostile_input
-from .auth import Ticket, principal, route_of
+from . import hostile_input, respond
+from .auth import Principal, Ticket, principal, route_of
 from .log_stream import access_handler
+from .respond import error_response, json_response
 
-access_log = logging.getLogger("model_router.access")
 log = logging.getLogger("model_router")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -54,32 +57,13 @@ async def request_id_middleware(request: web.Request, handler: Any) -> web.Strea
     return response
 
 
-def json_response(
-    data: Any, status: int = 200, headers: dict[str, str] | None = None
-) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
-    )
-
-
-def error_response(err: RouterError, request_id: str | None = None) -> web.Response:
-    headers = dict(err.headers)
-    if request_id:
-        headers.setdefault("x-request-id", request_id)
-    response = web.Response(
-        body=err.body(), status=err.status, content_type="application/json", headers=headers
-    )
-    if headers.get("Connection", "").lower() == "close":
-        response.force_close()  # a refused body (408, 413) is not read to its end
-    return response
-
-
 async def _route(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
+    """Parse, decide, answer; then the record goes to the sinks (logs, metrics, accounting)."""
     router: Router = request.app[ROUTER].current
     started = time.perf_counter()
     rid = request_id(request)
     caller = principal(request)
-    outcome = Outcome(request_id=rid, endpoint=endpoint, stream=False, key_id=caller.key_id)
+    record = RequestRecord(Asked(rid, endpoint, caller.key_id))
     ticket: Ticket | None = None
     budget = router.dispatcher.budget
     budget.active += 1
@@ -87,73 +71,117 @@ async def _route(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
         body = await hostile_input.read_json(request, router.config.limits)
         if type(body) is dict:
             router.config.fields.check(body, endpoint)  # an allowlist: unknown fields are 400
-        policy = router.config.policy
-        intent = parse_intent(body, endpoint, policy.tasks)
-        outcome.stream = intent.stream
+        intent = parse_intent(body, endpoint, router.config.policy.tasks)
         # Names the catalog does not know are client text: logged as "(unknown)", never echoed.
         named = router.catalog.get
         pinned = tuple(n if named(n) is not None else "(unknown)" for n in intent.pinned)
-        outcome.intent = describe(
+        asked = describe(
             pinned, intent.prefer, "auto" if intent.tier_auto else intent.tier, intent.task
-        )
+        )[:MAX_TEXT]
+        record.asked = Asked(rid, endpoint, caller.key_id, intent.stream, asked)
         # The key's own limits and allowances see what the client asked for, before the
         # classifier or an experiment picks a tier.
         ticket = caller.admit(intent, router.catalog)
-        # Experiments may match on the key; hash the bearer token only when one exists.
-        who = caller.key_id
-        if who is None and policy.experiments:
-            who = key_id(request.headers.get("Authorization"))
-        chosen = resolve(intent, body, policy, rid, who)
-        intent, outcome.complexity, outcome.arm = chosen.intent, chosen.complexity, chosen.arm
-        if intent.hedge is None and caller.key is not None and caller.key.hedge is not None:
-            intent = replace(intent, hedge=caller.key.hedge)  # the key's say on hedging
-        outcome.prefer, outcome.tier = intent.prefer, intent.tier
-        decision = chosen.annotate(
-            plan(
-                intent,
-                router.catalog,
-                router.health.snapshot(),
-                router.config.routing.max_attempts,
-                allow=caller.allow,
-            )
-        )
-        outcome.reason = decision.reason
-        accounting = request.app.get(ACCOUNTING)
-        admission = accounting.admit(intent, decision, body, outcome) if accounting else None
-        if admission is not None and admission.hit is not None:
-            stall_s = router.config.server.write_stall_s
-            return await admission.replay(request, intent, decision, outcome, stall_s)
-        upstream_body = forwarded_body(body)
-        if intent.stream:
-            return await router.dispatcher.stream(request, intent, decision, upstream_body, outcome)
-        if intent.escalate:
-            response = await complete_escalating(
-                router, intent, decision, upstream_body, outcome, chosen.notes
-            )
-        else:
-            response = await router.dispatcher.complete(intent, decision, upstream_body, outcome)
-        if admission is not None:
-            admission.remember(response, outcome)
-        # Sent here, before the sinks below run: logging and accounting are not the client's wait.
-        await response.prepare(request)
-        await response.write_eof()
-        return response
+        chosen, decision = _decide(request, router, caller, intent, body, record)
+        return await _answer(request, router, chosen, decision, body, record)
     except RouterError as err:
-        outcome.status = err.status
-        outcome.error = outcome.error or err.code or err.type
+        record.status = err.status
+        record.error = record.error or err.code or err.type
         return error_response(err, rid)
     except web.HTTPException as exc:  # 413 from the body read; error_middleware answers it
-        outcome.status, outcome.error = exc.status, exc.reason.lower().replace(" ", "_")
+        record.status, record.error = exc.status, exc.reason.lower().replace(" ", "_")
+        raise
+    except asyncio.CancelledError:
+        # The client went away and aiohttp cancelled us (handler_cancellation).
+        respond.client_left(record)
         raise
     finally:
         budget.active -= 1
         if ticket is not None:
-            ticket.settle(outcome)
+            ticket.settle(record)
         seconds = time.perf_counter() - started
-        if not outcome.status:
-            outcome.status = 499  # the client left before any answer was decided
+        record.total_ms = seconds * 1000.0
+        if not record.status:
+            respond.client_left(record, record.error)  # before any answer was decided
         for sink in router.sinks:
-            sink(outcome, seconds)
+            sink(record, seconds)
+
+
+def _decide(
+    request: web.Request,
+    router: Router,
+    caller: Principal,
+    intent: Intent,
+    body: dict[str, Any],
+    record: RequestRecord,
+) -> tuple[Resolution, Plan]:
+    """tier=auto and the experiment arm, then the plan; both go into the record."""
+    policy = router.config.policy
+    # Experiments may match on the key; hash the bearer token only when one exists.
+    who = caller.key_id
+    if who is None and policy.experiments:
+        who = key_id(request.headers.get("Authorization"))
+    chosen = resolve(intent, body, policy, record.request_id, who)
+    key_hedge = caller.key.hedge if caller.key is not None else None
+    if chosen.intent.hedge is None and key_hedge is not None:  # the key's say on hedging
+        chosen = replace(chosen, intent=replace(chosen.intent, hedge=key_hedge))
+    routed, asked = chosen.intent, record.asked
+    record.asked = Asked(
+        asked.request_id,
+        asked.endpoint,
+        asked.key_id,
+        asked.stream,
+        asked.intent,
+        routed.prefer,
+        routed.tier,
+        chosen.complexity,
+        chosen.arm,
+    )
+    snapshot = router.health.snapshot()
+    attempts = router.config.routing.max_attempts
+    decision = chosen.annotate(plan(routed, router.catalog, snapshot, attempts, allow=caller.allow))
+    record.reason = decision.reason
+    return chosen, decision
+
+
+async def _answer(
+    request: web.Request,
+    router: Router,
+    chosen: Resolution,
+    decision: Plan,
+    body: dict[str, Any],
+    record: RequestRecord,
+) -> web.StreamResponse:
+    """From the cache, as a committed stream, or as a whole (maybe escalated) answer."""
+    intent = chosen.intent
+    accounting = request.app.get(ACCOUNTING)
+    admission = accounting.admit(intent, decision, body, record) if accounting else None
+    if admission is not None and admission.hit is not None:
+        entry = admission.serve_hit(record, decision)
+        if not intent.stream:
+            return respond.cached_answer(entry.body, record)
+        events = replay_sse(entry.body, intent.endpoint, intent.include_usage)
+        stall_s = router.config.server.write_stall_s
+        return await respond.send_cached_stream(request, record, events, stall_s)
+    upstream_body = forwarded_body(body)
+    dispatcher = router.dispatcher
+    if intent.stream:
+        committed = await dispatcher.stream(intent, decision, upstream_body, record)
+        return await respond.StreamWriter(request, dispatcher, record).send(committed)
+    if intent.escalate:
+        answer = await complete_escalating(
+            router, intent, decision, upstream_body, record, chosen.notes
+        )
+    else:
+        answer = await dispatcher.complete(intent, decision, upstream_body, record)
+    response = respond.answer_response(answer, record)
+    if admission is not None and isinstance(response.body, bytes):
+        admission.remember(response.body, record)
+        response.headers["x-router-cache"] = "miss"
+    # Sent here, before the sinks run: logging and accounting are not the client's wait.
+    await response.prepare(request)
+    await response.write_eof()
+    return response
 
 
 def describe(
@@ -162,37 +190,6 @@ def describe(
     if pinned:
         return "pinned:" + ",".join(pinned)
     return f"auto prefer={prefer} tier={tier or 'any'}" + (f" task={task}" if task else "")
-
-
-def access_log_sink(outcome: Outcome, seconds: float) -> None:
-    """One JSON line per request; never prompts, completions or keys."""
-    if not access_log.isEnabledFor(logging.INFO):
-        return
-    record = {
-        "request_id": outcome.request_id,
-        "key_id": outcome.key_id,
-        "endpoint": outcome.endpoint,
-        "stream": outcome.stream,
-        "intent": outcome.intent,
-        "model": outcome.model,
-        "provider": outcome.provider,
-        "attempts": outcome.attempts,
-        "status": outcome.status,
-        "error": outcome.error,
-        "ttft_ms": round(outcome.ttft_ms, 1) if outcome.ttft_ms is not None else None,
-        "total_ms": round(seconds * 1000, 1),
-        "prompt_tokens": outcome.prompt_tokens,
-        "completion_tokens": outcome.completion_tokens,
-        "cost": outcome.cost,
-        "estimated": outcome.estimated,
-        "complexity": outcome.complexity,
-        "arm": outcome.arm,
-        "escalated_from": outcome.escalated_from,
-        "cache_hit": outcome.cache_hit,
-        "hedged": outcome.hedged,
-        "hedge_cost": outcome.hedge_cost,
-    }
-    access_log.info(orjson.dumps(record).decode())
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -320,3 +317,28 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
                 500, "internal error in the router", type="server_error", code="internal_error"
             )
         )
+
+
+@web.middleware
+async def in_flight_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Counts requests for the drain; answers 503 for those the drain deadline cancelled."""
+    in_flight = request.app[IN_FLIGHT]
+    task = asyncio.current_task()
+    if task is None or in_flight.cutting:
+        return _shutdown_response()
+    in_flight.enter(task)
+    try:
+        return await handler(request)
+    except asyncio.CancelledError:
+        if not in_flight.was_cut(task):
+            raise
+        task.uncancel()
+        return _shutdown_response()
+    finally:
+        in_flight.leave(task)
+
+
+def _shutdown_response() -> web.Response:
+    response = error_response(shutdown_error())
+    response.headers["Connection"] = "close"
+    return response

@@ -1,3 +1,4 @@
+# Over 400 lines: one guard per hostile input (deadlines, connections, size, depth, 100-continue).
 """Limits on hostile input, each with a clear answer: header and body read deadlines (408),
 open connections (503; 429 past one address's share), body size (413, aiohttp's
 ``client_max_size``), JSON nesting depth and number of messages (400). The protocol also
@@ -23,6 +24,7 @@ from proxy.errors import RouterError, bad_request
 from proxy.serve.state import ROUTER
 
 from .hygiene import BadRequestLog
+from .respond import error_response
 
 
 async def read_body(request: web.Request, limits: LimitsSettings) -> bytes:
@@ -171,9 +173,7 @@ def fd_connection_cap() -> int | None:
 
 
 def _closing(err: RouterError) -> web.Response:
-    resp = web.Response(
-        body=err.body(), status=err.status, content_type="application/json", headers=err.headers
-    )
+    resp = error_response(err)
     resp.force_close()
     return resp
 

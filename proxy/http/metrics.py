@@ -14,10 +14,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from probes.loop import ProbeLoop
 from proxy.accounting.ledger import ACCOUNTING
-from proxy.serve.dispatch import Outcome
 from proxy.serve.drain import IN_FLIGHT
-from proxy.serve.state import ROUTER
+from proxy.serve.record import RequestRecord
+from proxy.serve.state import ROUTER, Router
 
 from .log_stream import access_handler
 from .ops_metrics import OpsCollector
@@ -93,6 +94,13 @@ class Metrics:
             ["model", "provider", "kind"],
             registry=reg,
         )
+        self._process_metrics(reg)
+        reg.register(StateCollector(app))
+        reg.register(OpsCollector(app))
+        self._series: dict[tuple[str | None, str | None, int, str], _Series] = {}
+
+    def _process_metrics(self, reg: CollectorRegistry) -> None:
+        """The process's own health: event-loop lag and reloads."""
         self.loop_lag = Histogram(
             "model_router_event_loop_lag_seconds",
             f"How late the event loop woke from a {LAG_INTERVAL_S:g} s sleep.",
@@ -122,11 +130,8 @@ class Metrics:
             ["result"],
             registry=reg,
         )
-        reg.register(StateCollector(app))
-        reg.register(OpsCollector(app))
-        self._series: dict[tuple[str | None, str | None, int, str], _Series] = {}
 
-    def sink(self, outcome: Outcome, seconds: float) -> None:
+    def sink(self, outcome: RequestRecord, seconds: float) -> None:
         """Called once per request after its answer (see ``Router.sinks``); ~3 us
         (benchmarks/metrics_sink.py)."""
         key = (outcome.model, outcome.provider, outcome.status, outcome.endpoint)
@@ -209,49 +214,9 @@ class StateCollector(Collector):
             "Models routable with the live config.",
             len(router.catalog.models),
         )
-        rows = {row.key: row for row in router.health.board.rows()}
-        states = GaugeMetricFamily(
-            "model_router_breaker_state",
-            "Each deployment's circuit breaker: 0 closed, 1 half-open, 2 open.",
-            labels=["deployment"],
-        )
-        openings = CounterMetricFamily(
-            "model_router_breaker_openings",
-            "Times each deployment's breaker has opened (rate limits included).",
-            labels=["deployment"],
-        )
-        estimate = GaugeMetricFamily(
-            "model_router_ttft_estimate_seconds",
-            "The decayed TTFT estimate routing uses for each deployment.",
-            labels=["deployment"],
-        )
-        table = router.health.table
-        for d in router.catalog.deployments():
-            row = rows.get(d.key)
-            states.add_metric([d.key], BREAKER_CODES[row.state] if row is not None else 0.0)
-            openings.add_metric([d.key], row.opened_count if row is not None else 0)
-            estimate.add_metric([d.key], table.estimate_ms(d.key) / 1000)
-        yield states
-        yield openings
-        yield estimate
-        if router.probe_loop is None:
-            return
-        st = router.probe_loop.stats()
-        yield _counter("model_router_probes_sent", "Probes sent.", st.sent)
-        yield _counter("model_router_probes_failed", "Probes that failed.", st.failed)
-        yield _counter(
-            "model_router_probes_skipped_for_budget",
-            "Probes not sent because the daily probe budget was spent.",
-            st.skipped_for_budget,
-        )
-        yield _gauge(
-            "model_router_probe_spend_today_usd",
-            "Estimated probe spend so far today (UTC) in USD.",
-            st.spend_today_usd,
-        )
-        yield _gauge(
-            "model_router_probe_spend_cap_usd", "Daily probe budget in USD.", st.spend_cap_usd
-        )
+        yield from _deployments(router)
+        if router.probe_loop is not None:
+            yield from _probes(router.probe_loop)
 
     def _bookkeeping(self) -> Iterator[Metric]:
         accounting = self._app.get(ACCOUNTING)
@@ -278,6 +243,52 @@ class StateCollector(Collector):
                 "Access-log lines that could not be written.",
                 handler.errors,
             )
+
+
+def _deployments(router: Router) -> Iterator[Metric]:
+    """Breaker state, openings and the TTFT estimate, per deployment."""
+    rows = {row.key: row for row in router.health.board.rows()}
+    states = GaugeMetricFamily(
+        "model_router_breaker_state",
+        "Each deployment's circuit breaker: 0 closed, 1 half-open, 2 open.",
+        labels=["deployment"],
+    )
+    openings = CounterMetricFamily(
+        "model_router_breaker_openings",
+        "Times each deployment's breaker has opened (rate limits included).",
+        labels=["deployment"],
+    )
+    estimate = GaugeMetricFamily(
+        "model_router_ttft_estimate_seconds",
+        "The decayed TTFT estimate routing uses for each deployment.",
+        labels=["deployment"],
+    )
+    table = router.health.table
+    for d in router.catalog.deployments():
+        row = rows.get(d.key)
+        states.add_metric([d.key], BREAKER_CODES[row.state] if row is not None else 0.0)
+        openings.add_metric([d.key], row.opened_count if row is not None else 0)
+        estimate.add_metric([d.key], table.estimate_ms(d.key) / 1000)
+    yield states
+    yield openings
+    yield estimate
+
+
+def _probes(loop: ProbeLoop) -> Iterator[Metric]:
+    st = loop.stats()
+    yield _counter("model_router_probes_sent", "Probes sent.", st.sent)
+    yield _counter("model_router_probes_failed", "Probes that failed.", st.failed)
+    yield _counter(
+        "model_router_probes_skipped_for_budget",
+        "Probes not sent because the daily probe budget was spent.",
+        st.skipped_for_budget,
+    )
+    yield _gauge(
+        "model_router_probe_spend_today_usd",
+        "Estimated probe spend so far today (UTC) in USD.",
+        st.spend_today_usd,
+    )
+    yield _gauge("model_router_probe_spend_cap_usd", "Daily probe budget in USD.", st.spend_cap_usd)
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

@@ -12,6 +12,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from proxy.accounting.ledger import ACCOUNTING
+from proxy.accounting.usage_log import UsageLog
 from proxy.catalog import TIERS, Catalog
 from proxy.serve.state import ROUTER
 
@@ -62,9 +63,11 @@ class OpsCollector(Collector):
             caps.add_metric([key_id], cap)
         yield spent
         yield caps
-        usage = accounting.usage
-        if usage is None:
-            return
+        if accounting.usage is not None:
+            yield from self._usage_log(accounting.usage)
+
+    @staticmethod
+    def _usage_log(usage: UsageLog) -> Iterator[Metric]:
         stats = usage.stats()
         yield GaugeMetricFamily(
             "model_router_usage_log_queued_rows",

@@ -15,17 +15,19 @@ import aiohttp
 import orjson
 
 from .anthropic_wire import (
+    WIRE,
     AnthropicStreamTranslator,
-    SSEDecoder,
     from_anthropic_response,
     to_anthropic_request,
     upstream_error,
 )
 from .base import UnsupportedFeatureError, UpstreamError, UpstreamRequest
-from .openai import parse_retry_after, transport_error
+from .http_errors import error_body, parse_retry_after, transport_error
+from .sse import SSEDecoder
 from .translate import DONE, json_tool_name, sse
 
-ERROR_BODY_LIMIT = 64 * 1024
+# The Messages API version every request names.
+API_VERSION = "2023-06-01"
 
 
 class AnthropicStream:
@@ -44,7 +46,7 @@ class AnthropicStream:
         return self._gen
 
     async def _iterate(self) -> AsyncGenerator[bytes, None]:
-        decoder = SSEDecoder()
+        decoder = SSEDecoder(WIRE)
         translator = self._translator
         try:
             async for data in self._resp.content.iter_any():
@@ -92,7 +94,6 @@ class AnthropicProvider:
         base_url: str,
         api_key: str,
         session: aiohttp.ClientSession,
-        version: str = "2023-06-01",
         default_max_tokens: int = 4096,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
@@ -102,7 +103,7 @@ class AnthropicProvider:
         self._url = root + ("/messages" if root.endswith("/v1") else "/v1/messages")
         self._headers = {
             "x-api-key": api_key,
-            "anthropic-version": version,
+            "anthropic-version": API_VERSION,
             "content-type": "application/json",
         }
         self._session = session
@@ -137,12 +138,7 @@ class AnthropicProvider:
             raise transport_error(exc) from None
         if resp.status == 200:
             return resp
-        try:
-            body = await resp.content.read(ERROR_BODY_LIMIT)
-        except (aiohttp.ClientError, TimeoutError):
-            body = b""
-        finally:
-            resp.release()
+        body = await error_body(resp)
         raise upstream_error(resp.status, body, parse_retry_after(resp.headers))
 
     async def stream(self, request: UpstreamRequest) -> AnthropicStream:

@@ -8,18 +8,21 @@ JSON text with ``finish_reason: "stop"``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
-from .base import FailureKind, UnsupportedFeatureError, UpstreamError
+from probes.kinds import FailureKind
+
+from .base import UnsupportedFeatureError, UpstreamError
 from .translate import (
     ChunkMaker,
     Image,
     Part,
     Text,
     ToolUse,
+    assistant_message,
     check_fields,
     completion,
     conversation,
@@ -148,6 +151,14 @@ def to_anthropic_request(
         out["stop_sequences"] = stops
     if isinstance(body.get("user"), str):
         out["metadata"] = {"user_id": body["user"]}
+    _add_tools(body, out)
+    if body.get("stream"):
+        out["stream"] = True
+    return out
+
+
+def _add_tools(body: Mapping[str, Any], out: dict[str, Any]) -> None:
+    """``tools`` and ``tool_choice``; ``response_format`` becomes one forced tool."""
     tools = [
         {
             "name": t.name,
@@ -179,9 +190,6 @@ def to_anthropic_request(
         out["tool_choice"] = tc
     elif choice not in (None, "none", "auto"):
         raise UnsupportedFeatureError("tool_choice", "tool_choice needs tools")
-    if body.get("stream"):
-        out["stream"] = True
-    return out
 
 
 def _usage_of(u: Mapping[str, Any]) -> dict[str, Any]:
@@ -217,51 +225,10 @@ def from_anthropic_response(
         id=str(resp.get("id", "")),
         created=created,
         model=str(resp.get("model", "")),
-        text="".join(texts) if texts or not calls else None,
-        tool_calls=calls,
+        message=assistant_message("".join(texts) if texts or not calls else None, calls),
         finish_reason=finish,
         usage=_usage_of(resp.get("usage") or {}),
     )
-
-
-class SSEDecoder:
-    """Incremental ``text/event-stream`` parser: bytes in, ``(event, data)`` pairs out.
-
-    Strict about what Anthropic sends: a line that is not a field (``event``, ``data``, ``id``,
-    ``retry``) or a comment is a protocol error, as is a line longer than ``max_line``.
-    """
-
-    __slots__ = ("_buf", "_data", "_event", "max_line")
-
-    def __init__(self, max_line: int = 1 << 20) -> None:
-        self._buf = b""
-        self._event = ""
-        self._data: list[bytes] = []
-        self.max_line = max_line
-
-    def feed(self, data: bytes) -> Iterator[tuple[str, bytes]]:
-        """Events completed by ``data``, lazily: those before a bad line still come out."""
-        self._buf += data
-        while (nl := self._buf.find(b"\n")) >= 0:
-            line = self._buf[:nl].rstrip(b"\r")
-            self._buf = self._buf[nl + 1 :]
-            if not line:
-                if self._data:
-                    yield self._event, b"\n".join(self._data)
-                self._event, self._data = "", []
-                continue
-            name, colon, value = line.partition(b":")
-            value = value[1:] if value.startswith(b" ") else value
-            if not name and colon:
-                continue
-            if name == b"data":
-                self._data.append(value)
-            elif name == b"event":
-                self._event = value.decode("utf-8", "replace")
-            elif name not in (b"id", b"retry"):
-                raise UpstreamError("protocol", "anthropic stream: a line that is not SSE")
-        if len(self._buf) > self.max_line:
-            raise UpstreamError("protocol", "anthropic stream: an SSE line is too long")
 
 
 class AnthropicStreamTranslator:

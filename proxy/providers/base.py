@@ -21,15 +21,9 @@ from __future__ import annotations
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-FailureKind = Literal[
-    "connect", "timeout", "rate_limited", "overloaded", "server", "auth", "client", "protocol"
-]
-Endpoint = Literal["chat", "completions"]
-
-# Failures that say nothing about the deployment's health.
-CLIENT_FAULTS: frozenset[str] = frozenset({"client"})
+from probes.kinds import Endpoint, FailureKind
 
 
 class UpstreamError(Exception):
@@ -78,7 +72,8 @@ class UpstreamRequest:
 
     ``body`` is the client's OpenAI-shaped body with routing extensions removed and
     ``model`` already set to ``upstream_id``; for streams ``stream_options.include_usage``
-    is already true. Adapters must not mutate it.
+    is already true. Adapters must not mutate it, nor keep it past the call: dispatch
+    reuses it for the next attempt.
     """
 
     endpoint: Endpoint

@@ -122,8 +122,7 @@ class BedrockProvider:
         *,
         region: str,
         endpoint_url: str | None = None,
-        connect_timeout_s: float = 5,
-        read_timeout_s: float = 60,
+        timeouts: tuple[float, float] = (5, 60),
         credentials: Mapping[str, str] | None = None,
         ca_file: str | None = None,
     ) -> None:
@@ -136,8 +135,8 @@ class BedrockProvider:
         self.ca_file = ca_file
         self._credentials = dict(credentials) if credentials is not None else None
         self._config = Config(
-            connect_timeout=connect_timeout_s,
-            read_timeout=read_timeout_s,
+            connect_timeout=timeouts[0],  # (connect, read) in seconds
+            read_timeout=timeouts[1],
             # One attempt in total ("max_attempts" would mean one *retry*): fallback is ours.
             retries={"total_max_attempts": 1, "mode": "standard"},
             # botocore's default pool of 10 would queue the 11th concurrent stream, live

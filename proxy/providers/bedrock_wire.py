@@ -16,13 +16,16 @@ from typing import Any
 
 import orjson
 
-from .base import FailureKind, UnsupportedFeatureError, UpstreamError
+from probes.kinds import FailureKind
+
+from .base import UnsupportedFeatureError, UpstreamError
 from .translate import (
     ChunkMaker,
     Image,
     Part,
     Text,
     ToolUse,
+    assistant_message,
     check_fields,
     completion,
     conversation,
@@ -222,11 +225,11 @@ def from_converse_response(
         id=id,
         created=created,
         model=model,
-        text="".join(texts) if texts or not calls else None,
-        tool_calls=calls,
+        message=assistant_message(
+            "".join(texts) if texts or not calls else None, calls, "".join(reasoning) or None
+        ),
         finish_reason=finish,
         usage=_usage_of(resp.get("usage") or {}),
-        reasoning="".join(reasoning) or None,
     )
 
 

@@ -16,10 +16,11 @@ from typing import Any
 import aiohttp
 import orjson
 
-from .anthropic_wire import SSEDecoder
 from .base import UnsupportedFeatureError, UpstreamError, UpstreamRequest, UpstreamStream
 from .fim import single_prompt
-from .openai import OpenAIProvider, status_error, transport_error
+from .http_errors import transport_error
+from .openai import OpenAIProvider, status_error
+from .sse import SSEDecoder
 from .translate import DONE, sse
 
 # OpenAI completions field -> Mistral FIM field.
@@ -132,7 +133,7 @@ class MistralFIMStream:
         return self._gen
 
     async def _iterate(self) -> AsyncGenerator[bytes, None]:
-        decoder = SSEDecoder()
+        decoder = SSEDecoder("mistral")
         try:
             async for data in self._resp.content.iter_any():
                 for _event, payload in decoder.feed(data):

@@ -4,43 +4,20 @@ request bodies go as they are, stream bytes come back as they arrive.
 
 from __future__ import annotations
 
-import asyncio
-import email.utils
 import ssl
-import time
 from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 import orjson
 
-from .base import FailureKind, UpstreamError, UpstreamRequest, UpstreamStream
+from probes.kinds import FailureKind
+
+from .base import UpstreamError, UpstreamRequest, UpstreamStream
 from .fim import render
+from .http_errors import error_body, parse_retry_after, transport_error
 
 USER_AGENT = "model-router/0.1"
-# Error bodies are read only this far: enough for a message, bounded against a hostile upstream.
-MAX_ERROR_BODY = 64 * 1024
-
-
-def parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
-    if (ms := headers.get("retry-after-ms")) is not None:
-        try:
-            return max(float(ms) / 1000.0, 0.0)
-        except ValueError:
-            pass
-    value = headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(when.timestamp() - time.time(), 0.0)
 
 
 def kind_for_status(status: int) -> FailureKind:
@@ -69,29 +46,13 @@ def error_message(body: bytes) -> str:
 
 async def status_error(resp: aiohttp.ClientResponse) -> UpstreamError:
     """An UpstreamError for a non-2xx response; releases the response."""
-    try:
-        body = await resp.content.read(MAX_ERROR_BODY)
-    except (TimeoutError, aiohttp.ClientError):
-        body = b""
-    finally:
-        resp.release()
+    body = await error_body(resp)
     return UpstreamError(
         kind_for_status(resp.status),
         f"upstream answered {resp.status}: {error_message(body)}",
         status=resp.status,
         retry_after=parse_retry_after(resp.headers),
     )
-
-
-def transport_error(exc: BaseException) -> UpstreamError:
-    """Map aiohttp's exceptions without their repr (it carries request headers)."""
-    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
-        return UpstreamError("timeout", "upstream timed out")
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return UpstreamError("connect", f"could not connect to upstream {exc.host}:{exc.port}")
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return UpstreamError("server", "upstream connection broke mid-answer")
-    return UpstreamError("connect", f"upstream connection failed ({type(exc).__name__})")
 
 
 class OpenAIStream:

@@ -1,3 +1,4 @@
+# Over 400 lines: the request checks, neutral conversation and OpenAI shapes both wires share.
 """Shared by the translating adapters (Anthropic, Bedrock): OpenAI request checks, a neutral
 form of the conversation, and the OpenAI chunk and usage shapes they emit.
 
@@ -410,22 +411,26 @@ class ChunkMaker:
         }
 
 
-def completion(
-    *,
-    id: str,
-    created: int,
-    model: str,
-    text: str | None,
-    tool_calls: list[dict[str, Any]],
-    finish_reason: str,
-    usage: dict[str, Any],
-    reasoning: str | None = None,
+def assistant_message(
+    text: str | None, tool_calls: list[dict[str, Any]], reasoning: str | None = None
 ) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
     if tool_calls:
         message["tool_calls"] = tool_calls
     if reasoning:
         message["reasoning_content"] = reasoning
+    return message
+
+
+def completion(
+    *,
+    id: str,
+    created: int,
+    model: str,
+    message: dict[str, Any],
+    finish_reason: str,
+    usage: dict[str, Any],
+) -> dict[str, Any]:
     choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
     return {
         "id": id,

@@ -1,6 +1,7 @@
 """Graceful stop: which requests and streams are in flight, and how they end on SIGTERM.
 
-Requests are counted by a middleware; committed streams register from dispatch. Draining
+Requests are counted by a middleware (``proxy.http.handlers``); committed streams register
+from the writer that relays them. Draining
 stops accepting, waits for in-flight work up to the deadline, then ends each open stream
 with an SSE error event and answers requests still before their first byte with a 503.
 """
@@ -14,7 +15,6 @@ from collections.abc import Coroutine, Iterator
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from proxy.errors import RouterError
 
@@ -124,35 +124,6 @@ class InFlight:
 
 
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
-
-
-@web.middleware
-async def in_flight_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Counts requests for the drain; answers 503 for those the drain deadline cancelled."""
-    in_flight = request.app[IN_FLIGHT]
-    task = asyncio.current_task()
-    if task is None or in_flight.cutting:
-        return _shutdown_response()
-    in_flight.enter(task)
-    try:
-        return await handler(request)
-    except asyncio.CancelledError:
-        if not in_flight.was_cut(task):
-            raise
-        task.uncancel()
-        return _shutdown_response()
-    finally:
-        in_flight.leave(task)
-
-
-def _shutdown_response() -> web.Response:
-    err = shutdown_error()
-    return web.Response(
-        body=err.body(),
-        status=err.status,
-        content_type="application/json",
-        headers={"Connection": "close"},
-    )
 
 
 async def drain(runner: web.AppRunner, in_flight: InFlight, deadline_s: float) -> None:

@@ -9,16 +9,14 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-import orjson
-from aiohttp import web
-
-from proxy.catalog import TIERS, Tier
+from proxy.catalog import DEFAULT_PREFER, TIERS, Tier
 from proxy.decide.intent import Intent
 from proxy.decide.policy import EscalationSettings
 from proxy.decide.routing import Plan, plan
 from proxy.errors import RouterError
 
-from .dispatch import Outcome
+from .dispatch import Answer
+from .record import RequestRecord
 from .state import Router
 
 log = logging.getLogger("model_router.escalation")
@@ -74,48 +72,51 @@ async def complete_escalating(
     intent: Intent,
     decision: Plan,
     body: dict[str, Any],
-    outcome: Outcome,
+    record: RequestRecord,
     notes: str = "",
-) -> web.Response:
+) -> Answer:
     """Dispatch as usual; on a trigger, once more on the next tier up. If the higher tier
     cannot answer, the first answer is returned (it is better than an error)."""
-    first = await router.dispatcher.complete(intent, decision, body, outcome)
-    raw = first.body
-    data = orjson.loads(raw) if isinstance(raw, bytes) else None
-    why = trigger(data, router.config.policy.escalation)
-    answered = router.catalog.get(outcome.model or "")
-    if why is None or answered is None:
-        return first
+    dispatcher = router.dispatcher
+    first = await dispatcher.answer(intent, decision, body, record)
+    why = trigger(first.data, router.config.policy.escalation)
+    answered = first.candidate.model
+    if why is None:
+        return settled(first, record)
     up = next_tier(answered.tier)
     if up is None:
-        first.headers["x-router-escalated"] = f"none ({answered.tier} is the top tier)"
-        return first
-    higher = replace(intent, pinned=(), tier=up, prefer=intent.prefer or "balanced")
+        first.note = f"none ({answered.tier} is the top tier)"
+        return settled(first, record)
+    higher = replace(intent, pinned=(), tier=up, prefer=intent.prefer or DEFAULT_PREFER)
     step = f"{answered.tier}->{up}"
     try:
         second_plan = plan(
             higher, router.catalog, router.health.snapshot(), router.config.routing.max_attempts
         )
     except RouterError as err:
-        first.headers["x-router-escalated"] = f"none ({up}: {err.code or err.type})"
-        return first
+        first.note = f"none ({up}: {err.code or err.type})"
+        return settled(first, record)
     reason = f"{notes} {second_plan.reason}" if notes else second_plan.reason
     second_plan = replace(second_plan, reason=f"{reason} escalated={step} trigger={why}")
-    spent = (outcome.prompt_tokens, outcome.completion_tokens, outcome.cost)
-    kept = (outcome.model, outcome.provider, outcome.reason)
-    outcome.escalated_from = answered.tier
-    outcome.reason = second_plan.reason
     try:
-        second = await router.dispatcher.complete(higher, second_plan, body, outcome)
+        second = await dispatcher.answer(higher, second_plan, body, record)
     except RouterError as err:
         log.info("escalation %s failed: %s", step, err.code or err.type)
-        outcome.escalated_from = None
-        outcome.model, outcome.provider, outcome.reason = kept
-        outcome.status, outcome.error = 200, None
-        first.headers["x-router-escalated"] = f"none ({step} failed: {err.code or err.type})"
-        return first
+        record.error = None  # the first answer stands
+        first.note = f"none ({step} failed: {err.code or err.type})"
+        return settled(first, record)
+    record.escalated_from = answered.tier
+    record.reason = second_plan.reason
+    settled(second, record)
     # The usage log records what the request cost in all, the discarded answer included.
-    outcome.prompt_tokens += spent[0]
-    outcome.completion_tokens += spent[1]
-    outcome.cost += spent[2]
+    spent = first.data.get("usage")
+    if isinstance(spent, dict):
+        record.prompt_tokens += int(spent.get("prompt_tokens") or 0)
+        record.completion_tokens += int(spent.get("completion_tokens") or 0)
+        record.cost += float(spent.get("cost") or 0.0)
     return second
+
+
+def settled(answer: Answer, record: RequestRecord) -> Answer:
+    answer.settle(record)
+    return answer

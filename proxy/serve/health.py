@@ -7,7 +7,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from probes.breaker import CLIENT_FAULTS, BreakerBoard, BreakerPolicy, State
+from probes.breaker import BreakerBoard, BreakerPolicy, State
+from probes.kinds import CLIENT_FAULTS
 from probes.latency import LatencyTable, Source, prior_weight_for, settled_weight
 from proxy.catalog import Catalog
 from proxy.decide.routing import Snapshot
@@ -88,6 +89,7 @@ class Health:
         return cls(catalog, table, BreakerBoard(policy or BreakerPolicy()))
 
     def set_catalog(self, catalog: Catalog) -> None:
+        """Plan over ``catalog`` from now on (a reload calls it as it swaps the Router)."""
         self._catalog = catalog
         for d in catalog.deployments():
             self.table.set_prior(d.key, d.nominal_ttft_ms)

@@ -15,9 +15,8 @@ from typing import Any
 import orjson
 
 from proxy.providers.base import UpstreamError
+from proxy.providers.sse import MAX_EVENT_BYTES, fields
 
-# A single event larger than this is not an LLM chunk; refuse to buffer it.
-MAX_EVENT_BYTES = 1024 * 1024
 DONE = b"data: [DONE]"
 
 CostFn = Callable[[int, int], float]
@@ -223,20 +222,10 @@ class SSERelay:
         return prompt, completion, round(self.cost(prompt, completion), 10), True
 
     def _slow_path(self, event: bytes) -> bytes | None:
-        data: list[bytes] = []
-        for line in event.split(b"\n"):
-            if not line or line.startswith(b":"):
-                continue
-            if line.startswith(b"data:"):
-                data.append(line[6:] if line.startswith(b"data: ") else line[5:])
-            elif line.startswith(b"event:"):
-                if line[6:].strip() == b"error":
-                    raise UpstreamError("server", "upstream sent an error event mid-stream")
-            elif not line.startswith((b"id:", b"retry:")):
-                raise UpstreamError(
-                    "protocol", "upstream sent a line that is not server-sent events"
-                )
-        return b"\n".join(data) if data else None
+        name, data = fields(event, "upstream")
+        if name == "error":
+            raise UpstreamError("server", "upstream sent an error event mid-stream")
+        return data
 
     def _usage_event(self, obj: dict[str, Any], usage: dict[str, Any]) -> bytes | None:
         prompt = usage.get("prompt_tokens")

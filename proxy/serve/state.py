@@ -19,8 +19,9 @@ from proxy.config import Config
 from proxy.decide.routing import fast_ranks
 from proxy.providers.base import Provider
 
-from .dispatch import Dispatcher, Outcome
+from .dispatch import Dispatcher
 from .health import Health
+from .record import RequestRecord
 
 
 def model_entry(m: Model) -> dict[str, Any]:
@@ -64,11 +65,11 @@ class Router:
     probe_loop: ProbeLoop | None = None
     models_listing: list[dict[str, Any]] = field(default_factory=list)
     models_by_id: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # Called once per request with its Outcome and duration in seconds, after the answer
+    # Called once per request with its RequestRecord and duration in seconds, after the answer
     # (or error) has gone out: the access log, metrics and the usage log subscribe here.
-    sinks: list[Callable[[Outcome, float], None]] = field(default_factory=list)
+    sinks: list[Callable[[RequestRecord, float], None]] = field(default_factory=list)
     # Provider name -> digest of its settings and credentials, so a reload can tell which
-    # providers it may share with this Router (proxy/app.py provider_fingerprint).
+    # providers it may share with this Router (proxy/assembly/providers.py provider_fingerprint).
     provider_fingerprints: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -119,6 +120,22 @@ class Router:
                     else None,
                 }
             )
+        budget = self.dispatcher.budget
+        return {
+            "object": "router.status",
+            "demo": self.demo,
+            "monotonic_s": round(now, 3),
+            "deployments": rows,
+            "probes": self._probe_status(),
+            "retry_budget": {
+                "active": budget.active,
+                "retrying": budget.retrying,
+                "waiting": budget.waiting,
+                "denied": budget.denied,
+            },
+        }
+
+    def _probe_status(self) -> dict[str, Any] | None:
         probes = None
         if self.probe_loop is not None:
             st = self.probe_loop.stats()
@@ -133,20 +150,7 @@ class Router:
                 "interval_s": round(self.probe_loop.settings.interval_s, 3),
                 "half_life_s": self.config.probes.half_life_s,
             }
-        budget = self.dispatcher.budget
-        return {
-            "object": "router.status",
-            "demo": self.demo,
-            "monotonic_s": round(now, 3),
-            "deployments": rows,
-            "probes": probes,
-            "retry_budget": {
-                "active": budget.active,
-                "retrying": budget.retrying,
-                "waiting": budget.waiting,
-                "denied": budget.denied,
-            },
-        }
+        return probes
 
 
 class RouterHolder:

@@ -9,7 +9,7 @@ upstream the config routes to, so the first completion after a pause pays no DNS
   now instead of on a user's request. Only origins with traffic (live or probe) in the last
   ``traffic_horizon_s`` are kept warm, so an unused provider is not pinged forever.
 - Probes and live requests share the sessions (and so the pools); a probe reads its tiny answer
-  to the end so its connection goes back to the pool (``proxy.app.make_probe_sender``).
+  to the end so its connection goes back to the pool (``proxy.assembly.probing``).
 
 A ``HEAD`` to an API's base URL costs the provider nothing billable (a 404 or 405 is fine: the
 connection is the point). Bedrock is not warmed here: botocore keeps its own pool.

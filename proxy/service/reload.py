@@ -72,10 +72,6 @@ class Runtime:
                 raise ReloadError(
                     f"building the router failed: {type(exc).__name__}: {exc}"
                 ) from None
-            finally:
-                # Building pointed the shared Health at the new catalog; until the swap,
-                # requests still plan on the old one and need snapshots of it.
-                old.health.set_catalog(old.catalog)
             fresh = [p for name, p in new.providers.items() if old.providers.get(name) is not p]
             started: list[Provider] = []
             try:

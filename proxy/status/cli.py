@@ -84,6 +84,34 @@ def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _money(status: dict[str, Any]) -> str:
+    spend = status.get("spend") or {}
+    budget = spend.get("daily_budget_usd")
+    money = f"spend today {_usd(spend.get('today_usd'))}"
+    if budget:
+        money += f" of {_usd(budget)} ({100 * spend.get('today_usd', 0) / budget:.0f} %)"
+    probes = status.get("probes")
+    if probes:
+        money += f"  probes {_usd(probes['spend_today_usd'])} of {_usd(probes['spend_cap_usd'])}"
+    return money
+
+
+def _key_lines(history: dict[str, Any]) -> list[str]:
+    lines = []
+    for key in history.get("keys", []):
+        if key["key"] == "(no key)":
+            continue
+        cap = f" of {_usd(key['daily_usd'])}" if key.get("daily_usd") else ""
+        lines.append(
+            _cut(
+                f"  key {key['key']}: {sum(key['requests'])} requests last hour, "
+                f"{_usd(key['spend_today_usd'])}{cap} today",
+                WIDTH,
+            )
+        )
+    return lines
+
+
 def render(url: str, ready: bool, status: dict[str, Any], history: dict[str, Any]) -> str:
     """The whole frame, every line at most ``WIDTH`` characters."""
     rows = status.get("deployments", [])
@@ -97,26 +125,8 @@ def render(url: str, ready: bool, status: dict[str, Any], history: dict[str, Any
     lines = [
         _cut(f"model-router {url}  {state}  {len(rows)} deployments, {opened} open  {clock}", WIDTH)
     ]
-    spend = status.get("spend") or {}
-    budget = spend.get("daily_budget_usd")
-    money = f"spend today {_usd(spend.get('today_usd'))}"
-    if budget:
-        money += f" of {_usd(budget)} ({100 * spend.get('today_usd', 0) / budget:.0f} %)"
-    probes = status.get("probes")
-    if probes:
-        money += f"  probes {_usd(probes['spend_today_usd'])} of {_usd(probes['spend_cap_usd'])}"
-    lines.append(_cut(f"requests last hour {total}  {money}", WIDTH))
-    for key in history.get("keys", []):
-        if key["key"] == "(no key)":
-            continue
-        cap = f" of {_usd(key['daily_usd'])}" if key.get("daily_usd") else ""
-        lines.append(
-            _cut(
-                f"  key {key['key']}: {sum(key['requests'])} requests last hour, "
-                f"{_usd(key['spend_today_usd'])}{cap} today",
-                WIDTH,
-            )
-        )
+    lines.append(_cut(f"requests last hour {total}  {_money(status)}", WIDTH))
+    lines += _key_lines(history)
     lines.append("")
     head = f"{'deployment':<27} {'breaker':<9} {'est ms':>6} {'p90':>6} {'fast':>4} "
     head += f"{'share':>6} {'errs':>5} {'ttft 1h':<{SPARK_CELLS}}"

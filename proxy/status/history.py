@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.serve.dispatch import Outcome
+from proxy.serve.record import RequestRecord
 from proxy.serve.state import ROUTER, Router
 
 log = logging.getLogger("model_router.history")
@@ -103,7 +103,7 @@ class History:
         self._by_key: dict[str | None, Tally] = {}
         self._last_wall: float | None = None
 
-    def sink(self, outcome: Outcome, seconds: float) -> None:
+    def sink(self, outcome: RequestRecord, seconds: float) -> None:
         """Once per request, after its answer: count it for its deployment and its key."""
         dep = (outcome.model, outcome.provider)
         t = self._by_dep.get(dep)
@@ -160,11 +160,25 @@ class History:
         none = by_dep.get((None, None))
         if none is not None:
             model_requests[NO_MODEL] = none.requests
+        self._sample_spend(router, (model_requests, model_spend), by_key, slot)
+        self.times[slot] = round(now, 3)  # as the payload shows it, so ?since= matches
+        self._last_wall = now
+        self.head = (slot + 1) % POINTS
+        self.filled = min(POINTS, self.filled + 1)
+
+    def _sample_spend(
+        self,
+        router: Router,
+        by_model: tuple[dict[str, int], dict[str, float]],
+        by_key: Mapping[str | None, Tally],
+        slot: int,
+    ) -> None:
+        """Requests and spend per model and per key id for this point."""
         self.models = self._spend_rings(
             self.models,
             [m.id for m in router.catalog.models] + [NO_MODEL],
-            model_requests,
-            model_spend,
+            by_model[0],
+            by_model[1],
             slot,
         )
         key_names = [k.id for k in router.config.keys] or [NO_KEY]
@@ -175,10 +189,6 @@ class History:
             {(k or NO_KEY): t.spend for k, t in by_key.items()},
             slot,
         )
-        self.times[slot] = round(now, 3)  # as the payload shows it, so ?since= matches
-        self._last_wall = now
-        self.head = (slot + 1) % POINTS
-        self.filled = min(POINTS, self.filled + 1)
 
     @staticmethod
     def _spend_rings(
@@ -205,19 +215,9 @@ class History:
                 n -= 1
         return (start + self.filled - n) % POINTS, n
 
-    def payload(
-        self, router: Router, since: float | None = None, spend: Mapping[str, Any] | None = None
-    ) -> dict[str, Any]:
-        """GET /v1/router/history: the rings oldest first (only points after ``since``), and
-        each breaker's transitions in wall-clock time. Keys appear by their config id only."""
-        first, n = self._window(since)
-
-        def tail(values: array[Any]) -> list[Any]:
-            # NaN (no data) leaves orjson as null.
-            if first + n <= POINTS:
-                return values[first : first + n].tolist()
-            return (values[first:] + values[: first + n - POINTS]).tolist()
-
+    def _deployment_payload(
+        self, router: Router, tail: Callable[[array[Any]], list[Any]]
+    ) -> list[dict[str, Any]]:
         offset = self._wall() - time.monotonic()
         models = {m.id: m for m in router.catalog.models}
         deployments = []
@@ -244,6 +244,22 @@ class History:
                     ],
                 }
             )
+        return deployments
+
+    def payload(
+        self, router: Router, since: float | None = None, spend: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """GET /v1/router/history: the rings oldest first (only points after ``since``), and
+        each breaker's transitions in wall-clock time. Keys appear by their config id only."""
+        first, n = self._window(since)
+
+        def tail(values: array[Any]) -> list[Any]:
+            # NaN (no data) leaves orjson as null.
+            if first + n <= POINTS:
+                return values[first : first + n].tolist()
+            return (values[first:] + values[: first + n - POINTS]).tolist()
+
+        deployments = self._deployment_payload(router, tail)
         limits = {k.id: k.daily_usd for k in router.config.keys}
         by_key = (spend or {}).get("by_key", {})
         return {

@@ -19,7 +19,7 @@ from aiohttp import web
 from proxy.accounting.ledger import ACCOUNTING
 from proxy.errors import RouterError
 from proxy.http.auth import require_admin
-from proxy.http.handlers import json_response
+from proxy.http.respond import json_response
 from proxy.serve.state import ROUTER
 
 from .history import HISTORY

@@ -1,0 +1,26 @@
+"""The access log: one JSON line per request from the request record's logged fields, never
+prompts, completions or keys. It goes through the ``model_router.access`` logger (so
+embedding apps and tests see ordinary log records) without its slowest part, the caller
+lookup per line; ``serve`` writes the lines with a counting handler (``log_stream``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+
+from proxy.serve.record import RequestRecord, logged
+
+from .log_stream import ACCESS_LOGGER
+
+access_log = logging.getLogger(ACCESS_LOGGER)
+
+
+def access_log_sink(record: RequestRecord, seconds: float) -> None:
+    """A ``Router.sinks`` entry: runs once per request after its answer has gone out."""
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    line = orjson.dumps(logged(record)).decode()
+    # makeRecord + handle is what Logger.info does, minus findCaller's walk up the stack.
+    access_log.handle(access_log.makeRecord(ACCESS_LOGGER, logging.INFO, "", 0, line, (), None))
