@@ -60,7 +60,7 @@ def featurize(items: Sequence[Item]) -> list[list[str]]:
     return [sorted(words_of(body_of(it.prompt))) for it in items]
 
 
-def fit(docs: Sequence[Sequence[str]], ys: Sequence[int], l2: float) -> Lexicon:
+def fit(docs: Sequence[Sequence[str]], ys: Sequence[float], l2: float) -> Lexicon:
     df = Counter(w for d in docs for w in d)
     vocab = {w for w, n in df.items() if n >= MIN_DOCS and len(w) > 1}
     rows = []

@@ -204,6 +204,28 @@ class Breaker:
     def release(self) -> None:
         self.trial_since = None
 
+    def adopt_open(self, now: float, seconds: float) -> None:
+        """Another instance opened this deployment for ``seconds``: open here as long (or
+        keep a longer wait already running). Counts as an opening, so a reopening after the
+        next half-open test grows the backoff here as it would there."""
+        self.poll(now)
+        until = now + seconds
+        if self.state is State.OPEN:
+            self.open_until = max(self.open_until, until)
+            return
+        self.openings += 1
+        self.opened_count += 1
+        self._enter(State.OPEN, now)
+        self.open_until = until
+        self.retry_until = None
+        self.half_open_ok = 0
+        self.trial_since = None
+
+    def adopt_close(self, now: float) -> None:
+        """Another instance's half-open test closed this deployment."""
+        if self.state is not State.CLOSED:
+            self._close(now)
+
     def on_success(
         self, now: float, ttft_ms: float | None, probe: bool, since: int | None = None
     ) -> None:
@@ -361,7 +383,7 @@ class BreakerBoard:
     """Every deployment's breaker. Keys are created lazily by ``allow``, ``record_*`` and
     ``set_threshold``; read-only calls on an unknown key answer as if it were closed."""
 
-    __slots__ = ("_breakers", "_clock", "_policy", "_rng", "_version")
+    __slots__ = ("_breakers", "_clock", "_policy", "_rng", "_version", "listener", "trial_gate")
 
     def __init__(
         self,
@@ -375,6 +397,12 @@ class BreakerBoard:
         self._rng = rng if rng is not None else random.Random()
         self._breakers: dict[str, Breaker] = {}
         self._version = 0
+        # Cluster hooks (proxy/cluster/). ``listener`` hears (key, state, open seconds) when a
+        # result recorded here opens or closes a breaker, not when another instance's
+        # decision is adopted; ``trial_gate(key)`` must also say yes before a HALF_OPEN
+        # breaker hands out its live trial slot (one instance at a time cluster-wide).
+        self.listener: Callable[[str, State, float], None] | None = None
+        self.trial_gate: Callable[[str], bool] | None = None
 
     @property
     def policy(self) -> BreakerPolicy:
@@ -402,9 +430,26 @@ class BreakerBoard:
         """May a live request go? HALF_OPEN admits one trial at a time."""
         b = self._get(key)
         before = b.transitions
-        ok = b.allow(self._clock())
+        now = self._clock()
+        b.poll(now)
+        gate = self.trial_gate
+        if b.state is State.HALF_OPEN and gate is not None and not gate(key):
+            self._bump(before, b)
+            return False
+        ok = b.allow(now)
         self._bump(before, b)
         return ok
+
+    def adopt(self, key: str, state: State, open_s: float = 0.0) -> None:
+        """Apply another instance's transition (OPEN for ``open_s`` seconds, or CLOSED);
+        the listener is not told. Other states are ignored."""
+        b = self._get(key)
+        before = b.transitions
+        if state is State.OPEN and open_s > 0:
+            b.adopt_open(self._clock(), open_s)
+        elif state is State.CLOSED:
+            b.adopt_close(self._clock())
+        self._bump(before, b)
 
     def release(self, key: str) -> None:
         """Give back a HALF_OPEN trial slot whose request ended without an upstream verdict
@@ -430,8 +475,11 @@ class BreakerBoard:
     ) -> None:
         b = self._get(key)
         before = b.transitions
-        b.on_success(self._clock(), ttft_ms, probe, since)
+        now = self._clock()
+        b.on_success(now, ttft_ms, probe, since)
         self._bump(before, b)
+        if b.transitions != before and self.listener is not None:
+            self._tell(key, b, now)
 
     def record_failure(
         self,
@@ -446,8 +494,17 @@ class BreakerBoard:
         first token) and has now failed; see the module docstring."""
         b = self._get(key)
         before = b.transitions
-        b.on_failure(self._clock(), kind, retry_after_s, probe, after_success)
+        now = self._clock()
+        b.on_failure(now, kind, retry_after_s, probe, after_success)
         self._bump(before, b)
+        if b.transitions != before and self.listener is not None:
+            self._tell(key, b, now)
+
+    def _tell(self, key: str, b: Breaker, now: float) -> None:
+        listener = self.listener
+        if listener is None or b.state is State.HALF_OPEN:
+            return  # HALF_OPEN follows from the clock on every instance alike
+        listener(key, b.state, max(0.0, b.open_until - now) if b.state is State.OPEN else 0.0)
 
     def badness(self, key: str) -> float:
         """Lower is better: seconds until traffic is let through plus the window failure share."""

@@ -287,6 +287,7 @@ class LatencyTable:
         "_shift_samples",
         "_shift_span_s",
         "_version",
+        "listener",
     )
 
     def __init__(
@@ -325,6 +326,9 @@ class LatencyTable:
         self._measured_weight = measured_weight
         self._entries: dict[str, _Entry] = {}
         self._version = 0
+        # Told of every sample fed through ``observe`` (not ``fold``): the hook by which a
+        # cluster shares this instance's samples with the others.
+        self.listener: Callable[[str, float, Source], None] | None = None
 
     @property
     def half_life_s(self) -> float:
@@ -379,6 +383,17 @@ class LatencyTable:
 
     def observe(self, key: str, ttft_ms: float, source: Source) -> None:
         """Feed one TTFT sample. An unknown key is registered with the sample as its nominal."""
+        self._observe(key, ttft_ms, source)
+        if self.listener is not None:
+            self.listener(key, ttft_ms, source)
+
+    def fold(self, key: str, ttft_ms: float, source: Source) -> None:
+        """Feed a sample another instance measured: as ``observe``, but the listener is not
+        told (it came from there) and a key this table does not know is ignored."""
+        if key in self._entries:
+            self._observe(key, ttft_ms, source)
+
+    def _observe(self, key: str, ttft_ms: float, source: Source) -> None:
         _check_ms(ttft_ms, "ttft_ms")
         now = self._clock()
         e = self._entries.get(key)

@@ -176,6 +176,9 @@ class ProbeLoop:
         self._day = self._utc_day()
         self._cap_logged_day: int | None = None
         self._last_run: dict[str, float] = {}
+        # Cluster hook (proxy/cluster/): a key is probed here only while ``gate(key)`` says
+        # so, i.e. while this instance holds the key's probe lease.
+        self.gate: Callable[[str], bool] | None = None
         self.set_keys(cost_per_probe.keys(), cost_per_probe)
 
     @property
@@ -303,10 +306,13 @@ class ProbeLoop:
         earliest = now + s.max_sleep_s
         due: list[tuple[float, str]] = []
         busy = False
+        gate = self.gate
         for key, sched in self._keys.items():
             if sched.in_flight:
                 busy = True
                 continue
+            if gate is not None and not gate(key):
+                continue  # another instance probes it; the gate is re-read every wake-up
             at = self._due(key, sched, now)
             if at <= now:
                 due.append((at, key))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import importlib.util
 import logging
 import os
 import signal
@@ -17,6 +18,7 @@ from importlib import metadata
 from pathlib import Path
 
 import uvloop
+from aiohttp import web
 from prometheus_client import disable_created_metrics
 
 from proxy.accounting.usage_log import DB_NAME, db_path
@@ -30,7 +32,7 @@ from proxy.sim.control import FaultOrder, SimControlError, reset, set_fault
 from proxy.sim.script import FAULT_MODES
 
 from .app import NOTIFIER, RUNTIME, make_app, start_server
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, load_config, mask_url
 from .decide.tokens import hash_key
 from .errors import SimPortError
 from .http.hygiene import guard_library_logs
@@ -48,6 +50,9 @@ client asks for (cheap, fast, quality, coding; a tier) and falls back when a pro
 
 Try it without any API key:  model-router serve --demo
 """
+
+
+MAX_WORKERS = 256
 
 
 def _port(text: str) -> int:
@@ -100,6 +105,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_demo_flags(serve)
     serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes sharing the port through SO_REUSEPORT, under a supervising "
+        "parent (default 1: one process, no parent)",
+    )
+    serve.add_argument(
+        "--worker-index",
+        type=int,
+        default=None,
+        metavar="I",
+        help="set by the --workers parent on each worker it starts; not for direct use",
+    )
+    serve.add_argument(
         "--sim-port",
         type=_port,
         default=0,
@@ -129,9 +149,11 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--db",
         metavar="FILE",
+        action="append",
         help="the usage log to read (default: the config's [usage] path, else "
         "$STATE_DIRECTORY/model-router.db, else /var/lib/model-router/model-router.db when "
-        "that folder exists, else ./model-router.db)",
+        "that folder exists, else ./model-router.db); repeat it to read the logs of several "
+        "workers or instances together",
     )
     report.add_argument(
         "--config", metavar="FILE", help="read the usage log's path from this config"
@@ -247,7 +269,9 @@ def _report_db(args: argparse.Namespace) -> str:
     """--db; else the config's path or $STATE_DIRECTORY; else the unit's state directory
     when this box has one; else ./ (what serve does outside systemd)."""
     if args.db:
-        return str(args.db)
+        from proxy.accounting.report import PATH_SEP
+
+        return PATH_SEP.join(args.db)
     if args.config or os.environ.get("STATE_DIRECTORY"):
         return db_path(_load(args.config).usage, os.environ)
     if Path(SERVICE_STATE_DIR).is_dir():
@@ -280,13 +304,23 @@ def _load(path: str | None) -> Config:
 
 # Over 60 lines: serve's start, signals and drain in order (merged from main; to split).
 async def serve(
-    config: Config, *, demo: bool, config_path: str | None = None, sim_port: int = 0
+    config: Config,
+    *,
+    demo: bool,
+    config_path: str | None = None,
+    sim_port: int = 0,
+    worker: int | None = None,
 ) -> None:
-    """Run until SIGTERM/SIGINT, then drain; SIGHUP reloads ``config_path``."""
-    app = make_app(config, demo=demo, config_path=config_path, sim_port=sim_port)
+    """Run until SIGTERM/SIGINT, then drain; SIGHUP reloads ``config_path``. ``worker``: this
+    process is that worker of a ``--workers`` parent (proxy/workers.py)."""
+    app = make_app(config, demo=demo, config_path=config_path, sim_port=sim_port, worker=worker)
     host, wanted = config.server.host, config.server.port
     try:
-        runner, port = await start_server(app, host, wanted)
+        runner, port = await start_server(app, host, wanted, reuse_port=worker is not None)
+        if worker is not None and config.server.worker_port_base:
+            # This worker alone, for scraping its /metrics (the shared port reaches any).
+            own = web.TCPSite(runner, host, config.server.worker_port_base + worker)
+            await own.start()
     except SimPortError as exc:
         raise bind_error(
             "the simulator (--sim-port)", "127.0.0.1", sim_port, exc.os_error
@@ -296,19 +330,6 @@ async def serve(
     notifier = app[NOTIFIER]
     router = app[ROUTER].current
     mode = "demo, simulated providers" if demo else "live providers"
-    print(
-        f"model-router ready on http://{config.server.host}:{port} "
-        f"({len(router.catalog.models)} models enabled, {mode})",
-        flush=True,
-    )
-    if demo:
-        from proxy.assembly.demo import SIM_URL
-
-        print(
-            f"simulated providers on {app[SIM_URL]} (fault control: POST /_sim/fault)",
-            flush=True,
-        )
-    notifier.ready(f"serving {len(router.catalog.models)} models on port {port}")
     stop = asyncio.Event()
     reloads: set[asyncio.Task[None]] = set()
 
@@ -334,6 +355,27 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
+    # Announced only now: a SIGHUP sent the moment READY arrives must find its handler, not
+    # the default action (which ends the process).
+    # A worker's line must not read like the parent's "ready on", which scripts wait for.
+    what = (
+        "model-router ready on"
+        if worker is None
+        else f"worker {worker} (pid {os.getpid()}) serving"
+    )
+    print(
+        f"{what} http://{config.server.host}:{port} "
+        f"({len(router.catalog.models)} models enabled, {mode})",
+        flush=True,
+    )
+    if demo:
+        from proxy.assembly.demo import SIM_URL
+
+        print(
+            f"simulated providers on {app[SIM_URL]} (fault control: POST /_sim/fault)",
+            flush=True,
+        )
+    notifier.ready(f"serving {len(router.catalog.models)} models on port {port}")
     try:
         await stop.wait()
         notifier.stopping()
@@ -365,6 +407,8 @@ def _logging() -> None:
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
 
 
+# The workers branch is the part to move out next.
+# Over 60 lines: the command dispatch plus serve's start (preflight, --workers, worker logs).
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _logging()
@@ -406,9 +450,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             insecure_no_auth=args.insecure_no_auth,
             port_from_cli=args.port is not None,
         )
+        if config.cluster.enabled and importlib.util.find_spec("redis") is None:
+            raise PreflightError(
+                "[cluster] redis_url needs redis-py: pip install 'model-router[cluster]'"
+            )
+        if not 1 <= args.workers <= MAX_WORKERS:
+            raise PreflightError(f"--workers must be within 1..{MAX_WORKERS}")
+        if args.workers > 1 and args.worker_index is None:
+            if args.sim_port:
+                raise PreflightError("--sim-port cannot be shared by several workers")
+            from .workers import supervise
+
+            forward = ["--config", args.config] if args.config else []
+            forward += ["--demo"] if args.demo else []
+            forward += ["--insecure-no-auth"] if args.insecure_no_auth else []
+            return supervise(config, forward, args.workers)
+        if args.worker_index is not None:
+            from .workers import worker_db_path
+
+            usage = replace(
+                config.usage, path=worker_db_path(config, dict(os.environ), args.worker_index)
+            )
+            config = replace(config, usage=usage)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(
-                serve(config, demo=args.demo, config_path=args.config, sim_port=args.sim_port)
+                serve(
+                    config,
+                    demo=args.demo,
+                    config_path=args.config,
+                    sim_port=args.sim_port,
+                    worker=args.worker_index,
+                )
             )
     except PreflightError as exc:
         print(f"model-router: {exc}", file=sys.stderr)
@@ -430,6 +502,11 @@ def _check_config(args: argparse.Namespace) -> int:
     print(f"{args.path}: valid; {len(config.catalog.models)} models in catalog")
     what = "providers (simulated with --demo)" if args.demo else "providers with credentials"
     print(f"{what}: {', '.join(sorted(enabled)) or 'none'}")
+    if config.cluster.enabled:
+        print(
+            f"cluster: shares state through {mask_url(config.cluster.redis_url)} "
+            f"(key prefix {config.cluster.key_prefix!r})"
+        )
     for m in catalog.models:
         print(f"  {m.id:<28} {m.tier:<9} {', '.join(d.provider for d in m.deployments)}")
     return 0

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
+import socket
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any
 
@@ -17,6 +19,7 @@ import aiohttp
 from aiohttp import web
 
 from proxy.accounting.ledger import ACCOUNTING, accounting_ctx
+from proxy.accounting.usage_log import db_path
 from proxy.assembly.providers import SESSION_OF, make_session
 from proxy.assembly.router import build_router
 from proxy.assembly.warming import WARMER, make_warmer, retarget, traces, warm_ctx
@@ -26,7 +29,7 @@ from proxy.http.hostile_input import GuardedRunner, expect_continue
 from proxy.http.hygiene import guard_library_logs
 from proxy.http.metrics import METRICS, Metrics, metrics_endpoint
 from proxy.serve.drain import IN_FLIGHT, InFlight
-from proxy.serve.state import ROUTER, Router, RouterHolder
+from proxy.serve.state import CLUSTER, ROUTER, WORKER, Router, RouterHolder
 from proxy.service.notify import Notifier, watchdog_task
 from proxy.service.reload import Runtime, keep_listen_address
 from proxy.status.history import HISTORY, History, history_ctx
@@ -45,7 +48,9 @@ SESSIONS: web.AppKey[dict[str, aiohttp.ClientSession]] = web.AppKey("sessions")
 Ctx = Callable[[web.Application], AsyncIterator[None]]
 
 
-async def start_server(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+async def start_server(
+    app: web.Application, host: str, port: int, *, reuse_port: bool = False
+) -> tuple[web.AppRunner, int]:
     """Serve ``app`` the way production does; returns the runner and the bound port.
 
     run_app/AppRunner default ``handler_cancellation`` to False; without it a client that
@@ -58,7 +63,8 @@ async def start_server(app: web.Application, host: str, port: int) -> tuple[web.
         app, handler_cancellation=True, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=1024)
+    # reuse_port: one of ``--workers`` processes bound to the same port (proxy/workers.py).
+    site = web.TCPSite(runner, host, port, backlog=1024, reuse_port=reuse_port or None)
     try:
         await site.start()
     except BaseException:
@@ -74,6 +80,7 @@ def make_app(
     environ: Mapping[str, str] | None = None,
     config_path: str | None = None,
     sim_port: int = 0,
+    worker: int | None = None,
 ) -> web.Application:
     """The app for ``config``. A reload (``app[RUNTIME].reload()``, on SIGHUP) re-reads
     ``config_path`` (the built-in defaults when None) and keeps the listen address."""
@@ -89,6 +96,8 @@ def make_app(
         ],
     )
     app[IN_FLIGHT] = InFlight()
+    if worker is not None:
+        app[WORKER] = worker
     app[NOTIFIER] = Notifier.from_env(env)
     app[METRICS] = Metrics(app)
     app[ACCESS] = Access()
@@ -103,9 +112,12 @@ def make_app(
     app.cleanup_ctx.append(sessions_ctx(config))
     app.cleanup_ctx.append(router_ctx(config, env, demo, config_path))
     app.cleanup_ctx.append(warm_ctx(config))
+    if config.cluster.enabled:
+        app.cleanup_ctx.append(cluster_ctx(config, env))
     app.cleanup_ctx.append(task_ctx("watchdog", lambda: watchdog_task(app[NOTIFIER])))
     app.cleanup_ctx.append(task_ctx("loop-lag", app[METRICS].watch_loop_lag))
     app.cleanup_ctx.append(accounting_ctx(config, env))
+    app.cleanup_ctx.append(cluster_accounting)
     app.cleanup_ctx.append(history_ctx)
     app.router.add_post(
         "/v1/chat/completions", handlers.chat_completions, expect_handler=expect_continue
@@ -168,6 +180,8 @@ def router_ctx(config: Config, env: Mapping[str, str], demo: bool, config_path: 
             # The usage log and budget live across reloads; the new router must feed them.
             if (accounting := app.get(ACCOUNTING)) is not None:
                 accounting.attach(router)
+            if (cluster := app.get(CLUSTER)) is not None:
+                cluster.attach(router)
             return router
 
         router = build(config, None)
@@ -181,6 +195,39 @@ def router_ctx(config: Config, env: Mapping[str, str], demo: bool, config_path: 
             await runtime.close()
 
     return ctx
+
+
+def instance_origin(config: Config, environ: Mapping[str, str]) -> str:
+    """A name for this instance's own spend that survives its restarts: the host and its
+    usage log (today's spend is read back from that file at start)."""
+    where = os.path.abspath(db_path(config.usage, environ))
+    return hashlib.sha256(f"{socket.gethostname()}:{where}".encode()).hexdigest()[:16]
+
+
+def cluster_ctx(config: Config, env: Mapping[str, str]) -> Ctx:
+    """[cluster] redis_url: this instance joins the others through Redis (proxy/cluster/).
+    Imported only here, so without the table nothing loads redis-py."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        from proxy.cluster.node import Cluster
+
+        cluster = Cluster(config.cluster, instance_origin(config, env))
+        cluster.attach(app[ROUTER].current)  # before the first await: the probe gate is set
+        app[CLUSTER] = cluster
+        await cluster.start()
+        try:
+            yield
+        finally:
+            await cluster.close()
+
+    return ctx
+
+
+async def cluster_accounting(app: web.Application) -> AsyncIterator[None]:
+    """After the accounting starts: the cluster shares its limits and budgets."""
+    if (cluster := app.get(CLUSTER)) is not None:
+        cluster.attach_accounting(app[ACCESS], app[ACCOUNTING].budget)
+    yield
 
 
 def _demo_prepare(app: web.Application) -> Callable[[Config], Config]:

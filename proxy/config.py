@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import SplitResult, urlsplit
 
 from probes.breaker import BreakerPolicy
 from proxy.decide.fields import FieldPolicy, check_extra
@@ -59,6 +60,9 @@ class ServerSettings:
     connect_timeout_s: float = 5.0
     # On SIGTERM, in-flight streams get this long to finish.
     drain_s: float = 20.0
+    # With `serve --workers N`: worker i also listens on worker_port_base + i (same host),
+    # so Prometheus can scrape each worker's /metrics; 0 = only the shared port.
+    worker_port_base: int = 0
     # An idle upstream connection is kept this long. A minute outlasts a developer reading
     # code between completions (and the 30 s probe interval), and is under the idle limits
     # providers' load balancers are known to keep (60-120 s or more).
@@ -199,6 +203,75 @@ class CacheSettings:
     max_entry_bytes: int = 64 * 1024
 
 
+# --- [cluster]: Redis for several workers and boxes (proxy/cluster/) ----------------
+
+SCHEMES = ("redis", "rediss", "unix")
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    # Empty: no cluster; every instance and worker runs on its own state.
+    redis_url: str = ""
+    # Every key and channel name starts with this, so several routers can share one Redis.
+    key_prefix: str = "model-router"
+    # How often each instance pushes its counters and pulls the others' (limits, budgets).
+    sync_interval_s: float = 0.1
+    # A probe lease lasts this long; its holder renews it at a third of it, and another
+    # instance takes a lease over within one lease after its holder dies.
+    probe_lease_s: float = 15.0
+    # Heartbeat period; an instance silent for three of them no longer counts.
+    heartbeat_s: float = 1.0
+    # Each Redis call gives up after this; the instance then runs on local state.
+    op_timeout_s: float = 0.5
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.redis_url)
+
+
+class RedisUrlError(ValueError):
+    pass
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password (and user name) replaced by ``***``: what logs and status
+    show. An unparseable URL is masked entirely past its scheme."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+    except ValueError:
+        return url.split(":", 1)[0] + "://***"
+    if "@" not in netloc:
+        return url
+    host = netloc.rsplit("@", 1)[1]
+    return SplitResult(parts.scheme, f"***@{host}", parts.path, parts.query, "").geturl()
+
+
+def check_url(url: str) -> None:
+    """Raise RedisUrlError naming what is wrong; the message never contains a secret."""
+    shown = mask_url(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise RedisUrlError(f"{shown!r} is not a valid URL ({exc})") from None
+    if parts.scheme not in SCHEMES:
+        raise RedisUrlError(
+            f"{shown!r}: the scheme must be one of {', '.join(s + '://' for s in SCHEMES)}"
+        )
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise RedisUrlError(f"{shown!r}: a unix:// URL needs a socket path")
+        return
+    if not parts.hostname:
+        raise RedisUrlError(f"{shown!r}: no host")
+    if port == 0:
+        raise RedisUrlError(f"{shown!r}: port 0")
+    db = parts.path.lstrip("/")
+    if db and not db.isdigit():
+        raise RedisUrlError(f"{shown!r}: the path must be a database number, got {db!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class BudgetSettings:
     # Global spend cap per UTC day in USD; 0 means no budget.
@@ -284,6 +357,7 @@ class Config:
     forwarding: ForwardingSettings = ForwardingSettings()
     # Built from forwarding and the providers' extra_body_fields by parse_config.
     fields: FieldPolicy = field(default_factory=lambda: FieldPolicy.build((), {}))
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
     def with_providers(self, providers: Mapping[str, ProviderConfig]) -> Config:
         return replace(self, providers=dict(providers))
@@ -572,7 +646,28 @@ def _scaled_nominals(model: Model, nominal_ms: float) -> tuple[Deployment, ...]:
 
 
 TOP_LEVEL = {"server", "routing", "probes", "providers", "models", "overrides", *POLICY_KEYS}
-TOP_LEVEL |= {"usage", "cache", "budget", "limits", "keys", "breaker", "forwarding", "hedging"}
+TOP_LEVEL |= {"usage", "cache", "budget", "limits", "keys", "breaker", "cluster"}
+TOP_LEVEL |= {"forwarding"}
+
+
+def _cluster(raw: Any) -> ClusterSettings:
+    cluster: ClusterSettings = _typed(
+        ClusterSettings, _check(raw, ClusterSettings, "cluster"), "cluster"
+    )
+    if cluster.redis_url:
+        try:
+            check_url(cluster.redis_url)
+        except RedisUrlError as exc:
+            raise ConfigError(f"cluster.redis_url: {exc}") from None
+    if not cluster.key_prefix:
+        raise ConfigError("cluster.key_prefix: must not be empty")
+    for name in ("sync_interval_s", "probe_lease_s", "heartbeat_s", "op_timeout_s"):
+        if not getattr(cluster, name) > 0:
+            raise ConfigError(f"cluster.{name}: must be positive")
+    return cluster
+
+
+TOP_LEVEL |= {"hedging"}
 
 
 def _hedging(raw: Any) -> HedgeSettings:
@@ -758,6 +853,7 @@ def parse_config(data: Mapping[str, Any], source: str = "<string>") -> Config:
         keys=_keys(data.get("keys"), catalog),
         hedging=_hedging(data.get("hedging", {})),
         **_forwarding(data.get("forwarding", {}), providers),
+        cluster=_cluster(data.get("cluster", {})),
     )
 
 

@@ -152,6 +152,26 @@ def test_serve_without_credentials_refuses_and_says_how_to_configure() -> None:
 
 
 @pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        pytest.param("http://127.0.0.1:6379", "the scheme must be one of", id="scheme"),
+        pytest.param("redis://:hunter2@", "no host", id="no-host"),
+        pytest.param("rediss://u:hunter2@h:99999/0", "not a valid URL", id="port"),
+        pytest.param("redis://u:hunter2@h/zero", "database number", id="db"),
+    ],
+)
+def test_check_config_names_a_malformed_redis_url_without_its_password(
+    tmp_path: Path, url: str, says: str
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(f'[cluster]\nredis_url = "{url}"\n')
+    out = cli("check-config", str(path))
+    assert out.returncode == 2
+    assert "cluster.redis_url:" in out.stderr and says in out.stderr
+    assert "hunter2" not in out.stderr
+
+
+@pytest.mark.parametrize(
     "bedrock, expected",
     [
         pytest.param({}, "us.anthropic.claude-haiku-4-5-20251001-v1:0", id="default-us-east-1"),

@@ -87,21 +87,28 @@ def test_alias_maps_to_its_catalog_entry(client: openai.OpenAI) -> None:
 def test_auto_fast_shorthand_picks_the_lowest_expected_ttft(
     client: openai.OpenAI, demo_server: str
 ) -> None:
-    chosen, raw = routed(client, model="auto:fast")
-    assert raw.headers["x-router-reason"].startswith("prefer=fast tier=any ttft_ewma_ms=")
-    rows = get_json(f"{demo_server}/v1/router/status")["deployments"]
     chat = {
         m["id"]
         for m in get_json(f"{demo_server}/v1/models")["data"]
         if "chat" in m.get("capabilities", [])
     }
-    fastest = min(
-        (r for r in rows if r["model"] in chat and r["breaker"] != "open"),
-        key=lambda r: r["ttft_estimate_ms"],
-    )
-    # The table moves with probes; the pick must be within one probe's noise of the best.
-    pick = min(r["ttft_estimate_ms"] for r in rows if r["model"] == chosen)
-    assert pick <= fastest["ttft_estimate_ms"] * 1.5
+
+    def near_fastest(rows: list[dict[str, Any]], chosen: str) -> bool:
+        fastest = min(
+            (r for r in rows if r["model"] in chat and r["breaker"] != "open"),
+            key=lambda r: r["ttft_estimate_ms"],
+        )
+        pick = min(r["ttft_estimate_ms"] for r in rows if r["model"] == chosen)
+        return bool(pick <= fastest["ttft_estimate_ms"] * 1.5)
+
+    # The table moves with probes (the demo's first round lands while the tests run): the
+    # pick must be within one probe's noise of the best in the table just before the request
+    # or just after it; a pick that ignored TTFT is slow in both.
+    before = get_json(f"{demo_server}/v1/router/status")["deployments"]
+    chosen, raw = routed(client, model="auto:fast")
+    assert raw.headers["x-router-reason"].startswith("prefer=fast tier=any ttft_ewma_ms=")
+    after = get_json(f"{demo_server}/v1/router/status")["deployments"]
+    assert near_fastest(before, chosen) or near_fastest(after, chosen)
 
 
 def test_min_coding_score_returns_the_cheapest_model_reaching_it(

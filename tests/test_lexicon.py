@@ -1,5 +1,5 @@
-"""The learned word-weight table: its file format, the shipped weights, and how a prompt's
-words become the classifier's ``lexicon`` signal."""
+"""The learned word-weight tables: their file format, the shipped weights, and how a prompt's
+words become the classifier's ``lexicon`` and ``domain`` signals."""
 
 from __future__ import annotations
 
@@ -7,8 +7,23 @@ import math
 
 import pytest
 
-from proxy.decide.classifier import DEFAULT_WEIGHTS, Weights, assess, signals_of, words_of
-from proxy.decide.lexicon import LEXICON_FILE, Lexicon, LexiconError, bundled_lexicon, parse_lexicon
+from proxy.decide.classifier import (
+    DEFAULT_WEIGHTS,
+    Weights,
+    assess,
+    domain_signal,
+    signals_of,
+    words_of,
+)
+from proxy.decide.lexicon import (
+    DOMAIN_FILE,
+    LEXICON_FILE,
+    Lexicon,
+    LexiconError,
+    bundled_domain,
+    bundled_lexicon,
+    parse_lexicon,
+)
 
 
 def chat(text: str) -> dict[str, object]:
@@ -69,3 +84,42 @@ def test_the_signal_is_read_only_when_its_weight_is_not_zero() -> None:
     assert switched.signals["lexicon"] == pytest.approx(signals_of(body)["lexicon"])
     assert switched.signals["lexicon"] > 0.0
     assert switched.score > assess(body).score
+
+
+def test_the_shipped_domain_table_loads_and_is_a_small_file() -> None:
+    table = bundled_domain()
+    assert DOMAIN_FILE.stat().st_size < 200_000
+    assert 100 < len(table.weights) <= 5000
+    assert all(math.isfinite(w) for w in table.weights.values())
+    assert "train_domain.py" in DOMAIN_FILE.read_text(encoding="utf-8")
+
+
+def test_the_domain_signal_when_switched_on_is_named_when_it_drives() -> None:
+    body = chat(
+        "In which of these two scenarios does the main character do something clearly "
+        "morally wrong, according to ordinary moral standards?"
+    )
+    assert DEFAULT_WEIGHTS.by_signal["domain"] == 0.0  # off by default: RESULTS-routing.md
+    probability = bundled_domain().value(words_of(body))
+    assert signals_of(body)["domain"] == pytest.approx(domain_signal(probability))
+    assert assess(body).signals["domain"] == 0.5  # not read while its weight is 0
+    on = Weights(DEFAULT_WEIGHTS.bias - 4.0, {**DEFAULT_WEIGHTS.by_signal, "domain": 8.0})
+    moral = assess(body, on)
+    capital = assess(chat("What is the capital of France?"), on)
+    assert moral.signals["domain"] > 0.9 > 0.5 > capital.signals["domain"]
+    assert moral.score > assess(body).score > capital.score
+    assert "domain+" in moral.explain()
+
+
+def test_an_injected_domain_table_moves_the_signal() -> None:
+    body = chat("please frobnicate the widget")
+    low = signals_of(body, domain=Lexicon(-8.0, {}))["domain"]
+    high = signals_of(body, domain=Lexicon(-8.0, {"frobnicate": 30.0}))["domain"]
+    assert low < 0.01 < 0.99 < high
+
+
+def test_the_domain_signal_is_neutral_inside_its_dead_zone() -> None:
+    assert domain_signal(0.5) == domain_signal(0.6) == domain_signal(0.4) == 0.5
+    assert domain_signal(1.0) == pytest.approx(1.0)
+    assert domain_signal(0.0) == pytest.approx(0.0)
+    assert domain_signal(0.3) < domain_signal(0.8) < domain_signal(0.9)

@@ -305,3 +305,20 @@ def test_estimated_rows_are_counted_and_said(tmp_path: Path) -> None:
     done = report("--db", path)
     assert done.returncode == 0, done.stderr
     assert "estimated: 1 calls ($0.003000)" in done.stdout
+
+
+def test_several_logs_are_read_as_one(
+    capsys: pytest.CaptureFixture[str], db: str, tmp_path: Path
+) -> None:
+    """The usage logs of two workers (or boxes): --db given twice sums them."""
+    other = str(tmp_path / "usage-w1.db")
+    conn = connect(other)
+    insert(conn, [row(cost=0.5, ttft_ms=1000.0), row(cost=0.25, ttft_ms=2000.0)])
+    conn.close()
+    assert main(["report", "--db", db, "--db", other, "--json"]) == 0
+    data = orjson.loads(capsys.readouterr().out)
+    assert data["total"]["calls"] == 13 + 2
+    assert data["total"]["cost_usd"] == pytest.approx(0.06 + 0.75)
+    nano = next(g for g in data["groups"] if g["model"] == "gpt-5-nano")
+    assert (nano["calls"], nano["ttft_p95_ms"]) == (13, 2000.0)
+    assert data["db"] == f"{db}, {other}"

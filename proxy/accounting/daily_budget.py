@@ -23,7 +23,16 @@ def day_of(ts: float) -> int:
 
 
 class Budget:
-    __slots__ = ("_clock", "_day", "by_key", "daily_usd", "key_limits", "refused", "spent")
+    __slots__ = (
+        "_clock",
+        "_day",
+        "by_key",
+        "daily_usd",
+        "elsewhere",
+        "key_limits",
+        "refused",
+        "spent",
+    )
 
     def __init__(self, daily_usd: float, clock: Callable[[], float] = time.time) -> None:
         self.daily_usd = daily_usd  # 0: no global budget
@@ -34,6 +43,9 @@ class Budget:
         self.spent = 0.0
         self.by_key: dict[str, float] = {}
         self.refused = 0
+        # Cluster hook (proxy/cluster/): today's spend by the other instances, globally
+        # (None) or for one key id. ``spent`` and ``by_key`` stay this instance's own.
+        self.elsewhere: Callable[[str | None], float] | None = None
 
     def midnight(self) -> float:
         """Unix time of today's UTC midnight (the start of the budget day)."""
@@ -56,12 +68,19 @@ class Budget:
     def check(self, key_id: str | None) -> None:
         """Raise the 429 to answer when a budget that applies to this request is spent."""
         self._roll()
-        if self.daily_usd > 0 and self.spent >= self.daily_usd:
-            self._refuse(f"the global daily budget of ${self.daily_usd:.2f}", self.spent)
+        elsewhere = self.elsewhere
+        if self.daily_usd > 0:
+            spent = self.spent + (elsewhere(None) if elsewhere is not None else 0.0)
+            if spent >= self.daily_usd:
+                self._refuse(f"the global daily budget of ${self.daily_usd:.2f}", spent)
         if key_id is not None and (limit := self.key_limits.get(key_id)) is not None:
-            spent = self.by_key.get(key_id, 0.0)
+            spent = self._key_spent(key_id)
             if spent >= limit:
                 self._refuse(f"the daily_usd budget of ${limit:.2f} for API key {key_id!r}", spent)
+
+    def _key_spent(self, key_id: str) -> float:
+        spent = self.by_key.get(key_id, 0.0)
+        return spent + self.elsewhere(key_id) if self.elsewhere is not None else spent
 
     def reset_in_s(self) -> float:
         return (day_of(self._clock()) + 1) * DAY_S - self._clock()
@@ -69,15 +88,20 @@ class Budget:
     def status(self) -> dict[str, Any]:
         self._roll()
         resets = (self._day + 1) * DAY_S
+        spent = self.spent + (self.elsewhere(None) if self.elsewhere is not None else 0.0)
         return {
-            "today_usd": round(self.spent, 6),
+            "today_usd": round(spent, 6),
+            "this_instance_usd": round(self.spent, 6),
             "daily_budget_usd": self.daily_usd or None,
-            "remaining_usd": round(max(self.daily_usd - self.spent, 0.0), 6)
-            if self.daily_usd
-            else None,
+            "remaining_usd": round(max(self.daily_usd - spent, 0.0), 6) if self.daily_usd else None,
             "resets_at": datetime.fromtimestamp(resets, UTC).isoformat(),
             "resets_in_s": round(self.reset_in_s(), 1),
             "refused": self.refused,
+            # Keys with a daily_usd cap: today's spend (cluster-wide when clustered).
+            "keys": {
+                kid: {"today_usd": round(self._key_spent(kid), 6), "daily_budget_usd": limit}
+                for kid, limit in sorted(self.key_limits.items())
+            },
         }
 
     def _refuse(self, which: str, spent: float) -> None:

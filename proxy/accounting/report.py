@@ -15,8 +15,13 @@ from urllib.parse import quote
 
 import orjson
 
+from proxy.serve.record import COLUMNS
+
 from .daily_budget import DAY_S
 from .experiment_report import arm_stats, compare, format_table
+
+# Joins several --db paths into the one ``path`` the report functions take.
+PATH_SEP = "|"
 
 # --by choice -> usage column. "tier" is the tier of the model that answered.
 GROUPS = {"model": "model", "tier": "model_tier", "prefer": "prefer", "key": "key_id"}
@@ -59,16 +64,35 @@ def percentile(sorted_values: Sequence[float], p: float) -> float | None:
 
 
 def _connect(path: str) -> sqlite3.Connection:
-    if not Path(path).is_file():
-        raise ReportError(
-            f"no usage log at {path}: `model-router serve` writes it there once it has "
-            "answered a request; point --db at another file"
-        )
+    """One usage log, or several (``a.db|b.db``: the logs of several workers or boxes,
+    read as one ``usage`` table)."""
+    paths = path.split(PATH_SEP)
+    for p in paths:
+        if not Path(p).is_file():
+            raise ReportError(
+                f"no usage log at {p}: `model-router serve` writes it there once it has "
+                "answered a request; point --db at another file"
+            )
     try:
         # Read-only: a report must never create or change the log.
-        return sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True)
+        conn = sqlite3.connect(f"file:{quote(paths[0])}?mode=ro", uri=True)
     except sqlite3.Error as exc:
-        raise ReportError(f"{path}: cannot open: {exc}") from None
+        raise ReportError(f"{paths[0]}: cannot open: {exc}") from None
+    if len(paths) == 1:
+        return conn
+    try:
+        columns = ", ".join(COLUMNS)
+        parts = [f"SELECT {columns} FROM main.usage"]
+        for i, p in enumerate(paths[1:]):
+            conn.execute(f"ATTACH DATABASE ? AS log{i}", (f"file:{quote(p)}?mode=ro",))
+            parts.append(f"SELECT {columns} FROM log{i}.usage")
+        # A temp view is found before main's table of the same name, so every query
+        # below reads the union unchanged.
+        conn.execute(f"CREATE TEMP VIEW usage AS {' UNION ALL '.join(parts)}")
+    except sqlite3.Error as exc:
+        conn.close()
+        raise ReportError(f"{path.replace(PATH_SEP, ', ')}: cannot read together: {exc}") from None
+    return conn
 
 
 def _counts(values: Sequence[Any]) -> dict[str, Any]:
@@ -142,7 +166,7 @@ def summarize(path: str, since: float, by: str) -> dict[str, Any]:
         )
     groups.sort(key=lambda g: (-g["cost_usd"], -g["calls"], str(g[by])))
     return {
-        "db": path,
+        "db": path.replace(PATH_SEP, ", "),
         "since": datetime.fromtimestamp(since, UTC).isoformat(),
         "by": by,
         "total": _counts(total),

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .lexicon import Lexicon, bundled_lexicon
+from .lexicon import Lexicon, bundled_domain, bundled_lexicon
 
 # Text scanned per request, whatever the prompt's size: the head and tail of the newest
 # user turn plus the tail of the turns before it. 80k-token prompts cost what 3k do.
@@ -49,6 +49,7 @@ SIGNALS = (
     "extraction",
     "lookup",
     "lexicon",
+    "domain",
 )
 
 
@@ -249,10 +250,13 @@ class Weights:
     by_signal: Mapping[str, float] = field(
         default_factory=lambda: {
             # Tuned on the tune half of RouteLLM's GSM8K and MMLU data within sign bounds
-            # (benchmarks/tune_classifier.py --without-lexicon); code, tools, depth and
-            # output are hand-set because that data never exercises them. The learned
+            # (benchmarks/tune_classifier.py --without-lexicon --without-domain); code, tools,
+            # depth and output are hand-set because that data never exercises them. The learned
             # lexicon is off: with it, held-out APGR rose on MMLU and fell on GSM8K
-            # (benchmarks/RESULTS-routing.md gives the weights that switch it on).
+            # (benchmarks/RESULTS-routing.md gives the weights that switch it on). The
+            # knowledge-domain table is off for the same reason: with it (weight 8, tuned
+            # alone by tune_classifier.py --without-lexicon --only domain, and bias -6 so a
+            # neutral prompt scores as before) held-out APGR rose on MMLU, fell on GSM8K.
             "length": 0.9,
             "math": 0.5,
             "code": 1.2,
@@ -273,6 +277,7 @@ class Weights:
             "extraction": -0.1,
             "lookup": -1.0,
             "lexicon": 0.0,
+            "domain": 0.0,
         }
     )
 
@@ -290,6 +295,20 @@ class Assessment:
         """'complexity=0.62 signals=technical+0.9,length+0.5,simple-0.4' (header-safe)."""
         shown = [f"{name}{value:+.2f}" for name, value in self.contributions[:top] if value]
         return f"complexity={self.score:.2f} signals={','.join(shown) or 'none'}"
+
+
+# The domain table's probability within this distance of 0.5 says nothing: on math word
+# problems, which it never trained on, its values scatter around 0.5 by word choice alone
+# (s.d. 0.10 on GSM8K's tune half against 0.18 on MMLU's) and ranked them worse than no
+# signal. Only a clear reading outside the band counts, mapped onto [0, 1] with 0.5 neutral.
+DOMAIN_DEAD_ZONE = 0.2
+
+
+def domain_signal(probability: float) -> float:
+    """The ``domain`` signal from the table's probability: 0.5 inside the dead zone."""
+    x = probability - 0.5
+    beyond = max(0.0, abs(x) - DOMAIN_DEAD_ZONE)
+    return 0.5 + (beyond if x > 0 else -beyond) / (1.0 - 2.0 * DOMAIN_DEAD_ZONE)
 
 
 def _saturate(count: float, half: float) -> float:
@@ -424,12 +443,32 @@ def _asks_for(body: Mapping[str, Any]) -> tuple[int, float]:
     return n_tools, max(output, 0.5 if structured else 0.0, effort)
 
 
-def signals_of(
-    body: Mapping[str, Any], lexicon: Lexicon | None = None, *, learned: bool = True
+def _tables(
+    words: Iterable[str],
+    lexicon: Lexicon | None,
+    learned: bool,
+    domain: Lexicon | None,
+    knowledge: bool,
 ) -> dict[str, float]:
-    """Every signal in [0, 1] for one request body (chat or legacy completions);
-    ``lexicon`` defaults to the shipped word weights, and is not read (the signal is 0)
-    when ``learned`` is false."""
+    """The learned signals: ``lexicon`` (the shipped word weights unless one is given; 0 and
+    not read when ``learned`` is false) and ``domain`` (the shipped knowledge-domain table
+    unless one is given; the neutral 0.5 and not read when ``knowledge`` is false)."""
+    words = list(words)
+    return {
+        "lexicon": (lexicon or bundled_lexicon()).value(words) if learned else 0.0,
+        "domain": domain_signal((domain or bundled_domain()).value(words)) if knowledge else 0.5,
+    }
+
+
+def signals_of(
+    body: Mapping[str, Any],
+    lexicon: Lexicon | None = None,
+    *,
+    learned: bool = True,
+    domain: Lexicon | None = None,
+    knowledge: bool = True,
+) -> dict[str, float]:
+    """Every signal in [0, 1] for one request body (chat or legacy completions)."""
     shape = _shape(body)
     sample = "\n".join([shape.ask, *shape.context])
     low = sample.lower()
@@ -439,7 +478,6 @@ def signals_of(
     tokens = shape.chars / CHARS_PER_TOKEN
     # 0 below ~16 tokens, 1 at ~16k: each doubling of the prompt adds the same amount.
     length = min(1.0, max(0.0, math.log2(max(tokens, 1.0) / 16.0) / 10.0))
-
     c, past = _counts(words)
     extraction = _saturate(c["extraction"], 1.0)
     numbers = len(found) - sum(words.values())
@@ -480,7 +518,7 @@ def signals_of(
         "math_task": _saturate(math_task + 0.25 * numbers, 4.0),
         "extraction": extraction,
         "lookup": 1.0 if lookup else 0.0,
-        "lexicon": (lexicon or bundled_lexicon()).value(words.keys()) if learned else 0.0,
+        **_tables(words.keys(), lexicon, learned, domain, knowledge),
     }
 
 
@@ -494,7 +532,8 @@ def score_signals(signals: Mapping[str, float], weights: Weights = DEFAULT_WEIGH
 
 def assess(body: Mapping[str, Any], weights: Weights = DEFAULT_WEIGHTS) -> Assessment:
     learned = weights.by_signal.get("lexicon", 0.0) != 0.0
-    return score_signals(signals_of(body, learned=learned), weights)
+    knowledge = weights.by_signal.get("domain", 0.0) != 0.0
+    return score_signals(signals_of(body, learned=learned, knowledge=knowledge), weights)
 
 
 def unknown_signals(names: Iterable[str]) -> list[str]:

@@ -14,6 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LEXICON_FILE = Path(__file__).with_name("lexicon.tsv")
+# The knowledge-domain table: the same form, trained on which subject a prompt is about
+# (its label is the subject's measured need for the strong model, not the prompt's own
+# outcome), by benchmarks/train_domain.py.
+DOMAIN_FILE = Path(__file__).with_name("domain.tsv")
 
 
 class LexiconError(ValueError):
@@ -74,3 +78,9 @@ def parse_lexicon(text: str) -> Lexicon:
 def bundled_lexicon() -> Lexicon:
     """The shipped weights, read once on first use (not at import)."""
     return parse_lexicon(LEXICON_FILE.read_text(encoding="utf-8"))
+
+
+@functools.cache
+def bundled_domain() -> Lexicon:
+    """The shipped knowledge-domain table, read once on first use (not at import)."""
+    return parse_lexicon(DOMAIN_FILE.read_text(encoding="utf-8"))

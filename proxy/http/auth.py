@@ -10,8 +10,9 @@ import ipaddress
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiohttp import web
 
@@ -97,6 +98,18 @@ class KeyState:
             self.tokens = TokenBucket(config.tpm, now) if config.tpm else None
 
 
+class SharedLimits(Protocol):
+    """Cluster hook (proxy/cluster/): limits counted across instances. Both calls are local
+    and synchronous; the sharing itself happens in the background."""
+
+    def took(self, key_id: str, requests: float, tokens: float) -> None:
+        """This instance charged a key's buckets (negative tokens: handed back)."""
+
+    def stream_room(self, key_id: str, cap: int) -> int:
+        """How many of the key's ``cap`` concurrent streams this instance may hold now."""
+        ...
+
+
 def _limited(message: str, retry_after_s: float, code: str = "rate_limit_exceeded") -> RouterError:
     headers = {"Retry-After": str(max(1, math.ceil(retry_after_s)))}
     if code == "budget_exceeded":
@@ -124,11 +137,16 @@ class Ticket:
             st.streams -= 1
         used = outcome.prompt_tokens + outcome.completion_tokens
         if st.tokens is not None:
+            back = 0
             if used:
-                st.tokens.give(self.reserved_tokens - used)
+                back = self.reserved_tokens - used
             elif outcome.model is None:
-                st.tokens.give(self.reserved_tokens)  # nothing was served
+                back = self.reserved_tokens  # nothing was served
             # else served with no usage reported (a broken stream): keep the reservation
+            if back:
+                st.tokens.give(back)
+                if (shared := self.access.shared) is not None:
+                    shared.took(st.config.id, 0, -back)
 
 
 class Principal:
@@ -157,7 +175,9 @@ class Principal:
         now = access.clock()
         st = access.state(key, now)
         cap = key.max_concurrent_streams
-        if intent.stream and cap and st.streams >= cap:
+        shared = access.shared
+        room = cap if shared is None or not cap else shared.stream_room(key.id, cap)
+        if intent.stream and cap and st.streams >= room:
             raise _limited(
                 f"API key {key.id!r} is at its max_concurrent_streams limit ({cap} open "
                 "streams); retry when one ends",
@@ -184,6 +204,10 @@ class Principal:
             st.tokens.take(need)
         if intent.stream:
             st.streams += 1
+        if shared is not None:
+            shared.took(
+                key.id, 1 if st.requests is not None else 0, need if st.tokens is not None else 0
+            )
         log.debug("admitted key_id=%s stream=%s reserved_tokens=%d", key.id, intent.stream, need)
         return Ticket(access, st, need if st.tokens is not None else 0, intent.stream)
 
@@ -236,6 +260,12 @@ class Access:
         self._states: dict[str, KeyState] = {}
         self._principals: dict[KeyConfig, Principal] = {}
         self.anonymous = Principal(None, self)
+        self.shared: SharedLimits | None = None
+
+    @property
+    def states(self) -> Mapping[str, KeyState]:
+        """Live counters by key id (the cluster syncs their buckets)."""
+        return self._states
 
     def principal(self, key: KeyConfig) -> Principal:
         found = self._principals.get(key)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
 import uuid
@@ -25,7 +26,7 @@ from proxy.errors import RouterError, quote
 from proxy.serve.drain import IN_FLIGHT, shutdown_error
 from proxy.serve.escalation import complete_escalating
 from proxy.serve.record import MAX_TEXT, Asked, RequestRecord
-from proxy.serve.state import ROUTER, Router
+from proxy.serve.state import CLUSTER, ROUTER, WORKER, Router
 
 from . import hostile_input, respond
 from .auth import Principal, Ticket, principal, route_of
@@ -237,6 +238,10 @@ async def router_status(request: web.Request) -> web.Response:
     status = router.status()
     if (accounting := request.app.get(ACCOUNTING)) is not None:
         status |= accounting.status()
+    cluster = request.app.get(CLUSTER)
+    status["cluster"] = cluster.status() if cluster is not None else None
+    worker = request.app.get(WORKER)
+    status["worker"] = {"index": worker, "pid": os.getpid()} if worker is not None else None
     if (handler := access_handler()) is not None:
         status["access_log"] = handler.stats()
     return json_response(status)
@@ -275,9 +280,16 @@ async def readyz(request: web.Request) -> web.Response:
             },
             503,
         )
-    return json_response(
-        {"status": "ready", "deployments_available": len(closed), "degraded": faults}
-    )
+    body: dict[str, Any] = {
+        "status": "ready",
+        "deployments_available": len(closed),
+        "degraded": faults,
+    }
+    if (cluster := request.app.get(CLUSTER)) is not None:
+        # Still ready without Redis: it serves on local state, and says so.
+        st = cluster.status()
+        body["cluster"] = {k: st[k] for k in ("redis", "state", "instances", "redis_down_reason")}
+    return json_response(body)
 
 
 @web.middleware

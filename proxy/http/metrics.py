@@ -18,7 +18,7 @@ from probes.loop import ProbeLoop
 from proxy.accounting.ledger import ACCOUNTING
 from proxy.serve.drain import IN_FLIGHT
 from proxy.serve.record import RequestRecord
-from proxy.serve.state import ROUTER, Router
+from proxy.serve.state import CLUSTER, ROUTER, WORKER, Router
 
 from .log_stream import access_handler
 from .ops_metrics import OpsCollector
@@ -195,6 +195,21 @@ class StateCollector(Collector):
                 "Requests being handled now.",
                 len(in_flight.requests),
             )
+        cluster = self._app.get(CLUSTER)
+        if cluster is not None:
+            cs = cluster.status()
+            yield _gauge(
+                "model_router_cluster_redis_up",
+                "1 while Redis answers and state is shared; 0 while this instance runs on "
+                "local state (limits at its share of the cluster's).",
+                1.0 if cs["redis"] == "up" else 0.0,
+            )
+            yield _gauge(
+                "model_router_cluster_instances",
+                "Live router instances (workers and boxes) by their Redis heartbeats; the "
+                "last count seen while Redis is down.",
+                cs["instances"],
+            )
         try:
             tasks = len(asyncio.all_tasks())
         except RuntimeError:  # scraped off the loop: nothing to count
@@ -305,4 +320,22 @@ METRICS = web.AppKey("metrics", Metrics)
 async def metrics_endpoint(request: web.Request) -> web.Response:
     encode, content_type = choose_encoder(request.headers.get("Accept", ""))
     body = encode(request.app[METRICS].registry)
+    if (worker := request.app.get(WORKER)) is not None:
+        body = with_label(body, f'worker="{worker}"'.encode())
     return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+def with_label(body: bytes, label: bytes) -> bytes:
+    """Every sample line of an exposition gains ``label`` (the worker's, under --workers), so
+    series from the workers of one box stay apart when Prometheus scrapes each of them."""
+    out = []
+    for line in body.split(b"\n"):
+        if line and not line.startswith(b"#"):
+            space, brace = line.find(b" "), line.find(b"{")
+            if brace != -1 and brace < space:
+                sep = b"" if line[brace + 1 : brace + 2] == b"}" else b","
+                line = line[: brace + 1] + label + sep + line[brace + 1 :]
+            elif space != -1:
+                line = line[:space] + b"{" + label + b"}" + line[space:]
+        out.append(line)
+    return b"\n".join(out)

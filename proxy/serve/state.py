@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -79,6 +79,7 @@ class Router:
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
         latency = {row.key: row for row in self.health.table.rows()}
+        probed = self.probe_loop.stats().last_run if self.probe_loop is not None else {}
         breakers = {row.key: row for row in self.health.board.rows()}
         snap = self.health.snapshot()
         ranks = fast_ranks(snap)
@@ -102,6 +103,7 @@ class Router:
                     if lat and lat.age_s is not None
                     else None,
                     "last_sample_source": lat.source if lat else None,
+                    "last_probe_at": probed.get(d.key),
                     "regime_changes": lat.shifts if lat else 0,
                     "tier": tier_of[d.model_id],
                     # Place in prefer=fast's order for a plain request (None: breaker open).
@@ -161,3 +163,21 @@ class RouterHolder:
 
 
 ROUTER = web.AppKey("router", RouterHolder)
+
+
+class ClusterView(Protocol):
+    """What the serving layer sees of a cluster member (proxy/cluster/node.py's Cluster),
+    without importing it (or redis-py)."""
+
+    def status(self) -> dict[str, Any]: ...
+
+    def attach(self, router: Router) -> None: ...
+
+    def attach_accounting(self, access: Any, budget: Any) -> None: ...
+
+
+# Present when [cluster] redis_url is set.
+CLUSTER: web.AppKey[ClusterView] = web.AppKey("cluster")
+# This process's index among ``serve --workers N`` (proxy/workers.py); absent in a single
+# process. /metrics labels every series with it and /v1/router/status names it.
+WORKER = web.AppKey("worker", int)

@@ -1,0 +1,165 @@
+"""``model-router serve --workers 2``: the real supervising parent and its worker processes on
+one SO_REUSEPORT port, under a stand-in systemd (a datagram NOTIFY_SOCKET)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.cluster_support import free_port, http, wait_for, write_config
+from tests.conftest import spawn_server, stop_server
+from tests.test_service import finish, notify_socket, receive
+
+__all__ = ["notify_socket"]  # the fixture, imported for use here
+
+MSG = [{"role": "user", "content": "hello"}]
+# Real processes start slowly on a loaded 2-core box; the default 60 s is for one process.
+pytestmark = pytest.mark.timeout(180)
+
+
+def worker_pid(url: str) -> int:
+    # A fresh connection each time, so the kernel's SO_REUSEPORT choice is made anew.
+    return int(
+        http("GET", f"{url}/v1/router/status", None, {"Connection": "close"}).body["worker"]["pid"]
+    )
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_killed_worker_is_replaced_and_the_port_keeps_answering(
+    notify_socket: tuple[socket.socket, str], tmp_path: Path
+) -> None:
+    sock, path = notify_socket
+    proc, url = spawn_server(
+        ["serve", "--demo", "--workers", "2", "--port", "0"],
+        {
+            "NOTIFY_SOCKET": path,
+            "MODEL_ROUTER_DEMO_SCALE": "0.02",
+            "STATE_DIRECTORY": str(tmp_path),
+        },
+        timeout=60,
+    )
+    try:
+        ready = receive(sock, "READY")[-1]
+        assert "2 workers" in ready["STATUS"]
+        proc.send_signal(signal.SIGHUP)  # every worker reloads, then the parent is READY again
+        reloaded = receive(sock, "READY", timeout=60)
+        assert "RELOADING" in reloaded[0] and reloaded[-1]["STATUS"] == "2 workers reloaded"
+        seen: set[int] = set()
+        wait_for(lambda: seen.add(worker_pid(url)) or len(seen) == 2, 10, "both workers answer")
+        victim = min(seen)
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: not alive(victim), 5, "the worker is gone")
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+        for _ in range(10):
+            answer = client.chat.completions.create(model="auto:fast", messages=MSG)  # type: ignore[arg-type]
+            assert answer.choices[0].message.content
+        client.close()
+        fresh: set[int] = set()
+        wait_for(
+            lambda: fresh.add(worker_pid(url)) or len(fresh - seen) == 1,
+            60,
+            "a new worker answers",
+            step=0.1,
+        )
+        assert proc.poll() is None
+        assert "exited with status -9; starting it again" in Path(proc.log_path).read_text()  # type: ignore[attr-defined]
+        assert {f for f in (fresh | seen) if alive(f)} == (fresh | seen) - {victim}
+    finally:
+        assert stop_server(proc) == 0
+
+
+def test_sigterm_drains_every_worker(tmp_path: Path) -> None:
+    sim = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "proxy.sim",
+            "--ttft-ms",
+            "300",
+            "--gap-ms",
+            "150",
+            "--tokens",
+            "10",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert sim.stdout is not None
+        sim_url = sim.stdout.readline().split("sim ready on ")[1].strip()
+        base = free_port()
+        while True:  # two free ports in a row for the workers' own listeners
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", base + 1))
+                    break
+                except OSError:
+                    base = free_port()
+        cfg = write_config(
+            tmp_path / "router.toml",
+            sim_url,
+            {"probes": {"enabled": False}, "server": {"worker_port_base": base, "drain_s": 20.0}},
+        )
+        proc, _ = spawn_server(
+            ["serve", "--config", str(cfg), "--workers", "2", "--port", "0"],
+            {"OPENAI_API_KEY": "sim-key", "STATE_DIRECTORY": str(tmp_path)},
+            timeout=60,
+        )
+        pids = [worker_pid(f"http://127.0.0.1:{base + i}") for i in range(2)]
+        assert len(set(pids)) == 2
+        texts: list[str] = []
+        errors: list[str] = []
+        started = threading.Barrier(5)
+
+        def stream(port: int) -> None:
+            client = openai.OpenAI(
+                base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0
+            )
+            try:
+                chunks = client.chat.completions.create(
+                    model="gpt-4o-mini", messages=MSG, stream=True
+                )  # type: ignore[arg-type]
+                parts = []
+                for i, chunk in enumerate(chunks):
+                    if i == 1:
+                        started.wait(10)
+                    if chunk.choices:
+                        parts.append(chunk.choices[0].delta.content or "")
+                texts.append("".join(parts))
+            except Exception as exc:
+                errors.append(repr(exc))
+            finally:
+                client.close()
+
+        threads = [threading.Thread(target=stream, args=(base + i % 2,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        started.wait(10)  # every stream has its first chunks: all four are mid-answer
+        proc.send_signal(signal.SIGTERM)
+        code, log = finish(proc, timeout=30)
+        for t in threads:
+            t.join(10)
+        assert code == 0, log[-2000:]
+        assert not errors, errors
+        assert len(texts) == 4 and all(len(t.split()) == 10 for t in texts), texts
+        assert not any(alive(p) for p in pids)
+    finally:
+        sim.terminate()
+        sim.wait(10)
+        if sim.stdout is not None:
+            sim.stdout.close()
