@@ -25,6 +25,7 @@ from proxy.catalog import Catalog
 from proxy.config import Config, parse_config
 from proxy.serve.record import Asked, RequestRecord
 from proxy.serve.state import Router
+from proxy.service.discovery import enabled_providers
 from proxy.status.history import POINTS, History
 
 ENV = {
@@ -63,7 +64,9 @@ def per_call_us(fn: Any, n: int) -> float:
 
 
 def widened(config: Config, deployments: int) -> Config:
-    """The bundled catalog copied under new ids until it has ``deployments`` deployments."""
+    """The bundled catalog copied under new ids until it has ``deployments`` deployments (of
+    providers enabled with ``ENV``: local servers off by default would be dropped later)."""
+    enabled = set(enabled_providers(config, ENV))
     models = []
     count = 0
     copy = 0
@@ -72,7 +75,9 @@ def widened(config: Config, deployments: int) -> Config:
             if count >= deployments:
                 break
             mid = f"{m.id}-{copy}"
-            deps = tuple(replace(d, model_id=mid) for d in m.deployments)
+            deps = tuple(replace(d, model_id=mid) for d in m.deployments if d.provider in enabled)
+            if not deps:
+                continue
             deps = deps[: deployments - count]
             models.append(replace(m, id=mid, aliases=(), deployments=deps))
             count += len(deps)

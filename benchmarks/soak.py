@@ -36,6 +36,8 @@ import aiohttp
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.config import ServerSettings
+
 from . import procs
 from .procs import ROOT, Service
 
@@ -48,8 +50,9 @@ PROMPT = [{"role": "user", "content": "Summarise the soak test in one sentence, 
 BAD = {"model": "auto", "messages": PROMPT, "prefer": "sluggish"}
 # RSS growth is read from this point on (minute 5 of 30): start-up and warm-up come before it.
 GROWTH_FROM = 1 / 6
-# The router's upstream keep-alive (proxy/app.py make_session): pooled sockets close after it.
-KEEPALIVE_S = 30.0
+# The router's upstream keep-alive ([server] upstream_keepalive_s): pooled sockets idle past it
+# close (the warmer keeps one per upstream origin alive; it is there at the baseline too).
+KEEPALIVE_S = ServerSettings().upstream_keepalive_s
 RELOADS = "model_router_config_reloads_total"
 PROBE_TASKS = 4
 SUMMED = {"model_router_breaker_openings_total", RELOADS}

@@ -53,6 +53,16 @@ relative to the half-life: probed every ``interval`` alone, just before each pro
 ``1 / (2**(interval / half_life) - 1)`` (about 14 at 30 s / 300 s, under 2 at 0.2 s / 0.3 s).
 ``prior_weight_for`` sizes the prior as a fixed share of that, so the nominal biases a measured
 deployment equally little whatever the time constants.
+
+*Measured is measured.* A regime restart leaves about two samples' weight, and a new deployment
+has one, while the prior keeps the weight sized against a settled history: the nominal would
+then hold a quarter or more of the estimate, and a deployment that recovered from a slowdown
+(its samples now below a nominal set above them) would stay behind a steady rival for three or
+four more probes after the restart that proved it fast. So with ``measured_weight = W`` (0, the
+default here, turns it off) the weight that competes with the prior is at least ``W`` decayed by
+the age of the newest sample: a deployment measured a moment ago counts as measured however few
+samples its history holds, and one that stops being measured drifts to nominal exactly as a
+settled one does (``Health`` passes the settled weight of its probe interval).
 """
 
 from __future__ import annotations
@@ -271,6 +281,7 @@ class LatencyTable:
         "_entries",
         "_half_life_s",
         "_high_weight",
+        "_measured_weight",
         "_prior_weight",
         "_shift_margin",
         "_shift_samples",
@@ -289,6 +300,7 @@ class LatencyTable:
         shift_samples: int = 0,
         shift_margin: float = 0.5,
         shift_span_s: float = 0.0,
+        measured_weight: float = 0.0,
     ) -> None:
         if not half_life_s > 0.0:
             raise ValueError(f"half_life_s must be positive, got {half_life_s!r}")
@@ -302,6 +314,8 @@ class LatencyTable:
             raise ValueError(f"shift_margin must be >= 0, got {shift_margin!r}")
         if not shift_span_s >= 0.0:
             raise ValueError(f"shift_span_s must be >= 0, got {shift_span_s!r}")
+        if not 0.0 <= measured_weight < math.inf:
+            raise ValueError(f"measured_weight must be finite and >= 0, got {measured_weight!r}")
         self._half_life_s = half_life_s
         self._clock = clock
         self._high_weight = high_weight
@@ -309,6 +323,7 @@ class LatencyTable:
         self._shift_samples = shift_samples
         self._shift_margin = shift_margin
         self._shift_span_s = shift_span_s
+        self._measured_weight = measured_weight
         self._entries: dict[str, _Entry] = {}
         self._version = 0
         # Told of every sample fed through ``observe`` (not ``fold``): the hook by which a
@@ -334,6 +349,10 @@ class LatencyTable:
     @property
     def shift_span_s(self) -> float:
         return self._shift_span_s
+
+    @property
+    def measured_weight(self) -> float:
+        return self._measured_weight
 
     @property
     def version(self) -> int:
@@ -422,12 +441,19 @@ class LatencyTable:
             return False
         return e.run_count >= _BUSY_RUN or now - e.run_start >= self._shift_span_s
 
+    def unsettled(self, key: str) -> bool:
+        """True while the newest samples of ``key`` are a run beyond its band that has not yet
+        amounted to a regime change: the probe loop confirms such a run early instead of a whole
+        interval later."""
+        e = self._entries.get(key)
+        return e is not None and e.run_dir != 0
+
     def estimate_ms(self, key: str) -> float:
         """The routing number: mean/p90 mix drifted toward nominal. O(1); unknown key -> inf."""
         e = self._entries.get(key)
         if e is None:
             return math.inf
-        w = self._decayed_weight(e, self._clock())
+        w = self._blend_weight(e, self._clock())
         total = w + self._prior_weight
         if total <= 0.0:
             return e.nominal
@@ -448,11 +474,12 @@ class LatencyTable:
 
     def _row(self, key: str, e: _Entry, now: float) -> LatencyRow:
         w = self._decayed_weight(e, now)
+        wb = self._blend_weight(e, now)
         pw = self._prior_weight
-        total = w + pw
+        total = wb + pw
         if total > 0.0:
-            mean = (w * e.mean + pw * e.nominal) / total
-            p90 = (w * e.p90 + pw * e.nominal) / total
+            mean = (wb * e.mean + pw * e.nominal) / total
+            p90 = (wb * e.p90 + pw * e.nominal) / total
         else:
             mean = p90 = e.nominal
         hw = self._high_weight
@@ -469,6 +496,16 @@ class LatencyTable:
             shifts=e.shifts,
             probe_samples=e.probe_samples,
         )
+
+    def _blend_weight(self, e: _Entry, now: float) -> float:
+        """The real samples' weight against the prior: their decayed weight, or at least
+        ``measured_weight`` decayed by the age of the newest sample (see "Measured is
+        measured")."""
+        w = self._decayed_weight(e, now)
+        if not self._measured_weight or e.last_sample is None:
+            return w
+        age = max(0.0, now - e.last_sample)
+        return max(w, self._measured_weight * math.exp2(-age / self._half_life_s))
 
     def _decayed_weight(self, e: _Entry, now: float) -> float:
         dt = now - e.updated

@@ -7,8 +7,13 @@ schedule, its own concurrency cap, and the daily probe budget.
 Scheduling, per key, evaluated on every wake-up:
 - CLOSED: due ``interval_s * u`` after its last probe (``u`` drawn from ``1 ± jitter`` after
   each probe), stretched by ``live_interval_factor`` while the key has had a live sample in the
-  last ``live_quiet_s`` seconds (live requests already measure it). A newly added key is first
-  probed within ``interval_s * jitter`` so the table is seeded soon after start-up.
+  last ``live_quiet_s`` seconds (live requests already measure it). Otherwise, while the table
+  holds an unconfirmed run of samples beyond the key's band (``LatencyTable.unsettled``), it is due
+  again ``shift_span_s`` (or ``interval_s * jitter``, if longer) after its last probe: one probe
+  that saw a deployment recover or slow down is confirmed at once, so the change is adopted
+  within about one interval instead of two, and an outlier costs one extra probe. A newly
+  added key is first probed within ``interval_s * jitter`` so the table is seeded soon
+  after start-up.
 - OPEN: not probed; due when its breaker's open period ends.
 - HALF_OPEN: probed at once, then every ``half_open_gap_s`` until the breaker decides.
 The loop sleeps until the earliest due time, never longer than ``max_sleep_s`` so that
@@ -336,7 +341,10 @@ class ProbeLoop:
         interval = s.interval_s * sched.stretch
         live = self._table.last_live(key)
         if live is not None and now - live <= s.live_quiet_s:
-            interval *= s.live_interval_factor
+            # Its own traffic measures it, and confirms a run beyond its band too.
+            return last + interval * s.live_interval_factor
+        if self._table.unsettled(key):
+            return last + max(self._table.shift_span_s, s.interval_s * s.jitter, _MIN_SLEEP_S)
         return last + interval
 
     def _launch(self, key: str) -> None:

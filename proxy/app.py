@@ -1,7 +1,7 @@
 """make_app(config): middlewares, routes, app keys, and one ``cleanup_ctx`` per long-lived
 thing (the demo simulator, client sessions, the router with its providers and probe loop,
-the watchdog, the loop-lag meter, accounting). What they are built from lives in
-``proxy.assembly``; credentials are found by ``proxy.service.discovery``.
+the connection warmer, the watchdog, the loop-lag meter, accounting). What they are built
+from lives in ``proxy.assembly``; credentials are found by ``proxy.service.discovery``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from proxy.accounting.ledger import ACCOUNTING, accounting_ctx
 from proxy.accounting.usage_log import db_path
 from proxy.assembly.providers import SESSION_OF, make_session
 from proxy.assembly.router import build_router
+from proxy.assembly.warming import WARMER, make_warmer, retarget, traces, warm_ctx
 from proxy.http import handlers
 from proxy.http.auth import ACCESS, Access, auth_middleware
 from proxy.http.hostile_input import GuardedRunner, expect_continue
@@ -102,6 +103,7 @@ def make_app(
     app[ACCESS] = Access()
     app[HISTORY] = History()
     app[STATUS_PAGE] = StatusPage()
+    app[WARMER] = make_warmer(config)
     app.cleanup_ctx.append(notifier_ctx)
     if demo:  # the simulator is imported only when the demo asks for it
         from proxy.assembly.demo import sim_ctx
@@ -109,6 +111,7 @@ def make_app(
         app.cleanup_ctx.append(sim_ctx(float(env.get("MODEL_ROUTER_DEMO_SCALE", "1.0")), sim_port))
     app.cleanup_ctx.append(sessions_ctx(config))
     app.cleanup_ctx.append(router_ctx(config, env, demo, config_path))
+    app.cleanup_ctx.append(warm_ctx(config))
     if config.cluster.enabled:
         app.cleanup_ctx.append(cluster_ctx(config, env))
     app.cleanup_ctx.append(task_ctx("watchdog", lambda: watchdog_task(app[NOTIFIER])))
@@ -143,7 +146,8 @@ def sessions_ctx(config: Config) -> Ctx:
     """The upstream client sessions, one per HTTP wire family."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        app[SESSIONS] = {family: make_session(config) for family in set(SESSION_OF.values())}
+        trace = traces(app, config)
+        app[SESSIONS] = {family: make_session(config, trace) for family in set(SESSION_OF.values())}
         try:
             yield
         finally:
@@ -172,6 +176,7 @@ def router_ctx(config: Config, env: Mapping[str, str], demo: bool, config_path: 
 
         def rebuild(previous: Router) -> Router:
             router = build(keep_listen_address(load_config(config_path), config), previous)
+            retarget(app, router)
             # The usage log and budget live across reloads; the new router must feed them.
             if (accounting := app.get(ACCOUNTING)) is not None:
                 accounting.attach(router)

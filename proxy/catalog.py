@@ -46,6 +46,9 @@ class Deployment:
     provider: str
     upstream_id: str
     nominal_ttft_ms: float
+    # For a server that takes no ``suffix`` (vLLM, llama.cpp): the FIM template it is sent in
+    # (a key of ``providers.fim.TEMPLATES``); "" sends ``suffix`` as it is.
+    fim_template: str = ""
     # Built once: routing, health and dispatch look deployments up by it on every request.
     key: str = field(init=False, repr=False, compare=False)
 
@@ -220,7 +223,7 @@ _MODEL_KEYS = {
     "deployments",
 }
 _SCORE_KEYS = {"value", "source", "date"}
-_DEPLOYMENT_KEYS = {"provider", "upstream_id", "nominal_ttft_ms"}
+_DEPLOYMENT_KEYS = {"provider", "upstream_id", "nominal_ttft_ms", "fim_template"}
 
 
 def _check_keys(table: Mapping[str, Any], allowed: set[str], path: str) -> None:
@@ -274,12 +277,16 @@ def _deployments(
         )
         if dep_ttft <= 0:
             raise CatalogError(f"{dpath}.nominal_ttft_ms: must be positive")
+        # Checked against the adapters' templates by proxy.config (the catalog sits beside
+        # the providers, not above them).
+        template = _require(d, "fim_template", str, dpath) if "fim_template" in d else ""
         deployments.append(
             Deployment(
                 model_id=model_id,
                 provider=provider,
                 upstream_id=_require(d, "upstream_id", str, dpath),
                 nominal_ttft_ms=dep_ttft,
+                fim_template=template,
             )
         )
     return deployments

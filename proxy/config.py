@@ -33,12 +33,13 @@ from .catalog import (
     load_bundled,
     parse_model,
 )
+from .providers.fim import TEMPLATES as FIM_TEMPLATES
 
-ProviderKind = Literal["openai", "anthropic", "bedrock"]
+ProviderKind = Literal["openai", "anthropic", "bedrock", "mistral"]
 # Bedrock's cross-region inference profiles are named after a geography, and a profile can
 # only be invoked from a region in it: us.* from us-*, eu.* from eu-*, apac.* from ap-*.
 PROFILE_BY_REGION = {"us": "us", "eu": "eu", "ap": "apac"}
-PROVIDER_KINDS = ("openai", "anthropic", "bedrock")
+PROVIDER_KINDS = ("openai", "anthropic", "bedrock", "mistral")
 
 
 class ConfigError(ValueError):
@@ -62,6 +63,15 @@ class ServerSettings:
     # With `serve --workers N`: worker i also listens on worker_port_base + i (same host),
     # so Prometheus can scrape each worker's /metrics; 0 = only the shared port.
     worker_port_base: int = 0
+    # An idle upstream connection is kept this long. A minute outlasts a developer reading
+    # code between completions (and the 30 s probe interval), and is under the idle limits
+    # providers' load balancers are known to keep (60-120 s or more).
+    upstream_keepalive_s: float = 60.0
+    # Keep a connection to every upstream the config routes to open and fresh (serve/warm.py):
+    # pre-connect at start and reload, re-use an idle one before it expires.
+    warm_connections: bool = True
+    # Resolved upstream addresses are cached this long (aiohttp's DNS cache).
+    dns_cache_s: float = 300.0
 
 
 def _default_deadlines() -> dict[str, float]:
@@ -87,6 +97,23 @@ class RoutingSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class HedgeSettings:
+    """``[hedging]``: hedged first-token races (``proxy/serve/hedge.py``)."""
+
+    enabled: bool = True
+    # prefer values hedged by default; a key or a request may override.
+    prefer: tuple[str, ...] = ("fast",)
+    # At most this share of eligible requests hedges (a token bucket per instance).
+    budget_percent: float = 10.0
+    # Hedges that may happen back to back when the budget is full.
+    burst: float = 5.0
+    # The p90 delay is clamped to this range: never hedge a primary given less than the
+    # floor, never wait more than the ceiling.
+    min_delay_ms: float = 50.0
+    max_delay_ms: float = 1500.0
+
+
+@dataclass(frozen=True, slots=True)
 class ProviderConfig:
     name: str
     kind: ProviderKind
@@ -96,6 +123,9 @@ class ProviderConfig:
     region: str = ""
     endpoint_url: str = ""
     enabled: bool | None = None  # None: enabled when its credentials are present
+    # A PEM file of CAs to trust for this provider's endpoint instead of the system store: a
+    # private gateway, a local server behind TLS, the simulator's TLS mode.
+    ca_file: str = ""
     # Bedrock: the cross-region inference profile prefix for catalog ids that start with
     # "us." ("eu", "apac", ...; "none" keeps them). "": from the region (eu-* -> eu,
     # ap-* -> apac, else us).
@@ -301,6 +331,8 @@ class KeyConfig:
     tpm: int = 0
     daily_usd: float = 0.0
     max_concurrent_streams: int = 0
+    # Hedge this key's streams (True) or never (False); None: the [hedging] prefer default.
+    hedge: bool | None = None
     # May read the status page's data (GET /v1/router/history), which shows every key's
     # traffic and spend.
     admin: bool = False
@@ -321,6 +353,7 @@ class Config:
     policy: Policy = field(default_factory=Policy)
     limits: LimitsSettings = LimitsSettings()
     keys: tuple[KeyConfig, ...] = ()
+    hedging: HedgeSettings = field(default_factory=HedgeSettings)
     forwarding: ForwardingSettings = ForwardingSettings()
     # Built from forwarding and the providers' extra_body_fields by parse_config.
     fields: FieldPolicy = field(default_factory=lambda: FieldPolicy.build((), {}))
@@ -363,6 +396,15 @@ BUILTIN_PROVIDERS: dict[str, ProviderConfig] = {
         "deepseek_api_key",
     ),
     "bedrock": ProviderConfig("bedrock", "bedrock", region="us-east-1"),
+    # Chat as OpenAI's wire; FIM (Codestral) on /v1/fim/completions.
+    "mistral": ProviderConfig(
+        "mistral", "mistral", "https://api.mistral.ai/v1", "MISTRAL_API_KEY", "mistral_api_key"
+    ),
+    # Local OpenAI-compatible servers for the open FIM models: never on unless a config says
+    # `enabled = true` (and, if the server is elsewhere, its base_url). Their default ports.
+    "ollama": ProviderConfig("ollama", "openai", "http://127.0.0.1:11434/v1"),
+    "vllm": ProviderConfig("vllm", "openai", "http://127.0.0.1:8000/v1", "VLLM_API_KEY"),
+    "llamacpp": ProviderConfig("llamacpp", "openai", "http://127.0.0.1:8080/v1"),
 }
 
 # Overrides may change these catalog fields (or drop a model with enabled = false).
@@ -531,6 +573,8 @@ def _providers(raw: Any) -> dict[str, ProviderConfig]:
         providers[name] = _typed(ProviderConfig, merged, path, name=name, kind=kind)
         if providers[name].kind != "bedrock" and not providers[name].base_url:
             raise ConfigError(f"{path}.base_url: required for kind {kind!r}")
+        if (ca := providers[name].ca_file) and not Path(ca).is_file():
+            raise ConfigError(f"{path}.ca_file: {ca!r} is not a readable file")
         profile = providers[name].inference_profile
         if profile and not (profile.isascii() and profile.isalpha() and profile.islower()):
             raise ConfigError(
@@ -623,6 +667,23 @@ def _cluster(raw: Any) -> ClusterSettings:
     return cluster
 
 
+TOP_LEVEL |= {"hedging"}
+
+
+def _hedging(raw: Any) -> HedgeSettings:
+    table = dict(_check(raw, HedgeSettings, "hedging"))
+    prefer = _names(table.pop("prefer", list(HedgeSettings().prefer)), "hedging.prefer")
+    for p in prefer:
+        if p not in PREFERS:
+            raise ConfigError(f"hedging.prefer: {p!r} is not one of {', '.join(PREFERS)}")
+    settings: HedgeSettings = _typed(HedgeSettings, table, "hedging", prefer=tuple(prefer))
+    if settings.budget_percent > 100:
+        raise ConfigError("hedging.budget_percent: must be at most 100")
+    if settings.min_delay_ms > settings.max_delay_ms:
+        raise ConfigError("hedging.min_delay_ms: must not exceed max_delay_ms")
+    return settings
+
+
 def _accounting(data: Mapping[str, Any]) -> dict[str, Any]:
     """The [usage], [cache] and [budget] tables, checked."""
     usage = _typed(UsageSettings, _check(data.get("usage", {}), UsageSettings, "usage"), "usage")
@@ -706,6 +767,9 @@ def _key(raw: Any, path: str, catalog: Catalog) -> KeyConfig:
             raise ConfigError(f"{path}.allowed_models: no catalog model named {name!r}")
         models.append(model.id)
     del table["id"], table["sha256"]
+    hedge = table.pop("hedge", None)
+    if hedge is not None and not isinstance(hedge, bool):
+        raise ConfigError(f"{path}.hedge: expected true or false")
     key: KeyConfig = _typed(
         KeyConfig,
         table,
@@ -714,6 +778,7 @@ def _key(raw: Any, path: str, catalog: Catalog) -> KeyConfig:
         sha256=digest.lower(),
         allowed_tiers=tuple(tiers),
         allowed_models=tuple(dict.fromkeys(models)),
+        hedge=hedge,
     )
     return key
 
@@ -740,6 +805,10 @@ def parse_config(data: Mapping[str, Any], source: str = "<string>") -> Config:
     server = _typed(
         ServerSettings, _check(data.get("server", {}), ServerSettings, "server"), "server"
     )
+    if not server.upstream_keepalive_s > 0:
+        raise ConfigError("server.upstream_keepalive_s: must be > 0")
+    if not server.dns_cache_s >= 0:
+        raise ConfigError("server.dns_cache_s: must be >= 0")
     probes = _probes(data.get("probes", {}))
     routing = _routing(data.get("routing", {}))
     breaker = _breaker(data.get("breaker", {}))
@@ -758,6 +827,11 @@ def parse_config(data: Mapping[str, Any], source: str = "<string>") -> Config:
             for d in m.deployments:
                 if d.provider not in providers:
                     raise ConfigError(f"models.{m.id}.deployments: unknown provider {d.provider!r}")
+                if d.fim_template and d.fim_template not in FIM_TEMPLATES:
+                    raise ConfigError(
+                        f"models.{m.id}.deployments.{d.provider}.fim_template: expected one of "
+                        + ", ".join(sorted(FIM_TEMPLATES))
+                    )
         catalog = Catalog.build(models)
     except CatalogError as exc:
         raise ConfigError(str(exc)) from None
@@ -777,6 +851,7 @@ def parse_config(data: Mapping[str, Any], source: str = "<string>") -> Config:
         **_accounting(data),
         limits=_limits(data.get("limits", {})),
         keys=_keys(data.get("keys"), catalog),
+        hedging=_hedging(data.get("hedging", {})),
         **_forwarding(data.get("forwarding", {}), providers),
         cluster=_cluster(data.get("cluster", {})),
     )

@@ -33,6 +33,7 @@ UPSTREAM_ENV = {
     "GEMINI_API_KEY": "gm-test-upstream-0003",
     "OPENROUTER_API_KEY": "sk-or-test-upstream-0004",
     "DEEPSEEK_API_KEY": "sk-ds-test-upstream-0005",
+    "MISTRAL_API_KEY": "mistral-test-upstream-0008",
     "AWS_ACCESS_KEY_ID": "AKIATESTUPSTREAM0006",
     "AWS_SECRET_ACCESS_KEY": "test-secret-upstream-0007",
 }

@@ -17,6 +17,9 @@ SECRET_PROMPT = "the launch code is swordfish-7781"
 MSG = [{"role": "user", "content": SECRET_PROMPT}]
 FIELDS = {
     "request_id",
+    "hedged",
+    "hedge_cost",
+    "hedge_tokens",
     "arm",
     "complexity",
     "cache_hit",

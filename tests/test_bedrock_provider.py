@@ -117,7 +117,7 @@ async def provider(up: Upstream, aiohttp_server: ServerFactory) -> AsyncIterator
         region="us-east-1",
         endpoint_url=str(server.make_url("")),
         credentials=CREDS,
-        read_timeout_s=1,
+        timeouts=(5, 1),
     )
     await p.start()
     yield p
@@ -287,7 +287,7 @@ async def test_a_silent_upstream_hits_the_read_timeout(
     server = await aiohttp_server(fake_bedrock(up))
     url = str(server.make_url(""))
     p = BedrockProvider(
-        "slow", region="us-east-1", endpoint_url=url, credentials=CREDS, read_timeout_s=0.2
+        "slow", region="us-east-1", endpoint_url=url, credentials=CREDS, timeouts=(5, 0.2)
     )
     await p.start()
     try:

@@ -564,3 +564,106 @@ def test_noise_on_a_probed_only_deployment_rarely_trips_the_regime_test() -> Non
         clock.now += 30.0
         table.observe("k", rng.lognormvariate(math.log(200.0), sigma), "probe")
     assert table.row("k").shifts <= 20
+
+
+def _recovery_probes(measured_weight: float, seed: int) -> int:
+    """Probes after a recovery until a deployment whose catalog nominal (300 ms) sits above its
+    real 150 ms wins back from a steady 180 ms rival; 1 s probes, 10 s half-life, as Health
+    sizes the prior."""
+    clock = FakeClock()
+    interval, half_life = 1.0, 10.0
+    table = LatencyTable(
+        half_life,
+        clock=clock,
+        prior_weight=prior_weight_for(interval, half_life, 0.05),
+        shift_samples=2,
+        shift_span_s=interval / 2,
+        measured_weight=measured_weight,
+    )
+    table.set_prior("a", 300.0)
+    table.set_prior("b", 180.0)
+    rng = random.Random(seed)
+
+    def probe_round(a_ms: float) -> None:
+        clock.now += interval
+        table.observe("a", a_ms * rng.lognormvariate(0.0, 0.1), "probe")
+        table.observe("b", 180.0 * rng.lognormvariate(0.0, 0.1), "probe")
+
+    for _ in range(60):
+        probe_round(150.0)
+    for _ in range(30):
+        probe_round(600.0)
+    assert table.estimate_ms("a") > table.estimate_ms("b")
+    for n in range(1, 30):
+        probe_round(150.0)
+        if table.estimate_ms("a") < table.estimate_ms("b"):
+            return n
+    raise AssertionError("never won back")
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_recovered_deployment_wins_back_on_the_probe_that_confirms_it(seed: int) -> None:
+    """Two probes make the regime restart; with the restarted history counted as measured, the
+    nominal no longer holds the deployment back for several probes more."""
+    settled = settled_weight(1.0, 10.0)
+    assert _recovery_probes(settled, seed) == 2
+
+
+def test_without_measured_weight_the_nominal_holds_a_recovered_deployment_back() -> None:
+    """The root cause the measured weight removes: ~2 samples after the restart against a prior
+    sized for a settled history."""
+    assert max(_recovery_probes(0.0, seed) for seed in range(5)) >= 3
+
+
+def test_measured_weight_lets_a_stale_entry_drift_to_nominal_like_a_settled_one() -> None:
+    clock = FakeClock()
+    table = LatencyTable(10.0, clock=clock, prior_weight=1.0, measured_weight=14.0)
+    table.set_prior("k", 1000.0)
+    table.observe("k", 100.0, "probe")
+    # One sample, measured just now: it counts as 14 against the prior's 1.
+    assert table.row("k").mean_ms == pytest.approx((14 * 100.0 + 1000.0) / 15, rel=1e-9)
+    clock.now += 40.0  # four half-lives: 14 / 16
+    w = 14.0 / 16
+    assert table.row("k").mean_ms == pytest.approx((w * 100.0 + 1000.0) / (w + 1), rel=1e-9)
+    assert table.row("k").weight == pytest.approx(1.0 / 16)  # the real weight is reported
+
+
+def test_unsettled_is_true_only_while_a_run_beyond_the_band_is_open() -> None:
+    clock = FakeClock()
+    table = _regime_table(2, clock)
+    assert not table.unsettled("k")
+    clock.now += 30.0
+    table.observe("k", 60.0, "probe")
+    assert table.unsettled("k")
+    clock.now += 30.0
+    table.observe("k", 60.0, "probe")  # the run became a restart
+    assert not table.unsettled("k")
+    assert not table.unsettled("unknown")
+
+
+def test_two_jittery_deployments_do_not_flap_with_measured_weight_on() -> None:
+    """100 ms and 130 ms, 30 % lognormal spread each, probed every second: the faster one holds
+    prefer=fast nearly all the time and the lead changes hands rarely."""
+    clock = FakeClock()
+    interval, half_life = 1.0, 10.0
+    table = LatencyTable(
+        half_life,
+        clock=clock,
+        prior_weight=prior_weight_for(interval, half_life, 0.05),
+        shift_samples=2,
+        shift_span_s=interval / 2,
+        measured_weight=settled_weight(interval, half_life),
+    )
+    rng = random.Random(7)
+    sigma = math.sqrt(math.log(1 + 0.3**2))
+    leader, changes, ahead = "", 0, 0
+    for _ in range(5_000):
+        clock.now += interval
+        table.observe("fast", rng.lognormvariate(math.log(100.0), sigma), "probe")
+        table.observe("slow", rng.lognormvariate(math.log(130.0), sigma), "probe")
+        now = "fast" if table.estimate_ms("fast") < table.estimate_ms("slow") else "slow"
+        changes += now != leader
+        ahead += now == "fast"
+        leader = now
+    assert ahead / 5_000 > 0.9
+    assert changes < 100

@@ -490,3 +490,19 @@ async def test_an_interval_shorter_than_max_sleep_is_kept_when_every_key_is_due_
     for key in ("a", "b"):
         assert gaps(send.times(key)) == pytest.approx([0.1] * (len(send.times(key)) - 1))
         assert len(send.times(key)) >= 19
+
+
+async def test_a_probe_beyond_the_band_is_confirmed_after_the_shift_span() -> None:
+    """One probe that saw a 220 ms deployment answer in 60 ms is followed by another after the
+    table's shift span, not a whole interval later; the pair restarts its history."""
+    clock = FakeTime()
+    send = Recorder(clock, ttft_ms=220.0)
+    table = LatencyTable(300.0, clock=clock, shift_samples=2, shift_span_s=15.0)
+    loop, _, _ = build(clock, send, {"a": 0.0}, table=table, interval_s=30.0, jitter=0.0)
+    await run_for(loop, clock, 300.0)
+    send.ttft_ms = 60.0
+    await run_for(loop, clock, 60.0)
+    times = send.times("a")
+    assert gaps(times)[-2:] == pytest.approx([30.0, 15.0], abs=0.01)
+    assert table.row("a").shifts == 1
+    assert not table.unsettled("a")

@@ -9,7 +9,7 @@ import sqlite3
 import pytest
 
 from proxy.accounting.report import GROUPS
-from proxy.accounting.usage_log import INSERT, connect
+from proxy.accounting.usage_log import INSERT, LATER, connect
 from proxy.serve.record import COLUMNS, FIELDS, LOGGED, Asked, RequestRecord, logged, row
 
 
@@ -20,6 +20,28 @@ def test_the_usage_table_has_one_column_per_field_in_order(tmp_path: object) -> 
     finally:
         conn.close()
     assert have == ["id", *COLUMNS]
+
+
+def test_an_older_database_gains_the_later_columns_and_takes_a_row(tmp_path: object) -> None:
+    """A log written before hedging (or estimates, experiments...) is opened, not replaced:
+    the later columns are added and a new row goes in."""
+    path = f"{tmp_path}/old.db"
+    old = [c for c in COLUMNS if c not in LATER]
+    first = sqlite3.connect(path)
+    first.execute(f"CREATE TABLE usage (id INTEGER PRIMARY KEY, {', '.join(old)})")
+    first.commit()
+    first.close()
+    conn = connect(path)
+    try:
+        have = [r[1] for r in conn.execute("PRAGMA table_info(usage)")]
+        rec = RequestRecord(Asked("r1", "chat"), hedged="hedge", hedge_cost=0.25, hedge_tokens=3)
+        conn.execute(INSERT, row(rec, 1.0))
+        got = conn.execute("SELECT hedged, hedge_cost, hedge_tokens FROM usage").fetchone()
+    finally:
+        conn.close()
+    assert {"hedged", "hedge_cost", "hedge_tokens"} <= set(LATER)
+    assert set(have) == {"id", *COLUMNS}
+    assert got == ("hedge", 0.25, 3)
 
 
 def test_a_row_fills_every_column_and_the_access_line_every_logged_field() -> None:

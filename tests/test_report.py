@@ -44,6 +44,9 @@ def row(**values: Any) -> tuple[Any, ...]:
         "escalated_from": None,
         "complexity": None,
         "estimated": 0,
+        "hedged": None,
+        "hedge_cost": 0.0,
+        "hedge_tokens": 0,
     }
     base.update(values)
     return tuple(base[c] for c in COLUMNS)
@@ -61,7 +64,9 @@ ROWS = [
         model_tier="premium",
         prefer="quality",
         ttft_ms=900.0,
-        cost=0.05,
+        cost=0.05,  # the cancelled loser of a hedged race included
+        hedged="hedge",
+        hedge_cost=0.004,
     ),
     row(
         model=None,
@@ -122,6 +127,8 @@ def test_totals_and_groups_by_model_match_the_rows(db: str) -> None:
         "completion_tokens": 260,
         "estimated": 0,
         "estimated_cost_usd": 0.0,
+        "hedged": 1,
+        "hedge_cost_usd": pytest.approx(0.004),
     }
     groups = data["groups"]
     assert [g["model"] for g in groups] == ["claude-sonnet-4-5", "gpt-5-nano", None]

@@ -96,7 +96,8 @@ def _connect(path: str) -> sqlite3.Connection:
 
 
 def _counts(values: Sequence[Any]) -> dict[str, Any]:
-    calls, cost, hits, fallbacks, errors, tokens_in, tokens_out, est, est_cost = values
+    calls, cost, hits, fallbacks, errors, tokens_in, tokens_out, est, est_cost, *hedging = values
+    hedges, hedge_cost = hedging
     return {
         "calls": int(calls),
         "cost_usd": round(float(cost), 10),
@@ -108,6 +109,9 @@ def _counts(values: Sequence[Any]) -> dict[str, Any]:
         # Streams cut short (client left, upstream broke): tokens counted by the router.
         "estimated": int(est),
         "estimated_cost_usd": round(float(est_cost), 10),
+        # Hedged races; the cancelled attempts' cost is part of cost_usd.
+        "hedged": int(hedges),
+        "hedge_cost_usd": round(float(hedge_cost), 10),
     }
 
 
@@ -123,11 +127,16 @@ def summarize(path: str, since: float, by: str) -> dict[str, Any]:
         have = {row[1] for row in conn.execute("PRAGMA table_info(usage)")}
         # A log from before estimates were flagged has none.
         estimated = "COALESCE(estimated, 0)" if "estimated" in have else "0"
+        # Nor one from before hedging.
+        hedged = "hedge_cost" in have
+        hedges = "COALESCE(SUM(hedged IS NOT NULL), 0)" if hedged else "0"
+        hedge_cost = "COALESCE(SUM(hedge_cost), 0)" if hedged else "0"
         agg = f"""COUNT(*), COALESCE(SUM(cost), 0), COALESCE(SUM(cache_hit), 0),
                  COALESCE(SUM(attempts > 1), 0), COALESCE(SUM(status >= 400), 0),
                  COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0),
                  COALESCE(SUM({estimated}), 0),
-                 COALESCE(SUM(CASE WHEN {estimated} THEN cost ELSE 0 END), 0)"""
+                 COALESCE(SUM(CASE WHEN {estimated} THEN cost ELSE 0 END), 0),
+                 {hedges}, {hedge_cost}"""
         total = conn.execute(f"SELECT {agg} FROM usage WHERE ts >= ?", (since,)).fetchone()
         rows = conn.execute(
             f"SELECT {column}, {agg} FROM usage WHERE ts >= ? GROUP BY {column}", (since,)
@@ -182,6 +191,10 @@ def render(summary: dict[str, Any], since_text: str) -> str:
         f"{t['fallbacks']} fallbacks, {t['errors']} errors; "
         f"{t['prompt_tokens']} tokens in, {t['completion_tokens']} out",
     ]
+    if t["hedged"]:
+        lines.append(
+            f"hedged: {t['hedged']} streams; hedge spend ${t['hedge_cost_usd']:.6f} (in the total)"
+        )
     if t["estimated"]:
         lines.append(
             f"estimated: {t['estimated']} calls (${t['estimated_cost_usd']:.6f}) were streams "

@@ -43,7 +43,10 @@ def _schema() -> str:
 
 SCHEMA = _schema()
 # Columns added after the first release of the table; an older database gains them.
-LATER = ("arm", "escalated_from", "complexity", "estimated")
+LATER = (
+    *("arm", "escalated_from", "complexity", "estimated"),
+    *("hedged", "hedge_cost", "hedge_tokens"),
+)
 LATER_COLUMNS = {f.name: f.sql for f in FIELDS if f.name in LATER}
 INSERT = f"INSERT INTO usage ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 

@@ -19,13 +19,14 @@ SIM = web.AppKey("sim", SimState)
 SIM_URL = web.AppKey("sim_url", str)
 
 
-def demo_config(config: Config, sim_url: str) -> Config:
+def demo_config(config: Config, sim_url: str, ca_file: str = "") -> Config:
     """Every provider pointed at the local simulator (unless the config disabled it); the
-    catalog is unchanged."""
+    catalog is unchanged. ``ca_file``: the simulator's CA when it serves TLS."""
     providers = {}
     for name, pc in config.providers.items():
         on = pc.enabled is not False
-        if pc.kind == "openai":
+        pc = replace(pc, ca_file=ca_file or pc.ca_file)
+        if pc.kind in ("openai", "mistral"):
             providers[name] = replace(pc, base_url=f"{sim_url}/v1", enabled=on)
         elif pc.kind == "anthropic":
             providers[name] = replace(pc, base_url=sim_url, enabled=on)
@@ -71,6 +72,10 @@ def demo_build(app: web.Application) -> Callable[[Config], Config]:
 
     def prepare(config: Config) -> Config:
         state.profiles.update(demo_profiles(config.catalog))
+        # Deployments sent a FIM template stand for servers that take no suffix.
+        state.no_suffix.update(
+            d.upstream_id for d in config.catalog.deployments() if d.fim_template
+        )
         return demo_config(config, url)
 
     return prepare

@@ -4,6 +4,7 @@ live adapters, and the probe interval stretched to fit the daily probe-spend cap
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -50,6 +51,21 @@ def probe_body(model: Model, d: Deployment, provider: ProviderConfig | None) -> 
     return body
 
 
+# How long a probe reads on after its first token so its connection goes back to the pool:
+# a max_tokens=1 answer has a finish chunk, a usage chunk and [DONE] left.
+PROBE_DRAIN_S = 1.0
+
+
+async def drain(upstream: UpstreamStream, relay: SSERelay) -> None:
+    """Read a probe's answer to its end (briefly) so its connection is pooled, not closed."""
+    if relay.done:
+        return
+    with contextlib.suppress(TimeoutError, UpstreamError):
+        async with asyncio.timeout(PROBE_DRAIN_S):
+            async for chunk in upstream:
+                relay.feed(chunk)
+
+
 def make_probe_sender(router: Router) -> ProbeLoop | None:
     """The probe loop, handed a send-probe callable that uses the live adapters.
 
@@ -66,14 +82,17 @@ def make_probe_sender(router: Router) -> ProbeLoop | None:
         model, d = by_key[key]
         endpoint: Endpoint = "chat" if "chat" in model.capabilities else "completions"
         body = probe_body(model, d, router.config.providers.get(d.provider))
-        request = UpstreamRequest(endpoint, d.upstream_id, body, True)
+        request = UpstreamRequest(endpoint, d.upstream_id, body, True, fim_template=d.fim_template)
         loop = asyncio.get_running_loop()
         started = loop.time()
         upstream: UpstreamStream | None = None
         try:
             async with asyncio.timeout(pc.timeout_s):
                 upstream = await router.providers[d.provider].stream(request)
-                await first_content(upstream, SSERelay(False, model.cost_usd))
+                relay = SSERelay(False, model.cost_usd)
+                await first_content(upstream, relay)
+            ttft_ms = (loop.time() - started) * 1000
+            await drain(upstream, relay)
         except UpstreamError as exc:
             raise ProbeFailed(exc.kind, exc.retry_after, exc.message) from None
         except TimeoutError:
@@ -83,7 +102,7 @@ def make_probe_sender(router: Router) -> ProbeLoop | None:
         finally:
             if upstream is not None:
                 await upstream.aclose()
-        return (loop.time() - started) * 1000
+        return ttft_ms
 
     settings = ProbeSettings(
         enabled=True,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import ssl
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,9 +21,15 @@ IMPLEMENTATIONS = {
     "openai": "proxy.providers.openai:OpenAIProvider",
     "anthropic": "proxy.providers.anthropic:AnthropicProvider",
     "bedrock": "proxy.providers.bedrock:BedrockProvider",
+    # OpenAI's wire for chat; FIM (Codestral) on /v1/fim/completions.
+    "mistral": "proxy.providers.mistral:MistralProvider",
 }
 # The client session each HTTP wire family shares (Bedrock brings its own aioboto3 client).
-SESSION_OF = {"openai": "openai", "anthropic": "anthropic"}
+SESSION_OF = {"openai": "openai", "anthropic": "anthropic", "mistral": "openai"}
+# Kinds that speak OpenAI's wire and take the forwarding allowlist's extra body fields. The
+# local servers (ollama, vllm, llamacpp) are built-in providers of kind "openai"
+# (``proxy.config.BUILTIN_PROVIDERS``), with a catalog ``fim_template`` where they need one.
+OPENAI_WIRE = ("openai", "mistral")
 
 
 def implementation(kind: str) -> Any:
@@ -40,7 +47,9 @@ def build_provider(
 ) -> Provider:
     cls = implementation(pc.kind)
     provider: Provider
-    if pc.kind == "openai":
+    # [providers.x] ca_file: the CAs to trust instead of the system store.
+    context = ssl.create_default_context(cafile=pc.ca_file) if pc.ca_file else None
+    if pc.kind in OPENAI_WIRE:
         # The extra body fields this provider takes ([providers.x] extra_body_fields).
         forwarded = (fields or FieldPolicy.build((), {pc.name: pc.extra_body_fields})).forwarded
         provider = cls(
@@ -48,29 +57,41 @@ def build_provider(
             base_url=pc.base_url,
             api_key=key or "",
             session=sessions[SESSION_OF[pc.kind]],
+            ssl_context=context,
             fields=forwarded.get(pc.name),
         )
         return provider
     if pc.kind in SESSION_OF:
         session = sessions[SESSION_OF[pc.kind]]
-        provider = cls(pc.name, base_url=pc.base_url, api_key=key or "", session=session)
+        provider = cls(
+            pc.name, base_url=pc.base_url, api_key=key or "", session=session, ssl_context=context
+        )
         return provider
     provider = cls(
         pc.name,
         region=pc.region,
         endpoint_url=pc.endpoint_url or None,
         credentials=aws_credentials,
-        connect_timeout_s=timeouts[0],
-        read_timeout_s=timeouts[1],
+        timeouts=timeouts,
+        ca_file=pc.ca_file or None,
     )
     return provider
 
 
-def make_session(config: Config) -> aiohttp.ClientSession:
+def make_session(
+    config: Config, trace_configs: list[aiohttp.TraceConfig] | None = None
+) -> aiohttp.ClientSession:
+    """``trace_configs``: the warmer's (``proxy/serve/warm.py``), when it keeps pools warm."""
     # No pool limit: 512 concurrent streams must not queue behind aiohttp's default of 100.
-    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.server.connect_timeout_s)
-    return aiohttp.ClientSession(connector=connector, timeout=timeout)
+    s = config.server
+    connector = aiohttp.TCPConnector(
+        limit=0,
+        use_dns_cache=s.dns_cache_s > 0,
+        ttl_dns_cache=max(1, round(s.dns_cache_s)),
+        keepalive_timeout=s.upstream_keepalive_s,
+    )
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=s.connect_timeout_s)
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, trace_configs=trace_configs)
 
 
 def provider_fingerprint(

@@ -59,7 +59,7 @@ def build_router(
     else:
         # Shared, and still pointed at the live catalog: the swap repoints it.
         health = previous.health
-    dispatcher = Dispatcher(providers, health, config.routing, config.server)
+    dispatcher = Dispatcher(providers, health, config.routing, config.server, config.hedging)
     router = Router(config, catalog, providers, health, dispatcher, demo=demo)
     router.provider_fingerprints = fingerprints
     router.probe_loop = make_probe_sender(router)

@@ -23,8 +23,9 @@ from proxy.errors import bad_request, quote
 ENDPOINTS = ("chat", "completions")
 
 # Routing extensions (proxy/decide/intent.py): the router's own, stripped before the upstream.
+# "hedge": true/false opts a stream in or out of a hedged first-token race (serve/hedge.py).
 EXTENSION_FIELDS = frozenset(
-    {"prefer", "tier", "min_coding_score", "models", "task", "escalate", "cache"}
+    {"prefer", "tier", "min_coding_score", "models", "task", "escalate", "cache", "hedge"}
 )
 
 # Fields some gateways honour to pick an upstream or its credentials per request (LiteLLM's

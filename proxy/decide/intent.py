@@ -42,6 +42,7 @@ class Intent:
     escalate: bool = False  # retry once a tier up on a cut-off, empty or refused answer
     # The field max_output_tokens came from, for errors that name it.
     max_output_param: str = "max_tokens"
+    hedge: bool | None = None  # the request's (or its key's) say on hedging; None: default
 
 
 def _check_type(
@@ -192,6 +193,7 @@ def parse_intent(
     auto, tier, prefer = _route_fields(body, model)
     task = _task(body, tasks)
     escalate = _check_type(body, "escalate", bool, "a boolean") or False
+    hedge = _check_type(body, "hedge", bool, "a boolean (false opts out of hedging)")
     score = _min_coding_score(body)
     models = _check_type(body, "models", list, "an array of model ids") or []
     if not all(isinstance(m, str) and m for m in models):
@@ -221,6 +223,7 @@ def parse_intent(
         task=task,
         escalate=escalate,
         max_output_param=max_param,
+        hedge=hedge,
     )
 
 

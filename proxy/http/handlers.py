@@ -8,6 +8,7 @@ import os
 import re
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
@@ -122,6 +123,9 @@ def _decide(
     if who is None and policy.experiments:
         who = key_id(request.headers.get("Authorization"))
     chosen = resolve(intent, body, policy, record.request_id, who)
+    key_hedge = caller.key.hedge if caller.key is not None else None
+    if chosen.intent.hedge is None and key_hedge is not None:  # the key's say on hedging
+        chosen = replace(chosen, intent=replace(chosen.intent, hedge=key_hedge))
     routed, asked = chosen.intent, record.asked
     record.asked = Asked(
         asked.request_id,

@@ -112,6 +112,18 @@ class Metrics:
             "The most recent event-loop lag measurement.",
             registry=reg,
         )
+        self.hedges = Counter(
+            "model_router_hedges",
+            "Streams raced against a hedge, by the attempt that won (primary or hedge).",
+            ["winner"],
+            registry=reg,
+        )
+        self.hedge_cost = Counter(
+            "model_router_hedge_cost_usd",
+            "What the cancelled attempts of hedged races cost in USD (in model_router_cost_usd "
+            "too): estimated prompt tokens plus the content they had produced.",
+            registry=reg,
+        )
         self.reloads = Counter(
             "model_router_config_reloads",
             "SIGHUP reloads, by result (applied or rejected).",
@@ -144,6 +156,10 @@ class Metrics:
             series.prompt.inc(outcome.prompt_tokens)
         if outcome.completion_tokens:
             series.completion.inc(outcome.completion_tokens)
+        if outcome.hedged:
+            self.hedges.labels(outcome.hedged).inc()
+            if outcome.hedge_cost > 0:
+                self.hedge_cost.inc(outcome.hedge_cost)
 
     async def watch_loop_lag(self) -> None:
         """Sleep overshoot, measured on the loop itself: what every request waits extra."""

@@ -51,6 +51,8 @@ def router_headers(
         headers["x-router-escalated"] = f"{record.escalated_from}->{cand.model.tier}"
     elif note:
         headers["x-router-escalated"] = note
+    if record.hedged:
+        headers["x-router-hedged"] = record.hedged
     return headers
 
 

@@ -6,6 +6,7 @@ Translation lives in ``anthropic_wire``; this module only sends, maps transport 
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -24,6 +25,9 @@ from .base import UnsupportedFeatureError, UpstreamError, UpstreamRequest
 from .http_errors import error_body, parse_retry_after, transport_error
 from .sse import SSEDecoder
 from .translate import DONE, json_tool_name, sse
+
+# The Messages API version every request names.
+API_VERSION = "2023-06-01"
 
 
 class AnthropicStream:
@@ -90,15 +94,16 @@ class AnthropicProvider:
         base_url: str,
         api_key: str,
         session: aiohttp.ClientSession,
-        version: str = "2023-06-01",
         default_max_tokens: int = 4096,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.name = name
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         root = base_url.rstrip("/")
         self._url = root + ("/messages" if root.endswith("/v1") else "/v1/messages")
         self._headers = {
             "x-api-key": api_key,
-            "anthropic-version": version,
+            "anthropic-version": API_VERSION,
             "content-type": "application/json",
         }
         self._session = session
@@ -109,6 +114,9 @@ class AnthropicProvider:
 
     async def start(self) -> None:
         """Nothing to create: the aiohttp session belongs to the app."""
+
+    def pool_target(self) -> tuple[str, aiohttp.ClientSession, ssl.SSLContext | bool]:
+        return self._url.rsplit("/messages", 1)[0], self._session, self._ssl
 
     async def close(self) -> None:
         """Nothing to close: the aiohttp session belongs to the app."""
@@ -124,7 +132,7 @@ class AnthropicProvider:
     async def _post(self, payload: dict[str, Any]) -> aiohttp.ClientResponse:
         try:
             resp = await self._session.post(
-                self._url, data=orjson.dumps(payload), headers=self._headers
+                self._url, data=orjson.dumps(payload), headers=self._headers, ssl=self._ssl
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise transport_error(exc) from None

@@ -18,6 +18,7 @@ the failure classes below; dispatch decides what each class means.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -87,6 +88,10 @@ class UpstreamRequest:
     def reported_model(self) -> str:
         return self.answer_model or self.upstream_id
 
+    # The deployment's FIM template (``providers/fim.py``), for servers that take no
+    # ``suffix``: an adapter renders prompt + suffix in it. "" sends ``suffix`` as it is.
+    fim_template: str = ""
+
 
 class UpstreamStream(Protocol):
     """An accepted streaming answer.
@@ -129,4 +134,10 @@ class Provider(Protocol):
     async def complete(self, request: UpstreamRequest) -> dict[str, Any]:
         """Send a non-streaming request; return an OpenAI-shaped response object
         (``CreateChatCompletionResponse`` or ``CreateCompletionResponse``) with ``usage``."""
+        ...
+
+    def pool_target(self) -> tuple[str, Any, ssl.SSLContext | bool] | None:
+        """The base URL, the ``aiohttp.ClientSession`` and the TLS setting its requests use,
+        so the app can keep that connection pool warm; None for an adapter with a pool of its
+        own. (The session is typed Any: the decision layer imports this module, not aiohttp.)"""
         ...

@@ -122,9 +122,9 @@ class BedrockProvider:
         *,
         region: str,
         endpoint_url: str | None = None,
-        connect_timeout_s: float = 5,
-        read_timeout_s: float = 60,
+        timeouts: tuple[float, float] = (5, 60),
         credentials: Mapping[str, str] | None = None,
+        ca_file: str | None = None,
     ) -> None:
         if credentials is not None and not set(credentials) <= CREDENTIAL_KEYS:
             unknown = sorted(set(credentials) - CREDENTIAL_KEYS)
@@ -132,10 +132,11 @@ class BedrockProvider:
         self.name = name
         self.region = region
         self.endpoint_url = endpoint_url
+        self.ca_file = ca_file
         self._credentials = dict(credentials) if credentials is not None else None
         self._config = Config(
-            connect_timeout=connect_timeout_s,
-            read_timeout=read_timeout_s,
+            connect_timeout=timeouts[0],  # (connect, read) in seconds
+            read_timeout=timeouts[1],
             # One attempt in total ("max_attempts" would mean one *retry*): fallback is ours.
             retries={"total_max_attempts": 1, "mode": "standard"},
             # botocore's default pool of 10 would queue the 11th concurrent stream, live
@@ -172,9 +173,14 @@ class BedrockProvider:
                 region_name=self.region,
                 endpoint_url=self.endpoint_url or None,
                 config=self._config,
+                verify=self.ca_file or None,
             )
         )
         self._stack = stack
+
+    def pool_target(self) -> None:
+        """botocore keeps its own connection pool."""
+        return None
 
     async def close(self) -> None:
         stack, self._stack, self._client = self._stack, None, None

@@ -4,6 +4,7 @@ request bodies go as they are, stream bytes come back as they arrive.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,7 +13,8 @@ import orjson
 
 from probes.kinds import FailureKind
 
-from .base import UpstreamError, UpstreamRequest
+from .base import UpstreamError, UpstreamRequest, UpstreamStream
+from .fim import render
 from .http_errors import error_body, parse_retry_after, transport_error
 
 USER_AGENT = "model-router/0.1"
@@ -75,8 +77,12 @@ class OpenAIStream:
         return data
 
     async def aclose(self) -> None:
-        # close(), not release(): an unfinished stream's connection must not be reused.
-        self._resp.close()
+        # An answer read to its end goes back to the pool (a probe's, so that live requests
+        # find it warm); an unfinished one is closed: its connection must not be reused.
+        if self._content.at_eof():
+            self._resp.release()
+        else:
+            self._resp.close()
 
 
 class OpenAIProvider:
@@ -89,13 +95,16 @@ class OpenAIProvider:
         base_url: str,
         api_key: str,
         session: aiohttp.ClientSession,
+        ssl_context: ssl.SSLContext | None = None,
         fields: Mapping[str, frozenset[str]] | None = None,
     ) -> None:
         self.name = name
         self._session = session
+        # None: the system trust store (aiohttp's default); a context: the provider's ca_file.
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         # Top-level fields this upstream is sent, per endpoint (proxy/decide/fields.py); None: all.
         self._fields = fields
-        base = base_url.rstrip("/")
+        base = self._base = base_url.rstrip("/")
         self._urls = {"chat": f"{base}/chat/completions", "completions": f"{base}/completions"}
         # Built from an allowlist: nothing from the client's request reaches the upstream.
         self._headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
@@ -104,6 +113,9 @@ class OpenAIProvider:
 
     async def start(self) -> None:
         return None
+
+    def pool_target(self) -> tuple[str, aiohttp.ClientSession, ssl.SSLContext | bool]:
+        return self._base, self._session, self._ssl
 
     async def close(self) -> None:
         return None  # the session belongs to the app
@@ -119,11 +131,15 @@ class OpenAIProvider:
         return body
 
     async def _post(self, request: UpstreamRequest) -> aiohttp.ClientResponse:
+        body = self._body(request)
+        if request.fim_template and request.endpoint == "completions":
+            body = render(request.fim_template, body)
         try:
             resp = await self._session.post(
                 self._urls[request.endpoint],
-                data=orjson.dumps(self._body(request)),
+                data=orjson.dumps(body),
                 headers=self._headers,
+                ssl=self._ssl,
             )
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise transport_error(exc) from None
@@ -131,7 +147,7 @@ class OpenAIProvider:
             raise await status_error(resp)
         return resp
 
-    async def stream(self, request: UpstreamRequest) -> OpenAIStream:
+    async def stream(self, request: UpstreamRequest) -> UpstreamStream:
         resp = await self._post(request)
         if not resp.content_type.startswith("text/event-stream"):
             resp.close()

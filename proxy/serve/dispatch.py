@@ -1,10 +1,13 @@
+# Over 400 lines: the one attempt loop, its commit point and the hedged race that opens there.
 """Dispatch: try the plan's candidates in order, falling back only before the first byte.
 
 The commit point is the first content-bearing chunk: until then a refusal, an error, a
 hang or a broken stream moves on to the next candidate (within the attempt cap and the
 retry budget); after it, failures become an in-band SSE error event. One attempt loop
 serves both kinds of request, and it returns values: a ``Committed`` stream or an
-``Answer``. Writing them to the client is ``proxy.http.respond``'s job.
+``Answer``. Writing them to the client is ``proxy.http.respond``'s job. A stream's first
+attempt may be raced against a hedge on another provider (``hedge.py`` decides; the race is
+opened in ``_open_hedged``, and only its winner is committed).
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from proxy.config import RoutingSettings, ServerSettings
+from probes.breaker import State
+from proxy.config import HedgeSettings, RoutingSettings, ServerSettings
 from proxy.decide.intent import Intent
 from proxy.decide.routing import Candidate, Plan
 from proxy.errors import RouterError
@@ -29,6 +33,7 @@ from proxy.providers.base import (
 )
 
 from .health import Health
+from .hedge import HedgePolicy, race
 from .record import RequestRecord
 from .relay import SSERelay
 from .retry_budget import RetryBudget
@@ -68,6 +73,19 @@ class Answer:
         record.status = 200
 
 
+@dataclass(slots=True)
+class Race:
+    """A stream's first attempt, about to be raced against a hedge: the candidate and its
+    trial flag, the request's failure list and plan, and the deployments a hedge tried
+    (which the attempt loop then skips)."""
+
+    cand: Candidate
+    trial: bool
+    failures: Failures
+    plan: Plan
+    hedged: set[str]
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -75,15 +93,17 @@ class Dispatcher:
         health: Health,
         routing: RoutingSettings,
         server: ServerSettings,
+        hedging: HedgeSettings | None = None,
     ) -> None:
         self.providers = providers
         self.health = health
         self.routing = routing
         self.server = server
         self.budget = RetryBudget(routing.retry_budget_ratio, routing.retry_budget_min)
+        self.hedge = HedgePolicy(hedging or HedgeSettings())
 
     async def _attempts(
-        self, plan: Plan, wait_s: float
+        self, plan: Plan, wait_s: float, skip: set[str] | None = None
     ) -> AsyncGenerator[tuple[Candidate, bool, bool]]:
         """(candidate, is_fallback, is_trial) in order, within the attempt cap, the retry budget
         and half-open trials. The caller releases the budget slot of a fallback when its
@@ -96,6 +116,8 @@ class Dispatcher:
             for cand in plan.candidates:
                 if tried >= cap:
                     return
+                if skip and cand.deployment.key in skip:
+                    continue  # already tried as a hedge
                 fallback = tried > 0
                 if fallback and not held:
                     if not await self.budget.acquire(wait_s):
@@ -120,12 +142,13 @@ class Dispatcher:
         plan: Plan,
         record: RequestRecord,
         attempt: Callable[[Candidate, bool, Failures], Awaitable[T | None]],
+        skip: set[str] | None = None,
     ) -> T:
         """The one attempt loop: the first attempt that succeeds, or the error that says why
         none did. A fallback waits for a budget slot no longer than a first token may take."""
         failures: Failures = []
         wait_s = self.routing.deadline_s(intent.prefer if not intent.pinned else None)
-        async with contextlib.aclosing(self._attempts(plan, wait_s)) as attempts:
+        async with contextlib.aclosing(self._attempts(plan, wait_s, skip)) as attempts:
             async for cand, fallback, trial in attempts:
                 record.attempts += 1
                 try:
@@ -148,6 +171,7 @@ class Dispatcher:
             body,
             intent.stream,
             answer_model=cand.model.id,
+            fim_template=cand.deployment.fim_template,
         )
 
     def _failed(
@@ -196,10 +220,16 @@ class Dispatcher:
         # Upstream is always asked for usage; the relay passes it on only if the client asked.
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
 
+        hedged: set[str] = set()  # deployments a hedge already tried
+
         async def attempt(cand: Candidate, trial: bool, failures: Failures) -> Committed | None:
+            if record.attempts == 1 and self._hedges(intent):
+                # The hook: the first attempt, raced against a hedge.
+                race = Race(cand, trial, failures, plan, hedged)
+                return await self._open_hedged(race, intent, body, record)
             return await self._open_stream(cand, intent, body, trial, failures, record)
 
-        committed = await self._first(intent, plan, record, attempt)
+        committed = await self._first(intent, plan, record, attempt, hedged)
         record.ttft_ms = committed.ttft_ms
         cand = committed.candidate
         record.answered_by(cand.model.id, cand.deployment.provider, cand.model.tier)
@@ -252,6 +282,99 @@ class Dispatcher:
         ttft_ms = (loop.time() - started) * 1000
         self.health.success(cand.deployment.key, ttft_ms, since=mark)
         return Committed(upstream, relay, head, cand, ttft_ms)
+
+    def _hedges(self, intent: Intent) -> bool:
+        return intent.stream and self.hedge.wants(
+            intent.prefer if not intent.pinned else None, None, intent.hedge
+        )
+
+    def _hedge_candidate(self, plan: Plan, primary: Candidate) -> Candidate | None:
+        """The next candidate on another provider whose breaker is CLOSED (not half-open: a
+        trial is the probe loop's, and an open one is refusing)."""
+        if plan.forced:
+            return None
+        for cand in plan.candidates:
+            if cand.deployment.provider == primary.deployment.provider:
+                continue
+            if self.health.board.state(cand.deployment.key) is State.CLOSED:
+                return cand
+        return None
+
+    async def _open_hedged(
+        self, race_: Race, intent: Intent, body: dict[str, Any], record: RequestRecord
+    ) -> Committed | None:
+        """The first attempt raced against a hedge (``serve/hedge.py`` decides); returns the
+        winner's stream at its first content token, or None when every racer failed. Each
+        racer charges its own scratch record if it is cancelled after the upstream took it:
+        the loser's is the hedge's cost, and both are the request's if the client leaves."""
+        cand, policy = race_.cand, self.hedge
+        policy.budget.offer()
+        try:
+            p90_ms = self.health.table.row(cand.deployment.key).p90_ms
+        except KeyError:
+            p90_ms = cand.deployment.nominal_ttft_ms
+        racers = [cand, cand]
+        scratch = (RequestRecord(record.asked), RequestRecord(record.asked))
+
+        def alternate() -> Callable[[], Awaitable[Committed | None]] | None:
+            alt = self._hedge_candidate(race_.plan, cand)
+            if alt is None or not policy.budget.take():
+                return None
+            racers[1] = alt
+            race_.hedged.add(alt.deployment.key)
+            record.attempts += 1
+            return lambda: self._open_stream(alt, intent, body, False, race_.failures, scratch[1])
+
+        started = asyncio.get_running_loop().time()
+        try:
+            result = await race(
+                lambda: self._open_stream(
+                    cand, intent, body, race_.trial, race_.failures, scratch[0]
+                ),
+                alternate,
+                policy.delay_s(p90_ms),
+            )
+        except asyncio.CancelledError:
+            # The client left mid-race: what both attempts had cost is charged.
+            charged = [r for r in scratch if r.model is not None]
+            if charged:
+                record.answered_by(cand.model.id, cand.deployment.provider, cand.model.tier)
+                prompt = sum(r.prompt_tokens for r in charged)
+                completion = sum(r.completion_tokens for r in charged)
+                record.take_charge((prompt, completion, sum(r.cost for r in charged), True))
+            raise
+        if result.hedged:
+            for extra in result.discarded:  # a tie's loser reached its token too: close it
+                scratch[1 - result.winner].take_charge(extra.relay.charge())
+                await extra.upstream.aclose()
+            self._settle_race(result.winner, racers, scratch, race_.failures, record, started)
+        return result.value
+
+    def _settle_race(
+        self,
+        winner: int,
+        racers: list[Candidate],
+        scratch: tuple[RequestRecord, RequestRecord],
+        failures: Failures,
+        record: RequestRecord,
+        started: float,
+    ) -> None:
+        """A race that hedged: who won, and what the cancelled loser cost."""
+        record.hedged = "primary" if winner == 0 else "hedge"
+        if winner < 0:
+            return  # both failed: the attempt loop moves on
+        loser = 1 - winner
+        lost = racers[loser]
+        if any(c is lost for c, _ in failures):
+            return  # it failed on its own: recorded as a failure, not charged as a hedge
+        # Cancelled at the winner's first token: billed for its prompt and whatever content
+        # it had produced (none, unless it tied), as its relay counted them.
+        record.hedge_tokens = scratch[loser].completion_tokens
+        record.hedge_cost = scratch[loser].cost
+        if loser == 0:
+            # It waited past its p90 without a token: a censored sample, as a deadline.
+            waited_ms = (asyncio.get_running_loop().time() - started) * 1000
+            self.health.table.observe(lost.deployment.key, waited_ms, "live")
 
     def failed_mid_stream(self, committed: Committed, exc: UpstreamError) -> RouterError:
         """A committed stream broke: the deployment's verdict turns to failure (its first

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from probes.breaker import BreakerBoard, BreakerPolicy, State
 from probes.kinds import CLIENT_FAULTS
-from probes.latency import LatencyTable, Source, prior_weight_for
+from probes.latency import LatencyTable, Source, prior_weight_for, settled_weight
 from proxy.catalog import Catalog
 from proxy.decide.routing import Snapshot
 
@@ -67,11 +67,16 @@ class Health:
         """``probe_interval_s`` sizes the nominal prior against what probing at that interval
         feeds the table (see ``prior_weight_for``; None keeps one pseudo-sample), and a regime
         change must span half of it, so two probes in a row make one but a busy deployment
-        needs a sustained change, not two unlucky requests."""
+        needs a sustained change, not two unlucky requests. A deployment measured within the
+        last interval counts as settled against the prior however few samples it holds (a
+        regime restart leaves two), so a recovered one wins back as fast as a slow one loses."""
         prior = (
             1.0
             if probe_interval_s is None
             else prior_weight_for(probe_interval_s, half_life_s, PRIOR_SHARE)
+        )
+        measured = (
+            0.0 if probe_interval_s is None else settled_weight(probe_interval_s, half_life_s)
         )
         table = LatencyTable(
             half_life_s,
@@ -79,6 +84,7 @@ class Health:
             prior_weight=prior,
             shift_samples=shift_samples,
             shift_span_s=0.0 if probe_interval_s is None else probe_interval_s / 2,
+            measured_weight=measured,
         )
         return cls(catalog, table, BreakerBoard(policy or BreakerPolicy()))
 

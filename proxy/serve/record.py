@@ -52,6 +52,11 @@ class RequestRecord:
     cache_hit: bool = False
     # Tokens and cost were estimated: the stream ended before the upstream's usage came.
     estimated: bool = False
+    # A hedged race (serve/hedge.py): which attempt won ("primary" or "hedge"; None when none
+    # started), and what the cancelled one cost (its prompt, plus the content it had produced).
+    hedged: str | None = None
+    hedge_cost: float = 0.0
+    hedge_tokens: int = 0
 
     @property
     def request_id(self) -> str:
@@ -93,8 +98,11 @@ class RequestRecord:
         self.model, self.provider, self.model_tier = model, provider, tier
 
     def take_charge(self, charge: tuple[int, int, float, bool]) -> None:
-        """A stream's (prompt, completion, cost, estimated), from ``SSERelay.charge``."""
-        self.prompt_tokens, self.completion_tokens, self.cost, self.estimated = charge
+        """A stream's (prompt, completion, cost, estimated), from ``SSERelay.charge``.
+        ``cost`` is what the request cost us: a hedged race's cancelled attempt included (the
+        answer's own ``usage.cost`` excludes it)."""
+        self.prompt_tokens, self.completion_tokens, cost, self.estimated = charge
+        self.cost = cost + self.hedge_cost
 
     def take_usage(self, usage: Mapping[str, Any] | None) -> None:
         if not usage:
@@ -141,6 +149,9 @@ FIELDS: tuple[Field, ...] = (
     Field("escalated_from", "TEXT", "the tier whose answer was retried a tier up"),
     Field("complexity", "REAL", "the classifier's score when the tier was auto"),
     Field("estimated", "INTEGER", "1: tokens and cost estimated (a stream cut short)"),
+    Field("hedged", "TEXT", "a hedged race's winner: primary | hedge (NULL: none)"),
+    Field("hedge_cost", "REAL", "USD the race's cancelled attempt cost (part of cost)"),
+    Field("hedge_tokens", "INTEGER", "content tokens the cancelled attempt had produced"),
 )
 COLUMNS = tuple(f.name for f in FIELDS)
 LOGGED = tuple(f.name for f in FIELDS if f.logged)

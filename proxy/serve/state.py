@@ -69,7 +69,7 @@ class Router:
     # (or error) has gone out: the access log, metrics and the usage log subscribe here.
     sinks: list[Callable[[RequestRecord, float], None]] = field(default_factory=list)
     # Provider name -> digest of its settings and credentials, so a reload can tell which
-    # providers it may share with this Router (proxy/app.py provider_fingerprint).
+    # providers it may share with this Router (proxy/assembly/providers.py provider_fingerprint).
     provider_fingerprints: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

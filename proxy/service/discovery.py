@@ -63,6 +63,8 @@ def how_to_enable(config: Config) -> str:
                 f"credentials {AWS_CREDENTIALS[0]!r} + {AWS_CREDENTIALS[1]!r}), "
                 f"or [providers.{name}] enabled = true"
             )
+        elif not pc.api_key_env and not pc.api_key_credential:
+            lines.append(f"  {name:<11} [providers.{name}] enabled = true (a local server)")
         else:
             where = f"${pc.api_key_env}" + (
                 f" or systemd credential {pc.api_key_credential!r}" if pc.api_key_credential else ""

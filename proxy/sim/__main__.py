@@ -8,12 +8,14 @@ import argparse
 import asyncio
 import signal
 from collections.abc import Sequence
+from pathlib import Path
 
 import uvloop
 
 from .launch import start_sim
 from .script import Profile
 from .server import SimState
+from .tls import make_sim_tls
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,11 +32,21 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accept OpenAI-wire requests without a bearer token, as a local server does",
     )
+    parser.add_argument(
+        "--tls-dir",
+        type=Path,
+        help="serve HTTPS with a certificate made now; the CA a client must trust is written "
+        "to TLS_DIR/sim-ca.pem (needs the trustme package, in the test and bench extras)",
+    )
     return parser
 
 
-async def serve(host: str, port: int, profile: Profile, keyless: bool = False) -> None:
-    runner, url = await start_sim(SimState(default=profile, keyless=keyless), host, port)
+async def serve(
+    host: str, port: int, profile: Profile, keyless: bool = False, tls_dir: Path | None = None
+) -> None:
+    tls = make_sim_tls(tls_dir).server if tls_dir is not None else None
+    state = SimState(default=profile, keyless=keyless)
+    runner, url = await start_sim(state, host, port, tls=tls)
     print(f"sim ready on {url}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -53,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--tokens, --ttft-ms and --gap-ms must not be negative")
     profile = Profile(ttft_ms=args.ttft_ms, gap_ms=args.gap_ms, tokens=args.tokens)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(args.host, args.port, profile, args.keyless))
+        runner.run(serve(args.host, args.port, profile, args.keyless, args.tls_dir))
     return 0
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ssl
+
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from .anthropic_api import add_anthropic_routes
 from .bedrock_api import add_bedrock_routes
+from .mistral_api import add_mistral_routes
 from .openai_api import add_openai_routes
 from .server import (
     SIM_STATE,
@@ -17,8 +21,17 @@ from .server import (
 )
 
 
+@web.middleware
+async def _count_connection(request: web.Request, handler: Handler) -> web.StreamResponse:
+    transport = request.transport
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    if peer is not None:
+        request.app[SIM_STATE].connections.add(f"{peer[0]}:{peer[1]}")
+    return await handler(request)
+
+
 def make_sim_app(state: SimState) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[_count_connection])
     app[SIM_STATE] = state
     app.router.add_post("/_sim/profile", control_profile)
     app.router.add_post("/_sim/fault", control_fault)
@@ -27,6 +40,7 @@ def make_sim_app(state: SimState) -> web.Application:
     add_openai_routes(app)
     add_anthropic_routes(app)
     add_bedrock_routes(app)
+    add_mistral_routes(app)
     return app
 
 
@@ -40,16 +54,29 @@ def bound_port(site: web.TCPSite) -> int:
 
 
 async def start_sim(
-    state: SimState, host: str = "127.0.0.1", port: int = 0
+    state: SimState,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    tls: ssl.SSLContext | None = None,
+    keepalive_timeout_s: float = 75.0,
 ) -> tuple[web.AppRunner, str]:
-    """Start the simulator on loopback; returns the runner (to clean up) and its base URL.
+    """Start the simulator on loopback; returns the runner (to clean up) and its base URL
+    (``https://`` when ``tls`` is given: see ``proxy.sim.tls``).
 
     ``handler_cancellation`` is on so a departed client cancels the simulated answer, as a
-    real provider would notice.
+    real provider would notice. Idle connections are kept ``keepalive_timeout_s`` (aiohttp's
+    default is 75 s, as many providers' load balancers).
     """
-    runner = web.AppRunner(make_sim_app(state), handler_cancellation=True, access_log=None)
+    runner = web.AppRunner(
+        make_sim_app(state),
+        handler_cancellation=True,
+        access_log=None,
+        keepalive_timeout=keepalive_timeout_s,
+    )
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=tls)
     await site.start()
     bound = bound_port(site)
-    return runner, f"http://{host}:{bound}"
+    scheme = "https" if tls is not None else "http"
+    return runner, f"{scheme}://{host}:{bound}"

@@ -160,8 +160,13 @@ async def _openai(request: web.Request, legacy: bool) -> web.StreamResponse:
     model = str(body.get("model", ""))
     state.record(model, body, request.headers)
     state.fields_seen.update(body)
-    if not state.keyless and not request.headers.get("Authorization", "").startswith("Bearer "):
-        return openai_error(401, "simulator: missing bearer token")
+    # No Authorization at all is how a local server (Ollama, vLLM, llama.cpp) is called;
+    # a keyless simulator takes any.
+    auth = request.headers.get("Authorization", "Bearer ")
+    if not state.keyless and not auth.startswith("Bearer "):
+        return openai_error(401, "simulator: not a bearer token")
+    if legacy and body.get("suffix") is not None and model in state.no_suffix:
+        return openai_error(400, "simulator: suffix is not currently supported")
     fault = state.take_fault(model)
     if (early := await apply_pre_byte_fault(request, fault, openai_error)) is not None:
         return early

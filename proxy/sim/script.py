@@ -7,6 +7,7 @@ conversation gets the same content, tool call and token counts whichever format 
 from __future__ import annotations
 
 import hashlib
+import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -62,6 +63,14 @@ class Profile:
     ttft_ms: float = 20.0
     gap_ms: float = 2.0
     tokens: int = 12
+    # A heavy tail: this share of answers takes tail_ttft_ms to the first token instead.
+    tail_p: float = 0.0
+    tail_ttft_ms: float = 0.0
+
+    def draw_ttft_ms(self, rng: random.Random) -> float:
+        if self.tail_p and rng.random() < self.tail_p:
+            return self.tail_ttft_ms
+        return self.ttft_ms
 
 
 @dataclass(slots=True)

@@ -10,6 +10,7 @@ benchmarks share it. Each wire format renders here (``openai_api``, ``anthropic_
 from __future__ import annotations
 
 import asyncio
+import random
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -37,13 +38,20 @@ class SimState:
         self.requests: Counter[str] = Counter()
         self.last_body: dict[str, dict[str, Any]] = {}
         self.last_headers: dict[str, dict[str, str]] = {}
+        self.rng = random.Random(0)  # draws heavy-tail TTFTs (Profile.tail_p); seedable
         # Every top-level field of the OpenAI-wire requests (tests check what the router
         # forwards), and content chunks written per model (what a stream had sent).
         self.fields_seen: set[str] = set()
         self.chunks_sent: Counter[str] = Counter()
         self.open_streams = 0
         self.cancelled = 0
+        self.cancel_times: list[float] = []  # loop time each cancelled stream noticed it
         self.completed = 0
+        # Models served as vLLM / llama.cpp serve them: a completions `suffix` is refused, so
+        # the proxy must send the prompt in the model's FIM template instead.
+        self.no_suffix: set[str] = set()
+        # Client connections seen (by peer address): what the warm-pool tests count.
+        self.connections: set[str] = set()
 
     def profile(self, model: str) -> Profile:
         return self.profiles.get(model, self.default)
@@ -145,7 +153,7 @@ async def stream_rendered(
             await resp.write(part)
         if fault.mode == "hang_first_token":
             await _hang()
-        await state.pause(profile.ttft_ms)
+        await state.pause(profile.draw_ttft_ms(state.rng))
         first = asyncio.get_running_loop().time()
         for i, part in enumerate(r.body):
             if i == fault.after_chunks and await _strike(request, resp, fault, r):
@@ -165,6 +173,7 @@ async def stream_rendered(
         return resp
     except (asyncio.CancelledError, ConnectionResetError):
         state.cancelled += 1
+        state.cancel_times.append(asyncio.get_running_loop().time())
         raise
     finally:
         state.open_streams -= 1
@@ -255,6 +264,7 @@ async def control_stats(request: web.Request) -> web.Response:
             "open_streams": state.open_streams,
             "cancelled": state.cancelled,
             "completed": state.completed,
+            "connections": len(state.connections),
             "fields_seen": sorted(state.fields_seen),
             "chunks_sent": dict(state.chunks_sent),
         }

@@ -1,0 +1,160 @@
+"""Warm upstream connections: the pools hold a live, recently used connection to every
+upstream the config routes to, so the first completion after a pause pays no DNS, TCP or TLS.
+
+- Pre-connect: at start and after every reload, one request per upstream origin the config
+  expects to use (each enabled provider that serves a deployment) opens a pooled connection.
+- Re-use check before expiry: an origin nothing has used for half the keep-alive gets a
+  ``HEAD`` on its pooled connection. That re-uses the connection (proving it alive) and
+  restarts its idle timer on both ends; if the upstream had closed it, a fresh one is opened
+  now instead of on a user's request. Only origins with traffic (live or probe) in the last
+  ``traffic_horizon_s`` are kept warm, so an unused provider is not pinged forever.
+- Probes and live requests share the sessions (and so the pools); a probe reads its tiny answer
+  to the end so its connection goes back to the pool (``proxy.assembly.probing``).
+
+A ``HEAD`` to an API's base URL costs the provider nothing billable (a 404 or 405 is fine: the
+connection is the point). Bedrock is not warmed here: botocore keeps its own pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import aiohttp
+from yarl import URL
+
+log = logging.getLogger("model_router.warm")
+
+# An origin with no traffic for this long is let go cold (an hour of a developer away).
+TRAFFIC_HORIZON_S = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class WarmTarget:
+    """Where a provider's requests go: the URL to ping, its session and TLS settings."""
+
+    provider: str
+    url: str
+    session: aiohttp.ClientSession
+    ssl: ssl.SSLContext | bool = True
+
+    @property
+    def origin(self) -> str:
+        return str(URL(self.url).origin())
+
+
+class Warmer:
+    """Keeps one pooled connection per upstream origin alive; see the module docstring."""
+
+    def __init__(
+        self,
+        keepalive_s: float,
+        *,
+        timeout_s: float = 5.0,
+        traffic_horizon_s: float = TRAFFIC_HORIZON_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not keepalive_s > 0:
+            raise ValueError(f"keepalive_s must be positive, got {keepalive_s!r}")
+        self.keepalive_s = keepalive_s
+        self.timeout_s = timeout_s
+        self.traffic_horizon_s = traffic_horizon_s
+        self._clock = clock
+        self._targets: list[WarmTarget] = []
+        self._last_use: dict[str, float] = {}  # origin -> last request of any kind
+        self._last_traffic: dict[str, float] = {}  # origin -> last request not ours
+        self._tasks: set[asyncio.Task[bool]] = set()
+        self.warmed = 0  # requests the warmer sent
+        self.failed = 0
+        self.trace = aiohttp.TraceConfig()
+        self.trace.on_request_start.append(self._on_request_start)
+
+    async def _on_request_start(
+        self,
+        _session: aiohttp.ClientSession,
+        _ctx: SimpleNamespace,
+        params: aiohttp.TraceRequestStartParams,
+    ) -> None:
+        origin = str(params.url.origin())
+        now = self._clock()
+        self._last_use[origin] = now
+        if params.method != "HEAD":
+            self._last_traffic[origin] = now
+
+    @property
+    def targets(self) -> list[WarmTarget]:
+        return list(self._targets)
+
+    def set_targets(self, targets: Iterable[WarmTarget]) -> None:
+        """The upstreams to keep warm (start-up and every reload); new ones are pre-connected
+        at once, in the background."""
+        known = {(t.origin, id(t.ssl)) for t in self._targets}
+        self._targets = list({(t.origin, id(t.ssl)): t for t in targets}.values())
+        now = self._clock()
+        for t in self._targets:
+            # The config expects to use it: that counts as traffic for the horizon.
+            self._last_traffic.setdefault(t.origin, now)
+            if (t.origin, id(t.ssl)) not in known:
+                self._spawn(t)
+
+    def due(self) -> list[WarmTarget]:
+        """Targets whose origin has been idle for half the keep-alive and had traffic within
+        the horizon: their pooled connection is re-used now, before it expires."""
+        now = self._clock()
+        refresh_after = self.keepalive_s / 2
+        return [
+            t
+            for t in self._targets
+            if now - self._last_use.get(t.origin, -1e18) >= refresh_after
+            and now - self._last_traffic.get(t.origin, -1e18) < self.traffic_horizon_s
+        ]
+
+    async def run(self) -> None:
+        """Check every quarter keep-alive, forever (cancel to stop)."""
+        try:
+            while True:
+                await asyncio.sleep(max(0.05, self.keepalive_s / 4))
+                for t in self.due():
+                    self._spawn(t)
+        finally:
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _spawn(self, target: WarmTarget) -> None:
+        # Marked used now, so a slow upstream is not pinged again while this one is pending.
+        self._last_use[target.origin] = self._clock()
+        task = asyncio.create_task(self.warm(target), name=f"warm:{target.provider}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def warm(self, target: WarmTarget) -> bool:
+        """One ``HEAD`` to the target: True if a response came (whatever its status)."""
+        self.warmed += 1
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                async with target.session.head(
+                    target.url, ssl=target.ssl, allow_redirects=False
+                ) as resp:
+                    await resp.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            self.failed += 1
+            # str() only: reprs of client errors carry request headers.
+            log.info("warming %s failed: %s: %s", target.provider, type(exc).__name__, exc)
+            return False
+        return True
+
+    async def close(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,44 @@
+"""benchmarks/hedging.py and benchmarks/warm_pool.py at tiny size, so they cannot rot: the real
+proxy in its own process against the simulator, end to end. Timing goals are reported there,
+not asserted here."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(module: str, out: Path) -> dict[str, object]:
+    proc = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{module}", "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=55,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (path,) = out.glob(f"{module}-*.json")
+    doc: dict[str, object] = orjson.loads(path.read_bytes())
+    return doc
+
+
+def test_hedging_benchmark_runs_both_ways_and_writes_every_figure(tmp_path: Path) -> None:
+    doc = run("hedging", tmp_path)
+    off, on = doc["results"]  # type: ignore[misc]
+    assert (off["hedging"], on["hedging"]) == (False, True)
+    for r in (off, on):
+        assert len(r["ttft_ms"]) == 20 and r["upstream_requests"] >= 20
+    assert off["hedged"] == {} and off["hedge_cost_usd"] == 0
+
+
+def test_warm_pool_benchmark_runs_both_ways(tmp_path: Path) -> None:
+    doc = run("warm_pool", tmp_path)
+    off, on = doc["results"]  # type: ignore[misc]
+    assert (off["setup"]["warm"], on["setup"]["warm"]) == (False, True)
+    for r in (off, on):
+        assert len(r["after_idle_ms"]) == 1 and r["ratio"] > 0 and r["connections"] >= 1
