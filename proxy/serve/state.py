@@ -6,6 +6,7 @@ and in-flight requests finish on the state they started with.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,6 +53,12 @@ def model_entry(m: Model) -> dict[str, Any]:
             {"provider": d.provider, "upstream_id": d.upstream_id} for d in m.deployments
         ],
     }
+
+
+def round_up(seconds: float) -> float:
+    """A wait to the hundredth, rounded up: 0 only once the wait is over, so a client that
+    acts on a 0 (a breaker's backoff) is never a few milliseconds early."""
+    return math.ceil(seconds * 100) / 100
 
 
 @dataclass(slots=True)
@@ -115,8 +122,8 @@ class Router:
                         "failure_rate": round(brk.failure_rate, 3),
                         "slow_rate": round(brk.slow_rate, 3),
                         "opened_count": brk.opened_count,
-                        "open_remaining_s": round(brk.open_remaining_s, 2),
-                        "retry_after_remaining_s": round(brk.retry_after_remaining_s, 2),
+                        "open_remaining_s": round_up(brk.open_remaining_s),
+                        "retry_after_remaining_s": round_up(brk.retry_after_remaining_s),
                     }
                     if brk
                     else None,
