@@ -32,10 +32,12 @@ async def forward(request: web.Request) -> web.StreamResponse:
         return resp
 
 
-async def main(upstream: str, port: int) -> None:
+async def main(upstream: str, port: int, keepalive_s: float = 15.0) -> None:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app[UPSTREAM] = upstream.rstrip("/")
-    app[SESSION] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    app[SESSION] = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=keepalive_s)
+    )
     app.router.add_route("*", "/{tail:.*}", forward)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
@@ -55,6 +57,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--upstream", required=True, help="base URL, e.g. http://127.0.0.1:9000")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--keepalive-s", type=float, default=15.0, help="upstream pool keep-alive (aiohttp's)"
+    )
     args = parser.parse_args()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(main(args.upstream, args.port))
+        runner.run(main(args.upstream, args.port, args.keepalive_s))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+import time
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -23,10 +24,13 @@ from .server import (
 
 @web.middleware
 async def _count_connection(request: web.Request, handler: Handler) -> web.StreamResponse:
+    state = request.app[SIM_STATE]
+    if request.method == "POST":
+        state.last_arrival = time.perf_counter()
     transport = request.transport
     peer = transport.get_extra_info("peername") if transport is not None else None
     if peer is not None:
-        request.app[SIM_STATE].connections.add(f"{peer[0]}:{peer[1]}")
+        state.connections.add(f"{peer[0]}:{peer[1]}")
     return await handler(request)
 
 

@@ -52,6 +52,9 @@ class SimState:
         self.no_suffix: set[str] = set()
         # Client connections seen (by peer address): what the warm-pool tests count.
         self.connections: set[str] = set()
+        # time.perf_counter() when the last POST arrived (before its body is read): splits a
+        # benchmark's TTFT at the upstream (benchmarks/warm_pool.py).
+        self.last_arrival = 0.0
 
     def profile(self, model: str) -> Profile:
         return self.profiles.get(model, self.default)
