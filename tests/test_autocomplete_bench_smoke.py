@@ -36,9 +36,16 @@ def test_hedging_benchmark_runs_both_ways_and_writes_every_figure(tmp_path: Path
     assert off["hedged"] == {} and off["hedge_cost_usd"] == 0
 
 
-def test_warm_pool_benchmark_runs_both_ways(tmp_path: Path) -> None:
+def test_warm_pool_benchmark_runs_every_setup_and_holds_the_client_connection(
+    tmp_path: Path,
+) -> None:
     doc = run("warm_pool", tmp_path)
-    off, on = doc["results"]  # type: ignore[misc]
-    assert (off["setup"]["warm"], on["setup"]["warm"]) == (False, True)
-    for r in (off, on):
-        assert len(r["after_idle_ms"]) == 1 and r["ratio"] > 0 and r["connections"] >= 1
+    results = doc["results"]
+    names = [r["setup"]["name"] for r in results]  # type: ignore[attr-defined]
+    assert names == ["direct", "forwarder", "held", "off", "on"]
+    for r in results:  # type: ignore[attr-defined]
+        assert len(r["after_idle_ms"]) == 1 and len(r["after_idle_up_ms"]) == 1
+        assert r["ratio_open"] > 0 and r["upstream_connections"] >= 1
+        # The client's connection to the router (or forwarder) lived through the pause.
+        assert r["client_connections"] == 1
+    assert set(doc["vs_held"]) == {"off", "on"}  # type: ignore[arg-type]
