@@ -7,6 +7,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
+
 from proxy.assembly.warming import WARMER
 from proxy.sim.catalogs import only_models, sim_model
 from tests.conftest import Proxy, StartProxy
@@ -80,3 +82,38 @@ async def test_a_probe_leaves_its_connection_for_live_requests(start_proxy: Star
     assert len(state.connections) == 1
     await stream_once(proxy)
     assert len(state.connections) == 1
+
+
+async def test_the_router_keeps_an_idle_client_connection_for_its_keepalive(
+    start_proxy: StartProxy,
+) -> None:
+    # The client leg of "the first request after a pause": within limits.keepalive_timeout_s
+    # the client's connection to the router is still there; past it the router closes it.
+    cfg = data()
+    cfg["limits"] = {"keepalive_timeout_s": 1.0}
+    proxy = await start_proxy(cfg)
+    opened = 0
+
+    async def created(*_: object) -> None:
+        nonlocal opened
+        opened += 1
+
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_create_end.append(created)
+    connector = aiohttp.TCPConnector(keepalive_timeout=60.0)
+    body = {"model": "m-a", "stream": True, "messages": MSG}
+    async with aiohttp.ClientSession(connector=connector, trace_configs=[trace]) as session:
+
+        async def stream() -> None:
+            url = f"{proxy.url}/v1/chat/completions"
+            async with session.post(url, json=body) as resp:
+                assert resp.status == 200
+                await resp.read()
+
+        await stream()
+        await asyncio.sleep(0.3)  # a pause well inside the keep-alive
+        await stream()
+        assert opened == 1
+        await asyncio.sleep(2.0)  # past it: the router has closed the idle connection
+        await stream()
+        assert opened == 2
