@@ -33,7 +33,7 @@ from proxy.providers.base import (
 )
 
 from .health import Health
-from .hedge import HedgePolicy, race
+from .hedge import HedgePolicy, Racers
 from .record import RequestRecord
 from .relay import SSERelay
 from .retry_budget import RetryBudget
@@ -315,25 +315,28 @@ class Dispatcher:
             p90_ms = cand.deployment.nominal_ttft_ms
         racers = [cand, cand]
         scratch = (RequestRecord(record.asked), RequestRecord(record.asked))
-
-        def alternate() -> Callable[[], Awaitable[Committed | None]] | None:
-            alt = self._hedge_candidate(race_.plan, cand)
-            if alt is None or not policy.budget.take():
-                return None
-            racers[1] = alt
-            race_.hedged.add(alt.deployment.key)
-            record.attempts += 1
-            return lambda: self._open_stream(alt, intent, body, False, race_.failures, scratch[1])
-
         started = asyncio.get_running_loop().time()
-        try:
-            result = await race(
-                lambda: self._open_stream(
-                    cand, intent, body, race_.trial, race_.failures, scratch[0]
-                ),
-                alternate,
-                policy.delay_s(p90_ms),
+        # The attempts are tasks started here: the race only waits on them.
+        racing: Racers[Committed] = Racers(
+            asyncio.ensure_future(
+                self._open_stream(cand, intent, body, race_.trial, race_.failures, scratch[0])
             )
+        )
+        try:
+            try:
+                if not await racing.within(policy.delay_s(p90_ms)):
+                    alt = self._hedge_candidate(race_.plan, cand)
+                    if alt is not None and policy.budget.take():
+                        racers[1] = alt
+                        race_.hedged.add(alt.deployment.key)
+                        record.attempts += 1
+                        hedge = self._open_stream(
+                            alt, intent, body, False, race_.failures, scratch[1]
+                        )
+                        racing.add(asyncio.ensure_future(hedge))
+                result = await racing.result()
+            finally:
+                await racing.aclose()
         except asyncio.CancelledError:
             # The client left mid-race: what both attempts had cost is charged.
             charged = [r for r in scratch if r.model is not None]
