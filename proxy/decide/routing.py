@@ -209,7 +209,6 @@ def plan(
     return Plan(tuple(chosen), _reason(intent, chosen[0], snap, forced), forced)
 
 
-# Over 60 lines: one message per reason nothing fits (merged from main; to split).
 def _nothing_eligible(
     intent: Intent,
     too_small: list[Model],
@@ -218,26 +217,9 @@ def _nothing_eligible(
     denied: list[Model],
     catalog: Catalog,
 ) -> RouterError:
-    field = intent.max_output_param
-    if too_short and intent.pinned:
-        m = too_short[0]
-        return bad_request(
-            f"'{field}' is {intent.max_output_tokens} but {m.id} writes at most "
-            f"{m.max_output_tokens} output tokens; lower '{field}' to {m.max_output_tokens} "
-            "or less",
-            field,
-            "max_tokens_exceeds_model_limit",
-        )
+    """Why nothing fits, for the first reason that ruled models out, in this order."""
     if too_short:
-        longest = max(too_short, key=lambda m: (m.max_output_tokens, m.id))
-        pool = f"tier {intent.tier}" if intent.tier else "any tier"
-        return bad_request(
-            f"'{field}' is {intent.max_output_tokens} but no eligible model in {pool} writes "
-            f"that many output tokens (the largest limit is {longest.max_output_tokens}, "
-            f"{longest.id})",
-            field,
-            "max_tokens_exceeds_model_limit",
-        )
+        return _writes_too_little(intent, too_short)
     if too_small:
         largest = max(m.context_length for m in too_small)
         return RouterError(
@@ -267,6 +249,34 @@ def _nothing_eligible(
             param="tier" if intent.tier else "model",
             code="model_not_allowed",
         )
+    return _none_offered(intent, catalog)
+
+
+def _writes_too_little(intent: Intent, too_short: list[Model]) -> RouterError:
+    """The context fits but ``max_tokens`` is above what the model(s) can write."""
+    field = intent.max_output_param
+    if intent.pinned:
+        m = too_short[0]
+        return bad_request(
+            f"'{field}' is {intent.max_output_tokens} but {m.id} writes at most "
+            f"{m.max_output_tokens} output tokens; lower '{field}' to {m.max_output_tokens} "
+            "or less",
+            field,
+            "max_tokens_exceeds_model_limit",
+        )
+    longest = max(too_short, key=lambda m: (m.max_output_tokens, m.id))
+    pool = f"tier {intent.tier}" if intent.tier else "any tier"
+    return bad_request(
+        f"'{field}' is {intent.max_output_tokens} but no eligible model in {pool} writes "
+        f"that many output tokens (the largest limit is {longest.max_output_tokens}, "
+        f"{longest.id})",
+        field,
+        "max_tokens_exceeds_model_limit",
+    )
+
+
+def _none_offered(intent: Intent, catalog: Catalog) -> RouterError:
+    """No model reached the checks: none enabled in the pool, or none meets min_coding_score."""
     where = f"tier {intent.tier!r}" if intent.tier else "the catalog"
     score = intent.min_coding_score
     offered = [m for m in catalog.models if intent.tier in (None, m.tier)]
