@@ -92,3 +92,13 @@ def test_a_reason_comment_does_not_exempt_a_long_function() -> None:
 def test_parameters_are_counted_as_a_reader_would(source: str, expected: int) -> None:
     (fn,) = functions(ast.parse(source))
     assert parameters(fn) == expected
+
+
+def test_no_two_modules_share_a_name() -> None:
+    """A file name says which module it is: no homonyms across wings (``__init__`` and the
+    ``__main__`` of a runnable package excepted)."""
+    by_stem: dict[str, list[str]] = {}
+    for path in modules():
+        if path.stem not in ("__init__", "__main__"):
+            by_stem.setdefault(path.stem, []).append(name(path))
+    assert {s: paths for s, paths in by_stem.items() if len(paths) > 1} == {}

@@ -80,11 +80,30 @@ class Candidate:
     deployment: Deployment
 
 
+# The reason's TTFT figure is the deployment's estimate: a blend of its decayed mean and p90,
+# pulled toward the catalog's nominal, the number /v1/router/status calls ttft_estimate_ms.
+# It was first spelled ttft_ewma_ms, which it is not. Through 0.1.x the header gives it under
+# both names (the old one first, where clients parse it); 0.2.0 drops the old one, and then
+# Plan.reason takes the new name and ``spoken`` goes.
+ESTIMATE = "ttft_estimate_ms"
+DEPRECATED_ESTIMATE = "ttft_ewma_ms"
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     candidates: tuple[Candidate, ...]
-    reason: str
+    reason: str  # quotes the TTFT estimate as DEPRECATED_ESTIMATE (0.1.x); see ``spoken``
     forced: bool = False  # every eligible deployment was open; these are the least bad
+    estimate_ms: float | None = None  # the first candidate's TTFT estimate, when quoted
+
+
+def spoken(plan: Plan) -> str:
+    """The reason as ``x-router-reason`` and the request record carry it: the TTFT estimate
+    under its name, right after its deprecated one."""
+    if plan.estimate_ms is None:
+        return plan.reason
+    old = f"{DEPRECATED_ESTIMATE}={plan.estimate_ms:.0f}"
+    return plan.reason.replace(old, f"{old} {ESTIMATE}={plan.estimate_ms:.0f}", 1)
 
 
 def _fits(intent: Intent, m: Model) -> bool:
@@ -140,6 +159,10 @@ def _pinned(catalog: Catalog, intent: Intent, snap: Snapshot) -> Iterator[Deploy
         yield from sorted(model.deployments, key=snap.ttft)
 
 
+def _quotes_estimate(intent: Intent) -> bool:
+    return intent.prefer == "fast" or bool(intent.pinned)
+
+
 def _reason(intent: Intent, first: Candidate, snap: Snapshot, forced: bool) -> str:
     m, d = first.model, first.deployment
     if intent.pinned:
@@ -148,9 +171,8 @@ def _reason(intent: Intent, first: Candidate, snap: Snapshot, forced: bool) -> s
         head = f"prefer={intent.prefer} tier={intent.tier or 'any'}"
         if intent.min_coding_score is not None:
             head += f" min_coding_score={intent.min_coding_score:g} coding={m.coding.value:g}"
-    if intent.prefer == "fast" or intent.pinned:
-        # The TTFT estimate (/v1/router/status's ttft_estimate_ms); see the README on the name.
-        detail = f"ttft_ewma_ms={snap.ttft(d):.0f}"
+    if _quotes_estimate(intent):
+        detail = f"{DEPRECATED_ESTIMATE}={snap.ttft(d):.0f}"
     elif intent.min_coding_score is not None:
         detail = PREFERENCES["cheap"].figure(m)
     else:
@@ -206,7 +228,9 @@ def plan(
         chosen, forced = open_ones[:limit], True
     if not chosen:
         raise _nothing_eligible(intent, too_small, too_short, incapable, denied, catalog)
-    return Plan(tuple(chosen), _reason(intent, chosen[0], snap, forced), forced)
+    first = chosen[0]
+    estimate = snap.ttft(first.deployment) if _quotes_estimate(intent) else None
+    return Plan(tuple(chosen), _reason(intent, first, snap, forced), forced, estimate)
 
 
 def _nothing_eligible(
