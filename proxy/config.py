@@ -1,4 +1,4 @@
-# Over 400 lines: one schema, one reader: every section's dataclass and its checks, side by side.
+# Over 400 lines: one schema, one reader: each section's dataclass and checks side by side ([probes], [breaker]: probes/).
 """User configuration: TOML -> frozen dataclasses. Unknown keys are errors naming their path.
 
 Built-in provider definitions live here; a user config may override their fields, add

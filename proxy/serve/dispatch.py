@@ -6,8 +6,9 @@ hang or a broken stream moves on to the next candidate (within the attempt cap a
 retry budget); after it, failures become an in-band SSE error event. One attempt loop
 serves both kinds of request, and it returns values: a ``Committed`` stream or an
 ``Answer``. Writing them to the client is ``proxy.http.respond``'s job. A stream's first
-attempt may be raced against a hedge on another provider (``hedge.py`` decides; the race is
-opened in ``_open_hedged``, and only its winner is committed).
+attempt may be raced against a hedge on another provider: ``hedge.py`` says whether and
+after how long, ``_open_hedged`` starts both attempts as tasks and ``hedge.Racers`` picks the
+one to commit.
 """
 
 from __future__ import annotations
@@ -303,7 +304,7 @@ class Dispatcher:
     async def _open_hedged(
         self, race_: Race, intent: Intent, body: dict[str, Any], record: RequestRecord
     ) -> Committed | None:
-        """The first attempt raced against a hedge (``serve/hedge.py`` decides); returns the
+        """The first attempt raced against a hedge (the policy in ``serve/hedge.py``); returns the
         winner's stream at its first content token, or None when every racer failed. Each
         racer charges its own scratch record if it is cancelled after the upstream took it:
         the loser's is the hedge's cost, and both are the request's if the client leaves."""

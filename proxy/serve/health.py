@@ -49,7 +49,7 @@ class Health:
         self._built_at = -1e18
         self._versions = (-1, -1)
         # Failed attempts per deployment ever, live and probe, client faults excluded: the
-        # status page's error counts (proxy/history.py reads it every sample).
+        # status page's error counts (proxy/status/history.py reads it every sample).
         self.failures: dict[str, int] = {}
         self.set_catalog(catalog)
 
