@@ -1,8 +1,10 @@
-# Over 400 lines: one schema, one reader: each section's dataclass and checks side by side ([probes], [breaker]: probes/).
+# Over 400 lines: one schema, one reader: each section's dataclass and checks, side by side.
 """User configuration: TOML -> frozen dataclasses. Unknown keys are errors naming their path.
 
-Built-in provider definitions live here; a user config may override their fields, add
-providers, add models and override catalog entries.
+[probes] and [breaker] are the measuring layer's own dataclasses (probes.loop.ProbeSettings,
+probes.breaker.BreakerPolicy), filled and checked from here. Built-in provider definitions
+live here; a user config may override their fields, add providers, add models and override
+catalog entries.
 """
 
 from __future__ import annotations
