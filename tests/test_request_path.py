@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from types import CodeType, FrameType
 from typing import Any
@@ -33,7 +33,9 @@ from typing import Any
 import pytest
 
 from proxy.http import handlers
-from tests.conftest import Proxy
+from proxy.sim.script import Profile
+from tests.conftest import Proxy, StartProxy
+from tests.test_hedge import FAST, SLOW, data
 
 ROOT = Path(__file__).resolve().parent.parent
 OURS = (str(ROOT / "proxy") + "/", str(ROOT / "probes") + "/")
@@ -136,11 +138,15 @@ async def consume(client: Any, model: str) -> str:
     return "".join(parts)
 
 
-async def recorded(proxy: Proxy, model: str) -> set[Chain]:
+async def recorded(
+    proxy: Proxy, model: str, warmed: Callable[[], None] = lambda: None
+) -> set[Chain]:
     """The chains of one streaming request, after one unrecorded request has warmed what is
-    built lazily (connection pools), as on a server that has been running."""
+    built lazily (connection pools), as on a server that has been running; ``warmed`` runs
+    between the two."""
     client = proxy.client()
     await consume(client, model)
+    warmed()
     recorder = ChainRecorder(handlers.chat_completions.__code__)
     loop = asyncio.get_running_loop()
     factory = loop.get_task_factory()
@@ -181,6 +187,27 @@ async def test_one_streaming_request_enters_no_module_twice_on_any_chain(
         "proxy.providers.openai",
     } <= seen
     assert any(c[-1] == ("proxy.providers.openai", "stream") for c in from_handler)
+    assert [show(c) for c in sorted(chains) if re_entered(c)] == []
+
+
+async def test_a_race_that_starts_its_hedge_enters_no_module_twice(
+    start_proxy: StartProxy,
+) -> None:
+    """The primary turns slow after the warm-up, so both attempts run in the recorded race,
+    and the hedge's task is followed too."""
+    proxy = await start_proxy(data())
+    fast = Profile(ttft_ms=5.0, gap_ms=1.0, tokens=6)
+    proxy.sim.state.profiles.update({SLOW: fast, FAST: fast})
+
+    def slow_primary() -> None:
+        proxy.sim.state.profiles[SLOW] = Profile(ttft_ms=400.0, gap_ms=1.0, tokens=6)
+
+    chains = await recorded(proxy, "auto:fast", slow_primary)
+    assert proxy.router.dispatcher.hedge.budget.used == 1
+    # Both attempts open their upstream from tasks that dispatch started: each chain runs
+    # from the handler through dispatch straight to the adapter.
+    opened = {c for c in chains if c[-1] == ("proxy.providers.openai", "stream")}
+    assert opened and all(c[0] == HANDLER and c[-2][0] == "proxy.serve.dispatch" for c in opened)
     assert [show(c) for c in sorted(chains) if re_entered(c)] == []
 
 
