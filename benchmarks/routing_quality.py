@@ -211,6 +211,15 @@ WITH_LEXICON = Weights(
 WITH_DOMAIN = Weights(DEFAULT_WEIGHTS.bias - 4.0, {**DEFAULT_WEIGHTS.by_signal, "domain": 8.0})
 
 
+# The hand-written signals alone: the default before the learned ngram model (issue 19's
+# third pass) was switched on, reported beside it with a paired interval on the difference.
+WITHOUT_NGRAM = Weights(DEFAULT_WEIGHTS.bias, {**DEFAULT_WEIGHTS.by_signal, "ngram": 0.0})
+
+
+def without_ngram_scores(items: Sequence[Item]) -> list[float]:
+    return [assess(body_of(it.prompt), WITHOUT_NGRAM).score for it in items]
+
+
 def domain_scores(items: Sequence[Item]) -> list[float]:
     return [assess(body_of(it.prompt), WITH_DOMAIN).score for it in items]
 
@@ -349,6 +358,8 @@ def evaluate(
 class Intervals:
     by_router: dict[str, tuple[float, float]]  # 95 % interval of each router's APGR
     gain: tuple[float, float]  # of APGR(classifier) - APGR(length), paired
+    # of APGR(classifier) - APGR(the hand-written signals alone), paired; None without them
+    learned_gain: tuple[float, float] | None = None
 
 
 def bootstrap(
@@ -361,6 +372,7 @@ def bootstrap(
     zero = ([0.0] * len(items), [0.0] * len(items))
     draws: dict[str, list[float]] = {name: [] for name in routers}
     gains = []
+    learned: list[float] = []
     for _ in range(rounds):
         idx = [rng.randrange(len(items)) for _ in items]
         sample = [items[i] for i in idx]
@@ -375,17 +387,27 @@ def bootstrap(
         for name, value in got.items():
             draws[name].append(value)
         gains.append(got["classifier"] - got["length"])
+        if "without ngram" in got:
+            learned.append(got["classifier"] - got["without ngram"])
 
     def interval(values: list[float]) -> tuple[float, float]:
         values = sorted(values)
         return values[int(0.025 * len(values))], values[int(0.975 * len(values)) - 1]
 
-    return Intervals({n: interval(v) for n, v in draws.items()}, interval(gains))
+    return Intervals(
+        {n: interval(v) for n, v in draws.items()},
+        interval(gains),
+        interval(learned) if learned else None,
+    )
 
 
 def time_classifier(reps_short: int, reps_long: int) -> dict[str, float]:
     """Median microseconds per assess() call for a short prompt and an 80k-token one."""
     short = body_of("Write a Python function that checks whether a string is a palindrome.")
+    # A short prompt the ngram model reads (the coding one above is outside its domain).
+    worded = body_of(
+        "A baker sells 12 loaves at $3 each and 5 cakes at $8. How much does she make?"
+    )
     unit = "The quarterly report shows revenue grew 12% while costs rose 3 points. "
     long_text = unit * (80_000 * CHARS_PER_TOKEN // len(unit))
     long = body_of(long_text + "\nWhat are the three biggest risks, and why?")
@@ -400,6 +422,7 @@ def time_classifier(reps_short: int, reps_long: int) -> dict[str, float]:
 
     return {
         "short_us": median_us(short, reps_short),
+        "short_ngram_us": median_us(worded, reps_short),
         "long_80k_us": median_us(long, reps_long),
         "long_chars": float(len(long_text)),
     }
@@ -457,9 +480,9 @@ def _category_table(items: list[Item], routers: dict[str, Sequence[float]], bins
     lines = [
         "\nBy category (held-out): APGR, and the default thresholds' mix "
         "(economy / standard / premium)\n",
-        "| category | prompts | classifier | with domain table | with learned lexicon | length "
-        "| random | mix at defaults |",
-        "|---|---|---|---|---|---|---|---|",
+        "| category | prompts | classifier | without ngram | with domain table "
+        "| with learned lexicon | length | random | mix at defaults |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     zero_costs: tuple[list[float], list[float]]
     for cat in cats:
@@ -505,6 +528,7 @@ def report_dataset(
             continue
         routers = {
             "classifier": scorer(subset),
+            "without ngram": without_ngram_scores(subset),
             "with domain table": domain_scores(subset),
             "with learned lexicon": lexicon_scores(subset),
             "length": length_scores(subset),
@@ -556,8 +580,16 @@ def report_dataset(
                 f"\nClassifier minus length-only APGR: {gain:+.3f}, paired 95% bootstrap interval "
                 f"({rounds} resamples) [{lo:+.3f}, {hi:+.3f}], half-width {half:.3f}."
             )
+            if ci.learned_gain is not None:
+                llo, lhi = ci.learned_gain
+                learned = by["classifier"] - by["without ngram"]
+                figures[f"{name}.ngram_gain"] = learned
+                lines.append(
+                    f"\nClassifier minus the same classifier without the ngram model: "
+                    f"{learned:+.3f}, paired 95% interval [{llo:+.3f}, {lhi:+.3f}]."
+                )
         summary = (
-            f"| {name} | {len(subset)} | **{by['classifier']:.3f}** | "
+            f"| {name} | {len(subset)} | **{by['classifier']:.3f}** | {by['without ngram']:.3f} | "
             f"{by['with domain table']:.3f} | {by['with learned lexicon']:.3f} | {by['length']:.3f} | "
             f"{by['random']:.3f} | {gain:+.3f} | {verdict} | "
             + " / ".join(f"{100 * v:.0f}%" for v in mix.values())
@@ -621,10 +653,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     body: list[str] = []
     summary = [
         "",
-        "| set | held-out prompts | classifier APGR | with the knowledge-domain table "
+        "| set | held-out prompts | classifier APGR | without the ngram model "
+        "| with the knowledge-domain table "
         "| with the learned lexicon | length-only | random | classifier - length "
         "| beyond the interval's half-width | mix at defaults (economy / standard / premium) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, loader in (("GSM8K", load_gsm8k), ("MMLU", load_mmlu)):
         items = loader(root)
@@ -652,7 +685,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             *table,
         ]
     lines.append(
-        f"\n**Classifier cost**: {t['short_us']:.1f} µs per request for a short prompt (target: "
+        f"\n**Classifier cost**: {t['short_us']:.1f} µs per request for a short coding prompt, "
+        f"{t['short_ngram_us']:.1f} µs for a short word problem the ngram model reads (target: "
         f"under 50 µs), {t['long_80k_us']:.1f} µs for an 80k-token prompt "
         f"({t['long_chars'] / 1e3:.0f} kB of text; the scan reads a bounded sample), median on "
         "this machine."

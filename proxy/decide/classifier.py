@@ -15,11 +15,13 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .lexicon import Lexicon, bundled_domain, bundled_lexicon
+from .ngram import bundled_ngram, strongest
+from .ngram import features as ngram_features
 
 # Text scanned per request, whatever the prompt's size: the head and tail of the newest
 # user turn plus the tail of the turns before it. 80k-token prompts cost what 3k do.
@@ -50,7 +52,12 @@ SIGNALS = (
     "lookup",
     "lexicon",
     "domain",
+    "ngram",
 )
+# Signals whose neutral value is not 0: they count as weight * (value - centre), so a prompt
+# the learned model reads as typical neither gains nor loses, and the explanation shows the
+# push, not the constant.
+CENTRES: Mapping[str, float] = {"ngram": 0.5}
 
 
 def _words(text: str) -> frozenset[str]:
@@ -278,6 +285,11 @@ class Weights:
             "lookup": -1.0,
             "lexicon": 0.0,
             "domain": 0.0,
+            # The learned difficulty model (proxy/decide/ngram.py), its weight chosen on
+            # out-of-fold values of the tune half with every other weight held
+            # (benchmarks/train_ngram.py); on because it beat the hand-written signals alone
+            # on held-out GSM8K and MMLU (benchmarks/RESULTS-routing.md).
+            "ngram": 8.0,
         }
     )
 
@@ -289,12 +301,30 @@ DEFAULT_WEIGHTS = Weights()
 class Assessment:
     score: float  # complexity in [0, 1]
     signals: Mapping[str, float]  # each in [0, 1]
-    contributions: tuple[tuple[str, float], ...]  # (signal, weight * value), largest |x| first
+    # (signal, weight * (value - centre)), largest |x| first
+    contributions: tuple[tuple[str, float], ...]
+    # The shipped ngram model's features of the request (empty where it did not read it):
+    # the explanation names the strongest of them, looked up only when it shows the signal.
+    grams: Collection[str] = ()
 
     def explain(self, top: int = 3) -> str:
-        """'complexity=0.62 signals=technical+0.9,length+0.5,simple-0.4' (header-safe)."""
-        shown = [f"{name}{value:+.2f}" for name, value in self.contributions[:top] if value]
+        """'complexity=0.62 signals=ngram+0.90(how_much/@money),length+0.50,simple-0.40'
+        (header-safe: features are lower-case ASCII words)."""
+        shown = [
+            f"{name}{value:+.2f}" + (self._grams_note() if name == "ngram" else "")
+            for name, value in self.contributions[:top]
+            if value
+        ]
         return f"complexity={self.score:.2f} signals={','.join(shown) or 'none'}"
+
+    def _grams_note(self) -> str:
+        """'(how_much/@money)': the features behind the model's reading, numbers as N."""
+        if not self.grams:
+            return ""
+        reading = self.signals.get("ngram", CENTRES["ngram"]) - CENTRES["ngram"]
+        terms = strongest(bundled_ngram(), self.grams, 1.0 if reading > 0 else -1.0)
+        names = "/".join(t.replace(" ", "_").replace("#", "N") for t in terms)
+        return f"({names})" if names else ""
 
 
 # The domain table's probability within this distance of 0.5 says nothing: on math word
@@ -412,6 +442,17 @@ def words_of(body: Mapping[str, Any]) -> set[str]:
     return {t for t in _TOKEN.findall(low) if not t[0].isdigit()}
 
 
+# The ngram model learned from math word problems and multiple-choice knowledge questions;
+# on a coding request or chit-chat, which it never saw, its reading is noise (it sent prose
+# coding requests down and a movie recommendation up), so there it reads neutral.
+NGRAM_OUT_OF_DOMAIN = 0.5
+
+
+def ngram_reads(code_task: float, simple: float, lookup: bool) -> bool:
+    """Whether the ngram model reads a request with these task-type signals."""
+    return code_task < NGRAM_OUT_OF_DOMAIN and simple < NGRAM_OUT_OF_DOMAIN and not lookup
+
+
 def _is_lookup(ask: str, code_task: float, math_marks: int) -> bool:
     """A short question that starts like a lookup and asks for no code or math."""
     ask_words = ask.split()
@@ -467,8 +508,32 @@ def signals_of(
     learned: bool = True,
     domain: Lexicon | None = None,
     knowledge: bool = True,
+    ngram: Lexicon | None = None,
+    grams: bool = True,
 ) -> dict[str, float]:
-    """Every signal in [0, 1] for one request body (chat or legacy completions)."""
+    """Every signal in [0, 1] for one request body (chat or legacy completions). ``ngram``
+    is the shipped difficulty model unless one is given; the neutral 0.5 and not computed
+    when ``grams`` is false."""
+    return _signals(body, lexicon, learned, domain, knowledge, ngram, grams)[0]
+
+
+def ngram_features_of(body: Mapping[str, Any]) -> set[str]:
+    """The ``ngram`` model's features of a request, as the classifier computes them."""
+    shape = _shape(body)
+    sample = "\n".join([shape.ask, *shape.context])
+    return ngram_features(sample, _TOKEN.findall(sample.lower()))
+
+
+def _signals(
+    body: Mapping[str, Any],
+    lexicon: Lexicon | None,
+    learned: bool,
+    domain: Lexicon | None,
+    knowledge: bool,
+    ngram: Lexicon | None,
+    grams: bool,
+) -> tuple[dict[str, float], set[str]]:
+    """The signals and, when the ngram model read the request, its features (else empty)."""
     shape = _shape(body)
     sample = "\n".join([shape.ask, *shape.context])
     low = sample.lower()
@@ -493,6 +558,10 @@ def signals_of(
     math_task = c["math"] + 2 * sum(low.count(p) for p in _MATH_PHRASES)
     lookup = _is_lookup(shape.ask, code_task, math_marks)
     n_tools, output = _asks_for(body)
+    simple = _saturate(c["simple"], 1.0) * (1.0 if n_words < 400 else 0.5)
+    code = _saturate(code_task, 2.0)
+    grams = grams and ngram_reads(code, simple, lookup)
+    found_grams = ngram_features(sample, found) if grams else set()
     return {
         "length": length,
         "math": _saturate(math_marks + 0.25 * numbers, 6.0),
@@ -512,28 +581,39 @@ def signals_of(
         "tools": _saturate(n_tools, 2.0),
         "depth": _saturate(shape.user_turns - 1, 4.0),
         "output": output,
-        "simple": _saturate(c["simple"], 1.0) * (1.0 if n_words < 400 else 0.5),
+        "simple": simple,
         "reading": _saturate(c["reading"] + 2 * len(_READING.findall(low)), 2.0),
-        "code_task": _saturate(code_task, 2.0),
+        "code_task": code,
         "math_task": _saturate(math_task + 0.25 * numbers, 4.0),
         "extraction": extraction,
         "lookup": 1.0 if lookup else 0.0,
         **_tables(words.keys(), lexicon, learned, domain, knowledge),
-    }
+        "ngram": (ngram or bundled_ngram()).value(found_grams) if grams else 0.5,
+    }, found_grams
 
 
-def score_signals(signals: Mapping[str, float], weights: Weights = DEFAULT_WEIGHTS) -> Assessment:
-    contributions = [(name, weights.by_signal.get(name, 0.0) * v) for name, v in signals.items()]
+def score_signals(
+    signals: Mapping[str, float],
+    weights: Weights = DEFAULT_WEIGHTS,
+    grams: Collection[str] = (),
+) -> Assessment:
+    contributions = [
+        (name, weights.by_signal.get(name, 0.0) * (v - CENTRES.get(name, 0.0)))
+        for name, v in signals.items()
+    ]
     z = weights.bias + sum(c for _, c in contributions)
-    score = 1.0 / (1.0 + math.exp(-z))
+    score = 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z))))
     contributions.sort(key=lambda c: -abs(c[1]))
-    return Assessment(score, dict(signals), tuple(contributions))
+    return Assessment(score, dict(signals), tuple(contributions), grams)
 
 
 def assess(body: Mapping[str, Any], weights: Weights = DEFAULT_WEIGHTS) -> Assessment:
-    learned = weights.by_signal.get("lexicon", 0.0) != 0.0
-    knowledge = weights.by_signal.get("domain", 0.0) != 0.0
-    return score_signals(signals_of(body, learned=learned, knowledge=knowledge), weights)
+    on = weights.by_signal
+    grams = on.get("ngram", 0.0) != 0.0
+    signals, found = _signals(
+        body, None, on.get("lexicon", 0.0) != 0.0, None, on.get("domain", 0.0) != 0.0, None, grams
+    )
+    return score_signals(signals, weights, found)
 
 
 def unknown_signals(names: Iterable[str]) -> list[str]:
