@@ -9,6 +9,7 @@ from proxy.config import parse_config
 from proxy.decide.classifier import (
     CENTRES,
     DEFAULT_WEIGHTS,
+    NGRAM_WEIGHT,
     Weights,
     assess,
     ngram_features_of,
@@ -58,8 +59,9 @@ def test_the_shipped_model_parses_and_reads_a_value_between_zero_and_one() -> No
     ],
 )
 def test_outside_what_it_learned_from_the_model_reads_neutral(text: str) -> None:
+    on = Weights(DEFAULT_WEIGHTS.bias, {**DEFAULT_WEIGHTS.by_signal, "ngram": NGRAM_WEIGHT})
     assert signals_of(chat(text))["ngram"] == CENTRES["ngram"]
-    assert assess(chat(text)).grams == set()
+    assert assess(chat(text), on).grams == set()
 
 
 def test_a_typical_reading_neither_adds_nor_subtracts() -> None:
@@ -71,8 +73,9 @@ def test_a_typical_reading_neither_adds_nor_subtracts() -> None:
 
 
 def test_the_explanation_names_the_features_behind_the_learned_reading() -> None:
-    a = assess(chat(WORD_PROBLEM))
-    assert DEFAULT_WEIGHTS.by_signal["ngram"] > 0 and a.grams
+    on = Weights(DEFAULT_WEIGHTS.bias, {**DEFAULT_WEIGHTS.by_signal, "ngram": NGRAM_WEIGHT})
+    a = assess(chat(WORD_PROBLEM), on)
+    assert a.grams
     forced = Weights(DEFAULT_WEIGHTS.bias, {**DEFAULT_WEIGHTS.by_signal, "ngram": 20.0})
     text = assess(chat(WORD_PROBLEM), forced).explain()
     part = next(p for p in text.split("signals=")[1].split(",") if p.startswith("ngram"))
@@ -90,9 +93,12 @@ def test_strongest_picks_the_largest_weights_in_the_asked_direction() -> None:
     assert strongest(model, ["a", "b", "c"], -1.0) == ["b"]
 
 
-def test_weight_zero_in_config_switches_the_model_off() -> None:
-    cfg = parse_config({"classifier": {"weights": {"ngram": 0.0}}})
-    weights = cfg.policy.classifier.weights
-    a = assess(chat(WORD_PROBLEM), weights)
-    assert a.signals["ngram"] == CENTRES["ngram"] and a.grams == set()
-    assert all(name != "ngram" or value == 0 for name, value in a.contributions)
+def test_the_model_is_off_by_default_and_config_switches_it_on() -> None:
+    off = assess(chat(WORD_PROBLEM))
+    assert DEFAULT_WEIGHTS.by_signal["ngram"] == 0.0
+    assert off.signals["ngram"] == CENTRES["ngram"] and off.grams == set()
+    assert all(name != "ngram" or value == 0 for name, value in off.contributions)
+    cfg = parse_config({"classifier": {"weights": {"ngram": NGRAM_WEIGHT}}})
+    on = assess(chat(WORD_PROBLEM), cfg.policy.classifier.weights)
+    assert on.signals["ngram"] != CENTRES["ngram"] and on.grams
+    assert on.score != off.score
