@@ -1,5 +1,7 @@
 """Routing quality of tier=auto on public per-prompt data: RouteLLM's GSM8K and MMLU answers
-of a weak model (Mixtral-8x7B, here "economy") and a strong one (GPT-4, here "premium").
+of a weak model (Mixtral-8x7B, here "economy") and a strong one (GPT-4, here "premium"), and
+GPT-4's 1-10 grades of both models' answers to MT-Bench's 80 first turns (open-ended chat,
+coding, math, reasoning, extraction), where quality is the mean grade instead of accuracy.
 
 For each router (our classifier, a length-only router, a random router) the threshold is
 swept over the score's quantiles, as RouteLLM's evaluation does; the report gives accuracy
@@ -42,6 +44,7 @@ from proxy.decide.policy import ClassifierSettings  # noqa: E402
 
 WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 STRONG = "gpt-4-1106-preview"
+MT_BENCH_WEAK = "mixtral-8x7b-instruct-v0.1"  # RouteLLM's judgements name it so
 # Catalog stand-ins for the pair: Mixtral's successor family in economy, GPT-4's in premium.
 ECONOMY_MODEL = "mistral-small"
 PREMIUM_MODEL = "gpt-5"
@@ -61,8 +64,10 @@ def mt_bench_dir() -> Path:
 @dataclass(frozen=True, slots=True)
 class Item:
     prompt: str
-    weak: bool  # the weak model answered correctly
-    strong: bool
+    # The quality of each model's answer: 1 or 0 (answered correctly) for GSM8K and MMLU, a
+    # judge's score (1-10) for MT-Bench; accuracy below is the mean of it.
+    weak: float
+    strong: float
     weak_out: int  # output tokens of each model's answer (estimated)
     strong_out: int
     category: str = ""  # MMLU: the subject's group (STEM, humanities, ...)
@@ -156,6 +161,41 @@ def load_mt_bench(root: Path) -> list[tuple[str, str]]:
     with path.open(encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
     return [(row["category"], row["turns"][0]) for row in rows]
+
+
+MT_BENCH_SCORES = "mt_bench_turn1_scores.csv"
+# The extract has no answer lengths; MT-Bench answers run to a few hundred tokens.
+MT_BENCH_OUTPUT_TOKENS = 400
+
+
+def load_mt_bench_outcomes(root: Path, questions: Path) -> list[Item]:
+    """MT-Bench's 80 first turns with GPT-4's 1-10 grade of each model's answer (RouteLLM's
+    single-answer judgements), the question's category kept: open-ended chat, coding, math,
+    reasoning, extraction. Empty if the scores file is not there."""
+    path = root / MT_BENCH_SCORES
+    if not path.is_file():
+        return []
+    prompts = {}
+    with (questions / "question_turn1.jsonl").open(encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                prompts[int(row["question_id"])] = (row["category"], row["turns"][0])
+    items = []
+    with path.open(encoding="utf-8", newline="") as f:
+        for i, row in enumerate(csv.DictReader(f)):
+            qid = int(row["question_id"])
+            if qid not in prompts:
+                raise ValueError(f"{path.name} row {i}: question {qid} is not in MT-Bench")
+            category, prompt = prompts[qid]
+            strong, weak = float(row[STRONG]), float(row[MT_BENCH_WEAK])
+            for score in (strong, weak):
+                if not 1.0 <= score <= 10.0:
+                    raise ValueError(f"{path.name} row {i}: score {score} is not in 1-10")
+            items.append(
+                Item(prompt, weak, strong, MT_BENCH_OUTPUT_TOKENS, MT_BENCH_OUTPUT_TOKENS, category)
+            )
+    return items
 
 
 def task_type_report(prompts: Sequence[tuple[str, str]]) -> tuple[list[str], dict[str, float]]:
@@ -480,18 +520,26 @@ def _mix(scores: Sequence[float], settings: ClassifierSettings) -> dict[str, flo
     return {t: tiers.count(t) / len(tiers) for t in ("economy", "standard", "premium")}
 
 
-def _category_table(items: list[Item], routers: dict[str, Sequence[float]], bins: int) -> list[str]:
-    """Held-out APGR per category, where the set has categories of a useful size."""
+def _quality(value: float, scored: bool) -> str:
+    """Accuracy as a percentage, or a judge's mean score as it is."""
+    return f"{value:.2f}" if scored else f"{100 * value:.1f}%"
+
+
+def _category_table(
+    items: list[Item], routers: dict[str, Sequence[float]], bins: int, split: str
+) -> list[str]:
+    """APGR per category, where the set has categories of a useful size."""
     cats = sorted({it.category for it in items if it.category})
     if len(cats) < 2:
         return []
     settings = ClassifierSettings()
+    scored = any(it.weak > 1 or it.strong > 1 for it in items)
     lines = [
-        "\nBy category (held-out): APGR, and the default thresholds' mix "
-        "(economy / standard / premium)\n",
-        "| category | prompts | classifier | with ngram model | with domain table "
-        "| with learned lexicon | length | random | mix at defaults |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"\nBy category ({split}): APGR, each model's mean quality, and the default "
+        "thresholds' mix (economy / standard / premium)\n",
+        "| category | prompts | economy / premium | classifier | with ngram model "
+        "| with domain table | with learned lexicon | length | random | mix at defaults |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     zero_costs: tuple[list[float], list[float]]
     for cat in cats:
@@ -506,9 +554,8 @@ def _category_table(items: list[Item], routers: dict[str, Sequence[float]], bins
             cells.append(f"{apgr(pts, weak, strong):.3f}")
         mix = _mix([routers["classifier"][i] for i in idx], settings)
         lines.append(
-            f"| {cat} | {len(sub)} | {' | '.join(cells)} | "
-            + " / ".join(f"{100 * v:.0f}%" for v in mix.values())
-            + " |"
+            f"| {cat} | {len(sub)} | {_quality(weak, scored)} / {_quality(strong, scored)} | "
+            f"{' | '.join(cells)} | " + " / ".join(f"{100 * v:.0f}%" for v in mix.values()) + " |"
         )
     return lines
 
@@ -522,9 +569,13 @@ def report_dataset(
     premium: Model,
     chart_dir: Path | None,
     scorer: Callable[[Sequence[Item]], list[float]] = classifier_scores,
+    categories_from: str = "held-out",
 ) -> tuple[list[str], dict[str, float], str | None]:
-    """The dataset's report, its figures, and its row of the summary table."""
+    """The dataset's report, its figures, and its row of the summary table. The per-category
+    table is drawn from the ``categories_from`` split."""
     lines: list[str] = []
+    category_lines: list[str] = []
+    scored = any(it.weak > 1 or it.strong > 1 for it in items)
     figures: dict[str, float] = {}
     summary: str | None = None
     splits = {
@@ -545,9 +596,13 @@ def report_dataset(
         }
         weak, strong, always, results = evaluate(subset, routers, bins, economy, premium)
         ci = bootstrap(subset, routers, bins, rounds) if split == "held-out" else None
+        if split == categories_from:
+            category_lines = _category_table(subset, routers, bins, split)
+        measure = "mean judge score" if scored else "accuracy"
         lines.append(
-            f"\n**{name}, {split} ({len(subset)} prompts)**: economy-only accuracy {100 * weak:.1f}%, "
-            f"premium-only {100 * strong:.1f}%, always-premium cost ${always:.4f}\n"
+            f"\n**{name}, {split} ({len(subset)} prompts)**: economy-only {measure} "
+            f"{_quality(weak, scored)}, premium-only {_quality(strong, scored)}, "
+            f"always-premium cost ${always:.4f}\n"
         )
         lines.append(
             "| router | APGR | 95% interval | premium calls for 80% of the gap | cost saved there | "
@@ -604,23 +659,24 @@ def report_dataset(
             + " / ".join(f"{100 * v:.0f}%" for v in mix.values())
             + " |"
         )
-        lines += _category_table(subset, routers, bins)
-        lines.append("\nCurve (held-out): premium share / accuracy at each threshold\n")
+        lines.append(f"\nCurve (held-out): premium share / {measure} at each threshold\n")
         lines.append("| router | " + " | ".join(f"q{i}" for i in range(bins + 1)) + " |")
         lines.append("|---|" + "---|" * (bins + 1))
         for r in results:
             cells = " | ".join(
-                f"{100 * p.strong_share:.0f}% / {100 * p.accuracy:.1f}" for p in r.points
+                f"{100 * p.strong_share:.0f}% / "
+                + (f"{p.accuracy:.2f}" if scored else f"{100 * p.accuracy:.1f}")
+                for p in r.points
             )
             lines.append(f"| {r.name} | {cells} |")
-        if chart_dir is not None:
+        if chart_dir is not None and not scored:
             path = chart(name, results, weak, strong, chart_dir)
             lines.append(
                 f"\nChart: `{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}`"
                 if path
                 else "\nChart skipped: matplotlib is not installed."
             )
-    return lines, figures, summary
+    return lines + category_lines, figures, summary
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -647,7 +703,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     models = {m.id: m for m in load_bundled()}
     economy, premium = models[args.economy], models[args.premium]
     lines = [
-        "## Routing quality: tier=auto on RouteLLM's GSM8K and MMLU",
+        "## Routing quality: tier=auto on RouteLLM's GSM8K, MMLU and MT-Bench outcomes",
         "",
         f"Data: `{root.relative_to(ROOT) if root.is_relative_to(ROOT) else root}` (contaminated prompts excluded). Weak model {WEAK} = economy, "
         f"strong {STRONG} = premium. Prices: economy = `{economy.id}` "
@@ -668,6 +724,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "| beyond the interval's half-width | mix at defaults (economy / standard / premium) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    mt_root = args.mt_bench or mt_bench_dir()
     for name, loader in (("GSM8K", load_gsm8k), ("MMLU", load_mmlu)):
         items = loader(root)
         if args.limit:
@@ -679,10 +736,28 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         figures |= figs
         if row:
             summary.append(row)
+    mt_items = load_mt_bench_outcomes(root, mt_root)
+    if mt_items:
+        # No weight or table was fitted to these outcomes, so every prompt is out of sample:
+        # the categories (ten prompts each) are reported over all 80, the summary row over the
+        # held-out half like the other sets.
+        more, figs, row = report_dataset(
+            "MT-Bench",
+            mt_items,
+            args.bins,
+            args.bootstrap,
+            economy,
+            premium,
+            None,
+            categories_from="all",
+        )
+        body += more
+        figures |= figs
+        if row:
+            summary.append(row)
     t = time_classifier(args.timing_reps, max(5, args.timing_reps // 100))
     figures |= t
     lines += summary + body
-    mt_root = args.mt_bench or mt_bench_dir()
     if (mt_root / "question_turn1.jsonl").is_file():
         table, figs = task_type_report(load_mt_bench(mt_root))
         figures |= figs
