@@ -7,7 +7,9 @@ sum, so every decision can be explained by the few signals that pushed it most.
 
 Two kinds of signal read the words rather than the syntax: task-type lexicons written by
 hand (a program asked for in prose, a math word problem, extraction and formatting, a
-lookup or chit-chat) and ``lexicon``, a learned word-weight table (proxy/decide/lexicon.py).
+lookup or chit-chat) and the learned tables: ``lexicon`` and ``domain`` (word weights,
+proxy/decide/lexicon.py) and ``ngram`` (a difficulty model over word pairs and structural
+counts, proxy/decide/ngram.py), each off unless its weight is set.
 """
 
 from __future__ import annotations
@@ -488,21 +490,36 @@ def _asks_for(body: Mapping[str, Any]) -> tuple[int, float]:
     return n_tools, max(output, 0.5 if structured else 0.0, effort)
 
 
+@dataclass(frozen=True, slots=True)
+class _Reads:
+    """Which learned tables a call reads, and any given in place of the shipped ones."""
+
+    lexicon: Lexicon | None = None
+    learned: bool = True
+    domain: Lexicon | None = None
+    knowledge: bool = True
+    grams: bool = True
+
+
 def _tables(
-    words: Iterable[str],
-    lexicon: Lexicon | None,
-    learned: bool,
-    domain: Lexicon | None,
-    knowledge: bool,
-) -> dict[str, float]:
+    words: Iterable[str], reads: _Reads, sample: str, tokens: list[str], grams: bool
+) -> tuple[dict[str, float], set[str]]:
     """The learned signals: ``lexicon`` (the shipped word weights unless one is given; 0 and
-    not read when ``learned`` is false) and ``domain`` (the shipped knowledge-domain table
-    unless one is given; the neutral 0.5 and not read when ``knowledge`` is false)."""
+    not read unless ``reads.learned``), ``domain`` (the shipped knowledge-domain table unless
+    one is given; the neutral 0.5 and not read unless ``reads.knowledge``) and ``ngram`` (the
+    shipped difficulty model, neutral and not computed unless ``grams``), with the ngram
+    model's features."""
     words = list(words)
+    found = ngram_features(sample, tokens) if grams else set()
     return {
-        "lexicon": (lexicon or bundled_lexicon()).value(words) if learned else 0.0,
-        "domain": domain_signal((domain or bundled_domain()).value(words)) if knowledge else 0.5,
-    }
+        "lexicon": (reads.lexicon or bundled_lexicon()).value(words) if reads.learned else 0.0,
+        "domain": (
+            domain_signal((reads.domain or bundled_domain()).value(words))
+            if reads.knowledge
+            else 0.5
+        ),
+        "ngram": bundled_ngram().value(found) if grams else CENTRES["ngram"],
+    }, found
 
 
 def signals_of(
@@ -512,13 +529,11 @@ def signals_of(
     learned: bool = True,
     domain: Lexicon | None = None,
     knowledge: bool = True,
-    ngram: Lexicon | None = None,
     grams: bool = True,
 ) -> dict[str, float]:
-    """Every signal in [0, 1] for one request body (chat or legacy completions). ``ngram``
-    is the shipped difficulty model unless one is given; the neutral 0.5 and not computed
-    when ``grams`` is false."""
-    return _signals(body, lexicon, learned, domain, knowledge, ngram, grams)[0]
+    """Every signal in [0, 1] for one request body (chat or legacy completions); ``ngram``
+    is the neutral 0.5 and not computed when ``grams`` is false."""
+    return _signals(body, _Reads(lexicon, learned, domain, knowledge, grams))[0]
 
 
 def ngram_features_of(body: Mapping[str, Any]) -> set[str]:
@@ -528,15 +543,7 @@ def ngram_features_of(body: Mapping[str, Any]) -> set[str]:
     return ngram_features(sample, _TOKEN.findall(sample.lower()))
 
 
-def _signals(
-    body: Mapping[str, Any],
-    lexicon: Lexicon | None,
-    learned: bool,
-    domain: Lexicon | None,
-    knowledge: bool,
-    ngram: Lexicon | None,
-    grams: bool,
-) -> tuple[dict[str, float], set[str]]:
+def _signals(body: Mapping[str, Any], reads: _Reads) -> tuple[dict[str, float], set[str]]:
     """The signals and, when the ngram model read the request, its features (else empty)."""
     shape = _shape(body)
     sample = "\n".join([shape.ask, *shape.context])
@@ -564,8 +571,8 @@ def _signals(
     n_tools, output = _asks_for(body)
     simple = _saturate(c["simple"], 1.0) * (1.0 if n_words < 400 else 0.5)
     code = _saturate(code_task, 2.0)
-    grams = grams and ngram_reads(code, simple, lookup)
-    found_grams = ngram_features(sample, found) if grams else set()
+    grams = reads.grams and ngram_reads(code, simple, lookup)
+    learned, found_grams = _tables(words.keys(), reads, sample, found, grams)
     return {
         "length": length,
         "math": _saturate(math_marks + 0.25 * numbers, 6.0),
@@ -591,8 +598,7 @@ def _signals(
         "math_task": _saturate(math_task + 0.25 * numbers, 4.0),
         "extraction": extraction,
         "lookup": 1.0 if lookup else 0.0,
-        **_tables(words.keys(), lexicon, learned, domain, knowledge),
-        "ngram": (ngram or bundled_ngram()).value(found_grams) if grams else 0.5,
+        **learned,
     }, found_grams
 
 
@@ -612,11 +618,13 @@ def score_signals(
 
 
 def assess(body: Mapping[str, Any], weights: Weights = DEFAULT_WEIGHTS) -> Assessment:
-    on = weights.by_signal
-    grams = on.get("ngram", 0.0) != 0.0
-    signals, found = _signals(
-        body, None, on.get("lexicon", 0.0) != 0.0, None, on.get("domain", 0.0) != 0.0, None, grams
+    on = {name: weight != 0.0 for name, weight in weights.by_signal.items()}
+    reads = _Reads(
+        learned=on.get("lexicon", False),
+        knowledge=on.get("domain", False),
+        grams=on.get("ngram", False),
     )
+    signals, found = _signals(body, reads)
     return score_signals(signals, weights, found)
 
 
