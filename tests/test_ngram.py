@@ -102,3 +102,23 @@ def test_the_model_is_off_by_default_and_config_switches_it_on() -> None:
     on = assess(chat(WORD_PROBLEM), cfg.policy.classifier.weights)
     assert on.signals["ngram"] != CENTRES["ngram"] and on.grams
     assert on.score != off.score
+
+
+def test_the_trainer_learns_the_direction_and_centres_the_median() -> None:
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "train_ngram.py"
+    spec = importlib.util.spec_from_file_location("train_ngram", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["train_ngram"] = module
+    spec.loader.exec_module(module)
+    docs = [["hard", "both"]] * 6 + [["easy", "both"]] * 6 + [["hard", "easy"]] * 3
+    ys = [1.0] * 6 + [0.0] * 6 + [0.5] * 3
+    model = module.fit(docs, ys, 1e-3, 10)
+    assert model.weights["hard"] > 0 > model.weights["easy"]
+    logits = sorted(model.logit(d) for d in docs)
+    assert abs(logits[len(logits) // 2]) < 1e-3  # the median training prompt reads 0.5
+    assert module.fit(docs, ys, 1e-3, 10) == model  # deterministic
