@@ -32,7 +32,7 @@ import pytest
 
 from probes.latency import settled_weight
 from proxy.app import RUNTIME
-from proxy.serve.health import SNAPSHOT_MAX_AGE_S
+from proxy.serve.health import FALSE_ALARM, SNAPSHOT_MAX_AGE_S
 from proxy.sim.catalogs import only_models, sim_model, upstream_id
 from proxy.sim.script import Fault, Profile
 from tests.conftest import Proxy, Sim, StartProxy
@@ -171,6 +171,15 @@ async def test_probe_settings_reach_the_loop_and_the_table_from_config(
     assert table.prior_weight == pytest.approx(
         0.05 / 0.95 * settled_weight(INTERVAL_S, HALF_LIFE_S)
     )
+
+
+async def test_suspicion_is_on_with_the_regime_test_and_off_without_it(
+    start_proxy: StartProxy,
+) -> None:
+    on = await start_proxy({**only_models(A, B), "probes": probing()})
+    assert on.router.health.table.false_alarm == FALSE_ALARM
+    off = await start_proxy({**only_models(A, B), "probes": probing(shift_samples=0)})
+    assert off.router.health.table.false_alarm == 0.0
 
 
 async def test_a_deployment_with_live_traffic_is_probed_less(

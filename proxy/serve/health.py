@@ -19,6 +19,10 @@ SNAPSHOT_MAX_AGE_S = 0.05
 # before their first sample and to pull a stale one back (halfway after ~4 half-lives), small
 # next to measurements: a nominal 2x the measured TTFT lifts a probed estimate by at most 5 %.
 PRIOR_SHARE = 0.05
+# The chance per sample that noise alone makes routing follow a run beyond a deployment's band
+# before a probe confirms it (see "Suspicion" in probes/latency.py): a deployment answering
+# 20 requests a second is misjudged for one probe's round trip about every 8 minutes at most.
+FALSE_ALARM = 1e-4
 
 
 class Health:
@@ -85,6 +89,7 @@ class Health:
             shift_samples=shift_samples,
             shift_span_s=0.0 if probe_interval_s is None else probe_interval_s / 2,
             measured_weight=measured,
+            false_alarm=FALSE_ALARM if shift_samples else 0.0,
         )
         return cls(catalog, table, BreakerBoard(policy or BreakerPolicy()))
 
