@@ -1,3 +1,4 @@
+# Over 400 lines: its docstring (~40 lines) is the scheduler's specification, kept beside it.
 """The probe loop: one tiny streaming request per deployment on a jittered schedule.
 
 It keeps the latency table fed when live traffic is thin, and it is what tests a HALF_OPEN
@@ -14,7 +15,8 @@ Scheduling, per key, evaluated on every wake-up:
   within about one interval instead of two, and an outlier costs one extra probe. A key whose
   run routing already follows (``LatencyTable.suspected``) is due then, and as long after its
   last live sample, even though it counts as having live traffic: that traffic has gone
-  elsewhere, so nothing else will settle the run. A newly
+  elsewhere, so nothing else will settle the run. A probe whose own answer makes routing follow
+  an unconfirmed run (a deployment that recovered) is followed by one more at once. A newly
   added key is first probed within ``interval_s * jitter`` so the table is seeded soon
   after start-up.
 - OPEN: not probed; due when its breaker's open period ends.
@@ -251,11 +253,15 @@ class ProbeLoop:
         result to the table (``source="probe"``) and the breaker board (``probe=True``)."""
         try:
             async with self._semaphore:
-                if not self._charge(key):
-                    return
-                self._sent += 1
-                self._last_run[key] = self._wall_clock()
-                await self._measure(key)
+                for _ in range(2):
+                    if not self._charge(key):
+                        return
+                    self._sent += 1
+                    self._last_run[key] = self._wall_clock()
+                    await self._measure(key)
+                    # Routing follows this answer before it is confirmed: confirm it now.
+                    if not self._table.suspected(key):
+                        break
         finally:
             sched = self._keys.get(key)
             if sched is not None:

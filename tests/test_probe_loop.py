@@ -535,3 +535,32 @@ async def test_a_suspected_deployment_with_live_traffic_is_probed_at_once() -> N
     assert send.times("a")[2] == pytest.approx(asked + 15.0, abs=0.01)
     assert not table.suspected("a")
     assert table.row("a").shifts == 1
+
+
+class TakesItsTime(Recorder):
+    """A fake upstream whose answer arrives its TTFT after it was asked, as a real one does:
+    the table tells a probe sent after a run began by that difference."""
+
+    async def __call__(self, key: str) -> float:
+        ttft_ms = await super().__call__(key)
+        self.clock.now += ttft_ms / 1000.0
+        return ttft_ms
+
+
+async def test_a_probe_that_sees_a_recovery_is_confirmed_by_the_next_one_at_once() -> None:
+    """With suspicion on, the first 60 ms answer from a 220 ms deployment already moves routing;
+    the loop confirms it with a second probe straight away instead of half an interval later,
+    and that probe, sent after the run began, restarts the history."""
+    clock = FakeTime()
+    send = TakesItsTime(clock, ttft_ms=220.0)
+    table = LatencyTable(300.0, clock=clock, shift_samples=2, shift_span_s=15.0, false_alarm=1e-4)
+    loop, _, _ = build(clock, send, {"a": 0.0}, table=table, interval_s=30.0, jitter=0.0)
+    await run_for(loop, clock, 300.0)
+    send.ttft_ms = 60.0
+    await run_for(loop, clock, 60.0)
+    # Gaps between sends: each probe's own TTFT plus the interval, and just the TTFT before the
+    # confirming one.
+    assert gaps(send.times("a"))[-3:] == pytest.approx([30.22, 0.06, 30.06], abs=0.01)
+    assert table.row("a").shifts == 1
+    assert (table.row("a").suspicions, table.suspected("a")) == (1, False)
+    assert loop.stats().sent == len(send.times("a"))
