@@ -60,7 +60,9 @@ beyond that edge of its band, its decayed history's share there with half a samp
 ``(share * w + 0.5) / (w + 1)`` (``k`` is fixed when the run begins and never below
 ``shift_samples``). A steady busy deployment needs two in a row; one whose p90 sits below a 10 %
 slow tail needs four (0.1**4); a run of slow samples is then read alone, as its mean and p90,
-until a sample back inside the band ends it or a confirmation makes it the history. A faster run
+until two samples in a row back inside the band end it or a confirmation makes it the history
+(one would let a single hiccup undo a recovery: the run's fast samples, now in the history,
+drag the p10 down so that no later run is beyond it). A faster run
 needs one sample when no part of the history lies that far below the band: TTFT noise is
 queueing and retries, which only add, and the first live answer or the confirming probe clears
 a false one. The probe loop probes a suspected deployment at once (``suspected``), so a false
@@ -193,6 +195,7 @@ class _Entry:
         "run_need",
         "run_p90",
         "run_start",
+        "run_strike",
         "samples",
         "shifts",
         "suspicions",
@@ -235,6 +238,7 @@ class _Entry:
         self.run_need = 0
         self.run_mean = math.nan
         self.run_p90 = math.nan
+        self.run_strike = False  # a suspected run has just had one sample back inside the band
         self.shifts = 0  # regime changes adopted
         self.suspicions = 0  # runs that reached run_need
 
@@ -308,6 +312,7 @@ def _restart(e: _Entry, run: list[tuple[float, float]], now: float, half_life_s:
 def _end_run(e: _Entry) -> None:
     e.run, e.run_dir, e.run_count = [], 0, 0
     e.run_mean = e.run_p90 = math.nan
+    e.run_strike = False
 
 
 def _share_beyond(e: _Entry, bound: float, direction: int) -> float:
@@ -492,7 +497,14 @@ class LatencyTable:
             return False
         if e.run_dir:
             beyond = ttft_ms < e.run_bound if e.run_dir < 0 else ttft_ms > e.run_bound
-            if not beyond:
+            if beyond:
+                e.run_strike = False
+            elif not math.isnan(e.run_mean) and not e.run_strike:
+                # Routing has followed this run, so the next answers come from it: one answer
+                # back inside the band (a hiccup on a loaded box) does not yet clear it; two do.
+                e.run_strike = True
+                return False
+            else:
                 _end_run(e)
         if not e.run_dir:
             low = e.p10 / (1.0 + self._shift_margin)

@@ -728,10 +728,36 @@ def test_a_suspicion_that_a_probe_contradicts_keeps_the_history() -> None:
     before = table.row("a")
     clock.now += 0.1
     table.observe("a", 81.0, "probe")
+    assert table.suspected("a")  # one answer back inside the band may be a hiccup
+    clock.now += 0.1
+    table.observe("a", 79.0, "probe")
     row = table.row("a")
     assert (row.shifts, row.suspected) == (0, False)
     assert row.estimate_ms < table.estimate_ms("b")
-    assert row.weight == pytest.approx(before.weight * 2 ** (-0.1 / 10.0) + 1.0)
+    kept = before.weight * 2 ** (-0.2 / 10.0) + 2 ** (-0.1 / 10.0) + 1.0
+    assert row.weight == pytest.approx(kept, rel=1e-9)  # nothing was forgotten
+
+
+def test_one_hiccup_does_not_undo_a_recovery_that_routing_followed() -> None:
+    """A 220 ms deployment answers a probe in 60 ms and routing follows; the next answer, on a
+    loaded box, takes 156 ms (back inside the old band), the rest 60 ms again: the run goes on,
+    is confirmed, and the deployment stays ahead of a steady 150 ms rival."""
+    clock = FakeClock()
+    table = _shipped_table(clock)
+    table.set_prior("c", 330.0)
+    table.set_prior("b", 225.0)
+    for _ in range(30):
+        clock.now += 1.0
+        table.observe("c", 220.0, "probe")
+        table.observe("b", 150.0, "probe")
+    for ms, source in [(60.0, "probe"), (156.0, "live"), (65.0, "live"), (62.0, "live")]:
+        clock.now += 0.1
+        table.observe("c", ms, source)  # type: ignore[arg-type]
+        assert table.estimate_ms("c") < table.estimate_ms("b")
+    clock.now += 0.1
+    table.observe("c", 61.0, "probe")  # the confirming probe, sent after the run began
+    assert table.row("c").shifts == 1
+    assert table.estimate_ms("c") < 100.0
 
 
 def test_without_suspicion_two_answers_that_arrive_together_change_nothing() -> None:
