@@ -47,10 +47,6 @@ slower) trips on two slow probes in a row, 1 % of probes, and two normal ones re
 back; over a long run its estimate sat below a steady 200 ms deployment's 30 % of the time
 instead of 26 % (mean 190 ms, 15 % of samples at 700 ms).
 
-*Confirmed by a later probe.* A probe sent after the run began (its sample's time minus its
-TTFT is past the run's start) completes the run whatever its span: probes of one deployment
-never overlap, so it is a separate look, which is all the span asks of live answers.
-
 *Suspicion.* Until it is confirmed a run changes nothing, so a busy deployment whose clients'
 first slow answers arrive together keeps its traffic for another round of slow answers. With
 ``false_alarm = a`` (0, the default here, turns it off) routing follows a run before it is
@@ -59,14 +55,15 @@ run with chance ``a`` or less: ``q**k <= a``, where ``q`` is the deployment's ow
 beyond that edge of its band, its decayed history's share there with half a sample's doubt,
 ``(share * w + 0.5) / (w + 1)`` (``k`` is fixed when the run begins and never below
 ``shift_samples``). A steady busy deployment needs two in a row; one whose p90 sits below a 10 %
-slow tail needs four (0.1**4); a run of slow samples is then read alone, as its mean and p90,
-until two samples in a row back inside the band end it or a confirmation makes it the history
-(one would let a single hiccup undo a recovery: the run's fast samples, now in the history,
-drag the p10 down so that no later run is beyond it). A faster run
-needs one sample when no part of the history lies that far below the band: TTFT noise is
-queueing and retries, which only add, and the first live answer or the confirming probe clears
-a false one. The probe loop probes a suspected deployment at once (``suspected``), so a false
-alarm costs about one probe's round trip of traffic on the runner-up; the history is kept.
+slow tail needs four (0.1**4). A faster run needs one sample when no part of the history lies
+that far below the band: TTFT noise is queueing and retries, which only add. While suspected,
+the run is read alone, as its mean and p90, and the history is kept; two samples in a row back
+inside the band end it (one would let a single hiccup undo a recovery: the run's fast samples,
+now history, drag the p10 down so that no later run is beyond it). The probe loop probes a
+suspected deployment at once (``suspected``), so a false alarm costs about one probe's round
+trip of traffic on the runner-up, and a probe sent after a suspected run began (its sample's
+time minus its TTFT is past the run's start) confirms it whatever the span: probes of one
+deployment never overlap, so it is a separate look, which is all the span asks of live answers.
 
 *How heavy the prior is.* ``prior_weight`` is in units of fresh samples, but what it competes
 with is the weight a deployment's samples settle at, which depends on how often it is measured
@@ -518,9 +515,13 @@ class LatencyTable:
         if len(e.run) > _RUN_KEEP:
             del e.run[0]
         e.run_count += 1
-        # A probe sent after the run began is a later, separate look, which is what the span
-        # asks of live answers (several may share one unlucky moment).
-        later = source == "probe" and now - ttft_ms / 1000.0 >= e.run_start
+        # A probe sent after a suspected run began is a later, separate look, which is what the
+        # span asks of live answers (several may share one unlucky moment).
+        later = (
+            source == "probe"
+            and not math.isnan(e.run_mean)
+            and now - ttft_ms / 1000.0 >= e.run_start
+        )
         if e.run_count >= self._shift_samples and (
             e.run_count >= _BUSY_RUN or now - e.run_start >= self._shift_span_s or later
         ):
