@@ -345,6 +345,7 @@ class LatencyTable:
         "_high_weight",
         "_measured_weight",
         "_prior_weight",
+        "_regime_version",
         "_shift_margin",
         "_shift_samples",
         "_shift_span_s",
@@ -392,6 +393,7 @@ class LatencyTable:
         self._false_alarm = false_alarm
         self._entries: dict[str, _Entry] = {}
         self._version = 0
+        self._regime_version = 0
         # Told of every sample fed through ``observe`` (not ``fold``): the hook by which a
         # cluster shares this instance's samples with the others.
         self.listener: Callable[[str, float, Source], None] | None = None
@@ -428,6 +430,12 @@ class LatencyTable:
     def version(self) -> int:
         """Bumps on every observe and every prior change: compare to detect a changed table."""
         return self._version
+
+    @property
+    def regime_version(self) -> int:
+        """Bumps when a run becomes suspected, stops being suspected or restarts a history: a
+        change routing should see at once, not within its usual cache age."""
+        return self._regime_version
 
     def __contains__(self, key: object) -> bool:
         return key in self._entries
@@ -469,6 +477,7 @@ class LatencyTable:
         e = self._entries.get(key)
         if e is None:
             e = self._entries[key] = _Entry(ttft_ms, now)
+        was_suspected = not math.isnan(e.run_mean)
         restart = self._extend_run(e, ttft_ms, now, source)
         weight = self._decayed_weight(e, now) + 1.0
         e.mean += (ttft_ms - e.mean) / weight
@@ -478,6 +487,8 @@ class LatencyTable:
         if restart:
             _restart(e, e.run, now, self._half_life_s)
             _end_run(e)
+        if restart or was_suspected != (not math.isnan(e.run_mean)):
+            self._regime_version += 1
         e.mix = (1.0 - self._high_weight) * e.mean + self._high_weight * e.p90
         e.samples += 1
         e.last_sample = now

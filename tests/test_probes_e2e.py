@@ -182,6 +182,30 @@ async def test_suspicion_is_on_with_the_regime_test_and_off_without_it(
     assert off.router.health.table.false_alarm == 0.0
 
 
+async def test_a_suspected_slowdown_reaches_routing_at_once_not_after_the_cache_age(
+    start_proxy: StartProxy,
+) -> None:
+    """Two slow answers that arrive together make a steady busy deployment suspected; the next
+    request is planned without it, not up to SNAPSHOT_MAX_AGE_S later."""
+    proxy = await start_proxy({**only_models(A, B), "probes": probing(enabled=False)})
+    health = proxy.router.health
+    table = health.table
+    keys = {d.model_id: d.key for d in health.snapshot().fast_order["any"]}
+    for _ in range(200):
+        table.observe(keys["fast-a"], 80.0, "live")
+        table.observe(keys["steady-b"], 150.0, "live")
+
+    def first() -> str:
+        return health.snapshot().fast_order["any"][0].model_id
+
+    await asyncio.sleep(SNAPSHOT_MAX_AGE_S + 0.01)  # the measurements are in the next plan
+    assert first() == "fast-a"
+    table.observe(keys["fast-a"], 400.0, "live")
+    table.observe(keys["fast-a"], 400.0, "live")
+    assert table.suspected(keys["fast-a"])
+    assert first() == "steady-b"
+
+
 async def test_a_deployment_with_live_traffic_is_probed_less(
     sim: Sim, start_proxy: StartProxy
 ) -> None:
