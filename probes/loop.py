@@ -1,4 +1,4 @@
-# Over 400 lines: the scheduler, plus its settings with their reasons (the [probes] config table).
+# Over 400 lines: the scheduler, its specification (docstring) and its settings with their reasons.
 """The probe loop: one tiny streaming request per deployment on a jittered schedule.
 
 It keeps the latency table fed when live traffic is thin, and it is what tests a HALF_OPEN
@@ -12,7 +12,11 @@ Scheduling, per key, evaluated on every wake-up:
   holds an unconfirmed run of samples beyond the key's band (``LatencyTable.unsettled``), it is due
   again ``shift_span_s`` (or ``interval_s * jitter``, if longer) after its last probe: one probe
   that saw a deployment recover or slow down is confirmed at once, so the change is adopted
-  within about one interval instead of two, and an outlier costs one extra probe. A newly
+  within about one interval instead of two, and an outlier costs one extra probe. A key whose
+  run routing already follows (``LatencyTable.suspected``) is due then, and as long after its
+  last live sample, even though it counts as having live traffic: that traffic has gone
+  elsewhere, so nothing else will settle the run. A probe whose own answer makes routing follow
+  an unconfirmed run (a deployment that recovered) is followed by one more at once. A newly
   added key is first probed within ``interval_s * jitter`` so the table is seeded soon
   after start-up.
 - OPEN: not probed; due when its breaker's open period ends.
@@ -285,11 +289,15 @@ class ProbeLoop:
         result to the table (``source="probe"``) and the breaker board (``probe=True``)."""
         try:
             async with self._semaphore:
-                if not self._charge(key):
-                    return
-                self._sent += 1
-                self._last_run[key] = self._wall_clock()
-                await self._measure(key)
+                for _ in range(2):
+                    if not self._charge(key):
+                        return
+                    self._sent += 1
+                    self._last_run[key] = self._wall_clock()
+                    await self._measure(key)
+                    # Routing follows this answer before it is confirmed: confirm it now.
+                    if not self._table.suspected(key):
+                        break
         finally:
             sched = self._keys.get(key)
             if sched is not None:
@@ -358,10 +366,13 @@ class ProbeLoop:
         for _, key in sorted(due):
             self._launch(key)
         if busy or due:
-            # A probe in flight is next due no sooner than this after it ends, so waking this
-            # often never misses it, whereas sleeping the full max_sleep_s would stretch short
-            # intervals to max_sleep_s.
-            earliest = min(earliest, now + min(s.interval_s * (1 - s.jitter), s.half_open_gap_s))
+            # A probe in flight is next due no sooner than this after it ends (the confirming
+            # probe of a run beyond the band soonest), so waking this often never misses it,
+            # whereas sleeping the full max_sleep_s would stretch short intervals to it.
+            soonest = min(s.interval_s * (1 - s.jitter), s.half_open_gap_s)
+            if self._table.shift_samples:
+                soonest = min(soonest, self._confirm_gap())
+            earliest = min(earliest, now + soonest)
         return max(_MIN_SLEEP_S, earliest - now)
 
     def _due(self, key: str, sched: _Schedule, now: float) -> float:
@@ -376,13 +387,24 @@ class ProbeLoop:
             return sched.first_due
         s = self._settings
         interval = s.interval_s * sched.stretch
+        confirm = last + self._confirm_gap()
         live = self._table.last_live(key)
+        if self._table.suspected(key):
+            # Routing already follows the run, so live traffic has left this key: once it has
+            # been quiet for the confirming gap too, only a probe will confirm or clear the run.
+            # (Traffic pinned to it keeps answering and settles the run by itself.)
+            return confirm if live is None else max(confirm, live + self._confirm_gap())
         if live is not None and now - live <= s.live_quiet_s:
             # Its own traffic measures it, and confirms a run beyond its band too.
             return last + interval * s.live_interval_factor
         if self._table.unsettled(key):
-            return last + max(self._table.shift_span_s, s.interval_s * s.jitter, _MIN_SLEEP_S)
+            return confirm
         return last + interval
+
+    def _confirm_gap(self) -> float:
+        """After a probe, how soon the next one confirms or clears a run beyond the band."""
+        s = self._settings
+        return max(self._table.shift_span_s, s.interval_s * s.jitter, _MIN_SLEEP_S)
 
     def _launch(self, key: str) -> None:
         sched = self._keys[key]
