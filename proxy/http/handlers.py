@@ -261,7 +261,7 @@ def bookkeeping_faults(app: web.Application) -> dict[str, str]:
         faults["usage_log"] = (
             f"{usage.error} ({usage.queued} rows queued, {usage.dropped_rows} dropped)"
         )
-    if (handler := access_handler()) is not None and handler.error:
+    if (handler := access_handler()) is not None and handler.stats()["error"]:
         faults["access_log"] = f"{handler.error} ({handler.errors} lines lost)"
     return faults
 
