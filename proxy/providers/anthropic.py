@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ssl
 import time
-from collections.abc import AsyncGenerator
 from typing import Any
 
 import aiohttp
@@ -23,63 +22,34 @@ from .anthropic_wire import (
 )
 from .base import UnsupportedFeatureError, UpstreamError, UpstreamRequest
 from .http_errors import error_body, parse_retry_after, transport_error
-from .sse import SSEDecoder
-from .translate import DONE, json_tool_name, sse
+from .translate import json_tool_name
+from .translated import TranslatedStream
 
 # The Messages API version every request names.
 API_VERSION = "2023-06-01"
 
 
-class AnthropicStream:
+class AnthropicStream(TranslatedStream):
     """An accepted Messages stream, yielded as OpenAI SSE chunks."""
 
-    __slots__ = ("_gen", "_resp", "_translator")
+    __slots__ = ("_translator",)
+    wire = WIRE
+    name = "anthropic"
+    end = "message_stop"
 
     def __init__(self, resp: aiohttp.ClientResponse, translator: AnthropicStreamTranslator) -> None:
-        self._resp = resp
+        super().__init__(resp)
         self._translator = translator
-        self._gen: AsyncGenerator[bytes, None] | None = None
 
-    def __aiter__(self) -> AsyncGenerator[bytes, None]:
-        if self._gen is None:
-            self._gen = self._iterate()
-        return self._gen
-
-    async def _iterate(self) -> AsyncGenerator[bytes, None]:
-        decoder = SSEDecoder(WIRE)
-        translator = self._translator
+    def translate(self, event: dict[str, Any]) -> list[dict[str, Any]]:
         try:
-            async for data in self._resp.content.iter_any():
-                for _event, payload in decoder.feed(data):
-                    try:
-                        event = orjson.loads(payload)
-                    except orjson.JSONDecodeError:
-                        raise UpstreamError("protocol", "anthropic stream: invalid JSON") from None
-                    if not isinstance(event, dict):
-                        raise UpstreamError("protocol", "anthropic stream: event is not an object")
-                    try:
-                        chunks = translator.feed(event)
-                    except (TypeError, ValueError, AttributeError):
-                        kind = event.get("type")
-                        raise UpstreamError(
-                            "protocol", f"anthropic: malformed {kind} event"
-                        ) from None
-                    for chunk in chunks:
-                        yield sse(chunk)
-                    if translator.done:
-                        yield DONE
-                        return
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise transport_error(exc) from None
-        raise UpstreamError("server", "anthropic stream ended before message_stop")
-
-    async def aclose(self) -> None:
-        if self._gen is not None:
-            await self._gen.aclose()
-        if self._translator.done:
-            self._resp.release()
-        else:
-            self._resp.close()  # mid-answer: the connection cannot be reused
+            chunks = self._translator.feed(event)
+        except (TypeError, ValueError, AttributeError):
+            raise UpstreamError(
+                "protocol", f"anthropic: malformed {event.get('type')} event"
+            ) from None
+        self._done = self._translator.done
+        return chunks
 
 
 class AnthropicProvider:

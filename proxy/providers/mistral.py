@@ -10,7 +10,7 @@ final stream chunk carries ``usage``.
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -20,8 +20,7 @@ from .base import UnsupportedFeatureError, UpstreamError, UpstreamRequest, Upstr
 from .fim import single_prompt
 from .http_errors import transport_error
 from .openai import OpenAIProvider, status_error
-from .sse import SSEDecoder
-from .translate import DONE, sse
+from .translated import TranslatedStream
 
 # OpenAI completions field -> Mistral FIM field.
 _RENAMED = {"seed": "random_seed"}
@@ -117,52 +116,21 @@ def chunks_from_fim(event: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-class MistralFIMStream:
+class MistralFIMStream(TranslatedStream):
     """A FIM stream, yielded as OpenAI completions SSE events."""
 
-    __slots__ = ("_done", "_gen", "_resp")
+    __slots__ = ()
+    wire = name = "mistral"
+    end = "[DONE]"
 
-    def __init__(self, resp: aiohttp.ClientResponse) -> None:
-        self._resp = resp
-        self._done = False
-        self._gen: AsyncGenerator[bytes, None] | None = None
+    def ends(self, payload: bytes) -> bool:
+        return payload.strip() == b"[DONE]"
 
-    def __aiter__(self) -> AsyncGenerator[bytes, None]:
-        if self._gen is None:
-            self._gen = self._iterate()
-        return self._gen
-
-    async def _iterate(self) -> AsyncGenerator[bytes, None]:
-        decoder = SSEDecoder("mistral")
-        try:
-            async for data in self._resp.content.iter_any():
-                for _event, payload in decoder.feed(data):
-                    if payload.strip() == b"[DONE]":
-                        self._done = True
-                        yield DONE
-                        return
-                    try:
-                        event = orjson.loads(payload)
-                    except orjson.JSONDecodeError:
-                        raise UpstreamError("protocol", "mistral stream: invalid JSON") from None
-                    if not isinstance(event, dict):
-                        raise UpstreamError("protocol", "mistral stream: event is not an object")
-                    if "error" in event or event.get("object") == "error":
-                        message = event.get("message") or event.get("error")
-                        raise UpstreamError("server", f"mistral error mid-stream: {message}")
-                    for chunk in chunks_from_fim(event):
-                        yield sse(chunk)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise transport_error(exc) from None
-        raise UpstreamError("server", "mistral stream ended before [DONE]")
-
-    async def aclose(self) -> None:
-        if self._gen is not None:
-            await self._gen.aclose()
-        if self._done:
-            self._resp.release()
-        else:
-            self._resp.close()  # mid-answer: the connection cannot be reused
+    def translate(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+        if "error" in event or event.get("object") == "error":
+            message = event.get("message") or event.get("error")
+            raise UpstreamError("server", f"mistral error mid-stream: {message}")
+        return chunks_from_fim(event)
 
 
 class MistralProvider(OpenAIProvider):

@@ -1,5 +1,6 @@
-"""Server-sent events, read in one place: the relay (OpenAI-wire upstreams) and the Anthropic
-adapter both split bytes into events here and read each event's fields with ``fields``.
+"""Server-sent events, read in one place: the relay (OpenAI-wire upstreams) and the translating
+streams (``translated.py``: Anthropic, Mistral FIM) split bytes into events here and read each
+event's fields with ``fields``.
 """
 
 from __future__ import annotations
