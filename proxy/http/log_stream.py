@@ -50,24 +50,28 @@ class CountingStreamHandler(logging.StreamHandler[TextIO]):
         pending = self._pending
         pending.append(line)
         if len(pending) >= BATCH_LINES:
-            self.flush()
+            self.settle()
         elif self._timer is None:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
-                self.flush()
+                self.settle()
                 return
-            self._timer = loop.call_later(FLUSH_S, self.flush)
+            self._timer = loop.call_later(FLUSH_S, self.settle)
 
     def flush(self) -> None:
-        """Write the pending batch in one call, then flush the stream."""
+        self.settle()
+        super().flush()
+
+    def settle(self) -> None:
+        """Write the pending batch in one call and flush the stream; a failure is counted
+        (per line), never raised. Nothing pending: nothing is touched."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        lines, self._pending = self._pending, []
-        if not lines:
-            super().flush()
+        if not self._pending:
             return
+        lines, self._pending = self._pending, []
         before = self.errors
         self.acquire()
         try:
@@ -105,7 +109,7 @@ class CountingStreamHandler(logging.StreamHandler[TextIO]):
             self.failing_since = time.monotonic()
 
     def stats(self) -> dict[str, Any]:
-        self.flush()  # the health of every line logged so far
+        self.settle()  # the health of every line logged so far
         failing = self.failing_since
         return {
             "ok": self.error is None,
