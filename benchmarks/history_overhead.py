@@ -1,4 +1,4 @@
-"""What the status page's history costs (proxy/history.py): the per-request sink, one sample
+"""What the status page's history costs (proxy/status/history.py): the per-request sink, one sample
 of every deployment, and the memory of an hour of rings, for the bundled catalog and for a
 catalog of 500 deployments. Run: ``python -m benchmarks.history_overhead [--json]``.
 

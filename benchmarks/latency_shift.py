@@ -9,7 +9,8 @@ Per shift of the best model, labelled a *slowdown* (the best model got slower; t
 it), a *recovery* (the new best got faster, or came back from a slowdown) or *both* at once:
 time to switch (from the shift to the first request of the run of
 requests that goes to the new best and stays there), in seconds, in probe intervals and in live
-requests sent meanwhile. Over the run: regret = mean TTFT of the model each request went to /
+requests sent meanwhile ("blind": of those, the ones sent before any answer sent after the shift
+came back, which no router could have placed better), and that shift's share of the regret. Over the run: regret = mean TTFT of the model each request went to /
 mean TTFT of the best model when it was sent (both as the simulator was set; "measured" uses
 the client's own TTFT instead, so it includes the proxy and loopback). Output: a table, and
 JSON in ``benchmarks/out/``.
@@ -105,6 +106,12 @@ class Shift:
     switch_s: float | None = None
     intervals: float | None = None
     live_requests: int | None = None
+    # Its share of the run's regret: the requests before the switch, and how many of those were
+    # sent before any answer sent after the shift could have come back (no router can avoid
+    # those: nothing it measures has changed yet).
+    regret: float = 0.0
+    blind_requests: int = 0
+    blind_regret: float = 0.0
 
 
 @dataclass(slots=True)
@@ -114,6 +121,12 @@ class Result:
     requests: int = 0
     regret: float = 0.0
     regret_measured: float = 0.0
+    # regret - 1 split: while switching (the shifts' share, see Shift.regret) and the rest
+    # (choosing a model other than the best once the switch was made, or in a phase with no
+    # shift); regret_measured - regret is the proxy, loopback and client, not routing.
+    regret_switching: float = 0.0
+    regret_blind: float = 0.0  # of regret_switching, the blind requests' (a floor for any router)
+    regret_steady: float = 0.0
     on_best: float = 0.0
     probes: dict[str, Any] = field(default_factory=dict)
     samples: list[Sample] = field(default_factory=list)
@@ -268,8 +281,9 @@ def score(
     result = Result(setup, requests=len(samples), probes=probes, samples=samples)
     if not samples:
         return result
-    result.regret = sum(s.chosen_ms for s in samples) / sum(s.best_ms for s in samples)
-    result.regret_measured = sum(s.ttft_ms for s in samples) / sum(s.best_ms for s in samples)
+    best_total = sum(s.best_ms for s in samples)
+    result.regret = sum(s.chosen_ms for s in samples) / best_total
+    result.regret_measured = sum(s.ttft_ms for s in samples) / best_total
     result.on_best = sum(s.model == s.best for s in samples) / len(samples)
     for i in range(1, len(table)):
         before = min(table[i - 1], key=lambda m: (table[i - 1][m], m))
@@ -290,7 +304,16 @@ def score(
             shift.switch_s = max(0.0, window[settled].sent_s - at)
             shift.intervals = shift.switch_s / setup.interval_s
             shift.live_requests = settled
+        delayed = window[:settled]
+        shift.regret = sum(s.chosen_ms - s.best_ms for s in delayed) / best_total
+        first_back = min((s.sent_s + s.ttft_ms / 1000 for s in window), default=at)
+        blind = [s for s in delayed if s.sent_s < first_back]
+        shift.blind_requests = len(blind)
+        shift.blind_regret = sum(s.chosen_ms - s.best_ms for s in blind) / best_total
         result.shifts.append(shift)
+    result.regret_switching = sum(sh.regret for sh in result.shifts)
+    result.regret_blind = sum(sh.blind_regret for sh in result.shifts)
+    result.regret_steady = result.regret - 1.0 - result.regret_switching
     return result
 
 
@@ -304,15 +327,16 @@ def report(results: Sequence[Result]) -> str:
         )
         lines.append(
             f"  {'phase':>5} {'kind':>9} {'new best':>9} {'switch s':>9} {'intervals':>9} "
-            f"{'live req':>8}"
+            f"{'live req':>8} {'blind':>5} {'regret':>7}"
         )
         for sh in r.shifts:
             head = f"  {sh.phase:>5} {sh.kind:>9} {sh.best:>9}"
+            tail = f"{sh.blind_requests:>5} {sh.regret:>+7.3f}"
             if sh.switch_s is None:
-                lines.append(f"{head} {'never':>9} {'-':>9} {'-':>8}")
+                lines.append(f"{head} {'never':>9} {'-':>9} {'-':>8} {tail}")
             else:
                 lines.append(
-                    f"{head} {sh.switch_s:>9.2f} {sh.intervals:>9.1f} {sh.live_requests:>8}"
+                    f"{head} {sh.switch_s:>9.2f} {sh.intervals:>9.1f} {sh.live_requests:>8} {tail}"
                 )
         for kind in ("slowdown", "recovery", "both"):
             of_kind = [sh for sh in r.shifts if sh.kind == kind]
@@ -329,6 +353,11 @@ def report(results: Sequence[Result]) -> str:
             f"  regret {r.regret:.3f} (measured at the client {r.regret_measured:.3f}); "
             f"{r.on_best:.0%} of {r.requests} requests on the best model; "
             f"probes sent {r.probes.get('sent')}, spend ${r.probes.get('spend_today_usd')}"
+        )
+        lines.append(
+            f"  regret - 1 = {r.regret_switching:.3f} while switching (of which blind "
+            f"{r.regret_blind:.3f}) + {r.regret_steady:.3f} in steady state; the client's extra "
+            f"{r.regret_measured - r.regret:.3f} is the proxy and loopback, not routing"
         )
     return "\n".join(lines)
 

@@ -1,4 +1,4 @@
-# Over 400 lines: its docstring (54 lines) is the estimator's specification, kept beside it.
+# Over 400 lines: its docstring (~75 lines) is the estimator's specification, kept beside it.
 """The decayed TTFT table: per deployment, a time-decayed mean and p90 of time-to-first-token.
 
 Probes and live requests feed the same statistics; routing reads one number per deployment.
@@ -46,6 +46,24 @@ must reach ten, which jitter never does by chance. A probed-only jittery deploym
 slower) trips on two slow probes in a row, 1 % of probes, and two normal ones restart it
 back; over a long run its estimate sat below a steady 200 ms deployment's 30 % of the time
 instead of 26 % (mean 190 ms, 15 % of samples at 700 ms).
+
+*Suspicion.* Until it is confirmed a run changes nothing, so a busy deployment whose clients'
+first slow answers arrive together keeps its traffic for another round of slow answers. With
+``false_alarm = a`` (0, the default here, turns it off) routing follows a run before it is
+confirmed once it is ``k`` long, ``k`` the fewest samples at which noise alone would make such a
+run with chance ``a`` or less: ``q**k <= a``, where ``q`` is the deployment's own rate of samples
+beyond that edge of its band, its decayed history's share there with half a sample's doubt,
+``(share * w + 0.5) / (w + 1)`` (``k`` is fixed when the run begins and never below
+``shift_samples``). A steady busy deployment needs two in a row; one whose p90 sits below a 10 %
+slow tail needs four (0.1**4). A faster run needs one sample when no part of the history lies
+that far below the band: TTFT noise is queueing and retries, which only add. While suspected,
+the run is read alone, as its mean and p90, and the history is kept; two samples in a row back
+inside the band end it (one would let a single hiccup undo a recovery: the run's fast samples,
+now history, drag the p10 down so that no later run is beyond it). The probe loop probes a
+suspected deployment at once (``suspected``), so a false alarm costs about one probe's round
+trip of traffic on the runner-up, and a probe sent after a suspected run began (its sample's
+time minus its TTFT is past the run's start) confirms it whatever the span: probes of one
+deployment never overlap, so it is a separate look, which is all the span asks of live answers.
 
 *How heavy the prior is.* ``prior_weight`` is in units of fresh samples, but what it competes
 with is the weight a deployment's samples settle at, which depends on how often it is measured
@@ -114,6 +132,8 @@ class LatencyRow:
     source: Source | None  # of the last sample
     nominal_ms: float
     shifts: int = 0  # regime changes adopted (see "Regime change" above)
+    suspicions: int = 0  # runs that routing followed before they were confirmed ("Suspicion")
+    suspected: bool = False  # one is open now: the estimate is the run's, not the history's
     probe_samples: int = 0  # of ``samples``, those fed by probes (the rest are live)
 
 
@@ -168,9 +188,14 @@ class _Entry:
         "run_bound",
         "run_count",
         "run_dir",
+        "run_mean",
+        "run_need",
+        "run_p90",
         "run_start",
+        "run_strike",
         "samples",
         "shifts",
+        "suspicions",
         "t_ref",
         "total",
         "updated",
@@ -204,7 +229,15 @@ class _Entry:
         self.run_bound = 0.0
         self.run_start = 0.0
         self.run_count = 0
+        # Run length at which the run is suspected to be a new regime (set when it begins;
+        # 0: never), and the run's own mean and p90, which routing reads while it is suspected
+        # (NaN while it is not).
+        self.run_need = 0
+        self.run_mean = math.nan
+        self.run_p90 = math.nan
+        self.run_strike = False  # a suspected run has just had one sample back inside the band
         self.shifts = 0  # regime changes adopted
+        self.suspicions = 0  # runs that reached run_need
 
 
 def _rescale(e: _Entry, now: float, half_life_s: float) -> None:
@@ -273,16 +306,46 @@ def _restart(e: _Entry, run: list[tuple[float, float]], now: float, half_life_s:
     e.shifts += 1
 
 
+def _end_run(e: _Entry) -> None:
+    e.run, e.run_dir, e.run_count = [], 0, 0
+    e.run_mean = e.run_p90 = math.nan
+    e.run_strike = False
+
+
+def _share_beyond(e: _Entry, bound: float, direction: int) -> float:
+    """The share of the decayed history beyond ``bound`` (above it for ``direction`` > 0, below
+    it otherwise), counting whole buckets only: a few buckets' walk from the quantile cursor."""
+    if e.total <= 0.0:
+        return 0.0
+    hist = e.hist
+    b = _bucket(bound)
+    if direction > 0:
+        c = e.cursor
+        above = e.total - e.below - math.fsum(hist[c : b + 1])
+        mass = above if b >= c else math.fsum(hist[b + 1 :])
+    else:
+        c = e.lo_cursor
+        mass = e.lo_below - math.fsum(hist[b:c]) if b <= c else math.fsum(hist[:b])
+    return min(1.0, max(0.0, mass / e.total))
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
 class LatencyTable:
     """Decayed TTFT statistics per deployment key. Not thread-safe; one event loop owns it."""
 
     __slots__ = (
         "_clock",
         "_entries",
+        "_false_alarm",
         "_half_life_s",
         "_high_weight",
         "_measured_weight",
         "_prior_weight",
+        "_regime_version",
         "_shift_margin",
         "_shift_samples",
         "_shift_span_s",
@@ -301,6 +364,7 @@ class LatencyTable:
         shift_margin: float = 0.5,
         shift_span_s: float = 0.0,
         measured_weight: float = 0.0,
+        false_alarm: float = 0.0,
     ) -> None:
         if not half_life_s > 0.0:
             raise ValueError(f"half_life_s must be positive, got {half_life_s!r}")
@@ -316,6 +380,8 @@ class LatencyTable:
             raise ValueError(f"shift_span_s must be >= 0, got {shift_span_s!r}")
         if not 0.0 <= measured_weight < math.inf:
             raise ValueError(f"measured_weight must be finite and >= 0, got {measured_weight!r}")
+        if not 0.0 <= false_alarm < 1.0:
+            raise ValueError(f"false_alarm must be within [0, 1), got {false_alarm!r}")
         self._half_life_s = half_life_s
         self._clock = clock
         self._high_weight = high_weight
@@ -324,8 +390,10 @@ class LatencyTable:
         self._shift_margin = shift_margin
         self._shift_span_s = shift_span_s
         self._measured_weight = measured_weight
+        self._false_alarm = false_alarm
         self._entries: dict[str, _Entry] = {}
         self._version = 0
+        self._regime_version = 0
         # Told of every sample fed through ``observe`` (not ``fold``): the hook by which a
         # cluster shares this instance's samples with the others.
         self.listener: Callable[[str, float, Source], None] | None = None
@@ -355,9 +423,19 @@ class LatencyTable:
         return self._measured_weight
 
     @property
+    def false_alarm(self) -> float:
+        return self._false_alarm
+
+    @property
     def version(self) -> int:
         """Bumps on every observe and every prior change: compare to detect a changed table."""
         return self._version
+
+    @property
+    def regime_version(self) -> int:
+        """Bumps when a run becomes suspected, stops being suspected or restarts a history: a
+        change routing should see at once, not within its usual cache age."""
+        return self._regime_version
 
     def __contains__(self, key: object) -> bool:
         return key in self._entries
@@ -399,7 +477,8 @@ class LatencyTable:
         e = self._entries.get(key)
         if e is None:
             e = self._entries[key] = _Entry(ttft_ms, now)
-        restart = self._extend_run(e, ttft_ms, now)
+        was_suspected = not math.isnan(e.run_mean)
+        restart = self._extend_run(e, ttft_ms, now, source)
         weight = self._decayed_weight(e, now) + 1.0
         e.mean += (ttft_ms - e.mean) / weight
         e.weight = weight
@@ -407,7 +486,9 @@ class LatencyTable:
         _add_to_histogram(e, ttft_ms, now, self._half_life_s)
         if restart:
             _restart(e, e.run, now, self._half_life_s)
-            e.run, e.run_dir, e.run_count = [], 0, 0
+            _end_run(e)
+        if restart or was_suspected != (not math.isnan(e.run_mean)):
+            self._regime_version += 1
         e.mix = (1.0 - self._high_weight) * e.mean + self._high_weight * e.p90
         e.samples += 1
         e.last_sample = now
@@ -418,14 +499,21 @@ class LatencyTable:
             e.probe_samples += 1
         self._version += 1
 
-    def _extend_run(self, e: _Entry, ttft_ms: float, now: float) -> bool:
+    def _extend_run(self, e: _Entry, ttft_ms: float, now: float, source: Source) -> bool:
         """Track the run of samples beyond the band; True when it amounts to a new regime."""
         if not self._shift_samples or e.weight == 0.0:
             return False
         if e.run_dir:
             beyond = ttft_ms < e.run_bound if e.run_dir < 0 else ttft_ms > e.run_bound
-            if not beyond:
-                e.run, e.run_dir, e.run_count = [], 0, 0
+            if beyond:
+                e.run_strike = False
+            elif not math.isnan(e.run_mean) and not e.run_strike:
+                # Routing has followed this run, so the next answers come from it: one answer
+                # back inside the band (a hiccup on a loaded box) does not yet clear it; two do.
+                e.run_strike = True
+                return False
+            else:
+                _end_run(e)
         if not e.run_dir:
             low = e.p10 / (1.0 + self._shift_margin)
             high = e.p90 * (1.0 + self._shift_margin)
@@ -433,13 +521,53 @@ class LatencyTable:
                 return False
             e.run_dir, e.run_bound = (-1, low) if ttft_ms < low else (1, high)
             e.run_start = now
+            e.run_need = self._suspect_need(e, e.run_bound, e.run_dir, now)
         e.run.append((now, ttft_ms))
         if len(e.run) > _RUN_KEEP:
             del e.run[0]
         e.run_count += 1
-        if e.run_count < self._shift_samples:
-            return False
-        return e.run_count >= _BUSY_RUN or now - e.run_start >= self._shift_span_s
+        # A probe sent after a suspected run began is a later, separate look, which is what the
+        # span asks of live answers (several may share one unlucky moment).
+        later = (
+            source == "probe"
+            and not math.isnan(e.run_mean)
+            and now - ttft_ms / 1000.0 >= e.run_start
+        )
+        if e.run_count >= self._shift_samples and (
+            e.run_count >= _BUSY_RUN or now - e.run_start >= self._shift_span_s or later
+        ):
+            return True
+        if e.run_need and e.run_count >= e.run_need:
+            if math.isnan(e.run_mean):
+                e.suspicions += 1
+            values = [ms for _, ms in e.run]
+            e.run_mean = math.fsum(values) / len(values)
+            e.run_p90 = _quantile(values, QUANTILE)
+        return False
+
+    def _suspect_need(self, e: _Entry, bound: float, direction: int, now: float) -> int:
+        """How many samples in a row beyond ``bound`` make a run suspected (see "Suspicion"):
+        the fewest ``k`` at which this deployment's own history puts the chance of such a run
+        by noise at ``false_alarm`` or less; 0 when suspicion is off."""
+        if not self._false_alarm:
+            return 0
+        share = _share_beyond(e, bound, direction)
+        if direction < 0 and share < 1e-9:
+            # Nothing in the history lies this far below: TTFT noise is queueing, which only
+            # ever adds, so one sample this fast is followed (see "Suspicion").
+            return 1
+        w = self._decayed_weight(e, now)
+        # Half a sample's worth of doubt: a history of w samples with none beyond cannot show
+        # a rate below about 1 / (2 w).
+        q = (share * w + 0.5) / (w + 1.0)
+        k = math.ceil(math.log(self._false_alarm) / math.log(q) - 1e-9)
+        return max(self._shift_samples, k, 1)
+
+    def suspected(self, key: str) -> bool:
+        """True while routing follows an unconfirmed run of ``key`` (see "Suspicion"): the
+        probe loop confirms or clears it at once, even for a deployment with live traffic."""
+        e = self._entries.get(key)
+        return e is not None and not math.isnan(e.run_mean)
 
     def unsettled(self, key: str) -> bool:
         """True while the newest samples of ``key`` are a run beyond its band that has not yet
@@ -457,7 +585,11 @@ class LatencyTable:
         total = w + self._prior_weight
         if total <= 0.0:
             return e.nominal
-        return (w * e.mix + self._prior_weight * e.nominal) / total
+        mix = e.mix
+        if not math.isnan(e.run_mean):
+            hw = self._high_weight
+            mix = (1.0 - hw) * e.run_mean + hw * e.run_p90
+        return (w * mix + self._prior_weight * e.nominal) / total
 
     def last_live(self, key: str) -> float | None:
         """Clock time of the last live sample (the probe loop backs off while traffic flows)."""
@@ -477,9 +609,11 @@ class LatencyTable:
         wb = self._blend_weight(e, now)
         pw = self._prior_weight
         total = wb + pw
+        suspected = not math.isnan(e.run_mean)
+        real_mean, real_p90 = (e.run_mean, e.run_p90) if suspected else (e.mean, e.p90)
         if total > 0.0:
-            mean = (wb * e.mean + pw * e.nominal) / total
-            p90 = (wb * e.p90 + pw * e.nominal) / total
+            mean = (wb * real_mean + pw * e.nominal) / total
+            p90 = (wb * real_p90 + pw * e.nominal) / total
         else:
             mean = p90 = e.nominal
         hw = self._high_weight
@@ -495,6 +629,8 @@ class LatencyTable:
             nominal_ms=e.nominal,
             shifts=e.shifts,
             probe_samples=e.probe_samples,
+            suspicions=e.suspicions,
+            suspected=suspected,
         )
 
     def _blend_weight(self, e: _Entry, now: float) -> float:

@@ -1,3 +1,4 @@
+# Over 400 lines: the scheduler, its specification (docstring) and its settings with their reasons.
 """The probe loop: one tiny streaming request per deployment on a jittered schedule.
 
 It keeps the latency table fed when live traffic is thin, and it is what tests a HALF_OPEN
@@ -11,7 +12,11 @@ Scheduling, per key, evaluated on every wake-up:
   holds an unconfirmed run of samples beyond the key's band (``LatencyTable.unsettled``), it is due
   again ``shift_span_s`` (or ``interval_s * jitter``, if longer) after its last probe: one probe
   that saw a deployment recover or slow down is confirmed at once, so the change is adopted
-  within about one interval instead of two, and an outlier costs one extra probe. A newly
+  within about one interval instead of two, and an outlier costs one extra probe. A key whose
+  run routing already follows (``LatencyTable.suspected``) is due then, and as long after its
+  last live sample, even though it counts as having live traffic: that traffic has gone
+  elsewhere, so nothing else will settle the run. A probe whose own answer makes routing follow
+  an unconfirmed run (a deployment that recovered) is followed by one more at once. A newly
   added key is first probed within ``interval_s * jitter`` so the table is seeded soon
   after start-up.
 - OPEN: not probed; due when its breaker's open period ends.
@@ -81,42 +86,78 @@ def paced_interval_s(
     return max(interval_s, _DAY_S / rounds_per_day)
 
 
+class ProbeSettingsError(ValueError):
+    """Invalid ProbeSettings; ``problems`` holds (field, what it must be) for each one, so a
+    config loader can name its own keys."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__("invalid ProbeSettings: " + "; ".join(f"{k} {m}" for k, m in problems))
+        self.problems = problems
+
+
 @dataclass(frozen=True, slots=True)
 class ProbeSettings:
+    """The measuring layer's settings: the ``[probes]`` config table is this dataclass, filled
+    and validated here. The last three are the latency table's (``LatencyTable``), set
+    beside the probes that feed it; the loop itself does not read them."""
+
     enabled: bool = True
+    # 30 s keeps a 300 s half-life table fed with ~14 samples' weight per deployment even with
+    # no traffic, and a slowdown shows within two probes. At max_tokens=1 a probe costs
+    # ~$1e-6-2e-4; the whole bundled catalog on every provider is ~$4/day at 30 s, so the app
+    # stretches the interval (paced_interval_s) to stay within max_daily_spend_usd.
     interval_s: float = 30.0
+    # Spreads probes so 60+ deployments are not hit in the same instant every round.
     jitter: float = 0.2
+    # Probes run beside live traffic and never share its queues; 4 at a time bounds a
+    # probe burst after a restart to a handful of connections per provider.
     concurrency: int = 4
-    # A key with a live sample this recent is probed every interval_s * live_interval_factor.
+    # A key with a live sample this recent is probed every interval_s * live_interval_factor:
+    # its own traffic already measures it. One interval: two requests a minute count, and a
+    # deployment that routing has just left (it got slow) is back on the normal schedule
+    # within 30 s, so its recovery is seen.
     live_quiet_s: float = 30.0
     live_interval_factor: float = 4.0
+    # $30/month at most, whatever the catalog; see interval_s for how it is kept.
     max_daily_spend_usd: float = 1.0
+    # A probe with no first token by then is a failure (and a censored 10 s TTFT sample).
     timeout_s: float = 10.0
+    # A HALF_OPEN breaker's deployment is probed this often until the breaker decides.
     half_open_gap_s: float = 1.0
+    # The longest the loop sleeps, so new keys and breaker changes are seen this promptly.
     max_sleep_s: float = 1.0
+    # Latency shifts by the hour; 5 minutes forgets a bad spell quickly but not from one probe.
+    # A slowdown outranks a 2x slower rival after 1-2 samples (the p90 sees it); a deployment
+    # that got faster is caught by shift_samples below, or else after ~3.3 half-lives.
+    half_life_s: float = 300.0
+    # prefer=fast ranks by (1 - p90_weight) * mean + p90_weight * p90 of the decayed TTFT, so a
+    # deployment that is fast on average but slow on over one request in ten does not win.
+    p90_weight: float = 0.5
+    # This many samples in a row 50 % beyond a deployment's p10-p90 band, over at least half a
+    # probe interval, mean it moved: its history is dropped so a deployment that got faster
+    # wins within two probes (not after its old slow tail decays, ~3.3 half-lives) and a busy
+    # one that got slower loses within ten requests or half an interval (not once a tenth of
+    # its live weight is slow). Noise seldom does this; see probes/latency.py. 0 turns it off.
+    shift_samples: int = 2
 
     def __post_init__(self) -> None:
-        problems = []
-        if not self.interval_s > 0:
-            problems.append("interval_s must be > 0")
-        if not 0 <= self.jitter < 1:
-            problems.append("jitter must be within [0, 1)")
-        if self.concurrency < 1:
-            problems.append("concurrency must be >= 1")
-        if not self.live_quiet_s >= 0:
-            problems.append("live_quiet_s must be >= 0")
-        if not self.live_interval_factor >= 1:
-            problems.append("live_interval_factor must be >= 1")
-        if not self.max_daily_spend_usd >= 0:
-            problems.append("max_daily_spend_usd must be >= 0")
-        if not self.timeout_s > 0:
-            problems.append("timeout_s must be > 0")
-        if not self.half_open_gap_s > 0:
-            problems.append("half_open_gap_s must be > 0")
-        if not self.max_sleep_s > 0:
-            problems.append("max_sleep_s must be > 0")
+        rules = (
+            ("interval_s", self.interval_s > 0, "must be > 0"),
+            ("jitter", 0 <= self.jitter < 1, "must be within [0, 1)"),
+            ("concurrency", self.concurrency >= 1, "must be at least 1"),
+            ("live_quiet_s", self.live_quiet_s >= 0, "must not be negative"),
+            ("live_interval_factor", self.live_interval_factor >= 1, "must be at least 1"),
+            ("max_daily_spend_usd", self.max_daily_spend_usd >= 0, "must not be negative"),
+            ("timeout_s", self.timeout_s > 0, "must be > 0"),
+            ("half_open_gap_s", self.half_open_gap_s > 0, "must be > 0"),
+            ("max_sleep_s", self.max_sleep_s > 0, "must be > 0"),
+            ("half_life_s", self.half_life_s > 0, "must be > 0"),
+            ("p90_weight", 0 <= self.p90_weight <= 1, "must be within [0, 1]"),
+            ("shift_samples", self.shift_samples >= 0, "must not be negative"),
+        )
+        problems = [(key, limit) for key, ok, limit in rules if not ok]
         if problems:
-            raise ValueError("invalid ProbeSettings: " + "; ".join(problems))
+            raise ProbeSettingsError(problems)
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,11 +289,15 @@ class ProbeLoop:
         result to the table (``source="probe"``) and the breaker board (``probe=True``)."""
         try:
             async with self._semaphore:
-                if not self._charge(key):
-                    return
-                self._sent += 1
-                self._last_run[key] = self._wall_clock()
-                await self._measure(key)
+                for _ in range(2):
+                    if not self._charge(key):
+                        return
+                    self._sent += 1
+                    self._last_run[key] = self._wall_clock()
+                    await self._measure(key)
+                    # Routing follows this answer before it is confirmed: confirm it now.
+                    if not self._table.suspected(key):
+                        break
         finally:
             sched = self._keys.get(key)
             if sched is not None:
@@ -321,10 +366,13 @@ class ProbeLoop:
         for _, key in sorted(due):
             self._launch(key)
         if busy or due:
-            # A probe in flight is next due no sooner than this after it ends, so waking this
-            # often never misses it, whereas sleeping the full max_sleep_s would stretch short
-            # intervals to max_sleep_s.
-            earliest = min(earliest, now + min(s.interval_s * (1 - s.jitter), s.half_open_gap_s))
+            # A probe in flight is next due no sooner than this after it ends (the confirming
+            # probe of a run beyond the band soonest), so waking this often never misses it,
+            # whereas sleeping the full max_sleep_s would stretch short intervals to it.
+            soonest = min(s.interval_s * (1 - s.jitter), s.half_open_gap_s)
+            if self._table.shift_samples:
+                soonest = min(soonest, self._confirm_gap())
+            earliest = min(earliest, now + soonest)
         return max(_MIN_SLEEP_S, earliest - now)
 
     def _due(self, key: str, sched: _Schedule, now: float) -> float:
@@ -339,13 +387,24 @@ class ProbeLoop:
             return sched.first_due
         s = self._settings
         interval = s.interval_s * sched.stretch
+        confirm = last + self._confirm_gap()
         live = self._table.last_live(key)
+        if self._table.suspected(key):
+            # Routing already follows the run, so live traffic has left this key: once it has
+            # been quiet for the confirming gap too, only a probe will confirm or clear the run.
+            # (Traffic pinned to it keeps answering and settles the run by itself.)
+            return confirm if live is None else max(confirm, live + self._confirm_gap())
         if live is not None and now - live <= s.live_quiet_s:
             # Its own traffic measures it, and confirms a run beyond its band too.
             return last + interval * s.live_interval_factor
         if self._table.unsettled(key):
-            return last + max(self._table.shift_span_s, s.interval_s * s.jitter, _MIN_SLEEP_S)
+            return confirm
         return last + interval
+
+    def _confirm_gap(self) -> float:
+        """After a probe, how soon the next one confirms or clears a run beyond the band."""
+        s = self._settings
+        return max(self._table.shift_span_s, s.interval_s * s.jitter, _MIN_SLEEP_S)
 
     def _launch(self, key: str) -> None:
         sched = self._keys[key]

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
 
 import uvloop
 from aiohttp import web
@@ -75,7 +76,6 @@ def _version() -> str:
         return "unknown"
 
 
-# Over 60 lines: the CLI's argparse table, one statement per option (merged from main).
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="model-router",
@@ -86,7 +86,17 @@ def _parser() -> argparse.ArgumentParser:
         "--version", action="version", version=f"%(prog)s {_version()}", help="print the version"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_serve_args, _check_args, _report_args, _status_args, _hash_key_args, _fault_args):
+        add(sub)
+    return parser
 
+
+# The subcommands' parsers, one function per command; `_parser` adds them in help order.
+if TYPE_CHECKING:
+    Commands: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+def _serve_args(sub: Commands) -> None:
     serve = sub.add_parser(
         "serve",
         help="run the proxy",
@@ -129,6 +139,8 @@ def _parser() -> argparse.ArgumentParser:
         "at start)",
     )
 
+
+def _check_args(sub: Commands) -> None:
     check = sub.add_parser(
         "check-config",
         help="check a config the way serve would, without serving",
@@ -140,6 +152,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("path", metavar="FILE", help="the TOML config file to check")
     _add_demo_flags(check)
 
+
+def _report_args(sub: Commands) -> None:
     report = sub.add_parser(
         "report",
         help="calls, spend and time to first token from the usage log",
@@ -171,6 +185,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+
+def _status_args(sub: Commands) -> None:
     status = sub.add_parser(
         "status",
         help="the router's live table in a terminal",
@@ -188,6 +204,8 @@ def _parser() -> argparse.ArgumentParser:
         "--interval", type=float, default=2.0, help="seconds between redraws with --watch"
     )
 
+
+def _hash_key_args(sub: Commands) -> None:
     sub.add_parser(
         "hash-key",
         help="print the SHA-256 digest of a client API key, for [[keys]] sha256",
@@ -197,6 +215,8 @@ def _parser() -> argparse.ArgumentParser:
         "stays out of shell history and the process list.",
     )
 
+
+def _fault_args(sub: Commands) -> None:
     fault = sub.add_parser(
         "sim-fault",
         help="make a simulated provider fail (for serve --demo)",
@@ -235,7 +255,6 @@ def _parser() -> argparse.ArgumentParser:
         help="for the mid-stream modes: strike after N content chunks (default 0)",
     )
     fault.add_argument("--reset", action="store_true", help="clear every fault and counter")
-    return parser
 
 
 def _add_demo_flags(parser: argparse.ArgumentParser) -> None:
@@ -302,7 +321,6 @@ def _load(path: str | None) -> Config:
         raise SystemExit(2) from None
 
 
-# Over 60 lines: serve's start, signals and drain in order (merged from main; to split).
 async def serve(
     config: Config,
     *,
@@ -314,6 +332,36 @@ async def serve(
     """Run until SIGTERM/SIGINT, then drain; SIGHUP reloads ``config_path``. ``worker``: this
     process is that worker of a ``--workers`` parent (proxy/workers.py)."""
     app = make_app(config, demo=demo, config_path=config_path, sim_port=sim_port, worker=worker)
+    runner, port = await _listen(app, config, sim_port, worker)
+    notifier = app[NOTIFIER]
+    stop = asyncio.Event()
+    reloads = _Reloads(app)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reloads.start)
+    # Announced only now: a SIGHUP sent the moment READY arrives must find its handler, not
+    # the default action (which ends the process).
+    _announce(app, config, port, demo, worker)
+    notifier.ready(f"serving {len(app[ROUTER].current.catalog.models)} models on port {port}")
+    try:
+        await stop.wait()
+        notifier.stopping()
+        in_flight = app[IN_FLIGHT]
+        drain_s = app[ROUTER].current.config.server.drain_s
+        notifier.status(f"draining {len(in_flight.requests)} request(s) for up to {drain_s:g} s")
+        reloads.cancel()
+        await drain(runner, in_flight, drain_s)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()
+
+
+async def _listen(
+    app: web.Application, config: Config, sim_port: int, worker: int | None
+) -> tuple[web.AppRunner, int]:
+    """Start serving ``app``; a port that cannot be bound is a PreflightError saying which."""
     host, wanted = config.server.host, config.server.port
     try:
         runner, port = await start_server(app, host, wanted, reuse_port=worker is not None)
@@ -327,13 +375,24 @@ async def serve(
         ) from None
     except OSError as exc:
         raise bind_error("the router", host, wanted, exc) from None
-    notifier = app[NOTIFIER]
-    router = app[ROUTER].current
-    mode = "demo, simulated providers" if demo else "live providers"
-    stop = asyncio.Event()
-    reloads: set[asyncio.Task[None]] = set()
+    return runner, port
 
-    async def reload() -> None:
+
+class _Reloads:
+    """SIGHUP: each reload runs as a task, applied or rejected (and said so); drain cancels
+    the ones still running."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        task = asyncio.create_task(self.reload(), name="reload")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def reload(self) -> None:
+        app, notifier = self.app, self.app[NOTIFIER]
         notifier.reloading()
         try:
             summary = await app[RUNTIME].reload()
@@ -346,18 +405,17 @@ async def serve(
             log.info("%s", summary)
             notifier.ready(summary)
 
-    def on_hup() -> None:
-        task = asyncio.create_task(reload(), name="reload")
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
+    def cancel(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
 
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, on_hup)
-    # Announced only now: a SIGHUP sent the moment READY arrives must find its handler, not
-    # the default action (which ends the process).
-    # A worker's line must not read like the parent's "ready on", which scripts wait for.
+
+def _announce(
+    app: web.Application, config: Config, port: int, demo: bool, worker: int | None
+) -> None:
+    """The ready line scripts wait for (a worker's must not read like the parent's)."""
+    router = app[ROUTER].current
+    mode = "demo, simulated providers" if demo else "live providers"
     what = (
         "model-router ready on"
         if worker is None
@@ -375,20 +433,6 @@ async def serve(
             f"simulated providers on {app[SIM_URL]} (fault control: POST /_sim/fault)",
             flush=True,
         )
-    notifier.ready(f"serving {len(router.catalog.models)} models on port {port}")
-    try:
-        await stop.wait()
-        notifier.stopping()
-        in_flight = app[IN_FLIGHT]
-        drain_s = app[ROUTER].current.config.server.drain_s
-        notifier.status(f"draining {len(in_flight.requests)} request(s) for up to {drain_s:g} s")
-        for task in list(reloads):
-            task.cancel()
-        await drain(runner, in_flight, drain_s)
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
-        await runner.cleanup()
 
 
 def _logging() -> None:
@@ -407,8 +451,6 @@ def _logging() -> None:
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
 
 
-# The workers branch is the part to move out next.
-# Over 60 lines: the command dispatch plus serve's start (preflight, --workers, worker logs).
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _logging()
@@ -433,6 +475,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_status(args.url or DEFAULT_URL, args.watch, args.interval)
     if args.command == "check-config":
         return _check_config(args)
+    try:
+        return _serve_command(args)
+    except PreflightError as exc:
+        print(f"model-router: {exc}", file=sys.stderr)
+        return 2
+
+
+def _serve_command(args: argparse.Namespace) -> int:
+    """serve: the config with --host/--port over it, the checks, then one process, a
+    ``--workers`` parent, or one of its workers."""
     config = _load(args.config)
     server = config.server
     if args.host is not None or args.port is not None:
@@ -442,50 +494,51 @@ def main(argv: Sequence[str] | None = None) -> int:
             port=server.port if args.port is None else args.port,
         )
         config = replace(config, server=server)
-    try:
-        preflight(
-            config,
-            os.environ,
-            demo=args.demo,
-            insecure_no_auth=args.insecure_no_auth,
-            port_from_cli=args.port is not None,
+    _check_serve(config, args)
+    if args.workers > 1 and args.worker_index is None:
+        from .workers import supervise
+
+        forward = ["--config", args.config] if args.config else []
+        forward += ["--demo"] if args.demo else []
+        forward += ["--insecure-no-auth"] if args.insecure_no_auth else []
+        return supervise(config, forward, args.workers)
+    if args.worker_index is not None:
+        from .workers import worker_db_path
+
+        usage = replace(
+            config.usage, path=worker_db_path(config, dict(os.environ), args.worker_index)
         )
-        if config.cluster.enabled and importlib.util.find_spec("redis") is None:
-            raise PreflightError(
-                "[cluster] redis_url needs redis-py: pip install 'model-router[cluster]'"
+        config = replace(config, usage=usage)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(
+            serve(
+                config,
+                demo=args.demo,
+                config_path=args.config,
+                sim_port=args.sim_port,
+                worker=args.worker_index,
             )
-        if not 1 <= args.workers <= MAX_WORKERS:
-            raise PreflightError(f"--workers must be within 1..{MAX_WORKERS}")
-        if args.workers > 1 and args.worker_index is None:
-            if args.sim_port:
-                raise PreflightError("--sim-port cannot be shared by several workers")
-            from .workers import supervise
-
-            forward = ["--config", args.config] if args.config else []
-            forward += ["--demo"] if args.demo else []
-            forward += ["--insecure-no-auth"] if args.insecure_no_auth else []
-            return supervise(config, forward, args.workers)
-        if args.worker_index is not None:
-            from .workers import worker_db_path
-
-            usage = replace(
-                config.usage, path=worker_db_path(config, dict(os.environ), args.worker_index)
-            )
-            config = replace(config, usage=usage)
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(
-                serve(
-                    config,
-                    demo=args.demo,
-                    config_path=args.config,
-                    sim_port=args.sim_port,
-                    worker=args.worker_index,
-                )
-            )
-    except PreflightError as exc:
-        print(f"model-router: {exc}", file=sys.stderr)
-        return 2
+        )
     return 0
+
+
+def _check_serve(config: Config, args: argparse.Namespace) -> None:
+    """What serve refuses before it starts (PreflightError), in the order a user fixes it."""
+    preflight(
+        config,
+        os.environ,
+        demo=args.demo,
+        insecure_no_auth=args.insecure_no_auth,
+        port_from_cli=args.port is not None,
+    )
+    if config.cluster.enabled and importlib.util.find_spec("redis") is None:
+        raise PreflightError(
+            "[cluster] redis_url needs redis-py: pip install 'model-router[cluster]'"
+        )
+    if not 1 <= args.workers <= MAX_WORKERS:
+        raise PreflightError(f"--workers must be within 1..{MAX_WORKERS}")
+    if args.workers > 1 and args.worker_index is None and args.sim_port:
+        raise PreflightError("--sim-port cannot be shared by several workers")
 
 
 def _check_config(args: argparse.Namespace) -> int:

@@ -1,8 +1,10 @@
-# Over 400 lines: one schema, one reader: every section's dataclass and its checks, side by side.
+# Over 400 lines: one schema, one reader: each section's dataclass and checks, side by side.
 """User configuration: TOML -> frozen dataclasses. Unknown keys are errors naming their path.
 
-Built-in provider definitions live here; a user config may override their fields, add
-providers, add models and override catalog entries.
+[probes] and [breaker] are the measuring layer's own dataclasses (probes.loop.ProbeSettings,
+probes.breaker.BreakerPolicy), filled and checked from here. Built-in provider definitions
+live here; a user config may override their fields, add providers, add models and override
+catalog entries.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Literal
 from urllib.parse import SplitResult, urlsplit
 
 from probes.breaker import BreakerPolicy
+from probes.loop import ProbeSettings, ProbeSettingsError
 from proxy.decide.fields import FieldPolicy, check_extra
 from proxy.decide.policy import TOP_LEVEL_KEYS as POLICY_KEYS
 from proxy.decide.policy import Policy, PolicyError, parse_policy
@@ -140,42 +143,9 @@ class ProviderConfig:
         return PROFILE_BY_REGION.get(self.region.split("-")[0], "us")
 
 
-@dataclass(frozen=True, slots=True)
-class ProbeConfig:
-    enabled: bool = True
-    # 30 s keeps a 300 s half-life table fed with ~14 samples' weight per deployment even with
-    # no traffic, and a slowdown shows within two probes. At max_tokens=1 a probe costs
-    # ~$1e-6-2e-4; the whole bundled catalog on every provider is ~$4/day at 30 s, so the loop
-    # stretches the interval to stay within max_daily_spend_usd rather than stop mid-day.
-    interval_s: float = 30.0
-    # Spreads probes so 60+ deployments are not hit in the same instant every round.
-    jitter: float = 0.2
-    # Latency shifts by the hour; 5 minutes forgets a bad spell quickly but not from one probe.
-    # A slowdown outranks a 2x slower rival after 1-2 samples (the p90 sees it); a deployment
-    # that got faster is caught by shift_samples below, or else after ~3.3 half-lives.
-    half_life_s: float = 300.0
-    # Probes run beside live traffic and never share its queues; 4 at a time bounds a
-    # probe burst after a restart to a handful of connections per provider.
-    concurrency: int = 4
-    # $30/month at most, whatever the catalog; see interval_s for how it is kept.
-    max_daily_spend_usd: float = 1.0
-    # A probe with no first token by then is a failure (and a censored 10 s TTFT sample).
-    timeout_s: float = 10.0
-    # A deployment with a live sample in the last live_quiet_s is probed live_interval_factor
-    # times less often: its own traffic already measures it. One interval: traffic of two
-    # requests a minute counts, and a deployment that routing has just left (because it got
-    # slow) is back on the normal schedule within 30 s, so its recovery is seen.
-    live_quiet_s: float = 30.0
-    live_interval_factor: float = 4.0
-    # prefer=fast ranks by (1 - p90_weight) * mean + p90_weight * p90 of the decayed TTFT, so a
-    # deployment that is fast on average but slow on over one request in ten does not win.
-    p90_weight: float = 0.5
-    # This many samples in a row 50 % beyond a deployment's p10-p90 band, over at least half a
-    # probe interval, mean it moved: its history is dropped so a deployment that got faster
-    # wins within two probes (not after its old slow tail decays, ~3.3 half-lives) and a busy
-    # one that got slower loses within ten requests or half an interval (not once a tenth of
-    # its live weight is slow). Noise seldom does this; see probes/latency.py. 0 turns it off.
-    shift_samples: int = 2
+# The [probes] table is the measuring layer's own settings dataclass, filled from the table and
+# validated there (as [breaker] is probes.breaker.BreakerPolicy); the old name stays for imports.
+ProbeConfig = ProbeSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,7 +312,7 @@ class KeyConfig:
 class Config:
     server: ServerSettings = ServerSettings()
     routing: RoutingSettings = RoutingSettings()
-    probes: ProbeConfig = ProbeConfig()
+    probes: ProbeSettings = field(default_factory=ProbeSettings)
     usage: UsageSettings = UsageSettings()
     cache: CacheSettings = CacheSettings()
     budget: BudgetSettings = BudgetSettings()
@@ -484,22 +454,15 @@ def _routing(raw: dict[str, Any]) -> RoutingSettings:
     return replace(base, ttft_deadline_ms=merged)
 
 
-def _probes(raw: Any) -> ProbeConfig:
-    p: ProbeConfig = _typed(ProbeConfig, _check(raw, ProbeConfig, "probes"), "probes")
-    # Negatives are refused by _typed; zeroes here would divide or spin later.
-    checks = [
-        ("interval_s", p.interval_s > 0, "must be > 0"),
-        ("half_life_s", p.half_life_s > 0, "must be > 0"),
-        ("timeout_s", p.timeout_s > 0, "must be > 0"),
-        ("concurrency", p.concurrency >= 1, "must be at least 1"),
-        ("jitter", p.jitter < 1, "must be within [0, 1)"),
-        ("live_interval_factor", p.live_interval_factor >= 1, "must be at least 1"),
-        ("p90_weight", p.p90_weight <= 1, "must be within [0, 1]"),
-    ]
-    for key, ok, limit in checks:
-        if not ok:
-            raise ConfigError(f"probes.{key}: {limit}")
-    return p
+def _probes(raw: Any) -> ProbeSettings:
+    try:
+        settings: ProbeSettings = _typed(
+            ProbeSettings, _check(raw, ProbeSettings, "probes"), "probes"
+        )
+    except ProbeSettingsError as exc:
+        # ProbeSettings names each field it refuses; each becomes its key's path here.
+        raise ConfigError("; ".join(f"probes.{k}: {m}" for k, m in exc.problems)) from None
+    return settings
 
 
 # The [breaker] keys a user may set; the rest of BreakerPolicy are internal bounds.

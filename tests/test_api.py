@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import aiohttp
@@ -179,3 +180,27 @@ async def test_fim_completion_goes_to_a_fim_model(proxy: Proxy) -> None:
     fim = {m.id for m in proxy.router.catalog.models if "fim" in m.capabilities}
     assert comp.model in fim  # the catalog id, as in x-router-model
     assert_valid("CreateCompletionResponse", comp.model_dump(exclude_unset=True))
+
+
+@pytest.mark.parametrize(
+    ("model", "head", "stream"),
+    [
+        pytest.param("auto:fast", "prefer=fast tier=any", True, id="fast-stream"),
+        pytest.param("gpt-4o-mini", "pinned", False, id="pinned-answer"),
+    ],
+)
+async def test_reason_header_gives_the_ttft_estimate_under_its_name_and_its_old_one(
+    proxy: Proxy, model: str, head: str, stream: bool
+) -> None:
+    """``ttft_estimate_ms`` is the figure's name (as in /v1/router/status); ``ttft_ewma_ms``,
+    deprecated, stays first with the same value through 0.1.x (README, "Every answer")."""
+    client = proxy.client()
+    create = client.chat.completions.with_raw_response.create
+    raw = await create(model=model, messages=MSG, stream=stream)  # type: ignore[call-overload]
+    reason = raw.headers["x-router-reason"]
+    found = re.fullmatch(rf"{head} ttft_ewma_ms=(\d+) ttft_estimate_ms=(\d+)", reason)
+    assert found is not None, reason
+    assert found[1] == found[2]
+    if stream:
+        async for _ in raw.parse():
+            pass

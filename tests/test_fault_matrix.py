@@ -505,7 +505,10 @@ async def row9_a_client_that_never_reads_is_cut_off_and_memory_stays_bounded(
 async def row10_every_deployment_failing_gives_one_clear_error(
     fault: Fault, expected: int, start_proxy: StartProxy, sim: Sim
 ) -> None:
-    proxy = await start_proxy(settings(routing={"max_attempts": 3}))
+    # Every fault here answers at once; the deadline is long so that on a loaded box an
+    # attempt is not cut by it first (that would turn a row of 429s into a 502).
+    routing = {"max_attempts": 3, "ttft_deadline_ms": {"pinned": 2000.0}}
+    proxy = await start_proxy(settings(routing=routing))
     sim.state.set_fault("*", fault)
     client = proxy.client(max_retries=2)  # the SDK's default: x-should-retry must stop it
     n = 8

@@ -1,4 +1,4 @@
-"""The status page's history (proxy/history.py) and GET /v1/router/history over a real socket:
+"""The status page's history (proxy/status/history.py) and GET /v1/router/history over a real socket:
 what it counts, who may read it, and that it never shows a key or its digest."""
 
 from __future__ import annotations

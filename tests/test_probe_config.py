@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from probes.loop import ProbeSettings
+from probes.loop import ProbeSettings, ProbeSettingsError
 from proxy.assembly.probing import probe_body, probe_costs, probe_interval
 from proxy.config import ConfigError, ProbeConfig, parse_config
 from proxy.sim.catalogs import only_models, sim_model
+from tests.conftest import StartProxy
 
 DAY_S = 86_400.0
 
@@ -128,3 +130,54 @@ def test_probing_the_whole_catalog_is_paced_to_fit_the_daily_cap() -> None:
 def test_a_small_catalog_is_probed_at_the_configured_interval() -> None:
     config = parse_config(only_models(sim_model("a"), sim_model("b")))
     assert probe_interval(config, config.catalog) == config.probes.interval_s
+
+
+def test_the_probes_table_is_the_probe_loops_own_settings() -> None:
+    """No mirrored copy in the serving layer: what the config fills is probes.loop's dataclass,
+    every key of it settable, and the loop the app builds runs on it (interval paced)."""
+    raw = {"half_open_gap_s": 0.5, "max_sleep_s": 2, "timeout_s": 4, "concurrency": 3}
+    config = parse_config(only_models(sim_model("a")) | {"probes": raw})
+    assert type(config.probes) is ProbeSettings
+    assert {k: getattr(config.probes, k) for k in raw} == raw
+    assert config.probes == ProbeSettings(
+        half_open_gap_s=0.5, max_sleep_s=2.0, timeout_s=4.0, concurrency=3
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        pytest.param({"half_open_gap_s": 0}, "probes.half_open_gap_s: must be > 0", id="gap"),
+        pytest.param({"max_sleep_s": 0.0}, "probes.max_sleep_s: must be > 0", id="sleep"),
+        pytest.param(
+            {"interval_s": 0, "p90_weight": 2.0},
+            "probes.interval_s: must be > 0; probes.p90_weight: must be within [0, 1]",
+            id="every-problem-named",
+        ),
+    ],
+)
+def test_the_loops_own_checks_name_the_config_key(raw: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_config({"probes": raw})
+
+
+def test_probe_settings_errors_list_each_field_and_its_limit() -> None:
+    with pytest.raises(ProbeSettingsError) as caught:
+        ProbeSettings(jitter=1.0, shift_samples=-1)
+    assert caught.value.problems == [
+        ("jitter", "must be within [0, 1)"),
+        ("shift_samples", "must not be negative"),
+    ]
+    assert str(caught.value).startswith("invalid ProbeSettings: jitter must be within [0, 1)")
+
+
+async def test_the_app_runs_its_probe_loop_on_the_configured_settings(
+    start_proxy: StartProxy,
+) -> None:
+    proxy = await start_proxy({"probes": {"half_open_gap_s": 0.5, "max_sleep_s": 0.25}})
+    loop = proxy.router.probe_loop
+    assert loop is not None
+    configured = proxy.router.config.probes
+    paced = probe_interval(proxy.router.config, proxy.router.catalog)
+    assert loop.settings == replace(configured, interval_s=paced)
+    assert (loop.settings.half_open_gap_s, loop.settings.max_sleep_s) == (0.5, 0.25)

@@ -506,3 +506,61 @@ async def test_a_probe_beyond_the_band_is_confirmed_after_the_shift_span() -> No
     assert gaps(times)[-2:] == pytest.approx([30.0, 15.0], abs=0.01)
     assert table.row("a").shifts == 1
     assert not table.unsettled("a")
+
+
+async def test_a_suspected_deployment_with_live_traffic_is_probed_at_once() -> None:
+    """Two slow live answers at one moment make routing leave a busy deployment before they are
+    confirmed; its live traffic has gone, so the loop probes it a confirming gap later instead
+    of waiting out the four-times-longer interval of a deployment with traffic, and that probe
+    settles it."""
+    clock = FakeTime()
+    send = Recorder(clock, ttft_ms=80.0)
+    table = LatencyTable(300.0, clock=clock, shift_samples=2, shift_span_s=15.0, false_alarm=1e-4)
+    loop, _, _ = build(
+        clock, send, {"a": 0.0}, table=table, live_quiet_s=10_000.0, live_interval_factor=4.0
+    )
+    for _ in range(2_000):
+        clock.now += 0.1
+        table.observe("a", 80.0, "live")
+    await run_for(loop, clock, 130.0)
+    assert gaps(send.times("a")) == pytest.approx([120.0], abs=0.01)
+    table.observe("a", 400.0, "live")
+    table.observe("a", 400.0, "live")
+    assert table.suspected("a")
+    send.ttft_ms = 400.0
+    asked = clock.now
+    await run_for(loop, clock, 60.0)
+    # Due a confirming gap (the shift span) after its last live answer, not 120 s after its
+    # last probe.
+    assert send.times("a")[2] == pytest.approx(asked + 15.0, abs=0.01)
+    assert not table.suspected("a")
+    assert table.row("a").shifts == 1
+
+
+class TakesItsTime(Recorder):
+    """A fake upstream whose answer arrives its TTFT after it was asked, as a real one does:
+    the table tells a probe sent after a run began by that difference."""
+
+    async def __call__(self, key: str) -> float:
+        ttft_ms = await super().__call__(key)
+        self.clock.now += ttft_ms / 1000.0
+        return ttft_ms
+
+
+async def test_a_probe_that_sees_a_recovery_is_confirmed_by_the_next_one_at_once() -> None:
+    """With suspicion on, the first 60 ms answer from a 220 ms deployment already moves routing;
+    the loop confirms it with a second probe straight away instead of half an interval later,
+    and that probe, sent after the run began, restarts the history."""
+    clock = FakeTime()
+    send = TakesItsTime(clock, ttft_ms=220.0)
+    table = LatencyTable(300.0, clock=clock, shift_samples=2, shift_span_s=15.0, false_alarm=1e-4)
+    loop, _, _ = build(clock, send, {"a": 0.0}, table=table, interval_s=30.0, jitter=0.0)
+    await run_for(loop, clock, 300.0)
+    send.ttft_ms = 60.0
+    await run_for(loop, clock, 60.0)
+    # Gaps between sends: each probe's own TTFT plus the interval, and just the TTFT before the
+    # confirming one.
+    assert gaps(send.times("a"))[-3:] == pytest.approx([30.22, 0.06, 30.06], abs=0.01)
+    assert table.row("a").shifts == 1
+    assert (table.row("a").suspicions, table.suspected("a")) == (1, False)
+    assert loop.stats().sent == len(send.times("a"))

@@ -32,7 +32,7 @@ import pytest
 
 from probes.latency import settled_weight
 from proxy.app import RUNTIME
-from proxy.serve.health import SNAPSHOT_MAX_AGE_S
+from proxy.serve.health import FALSE_ALARM, SNAPSHOT_MAX_AGE_S
 from proxy.sim.catalogs import only_models, sim_model, upstream_id
 from proxy.sim.script import Fault, Profile
 from tests.conftest import Proxy, Sim, StartProxy
@@ -171,6 +171,39 @@ async def test_probe_settings_reach_the_loop_and_the_table_from_config(
     assert table.prior_weight == pytest.approx(
         0.05 / 0.95 * settled_weight(INTERVAL_S, HALF_LIFE_S)
     )
+
+
+async def test_suspicion_is_on_with_the_regime_test_and_off_without_it(
+    start_proxy: StartProxy,
+) -> None:
+    on = await start_proxy({**only_models(A, B), "probes": probing()})
+    assert on.router.health.table.false_alarm == FALSE_ALARM
+    off = await start_proxy({**only_models(A, B), "probes": probing(shift_samples=0)})
+    assert off.router.health.table.false_alarm == 0.0
+
+
+async def test_a_suspected_slowdown_reaches_routing_at_once_not_after_the_cache_age(
+    start_proxy: StartProxy,
+) -> None:
+    """Two slow answers that arrive together make a steady busy deployment suspected; the next
+    request is planned without it, not up to SNAPSHOT_MAX_AGE_S later."""
+    proxy = await start_proxy({**only_models(A, B), "probes": probing(enabled=False)})
+    health = proxy.router.health
+    table = health.table
+    keys = {d.model_id: d.key for d in health.snapshot().fast_order["any"]}
+    for _ in range(200):
+        table.observe(keys["fast-a"], 80.0, "live")
+        table.observe(keys["steady-b"], 150.0, "live")
+
+    def first() -> str:
+        return health.snapshot().fast_order["any"][0].model_id
+
+    await asyncio.sleep(SNAPSHOT_MAX_AGE_S + 0.01)  # the measurements are in the next plan
+    assert first() == "fast-a"
+    table.observe(keys["fast-a"], 400.0, "live")
+    table.observe(keys["fast-a"], 400.0, "live")
+    assert table.suspected(keys["fast-a"])
+    assert first() == "steady-b"
 
 
 async def test_a_deployment_with_live_traffic_is_probed_less(

@@ -8,7 +8,7 @@ import pytest
 
 from proxy.catalog import Catalog, Deployment, Model, Score
 from proxy.decide.intent import parse_intent
-from proxy.decide.routing import Snapshot, plan
+from proxy.decide.routing import Snapshot, plan, spoken
 from proxy.errors import RouterError
 
 ALL = frozenset({"chat", "tools", "json", "vision", "logprobs"})
@@ -236,3 +236,31 @@ def test_min_coding_score_above_every_model_is_a_400_naming_it() -> None:
     with pytest.raises(RouterError) as caught:
         plan(intent, CATALOG, NOMINAL, 3)
     assert caught.value.status == 400 and caught.value.param == "min_coding_score"
+
+
+@pytest.mark.parametrize(
+    ("body", "head"),
+    [
+        pytest.param({"model": "auto:fast"}, "prefer=fast tier=any", id="fast"),
+        pytest.param({"model": "pre-best"}, "pinned", id="pinned"),
+    ],
+)
+def test_the_reason_names_the_ttft_estimate_beside_its_deprecated_name(
+    body: dict[str, Any], head: str
+) -> None:
+    """x-router-reason says ttft_estimate_ms (what /v1/router/status calls the figure) and,
+    through 0.1.x, still ttft_ewma_ms first, with the same value."""
+    intent = parse_intent({**body, "messages": [{"role": "user", "content": "x"}]}, "chat")
+    p = plan(intent, CATALOG, NOMINAL, 1)
+    figure = f"{NOMINAL.ttft(p.candidates[0].deployment):.0f}"
+    assert p.estimate_ms == NOMINAL.ttft(p.candidates[0].deployment)
+    assert spoken(p) == f"{head} ttft_ewma_ms={figure} ttft_estimate_ms={figure}"
+
+
+def test_a_reason_without_the_estimate_is_spoken_as_planned() -> None:
+    intent = parse_intent(
+        {"model": "auto:cheap", "messages": [{"role": "user", "content": "x"}]}, "chat"
+    )
+    p = plan(intent, CATALOG, NOMINAL, 1)
+    assert p.estimate_ms is None
+    assert spoken(p) == p.reason and "ttft_" not in p.reason

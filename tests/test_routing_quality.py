@@ -118,3 +118,49 @@ def test_mmlu_subjects_fall_into_their_groups(bench: Any) -> None:
     subjects = {p.stem.removeprefix("mmlu_") for p in (bench.data_dir() / "mmlu").glob("*.csv")}
     named = {s for names in bench.MMLU_GROUPS.values() for s in names}
     assert named <= subjects  # no misspelt subject silently lands in "other"
+
+
+def test_mt_bench_outcomes_pair_each_question_with_both_grades(bench: Any) -> None:
+    items = bench.load_mt_bench_outcomes(bench.data_dir(), bench.mt_bench_dir())
+    assert len(items) == 80
+    by_cat: dict[str, list[Any]] = {}
+    for it in items:
+        by_cat.setdefault(it.category, []).append(it)
+        assert 1.0 <= it.weak <= 10.0 and 1.0 <= it.strong <= 10.0
+    assert sorted(len(v) for v in by_cat.values()) == [10] * 8
+
+    def gap(cat: str) -> float:
+        return sum(it.strong - it.weak for it in by_cat[cat]) / 10
+
+    assert gap("coding") > gap("writing")  # where the strong model is worth paying for
+
+
+def test_mt_bench_set_is_reported_with_intervals_and_categories(bench: Any) -> None:
+    items = bench.load_mt_bench_outcomes(bench.data_dir(), bench.mt_bench_dir())
+    models = {m.id: m for m in bench.load_bundled()}
+    lines, figures, row = bench.report_dataset(
+        "MT-Bench",
+        items,
+        4,
+        10,
+        models[bench.ECONOMY_MODEL],
+        models[bench.PREMIUM_MODEL],
+        None,
+        categories_from="all",
+    )
+    text = "\n".join(lines)
+    assert row is not None and row.startswith("| MT-Bench |")
+    assert "mean judge score" in text and "By category (all)" in text
+    assert "| coding | 10 |" in text
+    for router in ("classifier", "with ngram model", "length", "random"):
+        assert f"MT-Bench.held-out.{router}" in figures
+    assert figures["MT-Bench.gain_half_width"] >= 0
+
+
+def test_mt_bench_score_outside_one_to_ten_names_the_row(bench: Any, tmp_path: Path) -> None:
+    (tmp_path / bench.MT_BENCH_SCORES).write_text(
+        f"question_id,{STRONG},{bench.MT_BENCH_WEAK}\n81,10,11\n", encoding="utf-8"
+    )
+    with pytest.raises(ValueError, match=r"row 0: score 11\.0"):
+        bench.load_mt_bench_outcomes(tmp_path, bench.mt_bench_dir())
+    assert bench.load_mt_bench_outcomes(tmp_path / "absent", bench.mt_bench_dir()) == []

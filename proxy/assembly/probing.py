@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import replace
 from typing import Any
 
 from probes.kinds import Endpoint
-from probes.loop import ProbeFailed, ProbeLoop, ProbeSettings, paced_interval_s
+from probes.loop import ProbeFailed, ProbeLoop, paced_interval_s
 from proxy.catalog import Catalog, Deployment, Model
 from proxy.config import Config, ProviderConfig
 from proxy.providers.base import UpstreamError, UpstreamRequest, UpstreamStream
@@ -104,16 +105,8 @@ def make_probe_sender(router: Router) -> ProbeLoop | None:
                 await upstream.aclose()
         return ttft_ms
 
-    settings = ProbeSettings(
-        enabled=True,
-        interval_s=probe_interval(router.config, router.catalog),
-        jitter=pc.jitter,
-        concurrency=pc.concurrency,
-        live_quiet_s=pc.live_quiet_s,
-        live_interval_factor=pc.live_interval_factor,
-        max_daily_spend_usd=pc.max_daily_spend_usd,
-        timeout_s=pc.timeout_s,
-    )
+    # The [probes] table is the loop's own settings; only the interval is paced to the cap.
+    settings = replace(pc, interval_s=probe_interval(router.config, router.catalog))
     costs = probe_costs(router.catalog)
     interval = settings.interval_s
     if interval > pc.interval_s:

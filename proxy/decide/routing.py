@@ -80,11 +80,30 @@ class Candidate:
     deployment: Deployment
 
 
+# The reason's TTFT figure is the deployment's estimate: a blend of its decayed mean and p90,
+# pulled toward the catalog's nominal, the number /v1/router/status calls ttft_estimate_ms.
+# It was first spelled ttft_ewma_ms, which it is not. Through 0.1.x the header gives it under
+# both names (the old one first, where clients parse it); 0.2.0 drops the old one, and then
+# Plan.reason takes the new name and ``spoken`` goes.
+ESTIMATE = "ttft_estimate_ms"
+DEPRECATED_ESTIMATE = "ttft_ewma_ms"
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     candidates: tuple[Candidate, ...]
-    reason: str
+    reason: str  # quotes the TTFT estimate as DEPRECATED_ESTIMATE (0.1.x); see ``spoken``
     forced: bool = False  # every eligible deployment was open; these are the least bad
+    estimate_ms: float | None = None  # the first candidate's TTFT estimate, when quoted
+
+
+def spoken(plan: Plan) -> str:
+    """The reason as ``x-router-reason`` and the request record carry it: the TTFT estimate
+    under its name, right after its deprecated one."""
+    if plan.estimate_ms is None:
+        return plan.reason
+    old = f"{DEPRECATED_ESTIMATE}={plan.estimate_ms:.0f}"
+    return plan.reason.replace(old, f"{old} {ESTIMATE}={plan.estimate_ms:.0f}", 1)
 
 
 def _fits(intent: Intent, m: Model) -> bool:
@@ -140,6 +159,10 @@ def _pinned(catalog: Catalog, intent: Intent, snap: Snapshot) -> Iterator[Deploy
         yield from sorted(model.deployments, key=snap.ttft)
 
 
+def _quotes_estimate(intent: Intent) -> bool:
+    return intent.prefer == "fast" or bool(intent.pinned)
+
+
 def _reason(intent: Intent, first: Candidate, snap: Snapshot, forced: bool) -> str:
     m, d = first.model, first.deployment
     if intent.pinned:
@@ -148,9 +171,8 @@ def _reason(intent: Intent, first: Candidate, snap: Snapshot, forced: bool) -> s
         head = f"prefer={intent.prefer} tier={intent.tier or 'any'}"
         if intent.min_coding_score is not None:
             head += f" min_coding_score={intent.min_coding_score:g} coding={m.coding.value:g}"
-    if intent.prefer == "fast" or intent.pinned:
-        # The TTFT estimate (/v1/router/status's ttft_estimate_ms); see the README on the name.
-        detail = f"ttft_ewma_ms={snap.ttft(d):.0f}"
+    if _quotes_estimate(intent):
+        detail = f"{DEPRECATED_ESTIMATE}={snap.ttft(d):.0f}"
     elif intent.min_coding_score is not None:
         detail = PREFERENCES["cheap"].figure(m)
     else:
@@ -206,10 +228,11 @@ def plan(
         chosen, forced = open_ones[:limit], True
     if not chosen:
         raise _nothing_eligible(intent, too_small, too_short, incapable, denied, catalog)
-    return Plan(tuple(chosen), _reason(intent, chosen[0], snap, forced), forced)
+    first = chosen[0]
+    estimate = snap.ttft(first.deployment) if _quotes_estimate(intent) else None
+    return Plan(tuple(chosen), _reason(intent, first, snap, forced), forced, estimate)
 
 
-# Over 60 lines: one message per reason nothing fits (merged from main; to split).
 def _nothing_eligible(
     intent: Intent,
     too_small: list[Model],
@@ -218,26 +241,9 @@ def _nothing_eligible(
     denied: list[Model],
     catalog: Catalog,
 ) -> RouterError:
-    field = intent.max_output_param
-    if too_short and intent.pinned:
-        m = too_short[0]
-        return bad_request(
-            f"'{field}' is {intent.max_output_tokens} but {m.id} writes at most "
-            f"{m.max_output_tokens} output tokens; lower '{field}' to {m.max_output_tokens} "
-            "or less",
-            field,
-            "max_tokens_exceeds_model_limit",
-        )
+    """Why nothing fits, for the first reason that ruled models out, in this order."""
     if too_short:
-        longest = max(too_short, key=lambda m: (m.max_output_tokens, m.id))
-        pool = f"tier {intent.tier}" if intent.tier else "any tier"
-        return bad_request(
-            f"'{field}' is {intent.max_output_tokens} but no eligible model in {pool} writes "
-            f"that many output tokens (the largest limit is {longest.max_output_tokens}, "
-            f"{longest.id})",
-            field,
-            "max_tokens_exceeds_model_limit",
-        )
+        return _writes_too_little(intent, too_short)
     if too_small:
         largest = max(m.context_length for m in too_small)
         return RouterError(
@@ -267,6 +273,34 @@ def _nothing_eligible(
             param="tier" if intent.tier else "model",
             code="model_not_allowed",
         )
+    return _none_offered(intent, catalog)
+
+
+def _writes_too_little(intent: Intent, too_short: list[Model]) -> RouterError:
+    """The context fits but ``max_tokens`` is above what the model(s) can write."""
+    field = intent.max_output_param
+    if intent.pinned:
+        m = too_short[0]
+        return bad_request(
+            f"'{field}' is {intent.max_output_tokens} but {m.id} writes at most "
+            f"{m.max_output_tokens} output tokens; lower '{field}' to {m.max_output_tokens} "
+            "or less",
+            field,
+            "max_tokens_exceeds_model_limit",
+        )
+    longest = max(too_short, key=lambda m: (m.max_output_tokens, m.id))
+    pool = f"tier {intent.tier}" if intent.tier else "any tier"
+    return bad_request(
+        f"'{field}' is {intent.max_output_tokens} but no eligible model in {pool} writes "
+        f"that many output tokens (the largest limit is {longest.max_output_tokens}, "
+        f"{longest.id})",
+        field,
+        "max_tokens_exceeds_model_limit",
+    )
+
+
+def _none_offered(intent: Intent, catalog: Catalog) -> RouterError:
+    """No model reached the checks: none enabled in the pool, or none meets min_coding_score."""
     where = f"tier {intent.tier!r}" if intent.tier else "the catalog"
     score = intent.min_coding_score
     offered = [m for m in catalog.models if intent.tier in (None, m.tier)]

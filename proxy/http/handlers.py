@@ -22,7 +22,7 @@ from proxy.catalog import PREFERS, TIERS
 from proxy.decide.experiments import key_id
 from proxy.decide.intent import Intent, forwarded_body, not_found, parse_intent
 from proxy.decide.resolve import Resolution, resolve
-from proxy.decide.routing import Plan, plan
+from proxy.decide.routing import Plan, plan, spoken
 from proxy.errors import RouterError, quote
 from proxy.serve.drain import IN_FLIGHT, shutdown_error
 from proxy.serve.escalation import complete_escalating
@@ -87,8 +87,9 @@ async def _route(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
     caller = principal(request)
     record = RequestRecord(Asked(rid, endpoint, caller.key_id))
     ticket: Ticket | None = None
-    budget = router.dispatcher.budget
-    budget.active += 1
+    # Requests in flight are counted on the retry budget, whose bound is a fraction of them.
+    retry_budget = router.dispatcher.budget
+    retry_budget.active += 1
     try:
         body = await hostile_input.read_json(request, router.config.limits)
         if type(body) is dict:
@@ -118,7 +119,7 @@ async def _route(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
         respond.client_left(record)
         raise
     finally:
-        budget.active -= 1
+        retry_budget.active -= 1
         if ticket is not None:
             ticket.settle(record)
         seconds = time.perf_counter() - started
@@ -162,7 +163,7 @@ def _decide(
     snapshot = router.health.snapshot()
     attempts = router.config.routing.max_attempts
     decision = chosen.annotate(plan(routed, router.catalog, snapshot, attempts, allow=caller.allow))
-    record.reason = decision.reason
+    record.reason = spoken(decision)
     return chosen, decision
 
 

@@ -1,4 +1,4 @@
-"""Scrape-time series the alert rules and the Grafana dashboard need beyond proxy/metrics.py:
+"""Scrape-time series the alert rules and the Grafana dashboard need beyond proxy/http/metrics.py:
 open deployments per tier, spend against the budgets, the usage log's queue
 (systemd/prometheus-alerts.yml, systemd/grafana-dashboard.json).
 """

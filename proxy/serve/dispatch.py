@@ -6,8 +6,9 @@ hang or a broken stream moves on to the next candidate (within the attempt cap a
 retry budget); after it, failures become an in-band SSE error event. One attempt loop
 serves both kinds of request, and it returns values: a ``Committed`` stream or an
 ``Answer``. Writing them to the client is ``proxy.http.respond``'s job. A stream's first
-attempt may be raced against a hedge on another provider (``hedge.py`` decides; the race is
-opened in ``_open_hedged``, and only its winner is committed).
+attempt may be raced against a hedge on another provider: ``hedge.py`` says whether and
+after how long, ``_open_hedged`` starts both attempts as tasks and ``hedge.Racers`` picks the
+one to commit.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from proxy.providers.base import (
 )
 
 from .health import Health
-from .hedge import HedgePolicy, race
+from .hedge import HedgePolicy, Racers
 from .record import RequestRecord
 from .relay import SSERelay
 from .retry_budget import RetryBudget
@@ -303,7 +304,7 @@ class Dispatcher:
     async def _open_hedged(
         self, race_: Race, intent: Intent, body: dict[str, Any], record: RequestRecord
     ) -> Committed | None:
-        """The first attempt raced against a hedge (``serve/hedge.py`` decides); returns the
+        """The first attempt raced against a hedge (the policy in ``serve/hedge.py``); returns the
         winner's stream at its first content token, or None when every racer failed. Each
         racer charges its own scratch record if it is cancelled after the upstream took it:
         the loser's is the hedge's cost, and both are the request's if the client leaves."""
@@ -315,25 +316,28 @@ class Dispatcher:
             p90_ms = cand.deployment.nominal_ttft_ms
         racers = [cand, cand]
         scratch = (RequestRecord(record.asked), RequestRecord(record.asked))
-
-        def alternate() -> Callable[[], Awaitable[Committed | None]] | None:
-            alt = self._hedge_candidate(race_.plan, cand)
-            if alt is None or not policy.budget.take():
-                return None
-            racers[1] = alt
-            race_.hedged.add(alt.deployment.key)
-            record.attempts += 1
-            return lambda: self._open_stream(alt, intent, body, False, race_.failures, scratch[1])
-
         started = asyncio.get_running_loop().time()
-        try:
-            result = await race(
-                lambda: self._open_stream(
-                    cand, intent, body, race_.trial, race_.failures, scratch[0]
-                ),
-                alternate,
-                policy.delay_s(p90_ms),
+        # The attempts are tasks started here: the race only waits on them.
+        racing: Racers[Committed] = Racers(
+            asyncio.ensure_future(
+                self._open_stream(cand, intent, body, race_.trial, race_.failures, scratch[0])
             )
+        )
+        try:
+            try:
+                if not await racing.within(policy.delay_s(p90_ms)):
+                    alt = self._hedge_candidate(race_.plan, cand)
+                    if alt is not None and policy.budget.take():
+                        racers[1] = alt
+                        race_.hedged.add(alt.deployment.key)
+                        record.attempts += 1
+                        hedge = self._open_stream(
+                            alt, intent, body, False, race_.failures, scratch[1]
+                        )
+                        racing.add(asyncio.ensure_future(hedge))
+                result = await racing.result()
+            finally:
+                await racing.aclose()
         except asyncio.CancelledError:
             # The client left mid-race: what both attempts had cost is charged.
             charged = [r for r in scratch if r.model is not None]

@@ -12,7 +12,7 @@ from typing import Any
 from proxy.catalog import DEFAULT_PREFER, TIERS, Tier
 from proxy.decide.intent import Intent
 from proxy.decide.policy import EscalationSettings
-from proxy.decide.routing import Plan, plan
+from proxy.decide.routing import Plan, plan, spoken
 from proxy.errors import RouterError
 
 from .dispatch import Answer
@@ -106,7 +106,7 @@ async def complete_escalating(
         first.note = f"none ({step} failed: {err.code or err.type})"
         return settled(first, record)
     record.escalated_from = answered.tier
-    record.reason = second_plan.reason
+    record.reason = spoken(second_plan)
     settled(second, record)
     # The usage log records what the request cost in all, the discarded answer included.
     spent = first.data.get("usage")

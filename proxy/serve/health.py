@@ -13,12 +13,17 @@ from probes.latency import LatencyTable, Source, prior_weight_for, settled_weigh
 from proxy.catalog import Catalog
 from proxy.decide.routing import Snapshot
 
-# TTFT changes reach routing at most this late; breaker transitions reach it at once.
+# TTFT changes reach routing at most this late; breaker transitions, and a deployment's latency
+# regime suspected, cleared or adopted (probes/latency.py), reach it at once.
 SNAPSHOT_MAX_AGE_S = 0.05
 # The catalog nominal's share of a probed deployment's estimate: enough to rank deployments
 # before their first sample and to pull a stale one back (halfway after ~4 half-lives), small
 # next to measurements: a nominal 2x the measured TTFT lifts a probed estimate by at most 5 %.
 PRIOR_SHARE = 0.05
+# The chance per sample that noise alone makes routing follow a run beyond a deployment's band
+# before a probe confirms it (see "Suspicion" in probes/latency.py): a deployment answering
+# 20 requests a second is misjudged for one probe's round trip about every 8 minutes at most.
+FALSE_ALARM = 1e-4
 
 
 class Health:
@@ -47,9 +52,9 @@ class Health:
         self._catalog = catalog
         self._snap = Snapshot.nominal(catalog)
         self._built_at = -1e18
-        self._versions = (-1, -1)
+        self._versions = (-1, -1, -1)
         # Failed attempts per deployment ever, live and probe, client faults excluded: the
-        # status page's error counts (proxy/history.py reads it every sample).
+        # status page's error counts (proxy/status/history.py reads it every sample).
         self.failures: dict[str, int] = {}
         self.set_catalog(catalog)
 
@@ -85,6 +90,7 @@ class Health:
             shift_samples=shift_samples,
             shift_span_s=0.0 if probe_interval_s is None else probe_interval_s / 2,
             measured_weight=measured,
+            false_alarm=FALSE_ALARM if shift_samples else 0.0,
         )
         return cls(catalog, table, BreakerBoard(policy or BreakerPolicy()))
 
@@ -99,8 +105,10 @@ class Health:
         now = self._clock()
         age = now - self._built_at
         table_v, board_v = self.table.version, self.board.version
+        regime_v = self.table.regime_version
         if (
             board_v == self._versions[1]
+            and regime_v == self._versions[2]
             and age < 1.0
             and (table_v == self._versions[0] or age < SNAPSHOT_MAX_AGE_S)
         ):
@@ -112,7 +120,7 @@ class Health:
         badness = {k: self.board.badness(k) for k in refusing}
         self._snap = Snapshot.build(self._catalog, ttft, refusing, badness)
         self._built_at = now
-        self._versions = (self.table.version, self.board.version)
+        self._versions = (self.table.version, self.board.version, self.table.regime_version)
         return self._snap
 
     def allow(self, key: str) -> bool:

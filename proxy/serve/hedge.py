@@ -1,10 +1,11 @@
 """Hedged first-token races: when the first attempt of a stream has no content token after a
 delay, a second one starts on another provider; the first to produce a content token wins.
 
-This module knows nothing of HTTP, providers or dispatch. ``race`` takes "start an attempt and
-return when its first content token arrives" callables and a delay; ``HedgeBudget`` bounds
-how many requests may hedge; ``HedgePolicy`` says whether a request may hedge and after how
-long. Dispatch plugs in at its commit point (``Dispatcher._open_hedged``); the settings are
+This module knows nothing of HTTP, providers or dispatch. ``Racers`` waits on attempts that
+dispatch started as tasks ("open a stream and return at its first content token") and picks
+the winner; it never calls back into dispatch, which decides when and where to hedge at its
+commit point (``Dispatcher._open_hedged``). ``HedgeBudget`` bounds how many requests may
+hedge; ``HedgePolicy`` says whether a request may hedge and after how long. The settings are
 ``proxy.config.HedgeSettings``.
 
 How it decides, per streamed request:
@@ -24,17 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from proxy.config import HedgeSettings
 
 T = TypeVar("T")
-
-# Starts one attempt; resolves to its value at the first content token, or None when the
-# attempt failed (the callable records the failure itself).
-Attempt = Callable[[], Awaitable[T | None]]
 
 
 class HedgeBudget:
@@ -96,46 +92,46 @@ class RaceResult(Generic[T]):
     discarded: list[T] = field(default_factory=list)  # a tie's loser, already at its token
 
 
-async def race(
-    primary: Attempt[T],
-    hedge: Callable[[], Attempt[T] | None],
-    delay_s: float,
-    *,
-    on_hedge: Callable[[], None] | None = None,
-) -> RaceResult[T]:
-    """Run ``primary``; if it has not finished after ``delay_s``, ask ``hedge`` for a second
-    attempt (None: no hedge) and run both. The first to return a value wins; the other is
-    cancelled and awaited before this returns, so its upstream is closed by then. A failure
-    (None) of one leaves the other running. Cancelling ``race`` cancels both."""
-    first = asyncio.ensure_future(primary())
-    tasks = [first]
-    try:
-        done, _ = await asyncio.wait(tasks, timeout=delay_s)
-        second_attempt = None if done else hedge()
-        if second_attempt is None:
-            value = await first
+class Racers(Generic[T]):
+    """The attempts of one race, each a task its caller started (so a racer's work is never
+    called from here: this only waits). The first to return a value wins; the others are
+    cancelled and awaited before ``result`` returns, so their upstreams are closed by then. A
+    failure (None) of one leaves the other running. ``aclose`` cancels whatever still runs."""
+
+    __slots__ = ("tasks",)
+
+    def __init__(self, primary: asyncio.Future[T | None]) -> None:
+        self.tasks = [primary]
+
+    async def within(self, delay_s: float) -> bool:
+        """Whether the primary finished (won or failed) within ``delay_s``."""
+        done, _ = await asyncio.wait(self.tasks[:1], timeout=delay_s)
+        return bool(done)
+
+    def add(self, hedge: asyncio.Future[T | None]) -> None:
+        self.tasks.append(hedge)
+
+    async def result(self) -> RaceResult[T]:
+        tasks = self.tasks
+        if len(tasks) == 1:
+            value = await tasks[0]
             return RaceResult(value, 0 if value is not None else -1, False)
-        if on_hedge is not None:
-            on_hedge()
-        tasks.append(asyncio.ensure_future(second_attempt()))
-        pending = set(tasks)
+        pending: set[asyncio.Future[T | None]] = set(tasks)
         while pending:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             winners = [t for t in tasks if t in done and t.result() is not None]
             if winners:
                 win = winners[0]
-                for t in pending:
-                    t.cancel()
-                if pending:
-                    await asyncio.wait(pending)
+                await self.aclose()
                 # A tie: both reached their first token in the same turn; the caller closes
                 # the one that lost.
                 discarded = [t.result() for t in winners[1:]]
                 extra = [v for v in discarded if v is not None]
                 return RaceResult(win.result(), tasks.index(win), True, extra)
         return RaceResult(None, -1, True)
-    finally:
-        live = [t for t in tasks if not t.done()]
+
+    async def aclose(self) -> None:
+        live = [t for t in self.tasks if not t.done()]
         for t in live:
             t.cancel()
         if live:

@@ -1,10 +1,11 @@
-"""SSE relay: frames upstream bytes into events and forwards them unchanged.
+"""SSE relay: frames upstream bytes into events, parses each one, and forwards it.
 
-Each event is checked (framing, JSON validity, in-band errors) so a malformed or failed
-upstream becomes an error event instead of bytes the client's SDK chokes on. Events pass
-through byte-for-byte but for two edits: the usage event gains ``usage.cost`` (and is
-dropped when the client did not ask for usage), and where the upstream calls the model
-by another name than the catalog's, its ``"model"`` value is swapped in place.
+Every event is parsed (framing, JSON validity, in-band errors, content seen, tokens
+produced), translated streams included, so a malformed or failed upstream becomes an error
+event instead of bytes the client's SDK chokes on. Events pass through as sent but for
+three edits: CRLF line ends become LF, the usage event gains ``usage.cost`` (and is dropped
+when the client did not ask for usage), and where the upstream calls the model by another
+name than the catalog's, its ``"model"`` value is swapped in place.
 """
 
 from __future__ import annotations
