@@ -37,6 +37,8 @@ class CountingStreamHandler(logging.StreamHandler[TextIO]):
         self._timer: asyncio.TimerHandle | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
+        if self._pending:
+            self.settle()  # lines logged before this record come out before it
         before = self.errors
         super().emit(record)  # calls handleError on failure
         if self.errors == before:
