@@ -22,7 +22,7 @@ from proxy.accounting.ledger import ACCOUNTING, accounting_ctx
 from proxy.accounting.usage_log import db_path
 from proxy.assembly.providers import SESSION_OF, make_session
 from proxy.assembly.router import build_router
-from proxy.assembly.warming import WARMER, make_warmer, retarget, traces, warm_ctx
+from proxy.assembly.warming import WARMER, make_warmer, noting, retarget, warm_ctx
 from proxy.http import handlers
 from proxy.http.auth import ACCESS, Access, auth_middleware
 from proxy.http.hostile_input import GuardedRunner, expect_continue
@@ -146,8 +146,10 @@ def sessions_ctx(config: Config) -> Ctx:
     """The upstream client sessions, one per HTTP wire family."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        trace = traces(app, config)
-        app[SESSIONS] = {family: make_session(config, trace) for family in set(SESSION_OF.values())}
+        warmer = noting(app, config)
+        app[SESSIONS] = {
+            family: make_session(config, warmer) for family in set(SESSION_OF.values())
+        }
         try:
             yield
         finally:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import logging
 from typing import Any
 
@@ -10,6 +12,7 @@ import aiohttp
 import orjson
 import pytest
 
+from proxy.http.log_stream import FLUSH_S, CountingStreamHandler
 from proxy.sim.script import Fault
 from tests.conftest import Proxy, StartProxy
 
@@ -153,3 +156,20 @@ async def test_too_large_body_gets_the_id_and_matches_the_log(
         assert resp.status == 413 and resp.headers["x-request-id"] == "big-1"
     (line,) = access_lines(access)
     assert (line["request_id"], line["status"]) == ("big-1", 413)
+
+
+async def test_access_lines_are_batched_in_order_and_written_within_the_flush_delay() -> None:
+    """The hot path's lines go out in one write within ``FLUSH_S``; a record logged the
+    ordinary way (a warning on the same stream) never overtakes a line logged before it."""
+    stream = io.StringIO()
+    handler = CountingStreamHandler(stream)
+    handler.write_line("a")
+    handler.write_line("b")
+    assert stream.getvalue() == ""  # batched while the loop runs
+    await asyncio.sleep(FLUSH_S * 3)
+    assert stream.getvalue() == "a\nb\n" and handler.written == 2
+    handler.write_line("c")
+    handler.emit(logging.LogRecord("x", logging.WARNING, __file__, 1, "warn", None, None))
+    assert stream.getvalue() == "a\nb\nc\nwarn\n" and handler.written == 4
+    handler.write_line("d")
+    assert handler.stats()["ok"] and stream.getvalue().endswith("warn\nd\n")

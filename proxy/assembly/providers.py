@@ -15,6 +15,7 @@ import aiohttp
 from proxy.config import Config, ProviderConfig
 from proxy.decide.fields import FieldPolicy
 from proxy.providers.base import Provider
+from proxy.serve.warm import NotingConnector, Warmer
 
 # kind -> "module:Class"; each takes (name, settings...) as its ``build`` below passes them.
 IMPLEMENTATIONS = {
@@ -78,20 +79,19 @@ def build_provider(
     return provider
 
 
-def make_session(
-    config: Config, trace_configs: list[aiohttp.TraceConfig] | None = None
-) -> aiohttp.ClientSession:
-    """``trace_configs``: the warmer's (``proxy/serve/warm.py``), when it keeps pools warm."""
+def make_session(config: Config, warmer: Warmer | None = None) -> aiohttp.ClientSession:
+    """``warmer``: told about each request (``proxy/serve/warm.py``), when it keeps pools warm."""
     # No pool limit: 512 concurrent streams must not queue behind aiohttp's default of 100.
     s = config.server
-    connector = aiohttp.TCPConnector(
-        limit=0,
-        use_dns_cache=s.dns_cache_s > 0,
-        ttl_dns_cache=max(1, round(s.dns_cache_s)),
-        keepalive_timeout=s.upstream_keepalive_s,
-    )
+    pool: dict[str, Any] = {
+        "limit": 0,
+        "use_dns_cache": s.dns_cache_s > 0,
+        "ttl_dns_cache": max(1, round(s.dns_cache_s)),
+        "keepalive_timeout": s.upstream_keepalive_s,
+    }
+    connector = aiohttp.TCPConnector(**pool) if warmer is None else NotingConnector(warmer, **pool)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=s.connect_timeout_s)
-    return aiohttp.ClientSession(connector=connector, timeout=timeout, trace_configs=trace_configs)
+    return aiohttp.ClientSession(connector=connector, timeout=timeout)
 
 
 def provider_fingerprint(

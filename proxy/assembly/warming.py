@@ -1,6 +1,7 @@
-"""Warm upstream connections (``proxy/serve/warm.py``) wired into the app: the warmer's trace
-on the client sessions, its targets from the live Router (at start and after each reload),
-and its background task for the app's lifetime, as a ``cleanup_ctx`` entry."""
+"""Warm upstream connections (``proxy/serve/warm.py``) wired into the app: the sessions'
+connectors tell the warmer about each request, its targets come from the live Router (at
+start and after each reload), and its background task runs for the app's lifetime, as a
+``cleanup_ctx`` entry."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 
-import aiohttp
 from aiohttp import web
 
 from proxy.config import Config
@@ -23,9 +23,10 @@ def make_warmer(config: Config) -> Warmer:
     return Warmer(config.server.upstream_keepalive_s, timeout_s=config.server.connect_timeout_s)
 
 
-def traces(app: web.Application, config: Config) -> list[aiohttp.TraceConfig] | None:
-    """What the client sessions are made with: the warmer's trace when warming is on."""
-    return [app[WARMER].trace] if config.server.warm_connections else None
+def noting(app: web.Application, config: Config) -> Warmer | None:
+    """Who the client sessions' connectors tell about each request: the warmer, when
+    warming is on (``NotingConnector``)."""
+    return app[WARMER] if config.server.warm_connections else None
 
 
 def warm_targets(router: Router) -> list[WarmTarget]:

@@ -39,6 +39,10 @@ async def read_body(request: web.Request, limits: LimitsSettings) -> bytes:
             code="request_too_large",
             headers={"Connection": "close"},
         )
+    if request.content.is_eof():
+        # All of it came with the headers (the usual small request): reading it cannot
+        # wait, so no deadline timer is armed and cancelled for it (~4 us a request).
+        return await request.read()
     try:
         async with asyncio.timeout(limits.body_timeout_s):
             return await request.read()

@@ -248,6 +248,7 @@ class StateCollector(Collector):
                 len(usage.quarantined),
             )
         if (handler := access_handler()) is not None:
+            handler.settle()  # the pending batch: report on every line logged so far
             yield _gauge(
                 "model_router_access_log_ok",
                 "1 while access-log lines are written, 0 while writes fail.",

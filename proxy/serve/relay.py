@@ -61,16 +61,22 @@ def produced_tokens(obj: dict[str, Any]) -> int:
     """Estimated completion tokens in one chunk: its text, reasoning, refusal and tool-call
     arguments. Used only when a stream ends before the upstream's usage event."""
     total = 0
+    # Once per streamed chunk: _tokens is called only for values that are there (a typical
+    # delta has one of the four), which is most of this function's cost otherwise.
     for choice in obj.get("choices") or ():
         if type(choice) is not dict:
             continue
-        total += _tokens(choice.get("text"))
+        if text := choice.get("text"):
+            total += _tokens(text)
         delta = choice.get("delta")
         if type(delta) is not dict:
             continue
-        total += _tokens(delta.get("content"))
-        total += _tokens(delta.get("reasoning_content"))
-        total += _tokens(delta.get("refusal"))
+        if text := delta.get("content"):
+            total += _tokens(text)
+        if text := delta.get("reasoning_content"):
+            total += _tokens(text)
+        if text := delta.get("refusal"):
+            total += _tokens(text)
         for call in delta.get("tool_calls") or ():
             if type(call) is dict and type(fn := call.get("function")) is dict:
                 total += _tokens(fn.get("arguments"))
