@@ -45,7 +45,11 @@ def build_router(
         if previous is not None and previous.provider_fingerprints.get(name) == fingerprints[name]:
             providers[name] = previous.providers[name]  # a reload that left it unchanged
         else:
-            timeouts = (config.server.connect_timeout_s, config.server.upstream_idle_s)
+            # botocore's read timeout is only a backstop: the relay's own idle deadline
+            # (upstream_idle_s) must fire first, so a quiet Bedrock stream ends with the same
+            # error event, kind and message as any other provider's.
+            read_backstop = config.server.upstream_idle_s + 1.0
+            timeouts = (config.server.connect_timeout_s, read_backstop)
             providers[name] = build_provider(pc, key, sessions, aws, timeouts, config.fields)
     if previous is None:
         health = Health.create(
