@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
 import re
-import secrets
 import time
 from dataclasses import replace
 from typing import Any
@@ -40,24 +38,11 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 REQUEST_ID = web.RequestKey("request_id", str)
 
 
-class _NewIds:
-    """Request ids the router makes: 32 hex digits (as ``uuid4().hex`` was), 64 random bits
-    drawn once per process (again in a forked child) then a 64-bit counter. Unique across
-    processes and restarts, without a ``getrandom()`` call and a ``UUID`` per request."""
-
-    prefix = secrets.token_hex(8)
-    counter = itertools.count(1)
-
-    @classmethod
-    def reseed(cls) -> None:
-        cls.prefix, cls.counter = secrets.token_hex(8), itertools.count(1)
-
-    @classmethod
-    def next(cls) -> str:
-        return f"{cls.prefix}{next(cls.counter):016x}"
-
-
-os.register_at_fork(after_in_child=_NewIds.reseed)
+def new_request_id() -> str:
+    """32 random hex digits, as ``uuid4().hex`` gave but without building a ``UUID`` (0.3 us
+    against 1.5). Not a counter: ids go to every client, and consecutive numbers would tell
+    one tenant how many requests the others sent between two of its own."""
+    return os.urandom(16).hex()
 
 
 def request_id(request: web.Request) -> str:
@@ -65,7 +50,7 @@ def request_id(request: web.Request) -> str:
     rid = request.get(REQUEST_ID)
     if rid is None:
         given = request.headers.get("x-request-id", "")
-        rid = request[REQUEST_ID] = given if _REQUEST_ID.match(given) else _NewIds.next()
+        rid = request[REQUEST_ID] = given if _REQUEST_ID.match(given) else new_request_id()
     return rid
 
 
