@@ -75,8 +75,9 @@ def closed_port() -> int:
     return port
 
 
-async def eventually(check: Callable[[], bool], what: str, within: float = 5.0) -> None:
-    """Wait for ``check`` to hold; a bound on liveness, not a timing assertion."""
+async def eventually(check: Callable[[], bool], what: str, within: float = 30.0) -> None:
+    """Wait for ``check`` to hold; a bound on liveness, not a timing assertion (generous:
+    a hundred connections at once on a loaded 2-core box have taken more than 5 s)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     while not check():
