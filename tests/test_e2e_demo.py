@@ -4,12 +4,14 @@ streaming and not): the routing promises hold against the published /v1/models f
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from typing import Any
 
 import openai
 import pytest
 
+from proxy.serve.health import SNAPSHOT_MAX_AGE_S
 from tests.openapi_schema import assert_valid
 
 
@@ -105,6 +107,10 @@ def test_auto_fast_shorthand_picks_the_lowest_expected_ttft(
     # pick must be within one probe's noise of the best in the table just before the request
     # or just after it; a pick that ignored TTFT is slow in both.
     before = get_json(f"{demo_server}/v1/router/status")["deployments"]
+    # Routing's snapshot of the table may be SNAPSHOT_MAX_AGE_S old (by design); past that, it
+    # has seen at least what `before` shows. Without the wait, a snapshot from just before a
+    # probe sample landed could route while `before` already showed the sample.
+    time.sleep(SNAPSHOT_MAX_AGE_S * 2)
     chosen, raw = routed(client, model="auto:fast")
     assert raw.headers["x-router-reason"].startswith("prefer=fast tier=any ttft_ewma_ms=")
     after = get_json(f"{demo_server}/v1/router/status")["deployments"]
