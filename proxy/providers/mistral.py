@@ -9,8 +9,6 @@ final stream chunk carries ``usage``.
 
 from __future__ import annotations
 
-import ssl
-from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -138,30 +136,13 @@ class MistralProvider(OpenAIProvider):
 
     kind = "mistral"
 
-    def __init__(
-        self,
-        name: str,
-        *,
-        base_url: str,
-        api_key: str,
-        session: aiohttp.ClientSession,
-        ssl_context: ssl.SSLContext | None = None,
-        fields: Mapping[str, frozenset[str]] | None = None,
-    ) -> None:
-        super().__init__(
-            name,
-            base_url=base_url,
-            api_key=api_key,
-            session=session,
-            ssl_context=ssl_context,
-            fields=fields,
-        )
-        self._fim_url = f"{base_url.rstrip('/')}/fim/completions"
-
     async def _post_fim(self, body: dict[str, Any]) -> aiohttp.ClientResponse:
         try:
             resp = await self._session.post(
-                self._fim_url, data=orjson.dumps(body), headers=self._headers, ssl=self._ssl
+                f"{self._base}/fim/completions",
+                data=orjson.dumps(body),
+                headers=self._headers,
+                ssl=self._ssl,
             )
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise transport_error(exc) from None
