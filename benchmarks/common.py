@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 
 from . import procs
@@ -414,3 +415,23 @@ def machine() -> dict[str, Any]:
         "kernel": os.uname().release,
         "python": sys.version.split()[0],
     }
+
+
+async def stream_once(session: aiohttp.ClientSession, url: str) -> tuple[str, float]:
+    """One `auto:fast` stream through the router: the model it chose and the time to the first
+    non-empty content delta, in ms (the role chunk's empty content is not a token)."""
+    body = {"model": "auto:fast", "stream": True, "messages": [{"role": "user", "content": "go"}]}
+    started = time.perf_counter()
+    async with session.post(f"{url}/v1/chat/completions", json=body) as resp:
+        if resp.status != 200:
+            raise RuntimeError(f"proxy answered {resp.status}: {(await resp.read())[:200]!r}")
+        model = resp.headers["x-router-model"]
+        ttft = None
+        async for line in resp.content:
+            if ttft is None and line.startswith(b"data: {"):
+                choices = orjson.loads(line[6:]).get("choices") or [{}]
+                if (choices[0].get("delta") or {}).get("content"):
+                    ttft = (time.perf_counter() - started) * 1000
+    if ttft is None:
+        raise RuntimeError("a stream ended without content")
+    return model, ttft

@@ -39,6 +39,8 @@ from proxy.sim.launch import start_sim
 from proxy.sim.script import Profile
 from proxy.sim.server import SimState
 
+from .common import stream_once
+
 OUT = Path(__file__).resolve().parent / "out"
 TAILED = Profile(ttft_ms=150.0, gap_ms=5.0, tokens=8, tail_p=0.05, tail_ttft_ms=1500.0)
 STEADY = Profile(ttft_ms=220.0, gap_ms=5.0, tokens=8)
@@ -109,23 +111,6 @@ def serve_proxy(
 def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
-
-
-async def stream_once(session: aiohttp.ClientSession, url: str) -> tuple[str, float]:
-    body = {"model": "auto:fast", "stream": True, "messages": [{"role": "user", "content": "go"}]}
-    started = time.perf_counter()
-    async with session.post(f"{url}/v1/chat/completions", json=body) as resp:
-        if resp.status != 200:
-            raise RuntimeError(f"proxy answered {resp.status}: {(await resp.read())[:200]!r}")
-        model = resp.headers["x-router-model"]
-        ttft = None
-        async for line in resp.content:
-            text = b'"content":"' in line and b'"content":""' not in line
-            if ttft is None and line.startswith(b"data: {") and text:
-                ttft = (time.perf_counter() - started) * 1000
-    if ttft is None:
-        raise RuntimeError("a stream ended without content")
-    return model, ttft
 
 
 def metric(text: str, name: str) -> dict[str, float]:

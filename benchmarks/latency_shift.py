@@ -39,6 +39,8 @@ from proxy.sim.launch import start_sim
 from proxy.sim.script import Profile
 from proxy.sim.server import SimState
 
+from .common import stream_once
+
 OUT = Path(__file__).resolve().parent / "out"
 GAP_MS = 5.0
 TOKENS = 4
@@ -181,24 +183,6 @@ def serve_proxy(
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(main())
-
-
-async def stream_once(session: aiohttp.ClientSession, url: str) -> tuple[str, float]:
-    body = {"model": "auto:fast", "stream": True, "messages": [{"role": "user", "content": "go"}]}
-    started = time.perf_counter()
-    async with session.post(f"{url}/v1/chat/completions", json=body) as resp:
-        if resp.status != 200:
-            raise RuntimeError(f"proxy answered {resp.status}: {(await resp.read())[:200]!r}")
-        model = resp.headers["x-router-model"]
-        ttft = None
-        async for line in resp.content:
-            if ttft is None and line.startswith(b"data: {"):
-                choices = orjson.loads(line[6:]).get("choices") or [{}]
-                if (choices[0].get("delta") or {}).get("content"):
-                    ttft = (time.perf_counter() - started) * 1000
-    if ttft is None:
-        raise RuntimeError("a stream ended without content")
-    return model, ttft
 
 
 async def replay(setup: Setup, size: Size) -> Result:
