@@ -23,7 +23,7 @@ from aiohttp import web
 from prometheus_client import disable_created_metrics
 
 from proxy.accounting.usage_log import DB_NAME, db_path
-from proxy.http.log_stream import ACCESS_LOGGER, CountingStreamHandler
+from proxy.http.log_stream import ACCESS_LOGGER, AfterBatch, CountingStreamHandler
 from proxy.http.metrics import METRICS
 from proxy.serve.drain import IN_FLIGHT, drain
 from proxy.serve.state import ROUTER
@@ -437,14 +437,17 @@ def _announce(
 
 def _logging() -> None:
     level = os.environ.get("MODEL_ROUTER_LOG_LEVEL", "INFO")
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
-    )
     # The access log is bare JSON, one object per line, so `journalctl -o cat | jq` works.
     access = logging.getLogger(ACCESS_LOGGER)
     # Its failed writes are counted (/v1/router/status, /readyz, /metrics), not raised.
     handler = CountingStreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
+    # Everything else goes to the same stderr, after the access log's pending batch.
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        handlers=[AfterBatch(sys.stderr, handler)],
+    )
     access.addHandler(handler)
     access.propagate = False
     # No format here reads them; each costs a lookup per log record.

@@ -12,7 +12,7 @@ import aiohttp
 import orjson
 import pytest
 
-from proxy.http.log_stream import FLUSH_S, CountingStreamHandler
+from proxy.http.log_stream import FLUSH_S, AfterBatch, CountingStreamHandler
 from proxy.sim.script import Fault
 from tests.conftest import Proxy, StartProxy
 
@@ -173,3 +173,9 @@ async def test_access_lines_are_batched_in_order_and_written_within_the_flush_de
     assert stream.getvalue() == "a\nb\nc\nwarn\n" and handler.written == 4
     handler.write_line("d")
     assert handler.stats()["ok"] and stream.getvalue().endswith("warn\nd\n")
+    # As serve sets it up: other loggers' records go through their own handler on the same
+    # stream, which writes the pending batch first.
+    other = AfterBatch(stream, handler)
+    handler.write_line("e")
+    other.emit(logging.LogRecord("y", logging.WARNING, __file__, 1, "later", None, None))
+    assert stream.getvalue().endswith("d\ne\nlater\n")

@@ -129,3 +129,17 @@ def access_handler() -> CountingStreamHandler | None:
         if isinstance(handler, CountingStreamHandler):
             return handler
     return None
+
+
+class AfterBatch(logging.StreamHandler[TextIO]):
+    """The handler of every other log record on the access log's stream (``serve`` puts both
+    on stderr): it writes the access log's pending batch first, so a warning never comes out
+    ahead of the access line of a request that ended before it."""
+
+    def __init__(self, stream: TextIO, batch: CountingStreamHandler) -> None:
+        super().__init__(stream)
+        self._batch = batch
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._batch.settle()
+        super().emit(record)
