@@ -23,11 +23,11 @@ a Retry-After it is an ordinary failure.
 
 *Client faults* (``kind="client"``: the request's own 4xx) never count at all.
 
-*Stale successes.* A live success can be given ``since``, the ``failure_mark`` read when its
-request was sent. It resets the failure streak only if no health failure was recorded since:
-under concurrency, answers to requests sent before an outage keep arriving after it began, and
-if they reset the streak a hard-down deployment can take hundreds of requests to open. It
-still counts as a success in the window.
+*Stale successes.* A success, live or probe, can be given ``since``, the ``failure_mark`` read
+when its request was sent. It resets the failure streak only if no health failure was recorded
+since: under concurrency, answers to requests sent before an outage keep arriving after it
+began, and if they reset the streak a hard-down deployment can take hundreds of requests to
+open. It still counts as a success in the window.
 
 *Failures after a success.* A stream is judged healthy at its first token (so streams that
 were already flowing when an outage began cannot reset the streak). If it breaks later,

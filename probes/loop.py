@@ -317,6 +317,9 @@ class ProbeLoop:
         )
 
     async def _measure(self, key: str) -> None:
+        # A probe sent before an outage can answer after its first failures: like a live
+        # request's, its success must not reset a streak that began while it was in flight.
+        mark = self._board.failure_mark(key)
         try:
             async with asyncio.timeout(self._settings.timeout_s):
                 ttft_ms = await self._send(key)
@@ -338,7 +341,7 @@ class ProbeLoop:
                 self._fail(key, "protocol", None)
                 return
             self._table.observe(key, ttft_ms, "probe")
-            self._board.record_success(key, ttft_ms, probe=True)
+            self._board.record_success(key, ttft_ms, probe=True, since=mark)
 
     def _fail(self, key: str, kind: str, retry_after_s: float | None) -> None:
         self._failed += 1

@@ -355,6 +355,28 @@ async def test_probe_once_feeds_a_success_to_the_table_and_the_board() -> None:
     assert stats.last_run["a"] == MIDNIGHT - 43_200.0 + 100.0
 
 
+async def test_a_probe_sent_before_an_outage_does_not_reset_its_failure_streak() -> None:
+    # The probe is in flight when live requests start failing; it answers after two failures.
+    clock = FakeTime(100.0)
+    released = asyncio.Event()
+
+    async def slow_send(key: str) -> float:
+        await released.wait()
+        return 90.0
+
+    loop, _, board = build(clock, slow_send, {"a": 0.0})
+    probe = asyncio.create_task(loop.probe_once("a"))
+    await asyncio.sleep(0)
+    board.record_failure("a", "server")
+    board.record_failure("a", "server")
+    released.set()
+    await probe
+    assert board.rows()[0].consecutive_failures == 2
+    # A probe sent after the latest failure is fresh evidence, and resets it as before.
+    await loop.probe_once("a")
+    assert board.rows()[0].consecutive_failures == 0
+
+
 @pytest.mark.parametrize(
     ("error", "consecutive", "open_s"),
     [
