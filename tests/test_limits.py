@@ -4,6 +4,7 @@ body read deadlines (slowloris), and the connection cap; each with a clear answe
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import aiohttp
@@ -266,3 +267,40 @@ async def test_connections_past_max_connections_get_503_and_are_closed(
         await asyncio.sleep(0.02)
     assert answer.startswith(b"HTTP/1.1 200 ")
     held[1][1].close()
+
+
+# --- bodies that cannot be decoded ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("encoding", "body"),
+    [
+        pytest.param(b"gzip", b"this is not gzip", id="gzip"),
+        pytest.param(b"deflate", b"this is not deflate", id="deflate"),
+    ],
+)
+async def test_a_body_that_does_not_decode_for_its_content_encoding_is_400_not_500(
+    start_proxy: StartProxy, encoding: bytes, body: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp decompresses the body while it is read; a body that is not what its
+    Content-Encoding says is the client's mistake, so a 400 naming the encoding, never a 500."""
+    proxy = await start_proxy()
+    reader, writer = await asyncio.open_connection(HOST, port_of(proxy))
+    try:
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Encoding: " + encoding + b"\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body
+        )
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        payload = orjson.loads(await reader.readexactly(length))
+    finally:
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 400 "), head
+    assert_valid("ErrorResponse", payload)
+    assert payload["error"]["code"] == "invalid_content_encoding"
+    assert encoding.decode() in payload["error"]["message"]
+    assert upstream_calls(proxy) == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -20,7 +20,7 @@ from aiohttp import web, web_protocol
 from aiohttp.web_request import BaseRequest
 
 from proxy.config import LimitsSettings
-from proxy.errors import RouterError, bad_request
+from proxy.errors import RouterError, bad_request, quote
 from proxy.serve.state import ROUTER
 
 from .hygiene import BadRequestLog
@@ -39,11 +39,11 @@ async def read_body(request: web.Request, limits: LimitsSettings) -> bytes:
             code="request_too_large",
             headers={"Connection": "close"},
         )
-    if request.content.is_eof():
-        # All of it came with the headers (the usual small request): reading it cannot
-        # wait, so no deadline timer is armed and cancelled for it (~4 us a request).
-        return await request.read()
     try:
+        if request.content.is_eof():
+            # All of it came with the headers (the usual small request): reading it cannot
+            # wait, so no deadline timer is armed and cancelled for it (~4 us a request).
+            return await request.read()
         async with asyncio.timeout(limits.body_timeout_s):
             return await request.read()
     except TimeoutError:
@@ -53,6 +53,26 @@ async def read_body(request: web.Request, limits: LimitsSettings) -> bytes:
             code="request_timeout",
             headers={"Connection": "close"},
         ) from None
+    except web.RequestPayloadError:
+        # aiohttp decodes Content-Encoding and chunked framing as the body is read; a body
+        # that is not what its headers say is the client's error (a 400), not ours (a 500).
+        raise _unreadable_body(request) from None
+
+
+def _unreadable_body(request: web.Request) -> RouterError:
+    if encoding := request.headers.get("Content-Encoding"):
+        return bad_request_closing(
+            f"the request body is not valid for its Content-Encoding ({quote(encoding)})",
+            "invalid_content_encoding",
+        )
+    return bad_request_closing(
+        "the request body could not be read: its chunked framing is broken", "invalid_body"
+    )
+
+
+def bad_request_closing(message: str, code: str) -> RouterError:
+    # Closed: what follows a broken body on this connection cannot be trusted to be a request.
+    return RouterError(400, message, code=code, headers={"Connection": "close"})
 
 
 def parse_json(raw: bytes, limits: LimitsSettings) -> Any:
