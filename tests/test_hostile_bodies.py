@@ -445,6 +445,28 @@ CORPUS: list[Any] = [
         "messages[0].content",
         id="content-number",
     ),
+    pytest.param(
+        b'{"model": "claude-haiku-4-5", "messages": [{"role": "banana", "content": "hi"}]}',
+        400,
+        "messages[0].role",
+        id="role-not-openais",
+    ),
+    pytest.param(
+        b'{"model": "claude-haiku-4-5", "messages": '
+        + MSG[:-1]
+        + b', {"role": "tool", "content": "x"}]}',
+        400,
+        "messages[1].tool_call_id",
+        id="tool-message-without-tool-call-id",
+    ),
+    pytest.param(
+        b'{"model": "llama-3.3-70b", "messages": '
+        + MSG[:-1]
+        + b', {"role": "tool", "tool_call_id": 7, "content": "x"}]}',
+        400,
+        "messages[1].tool_call_id",
+        id="tool-call-id-number",
+    ),
     pytest.param(b'{"model": "auto", "messages": "hi"}', 400, "messages", id="messages-string"),
     pytest.param(b'{"model": ["auto"], "messages": ' + MSG + b"}", 400, "model", id="model-array"),
     pytest.param(b'{"model": "auto:", "messages": ' + MSG + b"}", 400, "model", id="auto-colon"),
