@@ -188,13 +188,16 @@ class _Entry:
         "run_bound",
         "run_count",
         "run_dir",
+        "run_from",
         "run_mean",
         "run_need",
         "run_p90",
         "run_start",
         "run_strike",
         "samples",
+        "shift_dir",
         "shifts",
+        "slowed_from",
         "suspicions",
         "t_ref",
         "total",
@@ -229,6 +232,7 @@ class _Entry:
         self.run_bound = 0.0
         self.run_start = 0.0
         self.run_count = 0
+        self.run_from = nominal  # the real samples' mix when the run began
         # Run length at which the run is suspected to be a new regime (set when it begins;
         # 0: never), and the run's own mean and p90, which routing reads while it is suspected
         # (NaN while it is not).
@@ -238,6 +242,10 @@ class _Entry:
         self.run_strike = False  # a suspected run has just had one sample back inside the band
         self.shifts = 0  # regime changes adopted
         self.suspicions = 0  # runs that reached run_need
+        # The latest regime change's direction (+1 slower, -1 faster, 0 none yet) and, after a
+        # slowdown, the estimate (real samples' mix) the deployment held before it.
+        self.shift_dir = 0
+        self.slowed_from = math.nan
 
 
 def _rescale(e: _Entry, now: float, half_life_s: float) -> None:
@@ -351,6 +359,7 @@ class LatencyTable:
         "_shift_span_s",
         "_version",
         "listener",
+        "slowdown_listener",
     )
 
     def __init__(
@@ -397,6 +406,10 @@ class LatencyTable:
         # Told of every sample fed through ``observe`` (not ``fold``): the hook by which a
         # cluster shares this instance's samples with the others.
         self.listener: Callable[[str, float, Source], None] | None = None
+        # Told, after the sample is in, when a deployment's latency regime turns slower (a run
+        # above its band becomes suspected, or is adopted unsuspected): the probe loop's cue
+        # to re-measure the deployments that may take its traffic (probes/loop.py).
+        self.slowdown_listener: Callable[[str], None] | None = None
 
     @property
     def half_life_s(self) -> float:
@@ -479,12 +492,17 @@ class LatencyTable:
             e = self._entries[key] = _Entry(ttft_ms, now)
         was_suspected = not math.isnan(e.run_mean)
         restart = self._extend_run(e, ttft_ms, now, source)
+        # Routing leaves it for slowness now: a run beyond the top of its band has just become
+        # suspected, or has been confirmed without ever being suspected.
+        slowed = e.run_dir > 0 and not was_suspected and (restart or not math.isnan(e.run_mean))
         weight = self._decayed_weight(e, now) + 1.0
         e.mean += (ttft_ms - e.mean) / weight
         e.weight = weight
         e.updated = max(now, e.updated)
         _add_to_histogram(e, ttft_ms, now, self._half_life_s)
         if restart:
+            e.shift_dir = e.run_dir
+            e.slowed_from = e.run_from if e.run_dir > 0 else math.nan
             _restart(e, e.run, now, self._half_life_s)
             _end_run(e)
         if restart or was_suspected != (not math.isnan(e.run_mean)):
@@ -498,6 +516,8 @@ class LatencyTable:
         else:
             e.probe_samples += 1
         self._version += 1
+        if slowed and self.slowdown_listener is not None:
+            self.slowdown_listener(key)
 
     def _extend_run(self, e: _Entry, ttft_ms: float, now: float, source: Source) -> bool:
         """Track the run of samples beyond the band; True when it amounts to a new regime."""
@@ -521,6 +541,7 @@ class LatencyTable:
                 return False
             e.run_dir, e.run_bound = (-1, low) if ttft_ms < low else (1, high)
             e.run_start = now
+            e.run_from = e.mix
             e.run_need = self._suspect_need(e, e.run_bound, e.run_dir, now)
         e.run.append((now, ttft_ms))
         if len(e.run) > _RUN_KEEP:
@@ -575,6 +596,26 @@ class LatencyTable:
         interval later."""
         e = self._entries.get(key)
         return e is not None and e.run_dir != 0
+
+    def slowed_from(self, key: str) -> float | None:
+        """The estimate ``key``'s real samples gave before its latency turned slower, while its
+        latest regime change (adopted, or suspected now) is a slowdown; else None. A deployment
+        that slowed may since have recovered unseen: this is what it would win back."""
+        e = self._entries.get(key)
+        if e is None:
+            return None
+        if e.run_dir > 0 and not math.isnan(e.run_mean):
+            return e.run_from
+        if e.run_dir < 0 and not math.isnan(e.run_mean):
+            return None  # suspected faster: it is being re-measured already
+        return e.slowed_from if e.shift_dir > 0 else None
+
+    def age_s(self, key: str) -> float | None:
+        """Seconds since ``key``'s last sample; None for an unknown key or before any."""
+        e = self._entries.get(key)
+        if e is None or e.last_sample is None:
+            return None
+        return max(0.0, self._clock() - e.last_sample)
 
     def estimate_ms(self, key: str) -> float:
         """The routing number: mean/p90 mix drifted toward nominal. O(1); unknown key -> inf."""
