@@ -65,6 +65,13 @@ trip of traffic on the runner-up, and a probe sent after a suspected run began (
 time minus its TTFT is past the run's start) confirms it whatever the span: probes of one
 deployment never overlap, so it is a separate look, which is all the span asks of live answers.
 
+*Waiting.* A live request still without its first token is a sample already known to lie
+beyond anything shorter than its wait. When a slow sample arrives and its run is short of
+``k``, the requests to that deployment (``sending`` / ``answered``) that have waited past the
+run's bound count towards ``k``: two clients whose requests went out a moment apart no longer
+need the later one's answer before the earlier one's next request leaves the deployment. They
+count for suspicion only; a regime change is confirmed by answers.
+
 *How heavy the prior is.* ``prior_weight`` is in units of fresh samples, but what it competes
 with is the weight a deployment's samples settle at, which depends on how often it is measured
 relative to the half-life: probed every ``interval`` alone, just before each probe it is
@@ -202,6 +209,7 @@ class _Entry:
         "t_ref",
         "total",
         "updated",
+        "waiting",
         "weight",
     )
 
@@ -246,6 +254,8 @@ class _Entry:
         # slowdown, the estimate (real samples' mix) the deployment held before it.
         self.shift_dir = 0
         self.slowed_from = math.nan
+        # Live requests sent and not yet answered: ticket -> clock time sent (see "Waiting").
+        self.waiting: dict[int, float] = {}
 
 
 def _rescale(e: _Entry, now: float, half_life_s: float) -> None:
@@ -337,6 +347,15 @@ def _share_beyond(e: _Entry, bound: float, direction: int) -> float:
     return min(1.0, max(0.0, mass / e.total))
 
 
+def _overdue(e: _Entry, now: float) -> int:
+    """Live requests to ``e`` waiting for a first token longer than its run's bound: each is a
+    sample beyond it, only not yet known how far (see "Waiting")."""
+    if not e.waiting:
+        return 0
+    since = now - e.run_bound / 1000.0
+    return sum(1 for sent in e.waiting.values() if sent < since)
+
+
 def _quantile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
@@ -357,6 +376,7 @@ class LatencyTable:
         "_shift_margin",
         "_shift_samples",
         "_shift_span_s",
+        "_tickets",
         "_version",
         "listener",
         "slowdown_listener",
@@ -401,6 +421,7 @@ class LatencyTable:
         self._measured_weight = measured_weight
         self._false_alarm = false_alarm
         self._entries: dict[str, _Entry] = {}
+        self._tickets = 0
         self._version = 0
         self._regime_version = 0
         # Told of every sample fed through ``observe`` (not ``fold``): the hook by which a
@@ -558,7 +579,14 @@ class LatencyTable:
             e.run_count >= _BUSY_RUN or now - e.run_start >= self._shift_span_s or later
         ):
             return True
-        if e.run_need and e.run_count >= e.run_need:
+        if e.run_need and (
+            e.run_count >= e.run_need
+            or (
+                e.run_dir > 0
+                and math.isnan(e.run_mean)
+                and e.run_count + _overdue(e, now) >= e.run_need
+            )
+        ):
             if math.isnan(e.run_mean):
                 e.suspicions += 1
             values = [ms for _, ms in e.run]
@@ -596,6 +624,29 @@ class LatencyTable:
         interval later."""
         e = self._entries.get(key)
         return e is not None and e.run_dir != 0
+
+    def sending(self, key: str) -> int:
+        """A live request to ``key`` is being sent now; returns the ticket to hand back to
+        ``answered`` when it has its first token or has ended without one. While it waits it
+        counts toward suspecting a slow run (see "Waiting"); a key not in the table is not
+        tracked."""
+        e = self._entries.get(key)
+        if e is None:
+            return -1
+        self._tickets += 1
+        e.waiting[self._tickets] = self._clock()
+        return self._tickets
+
+    def answered(self, key: str, ticket: int) -> None:
+        """The request ``ticket`` stopped waiting. Call it before feeding its sample, if any."""
+        e = self._entries.get(key)
+        if e is not None:
+            e.waiting.pop(ticket, None)
+
+    def waiting(self, key: str) -> int:
+        """How many live requests to ``key`` are waiting for their first token."""
+        e = self._entries.get(key)
+        return 0 if e is None else len(e.waiting)
 
     def slowed_from(self, key: str) -> float | None:
         """The estimate ``key``'s real samples gave before its latency turned slower, while its

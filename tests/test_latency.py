@@ -849,3 +849,71 @@ def test_a_ten_percent_slow_tail_with_jitter_does_not_flap() -> None:
     calm = sum(_leader_changes(seed, FALSE_ALARM) for seed in range(3))
     assert calm <= 12
     assert sum(_leader_changes(seed, 0.5) for seed in range(3)) > 60
+
+
+def _busy(clock: FakeClock, table: LatencyTable) -> None:
+    """ "a" serves 20 live requests a second at 80 ms (its run needs two), "b" is probed at 150."""
+    table.set_prior("a", 120.0)
+    table.set_prior("b", 225.0)
+    rng = random.Random(3)
+    for i in range(600):
+        clock.now += 0.05
+        table.observe("a", 80.0 * rng.uniform(0.97, 1.03), "live")
+        if i % 20 == 0:
+            table.observe("b", 150.0 * rng.uniform(0.97, 1.03), "probe")
+
+
+def test_a_request_still_waiting_past_the_band_counts_toward_suspecting_a_slowdown() -> None:
+    """Two clients' requests went out 100 ms apart: when the first answers in 400 ms, the second
+    has waited 300 ms, far past the band, and is already a slow sample; routing leaves "a" then,
+    not on the second answer (meanwhile the first client's next request would go to "a")."""
+    clock = FakeClock()
+    table = _shipped_table(clock)
+    _busy(clock, table)
+    first = table.sending("a")
+    clock.now += 0.1
+    second = table.sending("a")
+    clock.now += 0.3
+    table.answered("a", first)
+    table.observe("a", 400.0, "live")
+    assert table.suspected("a")
+    assert table.estimate_ms("a") > table.estimate_ms("b")
+    assert table.row("a").shifts == 0  # waiting suspects; only answers confirm
+    clock.now += 0.1
+    table.answered("a", second)
+    table.observe("a", 400.0, "live")
+    assert table.waiting("a") == 0
+    assert table.suspected("a")
+
+
+@pytest.mark.parametrize(
+    ("sent_before_s", "answered"),
+    [
+        pytest.param(0.05, False, id="waiting-less-than-the-band"),
+        pytest.param(0.3, True, id="answered-already"),
+    ],
+)
+def test_a_request_counts_as_slow_only_while_it_waits_past_the_band(
+    sent_before_s: float, answered: bool
+) -> None:
+    clock = FakeClock()
+    table = _shipped_table(clock)
+    _busy(clock, table)
+    other = table.sending("a")
+    clock.now += sent_before_s
+    if answered:
+        table.answered("a", other)
+    table.observe("a", 400.0, "live")
+    assert not table.suspected("a")
+    assert table.estimate_ms("a") < table.estimate_ms("b")
+
+
+def test_waiting_requests_do_not_make_a_normal_answer_suspicious() -> None:
+    clock = FakeClock()
+    table = _shipped_table(clock)
+    _busy(clock, table)
+    for _ in range(5):
+        table.sending("a")
+    clock.now += 1.0
+    table.observe("a", 81.0, "live")
+    assert not table.suspected("a") and not table.unsettled("a")
