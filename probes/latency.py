@@ -65,12 +65,24 @@ trip of traffic on the runner-up, and a probe sent after a suspected run began (
 time minus its TTFT is past the run's start) confirms it whatever the span: probes of one
 deployment never overlap, so it is a separate look, which is all the span asks of live answers.
 
+*How far out.* ``k`` is fixed at the band's edge when a run begins, but a run may lie much
+further out: a busy 60 ms deployment whose loaded box puts 1 % of its answers past 1.5x its
+p90 needs three in a row there, yet nothing in its history comes near 500 ms. So a run short
+of ``k`` is also judged at its own least extreme sample: the same rule, with the history's
+share beyond that level (its bucket counted, the run's own earlier samples not). For
+independent samples, the chance that ``k`` of them all lie beyond a level whose share ``q``
+has ``q**k <= a`` is ``a`` whether the level is fixed or is the least extreme of the ``k``;
+but the test is taken afresh at each sample of the run, so it gets a quarter of
+``false_alarm``. A deployment with a real 10 % tail at 5x still needs four answers at the
+tail's level, and two far beyond it.
+
 *Waiting.* A live request still without its first token is a sample already known to lie
 beyond anything shorter than its wait. When a slow sample arrives and its run is short of
 ``k``, the requests to that deployment (``sending`` / ``answered``) that have waited past the
-run's bound count towards ``k``: two clients whose requests went out a moment apart no longer
-need the later one's answer before the earlier one's next request leaves the deployment. They
-count for suspicion only; a regime change is confirmed by answers.
+run's bound count towards ``k`` (judged at the least extreme of the run and their waits):
+two clients whose requests went out a moment apart no longer need the later one's answer
+before the earlier one's next request leaves the deployment. They count for suspicion only;
+a regime change is confirmed by answers.
 
 *How heavy the prior is.* ``prior_weight`` is in units of fresh samples, but what it competes
 with is the weight a deployment's samples settle at, which depends on how often it is measured
@@ -119,6 +131,12 @@ _BUSY_RUN = 10
 # A regime restart keeps this many of the run's newest samples as the new history: plenty to
 # place a mean and a p90, and the bound on a run's memory however busy the deployment.
 _RUN_KEEP = 32
+
+# The share of ``false_alarm`` a run judged at its own level may use (see "How far out"): that
+# test is taken afresh at every sample of a run, two to four chances where the band's edge
+# gives one, so each takes a quarter. Simulated, a 10 % slow tail with jitter then changes
+# leader no more often than with the band's edge alone (tests/test_latency.py).
+_LEVEL_ALARM = 0.25
 
 # Inflated masses are rescaled past 2**30: far from overflow, and old samples are negligible
 # (a billionth) relative to new ones by then, so float precision is never the limit.
@@ -347,15 +365,6 @@ def _share_beyond(e: _Entry, bound: float, direction: int) -> float:
     return min(1.0, max(0.0, mass / e.total))
 
 
-def _overdue(e: _Entry, now: float) -> int:
-    """Live requests to ``e`` waiting for a first token longer than its run's bound: each is a
-    sample beyond it, only not yet known how far (see "Waiting")."""
-    if not e.waiting:
-        return 0
-    since = now - e.run_bound / 1000.0
-    return sum(1 for sent in e.waiting.values() if sent < since)
-
-
 def _quantile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
@@ -579,14 +588,7 @@ class LatencyTable:
             e.run_count >= _BUSY_RUN or now - e.run_start >= self._shift_span_s or later
         ):
             return True
-        if e.run_need and (
-            e.run_count >= e.run_need
-            or (
-                e.run_dir > 0
-                and math.isnan(e.run_mean)
-                and e.run_count + _overdue(e, now) >= e.run_need
-            )
-        ):
+        if e.run_need and (e.run_count >= e.run_need or self._suspects(e, now)):
             if math.isnan(e.run_mean):
                 e.suspicions += 1
             values = [ms for _, ms in e.run]
@@ -594,22 +596,64 @@ class LatencyTable:
             e.run_p90 = _quantile(values, QUANTILE)
         return False
 
-    def _suspect_need(self, e: _Entry, bound: float, direction: int, now: float) -> int:
+    def _suspects(self, e: _Entry, now: float) -> bool:
+        """A run still short of ``run_need`` (its need at the band's edge) is suspected all the
+        same when it lies further out than that edge, judged at its own least extreme sample
+        (see "How far out"), or when the live requests still waiting past the edge make up the
+        difference, judged at the least extreme of both (see "Waiting")."""
+        if not math.isnan(e.run_mean):
+            return False
+        values = [ms for _, ms in e.run]
+        level = min(values) if e.run_dir > 0 else max(values)
+        if e.run_count >= self._level_need(e, level, now):
+            return True
+        if e.run_dir < 0 or not e.waiting:
+            return False
+        since = now - e.run_bound / 1000.0
+        ages = [(now - sent) * 1000.0 for sent in e.waiting.values() if sent < since]
+        if not ages:
+            return False
+        level = min(level, *ages)
+        return e.run_count + len(ages) >= self._level_need(e, level, now)
+
+    def _level_need(self, e: _Entry, level: float, now: float) -> int:
+        """``_suspect_need`` at ``level`` instead of the band's edge, not counting the run's own
+        earlier samples (already in the history) as the history's."""
+        # One bucket further in, so that the level's own bucket counts as beyond it.
+        edge = level / _RATIO if e.run_dir > 0 else level * _RATIO
+        top = _bucket(edge)
+        own = 0.0
+        for t, ms in e.run[:-1]:
+            b = _bucket(ms)
+            if (b > top) if e.run_dir > 0 else (b < top):
+                own += math.exp2(-(now - t) / self._half_life_s)
+        return self._suspect_need(e, edge, e.run_dir, now, own, _LEVEL_ALARM)
+
+    def _suspect_need(
+        self,
+        e: _Entry,
+        bound: float,
+        direction: int,
+        now: float,
+        own: float = 0.0,
+        scale: float = 1.0,
+    ) -> int:
         """How many samples in a row beyond ``bound`` make a run suspected (see "Suspicion"):
-        the fewest ``k`` at which this deployment's own history puts the chance of such a run
-        by noise at ``false_alarm`` or less; 0 when suspicion is off."""
+        the fewest ``k`` at which this deployment's own history (less ``own``, the weight of
+        the run's samples in it) puts the chance of such a run by noise at ``false_alarm``
+        (times ``scale``) or less; 0 when suspicion is off."""
         if not self._false_alarm:
             return 0
-        share = _share_beyond(e, bound, direction)
-        if direction < 0 and share < 1e-9:
+        w = self._decayed_weight(e, now)
+        beyond = max(0.0, _share_beyond(e, bound, direction) * w - own)
+        if direction < 0 and beyond < 1e-9 * max(w, 1.0):
             # Nothing in the history lies this far below: TTFT noise is queueing, which only
             # ever adds, so one sample this fast is followed (see "Suspicion").
             return 1
-        w = self._decayed_weight(e, now)
         # Half a sample's worth of doubt: a history of w samples with none beyond cannot show
         # a rate below about 1 / (2 w).
-        q = (share * w + 0.5) / (w + 1.0)
-        k = math.ceil(math.log(self._false_alarm) / math.log(q) - 1e-9)
+        q = (beyond + 0.5) / (w + 1.0)
+        k = math.ceil(math.log(self._false_alarm * scale) / math.log(q) - 1e-9)
         return max(self._shift_samples, k, 1)
 
     def suspected(self, key: str) -> bool:

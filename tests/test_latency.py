@@ -778,15 +778,17 @@ def test_with_suspicion_a_recovered_deployment_wins_back_on_its_first_fast_probe
 
 
 @pytest.mark.parametrize(
-    ("tail", "need"),
+    ("tail", "slow_ms", "need"),
     [
-        pytest.param(0.0, 2, id="steady-two-in-a-row"),
-        # A 10 % tail 5x slower: 0.1**4 = 1e-4.
-        pytest.param(0.1, 4, id="ten-percent-tail-four-in-a-row"),
+        pytest.param(0.0, 500.0, 2, id="steady-two-in-a-row"),
+        # A 10 % tail 5x slower: 0.1**4 = 1e-4, for a run where the tail lies.
+        pytest.param(0.1, 500.0, 4, id="ten-percent-tail-four-in-a-row-at-the-tail"),
+        # Far beyond anything the tail has shown: judged at its own level ("How far out").
+        pytest.param(0.1, 2_000.0, 2, id="ten-percent-tail-two-in-a-row-far-beyond-it"),
     ],
 )
 def test_a_deployment_with_a_slow_tail_needs_a_longer_run_to_be_suspected(
-    tail: float, need: int
+    tail: float, slow_ms: float, need: int
 ) -> None:
     clock = FakeClock()
     table = _shipped_table(clock)
@@ -803,7 +805,7 @@ def test_a_deployment_with_a_slow_tail_needs_a_longer_run_to_be_suspected(
         table.observe("a", 100.0, "live")
     for _ in range(need):
         assert not table.suspected("a")
-        table.observe("a", 2_000.0, "live")  # all at one instant: only suspicion can act
+        table.observe("a", slow_ms, "live")  # all at one instant: only suspicion can act
         assert table.row("a").shifts == 0
     assert table.suspected("a")
 
