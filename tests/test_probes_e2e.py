@@ -414,3 +414,46 @@ async def test_a_stream_still_waiting_makes_the_first_slow_answer_enough_to_leav
         await second
 
     await until(lambda: sent(0), timeout_s=10.0)  # a client that left stops counting
+
+
+async def test_a_leader_turning_slow_gets_a_recovered_runner_up_probed_at_once(
+    sim: Sim, start_proxy: StartProxy
+) -> None:
+    """back-c slowed from 80 to 400 ms earlier and has recovered since, unseen. When fast-a,
+    which carries the traffic, turns slow, the running probe loop probes back-c over the wire
+    at once instead of at its next turn 30 s later or more, and prefer=fast goes there."""
+    c = sim_model("back-c", nominal_ttft_ms=850)
+    for model in (A, c):
+        set_ttft(sim, model, 20.0)
+    set_ttft(sim, B, 60.0)
+    proxy = await start_proxy(
+        {**only_models(A, B, c), "probes": probing(interval_s=30.0, jitter=0.02, half_life_s=300)}
+    )
+    table = proxy.router.health.table
+    keys = {d.model_id: d.key for d in proxy.router.health.snapshot().fast_order["any"]}
+
+    async def seeded() -> bool:
+        return all(table.row(k).probe_samples for k in keys.values())
+
+    await until(seeded, timeout_s=10.0)  # within interval * jitter of start-up
+    for _ in range(200):
+        table.observe(keys["fast-a"], 20.0, "live")
+        table.observe(keys["back-c"], 20.0, "live")
+    for _ in range(10):  # ten in a row beyond the band: adopted however short the span
+        table.observe(keys["back-c"], 400.0, "live")
+    assert table.slowed_from(keys["back-c"]) is not None
+    data = await status(proxy)
+    assert data["probes"]["hurried"] == 0
+    asked = sim.state.requests[upstream_id("back-c")]
+    table.observe(keys["fast-a"], 500.0, "live")
+    table.observe(keys["fast-a"], 500.0, "live")
+    assert table.suspected(keys["fast-a"])
+
+    async def found() -> bool:
+        return table.slowed_from(keys["back-c"]) is None
+
+    await until(found, timeout_s=10.0)
+    assert sim.state.requests[upstream_id("back-c")] > asked
+    assert (await status(proxy))["probes"]["hurried"] == 1
+    await asyncio.sleep(SNAPSHOT_MAX_AGE_S + 0.01)
+    assert await routed_model(proxy.client()) == "back-c"
