@@ -6,10 +6,8 @@ breaker before live traffic returns. It is handed a "send one probe" callable; i
 schedule, its own concurrency cap, and the daily probe budget.
 
 Scheduling, per key, evaluated on every wake-up:
-- CLOSED: due ``interval_s * u`` after its last probe was sent (``u`` drawn from ``1 ± jitter``
-  after each probe; and no sooner than the confirming gap below after it ended, so a probe
-  slower than the interval is not followed by another at once), stretched by
-  ``live_interval_factor`` (from its end) while the key has had a live sample in the
+- CLOSED: due ``interval_s * u`` after its last probe (``u`` drawn from ``1 ± jitter`` after
+  each probe), stretched by ``live_interval_factor`` while the key has had a live sample in the
   last ``live_quiet_s`` seconds (live requests already measure it). Otherwise, while the table
   holds an unconfirmed run of samples beyond the key's band (``LatencyTable.unsettled``), it is due
   again ``shift_span_s`` (or ``interval_s * jitter``, if longer) after its last probe: one probe
@@ -185,12 +183,11 @@ class ProbeStats:
 
 
 class _Schedule:
-    __slots__ = ("first_due", "hurried", "in_flight", "last_probe", "last_sent", "stretch")
+    __slots__ = ("first_due", "hurried", "in_flight", "last_probe", "stretch")
 
     def __init__(self, first_due: float, stretch: float) -> None:
         self.first_due = first_due
         self.last_probe: float | None = None  # clock time the last probe finished
-        self.last_sent = 0.0  # clock time the last probe was sent (valid with last_probe)
         self.stretch = stretch  # this round's 1 ± jitter factor
         self.in_flight = False
         self.hurried: float | None = None  # clock time it was last probed out of turn
@@ -281,7 +278,6 @@ class ProbeLoop:
             old = previous._keys.get(key)
             if old is not None:
                 sched.first_due, sched.last_probe = old.first_due, old.last_probe
-                sched.last_sent = old.last_sent
                 sched.stretch = old.stretch
 
     async def run(self) -> None:
@@ -312,11 +308,9 @@ class ProbeLoop:
     async def probe_once(self, key: str) -> None:
         """Send one probe to ``key`` (within the concurrency cap and the budget) and feed the
         result to the table (``source="probe"``) and the breaker board (``probe=True``)."""
-        sent = self._clock()
         try:
             async with self._semaphore:
                 for _ in range(2):
-                    sent = self._clock()
                     if not self._charge(key):
                         return
                     self._sent += 1
@@ -329,7 +323,6 @@ class ProbeLoop:
             sched = self._keys.get(key)
             if sched is not None:
                 sched.last_probe = self._clock()
-                sched.last_sent = sent
                 sched.stretch = self._draw_stretch()
 
     def stats(self) -> ProbeStats:
@@ -480,9 +473,7 @@ class ProbeLoop:
             return last + interval * s.live_interval_factor
         if self._table.unsettled(key):
             return confirm
-        # From when it was sent: a deployment's own TTFT does not stretch its interval (at a
-        # short interval a slow one would otherwise be measured a third less often).
-        return max(sched.last_sent + interval, confirm)
+        return last + interval
 
     def _confirm_gap(self) -> float:
         """After a probe, how soon the next one confirms or clears a run beyond the band."""
