@@ -27,7 +27,8 @@ Scheduling, per key, evaluated on every wake-up:
   the slowed key's estimate (``LatencyTable.slowed_from``), and those not measured for an
   interval whose estimate is below it. Bounded: a key is hurried at most once per interval,
   at most ``concurrency`` keys per interval across all slowdowns (many leaders falling together
-  cost no more), within the concurrency cap and the daily budget; the request that fed the
+  cost no more), within the concurrency cap, and only while today's spend is within its share
+  of the day so far (they must not spend what the paced schedule needs); the request that fed the
   slow sample only starts the probes, it never waits for them.
 - OPEN: not probed; due when its breaker's open period ends.
 - HALF_OPEN: probed at once, then every ``half_open_gap_s`` until the breaker decides.
@@ -353,6 +354,8 @@ class ProbeLoop:
         live = self._table.last_live(slowed)
         if live is None or now - live > s.live_quiet_s:
             return  # probes alone saw it slow: no traffic is about to move
+        if not self._on_pace():
+            return  # the scheduled probes need what is left of today's budget
         if now - self._hurry_window >= s.interval_s:
             self._hurry_window, self._hurry_count = now, 0
         room = s.concurrency - self._hurry_count
@@ -513,6 +516,14 @@ class ProbeLoop:
             return False
         self._spend += cost
         return True
+
+    def _on_pace(self) -> bool:
+        """Today's spend is within its share of the day so far. Out-of-turn probes come on
+        top of the paced schedule (``paced_interval_s``): spent ahead of the day, they would
+        stop every probe at the cap before midnight."""
+        self._roll_day()
+        elapsed = self._wall_clock() / _DAY_S - self._day
+        return self._spend <= self._settings.max_daily_spend_usd * elapsed + 1e-12
 
     def _roll_day(self) -> None:
         day = self._utc_day()

@@ -728,3 +728,44 @@ async def test_a_rival_is_hurried_once_per_interval_and_only_for_a_deployment_wi
             await asyncio.sleep(0)
         assert loop.stats().hurried == 1  # r0 was hurried 29 s ago
     assert send.calls[before:] == [("r0", clock.now - 29.0)]
+
+
+@pytest.mark.parametrize(
+    ("past_midnight_s", "hurried"),
+    [
+        pytest.param(43_200.0, 1, id="on-pace-at-noon"),
+        pytest.param(1.0, 0, id="ahead-of-pace-minutes-past-midnight"),
+    ],
+)
+async def test_out_of_turn_probes_never_spend_ahead_of_the_days_pace(
+    past_midnight_s: float, hurried: int
+) -> None:
+    # The same history and spend either way: under $1 of a $20 cap, all of it today. At noon
+    # that is well within half the cap; four minutes past midnight it is past the day's
+    # share so far (~$0.06), and a hurried probe would take what the paced schedule needs
+    # before midnight.
+    clock = FakeTime()
+    ttfts = {"lead": 60.0, "back": 80.0}
+    send = PerKey(clock, ttfts)
+    table = suspicious_table(clock)
+    loop, _, _ = build(
+        clock,
+        send,
+        dict.fromkeys(ttfts, 0.01),
+        table=table,
+        wall=lambda: MIDNIGHT + past_midnight_s + clock.now,
+        interval_s=30.0,
+        max_daily_spend_usd=20.0,
+    )
+    await run_for(loop, clock, 120.0)
+    await slow_down(loop, clock, send, ["back"], 400.0)
+    ttfts["back"] = 80.0
+    busy(table, clock, ["lead"], 60.0, 5.0)
+    spent = loop.stats().spend_today_usd
+    assert 0.1 < spent < 1.0
+    async with parked(loop, clock):
+        fall(table, "lead")
+        for _ in range(20):
+            await asyncio.sleep(0)
+        await wait_until(lambda: not loop.stats().in_flight)
+    assert loop.stats().hurried == hurried
