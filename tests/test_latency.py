@@ -692,14 +692,7 @@ def _shipped_table(clock: FakeClock, false_alarm: float = FALSE_ALARM) -> Latenc
 def _busy_then_slow(clock: FakeClock, table: LatencyTable) -> None:
     """Deployment "a" serves 20 live requests a second at 80 ms, "b" is probed at 150 ms; then
     two of a's answers arrive together at 400 ms (two clients, one moment: no span at all)."""
-    table.set_prior("a", 120.0)
-    table.set_prior("b", 225.0)
-    rng = random.Random(3)
-    for i in range(600):
-        clock.now += 0.05
-        table.observe("a", 80.0 * rng.uniform(0.97, 1.03), "live")
-        if i % 20 == 0:
-            table.observe("b", 150.0 * rng.uniform(0.97, 1.03), "probe")
+    _busy(clock, table)
     clock.now += 0.4
     table.observe("a", 400.0, "live")
     assert table.estimate_ms("a") < table.estimate_ms("b")  # one slow answer is not enough
