@@ -336,7 +336,8 @@ def report(results: Sequence[Result]) -> str:
         lines.append(
             f"  regret {r.regret:.3f} (measured at the client {r.regret_measured:.3f}); "
             f"{r.on_best:.0%} of {r.requests} requests on the best model; "
-            f"probes sent {r.probes.get('sent')}, spend ${r.probes.get('spend_today_usd')}"
+            f"probes sent {r.probes.get('sent')} ({r.probes.get('hurried')} out of turn), "
+            f"spend ${r.probes.get('spend_today_usd')}"
         )
         lines.append(
             f"  regret - 1 = {r.regret_switching:.3f} while switching (of which blind "

@@ -27,7 +27,8 @@ a Retry-After it is an ordinary failure.
 when its request was sent. It resets the failure streak only if no health failure was recorded
 since: under concurrency, answers to requests sent before an outage keep arriving after it
 began, and if they reset the streak a hard-down deployment can take hundreds of requests to
-open. It still counts as a success in the window.
+open. It still counts as a success in the window. A stale success that arrives while
+HALF_OPEN is ignored: it neither closes the breaker nor frees the live trial's slot.
 
 *Failures after a success.* A stream is judged healthy at its first token (so streams that
 were already flowing when an outage began cannot reset the streak). If it breaks later,
@@ -230,6 +231,10 @@ class Breaker:
         self, now: float, ttft_ms: float | None, probe: bool, since: int | None = None
     ) -> None:
         self.poll(now)
+        if self.state is State.HALF_OPEN and since is not None and since != self.failure_seq:
+            # Sent before the failures that opened the breaker: it says nothing of the
+            # deployment now, and it is not the trial's answer (the trial keeps its slot).
+            return
         holds_trial = not probe and self.trial_since is not None
         if not probe:
             self.trial_since = None

@@ -65,6 +65,25 @@ trip of traffic on the runner-up, and a probe sent after a suspected run began (
 time minus its TTFT is past the run's start) confirms it whatever the span: probes of one
 deployment never overlap, so it is a separate look, which is all the span asks of live answers.
 
+*How far out.* ``k`` is fixed at the band's edge when a run begins, but a run may lie much
+further out: a busy 60 ms deployment whose loaded box puts 1 % of its answers past 1.5x its
+p90 needs three in a row there, yet nothing in its history comes near 500 ms. So a run short
+of ``k`` is also judged at its own least extreme sample: the same rule, with the history's
+share beyond that level (its bucket counted, the run's own earlier samples not). For
+independent samples, the chance that ``k`` of them all lie beyond a level whose share ``q``
+has ``q**k <= a`` is ``a`` whether the level is fixed or is the least extreme of the ``k``;
+the test is taken only while the run is ``shift_samples`` long or shorter, and with half of
+``false_alarm``, so the two tests together keep about the rate of one. A deployment with a
+real 10 % tail at 5x still needs four answers at the tail's level, and two far beyond it.
+
+*Waiting.* A live request still without its first token is a sample already known to lie
+beyond anything shorter than its wait. When a slow sample arrives and its run is short of
+``k``, the requests to that deployment (``sending`` / ``answered``) that have waited past the
+run's bound count towards ``k`` (judged at the least extreme of the run and their waits):
+two clients whose requests went out a moment apart no longer need the later one's answer
+before the earlier one's next request leaves the deployment. They count for suspicion only;
+a regime change is confirmed by answers.
+
 *How heavy the prior is.* ``prior_weight`` is in units of fresh samples, but what it competes
 with is the weight a deployment's samples settle at, which depends on how often it is measured
 relative to the half-life: probed every ``interval`` alone, just before each probe it is
@@ -112,6 +131,13 @@ _BUSY_RUN = 10
 # A regime restart keeps this many of the run's newest samples as the new history: plenty to
 # place a mean and a p90, and the bound on a run's memory however busy the deployment.
 _RUN_KEEP = 32
+
+# The share of ``false_alarm`` a run judged at its own level may use (see "How far out"): it is
+# judged so at most twice (at its first answer with requests waiting, and at its second), so
+# each time takes half. Simulated, a 10 % slow tail with jitter then changes leader exactly as
+# often as with the band's edge alone (26 times in 200,000 answers over ten seeds; 48 with the
+# whole rate at every answer of a run).
+_LEVEL_ALARM = 0.5
 
 # Inflated masses are rescaled past 2**30: far from overflow, and old samples are negligible
 # (a billionth) relative to new ones by then, so float precision is never the limit.
@@ -188,17 +214,21 @@ class _Entry:
         "run_bound",
         "run_count",
         "run_dir",
+        "run_from",
         "run_mean",
         "run_need",
         "run_p90",
         "run_start",
         "run_strike",
         "samples",
+        "shift_dir",
         "shifts",
+        "slowed_from",
         "suspicions",
         "t_ref",
         "total",
         "updated",
+        "waiting",
         "weight",
     )
 
@@ -229,6 +259,7 @@ class _Entry:
         self.run_bound = 0.0
         self.run_start = 0.0
         self.run_count = 0
+        self.run_from = nominal  # the real samples' mix when the run began
         # Run length at which the run is suspected to be a new regime (set when it begins;
         # 0: never), and the run's own mean and p90, which routing reads while it is suspected
         # (NaN while it is not).
@@ -238,6 +269,12 @@ class _Entry:
         self.run_strike = False  # a suspected run has just had one sample back inside the band
         self.shifts = 0  # regime changes adopted
         self.suspicions = 0  # runs that reached run_need
+        # The latest regime change's direction (+1 slower, -1 faster, 0 none yet) and, after a
+        # slowdown, the estimate (real samples' mix) the deployment held before it.
+        self.shift_dir = 0
+        self.slowed_from = math.nan
+        # Live requests sent and not yet answered: ticket -> clock time sent (see "Waiting").
+        self.waiting: dict[int, float] = {}
 
 
 def _rescale(e: _Entry, now: float, half_life_s: float) -> None:
@@ -349,8 +386,10 @@ class LatencyTable:
         "_shift_margin",
         "_shift_samples",
         "_shift_span_s",
+        "_tickets",
         "_version",
         "listener",
+        "slowdown_listener",
     )
 
     def __init__(
@@ -392,11 +431,16 @@ class LatencyTable:
         self._measured_weight = measured_weight
         self._false_alarm = false_alarm
         self._entries: dict[str, _Entry] = {}
+        self._tickets = 0
         self._version = 0
         self._regime_version = 0
         # Told of every sample fed through ``observe`` (not ``fold``): the hook by which a
         # cluster shares this instance's samples with the others.
         self.listener: Callable[[str, float, Source], None] | None = None
+        # Told, after the sample is in, when a deployment's latency regime turns slower (a run
+        # above its band becomes suspected, or is adopted unsuspected): the probe loop's cue
+        # to re-measure the deployments that may take its traffic (probes/loop.py).
+        self.slowdown_listener: Callable[[str], None] | None = None
 
     @property
     def half_life_s(self) -> float:
@@ -479,12 +523,17 @@ class LatencyTable:
             e = self._entries[key] = _Entry(ttft_ms, now)
         was_suspected = not math.isnan(e.run_mean)
         restart = self._extend_run(e, ttft_ms, now, source)
+        # Routing leaves it for slowness now: a run beyond the top of its band has just become
+        # suspected, or has been confirmed without ever being suspected.
+        slowed = e.run_dir > 0 and not was_suspected and (restart or not math.isnan(e.run_mean))
         weight = self._decayed_weight(e, now) + 1.0
         e.mean += (ttft_ms - e.mean) / weight
         e.weight = weight
         e.updated = max(now, e.updated)
         _add_to_histogram(e, ttft_ms, now, self._half_life_s)
         if restart:
+            e.shift_dir = e.run_dir
+            e.slowed_from = e.run_from if e.run_dir > 0 else math.nan
             _restart(e, e.run, now, self._half_life_s)
             _end_run(e)
         if restart or was_suspected != (not math.isnan(e.run_mean)):
@@ -498,6 +547,8 @@ class LatencyTable:
         else:
             e.probe_samples += 1
         self._version += 1
+        if slowed and self.slowdown_listener is not None:
+            self.slowdown_listener(key)
 
     def _extend_run(self, e: _Entry, ttft_ms: float, now: float, source: Source) -> bool:
         """Track the run of samples beyond the band; True when it amounts to a new regime."""
@@ -521,6 +572,7 @@ class LatencyTable:
                 return False
             e.run_dir, e.run_bound = (-1, low) if ttft_ms < low else (1, high)
             e.run_start = now
+            e.run_from = e.mix
             e.run_need = self._suspect_need(e, e.run_bound, e.run_dir, now)
         e.run.append((now, ttft_ms))
         if len(e.run) > _RUN_KEEP:
@@ -537,7 +589,7 @@ class LatencyTable:
             e.run_count >= _BUSY_RUN or now - e.run_start >= self._shift_span_s or later
         ):
             return True
-        if e.run_need and e.run_count >= e.run_need:
+        if e.run_need and (e.run_count >= e.run_need or self._suspects(e, now)):
             if math.isnan(e.run_mean):
                 e.suspicions += 1
             values = [ms for _, ms in e.run]
@@ -545,22 +597,67 @@ class LatencyTable:
             e.run_p90 = _quantile(values, QUANTILE)
         return False
 
-    def _suspect_need(self, e: _Entry, bound: float, direction: int, now: float) -> int:
+    def _suspects(self, e: _Entry, now: float) -> bool:
+        """A run still short of ``run_need`` (its need at the band's edge) is suspected all the
+        same when it lies further out than that edge, judged at its own least extreme sample
+        (see "How far out"), or when the live requests still waiting past the edge make up the
+        difference, judged at the least extreme of both (see "Waiting")."""
+        if not math.isnan(e.run_mean):
+            return False
+        ages: list[float] = []
+        if e.run_dir > 0 and e.waiting:
+            since = now - e.run_bound / 1000.0
+            ages = [(now - sent) * 1000.0 for sent in e.waiting.values() if sent < since]
+            if e.run_count + len(ages) >= e.run_need:
+                return True
+        if e.run_count > self._shift_samples:
+            return False  # judged at its level only while it is as short as a suspect can be
+        values = [ms for _, ms in e.run]
+        level = min(values) if e.run_dir > 0 else max(values)
+        if e.run_count >= self._level_need(e, level, now):
+            return True
+        if not ages:
+            return False
+        return e.run_count + len(ages) >= self._level_need(e, min(level, *ages), now)
+
+    def _level_need(self, e: _Entry, level: float, now: float) -> int:
+        """``_suspect_need`` at ``level`` instead of the band's edge, not counting the run's own
+        earlier samples (already in the history) as the history's."""
+        # One bucket further in, so that the level's own bucket counts as beyond it.
+        edge = level / _RATIO if e.run_dir > 0 else level * _RATIO
+        top = _bucket(edge)
+        own = 0.0
+        for t, ms in e.run[:-1]:
+            b = _bucket(ms)
+            if (b > top) if e.run_dir > 0 else (b < top):
+                own += math.exp2(-(now - t) / self._half_life_s)
+        return self._suspect_need(e, edge, e.run_dir, now, own, _LEVEL_ALARM)
+
+    def _suspect_need(
+        self,
+        e: _Entry,
+        bound: float,
+        direction: int,
+        now: float,
+        own: float = 0.0,
+        scale: float = 1.0,
+    ) -> int:
         """How many samples in a row beyond ``bound`` make a run suspected (see "Suspicion"):
-        the fewest ``k`` at which this deployment's own history puts the chance of such a run
-        by noise at ``false_alarm`` or less; 0 when suspicion is off."""
+        the fewest ``k`` at which this deployment's own history (less ``own``, the weight of
+        the run's samples in it) puts the chance of such a run by noise at ``false_alarm``
+        (times ``scale``) or less; 0 when suspicion is off."""
         if not self._false_alarm:
             return 0
-        share = _share_beyond(e, bound, direction)
-        if direction < 0 and share < 1e-9:
+        w = self._decayed_weight(e, now)
+        beyond = max(0.0, _share_beyond(e, bound, direction) * w - own)
+        if direction < 0 and beyond < 1e-9 * max(w, 1.0):
             # Nothing in the history lies this far below: TTFT noise is queueing, which only
             # ever adds, so one sample this fast is followed (see "Suspicion").
             return 1
-        w = self._decayed_weight(e, now)
         # Half a sample's worth of doubt: a history of w samples with none beyond cannot show
         # a rate below about 1 / (2 w).
-        q = (share * w + 0.5) / (w + 1.0)
-        k = math.ceil(math.log(self._false_alarm) / math.log(q) - 1e-9)
+        q = (beyond + 0.5) / (w + 1.0)
+        k = math.ceil(math.log(self._false_alarm * scale) / math.log(q) - 1e-9)
         return max(self._shift_samples, k, 1)
 
     def suspected(self, key: str) -> bool:
@@ -575,6 +672,49 @@ class LatencyTable:
         interval later."""
         e = self._entries.get(key)
         return e is not None and e.run_dir != 0
+
+    def sending(self, key: str) -> int:
+        """A live request to ``key`` is being sent now; returns the ticket to hand back to
+        ``answered`` when it has its first token or has ended without one. While it waits it
+        counts toward suspecting a slow run (see "Waiting"); a key not in the table is not
+        tracked."""
+        e = self._entries.get(key)
+        if e is None:
+            return -1
+        self._tickets += 1
+        e.waiting[self._tickets] = self._clock()
+        return self._tickets
+
+    def answered(self, key: str, ticket: int) -> None:
+        """The request ``ticket`` stopped waiting. Call it before feeding its sample, if any."""
+        e = self._entries.get(key)
+        if e is not None:
+            e.waiting.pop(ticket, None)
+
+    def waiting(self, key: str) -> int:
+        """How many live requests to ``key`` are waiting for their first token."""
+        e = self._entries.get(key)
+        return 0 if e is None else len(e.waiting)
+
+    def slowed_from(self, key: str) -> float | None:
+        """The estimate ``key``'s real samples gave before its latency turned slower, while its
+        latest regime change (adopted, or suspected now) is a slowdown; else None. A deployment
+        that slowed may since have recovered unseen: this is what it would win back."""
+        e = self._entries.get(key)
+        if e is None:
+            return None
+        if e.run_dir > 0 and not math.isnan(e.run_mean):
+            return e.run_from
+        if e.run_dir < 0 and not math.isnan(e.run_mean):
+            return None  # suspected faster: it is being re-measured already
+        return e.slowed_from if e.shift_dir > 0 else None
+
+    def age_s(self, key: str) -> float | None:
+        """Seconds since ``key``'s last sample; None for an unknown key or before any."""
+        e = self._entries.get(key)
+        if e is None or e.last_sample is None:
+            return None
+        return max(0.0, self._clock() - e.last_sample)
 
     def estimate_ms(self, key: str) -> float:
         """The routing number: mean/p90 mix drifted toward nominal. O(1); unknown key -> inf."""

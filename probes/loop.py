@@ -19,6 +19,17 @@ Scheduling, per key, evaluated on every wake-up:
   an unconfirmed run (a deployment that recovered) is followed by one more at once. A newly
   added key is first probed within ``interval_s * jitter`` so the table is seeded soon
   after start-up.
+- Re-measured at once when a deployment with live traffic turns slow (its run above the band
+  is suspected or adopted, ``LatencyTable.slowdown_listener``): its traffic is about to go to
+  a runner-up, ranked on rows up to an interval old, and one that recovered while nobody sent
+  it traffic would otherwise be found only at its next scheduled probe. So the keys that could
+  take over are probed now: those whose latest regime change was a slowdown from a level below
+  the slowed key's estimate (``LatencyTable.slowed_from``), and those not measured for an
+  interval whose estimate is below it. Bounded: a key is hurried at most once per interval,
+  at most ``concurrency`` keys per interval across all slowdowns (many leaders falling together
+  cost no more), within the concurrency cap, and only while today's spend is within its share
+  of the day so far (they must not spend what the paced schedule needs); the request that fed the
+  slow sample only starts the probes, it never waits for them.
 - OPEN: not probed; due when its breaker's open period ends.
 - HALF_OPEN: probed at once, then every ``half_open_gap_s`` until the breaker decides.
 The loop sleeps until the earliest due time, never longer than ``max_sleep_s`` so that
@@ -169,16 +180,18 @@ class ProbeStats:
     skipped_for_budget: int
     last_run: Mapping[str, float]  # key -> wall-clock time (epoch s) the last probe was sent
     in_flight: int = 0  # launched and unfinished, including probes queued on the cap
+    hurried: int = 0  # probes launched out of turn because a key with traffic turned slow
 
 
 class _Schedule:
-    __slots__ = ("first_due", "in_flight", "last_probe", "stretch")
+    __slots__ = ("first_due", "hurried", "in_flight", "last_probe", "stretch")
 
     def __init__(self, first_due: float, stretch: float) -> None:
         self.first_due = first_due
         self.last_probe: float | None = None  # clock time the last probe finished
         self.stretch = stretch  # this round's 1 ± jitter factor
         self.in_flight = False
+        self.hurried: float | None = None  # clock time it was last probed out of turn
 
 
 class ProbeLoop:
@@ -217,6 +230,10 @@ class ProbeLoop:
         self._day = self._utc_day()
         self._cap_logged_day: int | None = None
         self._last_run: dict[str, float] = {}
+        self._hurried = 0
+        # Out-of-turn probes launched in the current window of one interval (see _hurry).
+        self._hurry_window = -math.inf
+        self._hurry_count = 0
         # Cluster hook (proxy/cluster/): a key is probed here only while ``gate(key)`` says
         # so, i.e. while this instance holds the key's probe lease.
         self.gate: Callable[[str], bool] | None = None
@@ -248,10 +265,11 @@ class ProbeLoop:
         counters, today's spend and, for keys both probe, when each was last probed. Without
         this every reload would reset the daily cap and re-probe every deployment at once.
         ``previous`` must be stopped first: its probes in flight are not carried over."""
-        self._sent, self._failed, self._skipped = (
+        self._sent, self._failed, self._skipped, self._hurried = (
             previous._sent,
             previous._failed,
             previous._skipped,
+            previous._hurried,
         )
         if previous._day == self._day:
             self._spend = previous._spend
@@ -268,6 +286,8 @@ class ProbeLoop:
         which also cancels the probes in flight."""
         if not self._settings.enabled:
             return
+        # Only a running loop answers slowdowns; the table outlives it (config reloads).
+        self._table.slowdown_listener = self._hurry
         try:
             while True:
                 try:
@@ -278,6 +298,8 @@ class ProbeLoop:
                     delay = self._settings.max_sleep_s
                 await self._sleep(delay)
         finally:
+            if self._table.slowdown_listener == self._hurry:
+                self._table.slowdown_listener = None
             tasks = list(self._tasks)
             for task in tasks:
                 task.cancel()
@@ -314,7 +336,59 @@ class ProbeLoop:
             skipped_for_budget=self._skipped,
             last_run=MappingProxyType(dict(self._last_run)),
             in_flight=sum(1 for s in self._keys.values() if s.in_flight),
+            hurried=self._hurried,
         )
+
+    def _hurry(self, slowed: str) -> None:
+        """``slowed`` has just turned slow (the table's slowdown listener): probe now the keys
+        that could take its traffic, if it carries any (see the module docstring)."""
+        try:
+            self._hurry_rivals(slowed)
+        except Exception:
+            # Called from the table on a request's path: a bug here must not fail the request.
+            log.exception("hurrying probes after %s slowed failed", slowed)
+
+    def _hurry_rivals(self, slowed: str) -> None:
+        s = self._settings
+        now = self._clock()
+        live = self._table.last_live(slowed)
+        if live is None or now - live > s.live_quiet_s:
+            return  # probes alone saw it slow: no traffic is about to move
+        if not self._on_pace():
+            return  # the scheduled probes need what is left of today's budget
+        if now - self._hurry_window >= s.interval_s:
+            self._hurry_window, self._hurry_count = now, 0
+        room = s.concurrency - self._hurry_count
+        if room <= 0:
+            return
+        bar = self._table.estimate_ms(slowed)
+        table, gate = self._table, self.gate
+        rivals: list[tuple[float, str]] = []
+        for key, sched in self._keys.items():
+            if key == slowed or sched.in_flight or sched.last_probe is None:
+                continue  # being measured, or not yet seeded (it is due soon anyway)
+            if table.suspected(key):
+                continue  # its confirming probe is due within the confirming gap anyway
+            if sched.hurried is not None and now - sched.hurried < s.interval_s:
+                continue
+            if gate is not None and not gate(key):
+                continue
+            if self._board.state(key) is not State.CLOSED:
+                continue  # an open breaker refuses traffic; a half-open one is probed already
+            level = table.slowed_from(key)
+            if level is None:
+                age = table.age_s(key)
+                if age is not None and age <= s.interval_s:
+                    continue  # measured lately: its row is as good as a probe now
+                level = table.estimate_ms(key)
+            if level < bar:
+                rivals.append((level, key))
+        # The most promising first: what each would win back, or its estimate if stale.
+        for _, key in sorted(rivals)[:room]:
+            self._keys[key].hurried = now
+            self._hurry_count += 1
+            self._hurried += 1
+            self._launch(key)
 
     async def _measure(self, key: str) -> None:
         # A probe sent before an outage can answer after its first failures: like a live
@@ -442,6 +516,14 @@ class ProbeLoop:
             return False
         self._spend += cost
         return True
+
+    def _on_pace(self) -> bool:
+        """Today's spend is within its share of the day so far. Out-of-turn probes come on
+        top of the paced schedule (``paced_interval_s``): spent ahead of the day, they would
+        stop every probe at the cap before midnight."""
+        self._roll_day()
+        elapsed = self._wall_clock() / _DAY_S - self._day
+        return self._spend <= self._settings.max_daily_spend_usd * elapsed + 1e-12
 
     def _roll_day(self) -> None:
         day = self._utc_day()

@@ -322,6 +322,24 @@ def test_half_open_admits_one_live_trial_at_a_time() -> None:
     assert board.allow(K)
 
 
+@pytest.mark.parametrize("probe", [False, True], ids=["live", "probe"])
+def test_a_success_sent_before_the_breaker_opened_is_not_a_half_open_verdict(probe: bool) -> None:
+    # A slow answer to a request sent while the deployment still looked healthy arrives
+    # after the breaker opened and went half-open: it must not close it, nor take the
+    # place of the live trial in flight.
+    clock = FakeClock()
+    board = make_board(clock, half_open_successes=1)
+    stale = board.failure_mark(K)
+    trip(board)
+    to_half_open(board, clock)
+    assert board.allow(K)  # the trial is in flight
+    board.record_success(K, 100.0, probe=probe, since=stale)
+    assert board.state(K) is State.HALF_OPEN
+    assert not board.allow(K)  # the trial still holds its slot
+    board.record_success(K, 100.0, since=board.failure_mark(K))  # the trial's own answer
+    assert board.state(K) is State.CLOSED
+
+
 def test_a_lost_trial_slot_frees_itself_after_the_trial_timeout() -> None:
     clock = FakeClock()
     board = make_board(clock, trial_timeout_s=60.0)

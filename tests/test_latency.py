@@ -692,14 +692,7 @@ def _shipped_table(clock: FakeClock, false_alarm: float = FALSE_ALARM) -> Latenc
 def _busy_then_slow(clock: FakeClock, table: LatencyTable) -> None:
     """Deployment "a" serves 20 live requests a second at 80 ms, "b" is probed at 150 ms; then
     two of a's answers arrive together at 400 ms (two clients, one moment: no span at all)."""
-    table.set_prior("a", 120.0)
-    table.set_prior("b", 225.0)
-    rng = random.Random(3)
-    for i in range(600):
-        clock.now += 0.05
-        table.observe("a", 80.0 * rng.uniform(0.97, 1.03), "live")
-        if i % 20 == 0:
-            table.observe("b", 150.0 * rng.uniform(0.97, 1.03), "probe")
+    _busy(clock, table)
     clock.now += 0.4
     table.observe("a", 400.0, "live")
     assert table.estimate_ms("a") < table.estimate_ms("b")  # one slow answer is not enough
@@ -778,15 +771,17 @@ def test_with_suspicion_a_recovered_deployment_wins_back_on_its_first_fast_probe
 
 
 @pytest.mark.parametrize(
-    ("tail", "need"),
+    ("tail", "slow_ms", "need"),
     [
-        pytest.param(0.0, 2, id="steady-two-in-a-row"),
-        # A 10 % tail 5x slower: 0.1**4 = 1e-4.
-        pytest.param(0.1, 4, id="ten-percent-tail-four-in-a-row"),
+        pytest.param(0.0, 500.0, 2, id="steady-two-in-a-row"),
+        # A 10 % tail 5x slower: 0.1**4 = 1e-4, for a run where the tail lies.
+        pytest.param(0.1, 500.0, 4, id="ten-percent-tail-four-in-a-row-at-the-tail"),
+        # Far beyond anything the tail has shown: judged at its own level ("How far out").
+        pytest.param(0.1, 2_000.0, 2, id="ten-percent-tail-two-in-a-row-far-beyond-it"),
     ],
 )
 def test_a_deployment_with_a_slow_tail_needs_a_longer_run_to_be_suspected(
-    tail: float, need: int
+    tail: float, slow_ms: float, need: int
 ) -> None:
     clock = FakeClock()
     table = _shipped_table(clock)
@@ -803,7 +798,7 @@ def test_a_deployment_with_a_slow_tail_needs_a_longer_run_to_be_suspected(
         table.observe("a", 100.0, "live")
     for _ in range(need):
         assert not table.suspected("a")
-        table.observe("a", 2_000.0, "live")  # all at one instant: only suspicion can act
+        table.observe("a", slow_ms, "live")  # all at one instant: only suspicion can act
         assert table.row("a").shifts == 0
     assert table.suspected("a")
 
@@ -849,3 +844,71 @@ def test_a_ten_percent_slow_tail_with_jitter_does_not_flap() -> None:
     calm = sum(_leader_changes(seed, FALSE_ALARM) for seed in range(3))
     assert calm <= 12
     assert sum(_leader_changes(seed, 0.5) for seed in range(3)) > 60
+
+
+def _busy(clock: FakeClock, table: LatencyTable) -> None:
+    """ "a" serves 20 live requests a second at 80 ms (its run needs two), "b" is probed at 150."""
+    table.set_prior("a", 120.0)
+    table.set_prior("b", 225.0)
+    rng = random.Random(3)
+    for i in range(600):
+        clock.now += 0.05
+        table.observe("a", 80.0 * rng.uniform(0.97, 1.03), "live")
+        if i % 20 == 0:
+            table.observe("b", 150.0 * rng.uniform(0.97, 1.03), "probe")
+
+
+def test_a_request_still_waiting_past_the_band_counts_toward_suspecting_a_slowdown() -> None:
+    """Two clients' requests went out 100 ms apart: when the first answers in 400 ms, the second
+    has waited 300 ms, far past the band, and is already a slow sample; routing leaves "a" then,
+    not on the second answer (meanwhile the first client's next request would go to "a")."""
+    clock = FakeClock()
+    table = _shipped_table(clock)
+    _busy(clock, table)
+    first = table.sending("a")
+    clock.now += 0.1
+    second = table.sending("a")
+    clock.now += 0.3
+    table.answered("a", first)
+    table.observe("a", 400.0, "live")
+    assert table.suspected("a")
+    assert table.estimate_ms("a") > table.estimate_ms("b")
+    assert table.row("a").shifts == 0  # waiting suspects; only answers confirm
+    clock.now += 0.1
+    table.answered("a", second)
+    table.observe("a", 400.0, "live")
+    assert table.waiting("a") == 0
+    assert table.suspected("a")
+
+
+@pytest.mark.parametrize(
+    ("sent_before_s", "answered"),
+    [
+        pytest.param(0.05, False, id="waiting-less-than-the-band"),
+        pytest.param(0.3, True, id="answered-already"),
+    ],
+)
+def test_a_request_counts_as_slow_only_while_it_waits_past_the_band(
+    sent_before_s: float, answered: bool
+) -> None:
+    clock = FakeClock()
+    table = _shipped_table(clock)
+    _busy(clock, table)
+    other = table.sending("a")
+    clock.now += sent_before_s
+    if answered:
+        table.answered("a", other)
+    table.observe("a", 400.0, "live")
+    assert not table.suspected("a")
+    assert table.estimate_ms("a") < table.estimate_ms("b")
+
+
+def test_waiting_requests_do_not_make_a_normal_answer_suspicious() -> None:
+    clock = FakeClock()
+    table = _shipped_table(clock)
+    _busy(clock, table)
+    for _ in range(5):
+        table.sending("a")
+    clock.now += 1.0
+    table.observe("a", 81.0, "live")
+    assert not table.suspected("a") and not table.unsettled("a")

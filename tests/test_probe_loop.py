@@ -8,7 +8,7 @@ import contextlib
 import itertools
 import math
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -586,3 +586,186 @@ async def test_a_probe_that_sees_a_recovery_is_confirmed_by_the_next_one_at_once
     assert table.row("a").shifts == 1
     assert (table.row("a").suspicions, table.suspected("a")) == (1, False)
     assert loop.stats().sent == len(send.times("a"))
+
+
+class PerKey(Recorder):
+    """A fake upstream whose TTFT is set per deployment."""
+
+    def __init__(self, clock: FakeTime, ttfts: dict[str, float]) -> None:
+        super().__init__(clock)
+        self.ttfts = ttfts
+
+    async def __call__(self, key: str) -> float:
+        self.calls.append((key, self.clock.now))
+        return self.ttfts[key]
+
+
+@contextlib.asynccontextmanager
+async def parked(loop: ProbeLoop, clock: FakeTime) -> AsyncIterator[None]:
+    """The loop running but asleep at the current instant: every probe launched meanwhile is
+    one launched out of turn."""
+    clock.horizon = clock.now
+    clock.reached.clear()
+    task = asyncio.create_task(loop.run())
+    await asyncio.wait_for(clock.reached.wait(), timeout=10.0)
+    await wait_until(lambda: not loop.stats().in_flight)  # probes that fell due on the way
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def suspicious_table(clock: FakeTime) -> LatencyTable:
+    return LatencyTable(300.0, clock=clock, shift_samples=2, shift_span_s=15.0, false_alarm=1e-4)
+
+
+def busy(table: LatencyTable, clock: FakeTime, keys: list[str], ms: float, seconds: float) -> None:
+    """Live traffic at ``ms`` to each of ``keys``, ten answers a second."""
+    for _ in range(int(seconds * 10)):
+        clock.now += 0.1
+        for key in keys:
+            table.observe(key, ms, "live")
+
+
+async def slow_down(
+    loop: ProbeLoop, clock: FakeTime, send: PerKey, keys: list[str], ms: float
+) -> None:
+    """Probe-only ``keys`` turn ``ms`` slow and the loop adopts it (two probes in a row)."""
+    for key in keys:
+        send.ttfts[key] = ms
+    await run_for(loop, clock, 60.0)
+
+
+async def test_a_slowed_runner_up_is_probed_at_once_when_the_leader_turns_slow() -> None:
+    """The leader carries the traffic; "back" slowed from 80 to 400 ms a while ago and has since
+    recovered unseen. When two slow answers make routing leave the leader, "back" is probed at
+    that instant, not at its next turn up to an interval later, so its recovery is found; a
+    steady rival measured lately, and one that slowed from a level no better than the leader's
+    slow one, are not."""
+    clock = FakeTime()
+    ttfts = {"lead": 60.0, "back": 80.0, "steady": 150.0, "worse": 700.0}
+    send = PerKey(clock, ttfts)
+    table = suspicious_table(clock)
+    loop, _, _ = build(clock, send, dict.fromkeys(ttfts, 0.0), table=table, interval_s=30.0)
+    busy(table, clock, ["lead"], 60.0, 60.0)
+    await run_for(loop, clock, 120.0)
+    await slow_down(loop, clock, send, ["worse"], 3_000.0)
+    await slow_down(loop, clock, send, ["back"], 400.0)
+    assert table.slowed_from("back") == pytest.approx(80.0, rel=0.05)
+    assert table.slowed_from("worse") == pytest.approx(700.0, rel=0.05)
+    ttfts["back"] = 80.0  # recovered; the table still says 400
+    busy(table, clock, ["lead"], 60.0, 5.0)
+    async with parked(loop, clock):
+        before = len(send.calls)
+        table.observe("lead", 500.0, "live")
+        table.observe("lead", 500.0, "live")
+        assert table.suspected("lead")
+        await wait_until(lambda: len(send.calls) > before and not loop.stats().in_flight)
+    # Its first answer makes routing follow it; the second, sent at once, confirms it.
+    assert send.calls[before:] == [("back", clock.now)] * 2
+    assert table.slowed_from("back") is None
+    assert table.estimate_ms("back") < table.estimate_ms("steady")
+    assert loop.stats().hurried == 1
+
+
+async def leaders_and_slowed_rivals(
+    leads: int, rivals: int, **settings: object
+) -> tuple[ProbeLoop, LatencyTable, PerKey, FakeTime]:
+    """``leads`` deployments with live traffic at 60 ms, and ``rivals`` probed-only ones that
+    slowed from 80, 90, ... ms to 400 ms and stay there."""
+    clock = FakeTime()
+    ttfts = {f"lead{i}": 60.0 for i in range(leads)}
+    ttfts.update({f"r{i}": 80.0 + 10 * i for i in range(rivals)})
+    send = PerKey(clock, ttfts)
+    table = suspicious_table(clock)
+    loop, _, _ = build(clock, send, dict.fromkeys(ttfts, 0.0), table=table, **settings)
+    await run_for(loop, clock, 120.0)
+    await slow_down(loop, clock, send, [f"r{i}" for i in range(rivals)], 400.0)
+    busy(table, clock, [f"lead{i}" for i in range(leads)], 60.0, 60.0)
+    return loop, table, send, clock
+
+
+def fall(table: LatencyTable, key: str) -> None:
+    table.observe(key, 500.0, "live")
+    table.observe(key, 500.0, "live")
+    assert table.suspected(key)
+
+
+async def test_many_leaders_falling_together_hurry_at_most_the_concurrency_cap() -> None:
+    loop, table, send, clock = await leaders_and_slowed_rivals(3, 3, concurrency=2)
+    async with parked(loop, clock):
+        before = len(send.calls)
+        for i in range(3):
+            fall(table, f"lead{i}")
+        await wait_until(lambda: len(send.calls) >= before + 2 and not loop.stats().in_flight)
+    # The two that would win back the most; each answered 400 ms, so none is followed up.
+    assert sorted(k for k, _ in send.calls[before:]) == ["r0", "r1"]
+    assert loop.stats().hurried == 2
+
+
+async def test_a_rival_is_hurried_once_per_interval_and_only_for_a_deployment_with_traffic() -> (
+    None
+):
+    loop, table, send, clock = await leaders_and_slowed_rivals(2, 1, interval_s=30.0)
+    # A slowdown that only probes saw moves no traffic: nothing to hurry for.
+    table.observe("lead1", 60.0, "live")
+    clock.now += 31.0
+    async with parked(loop, clock):
+        table.observe("r0", 2_000.0, "probe")
+        table.observe("r0", 2_000.0, "probe")
+        assert table.slowed_from("r0") is not None
+        assert loop.stats().hurried == 0
+    loop, table, send, clock = await leaders_and_slowed_rivals(2, 1, interval_s=30.0)
+    async with parked(loop, clock):
+        before = len(send.calls)
+        fall(table, "lead0")
+        await wait_until(lambda: loop.stats().hurried == 1 and not loop.stats().in_flight)
+        clock.now += 29.0
+        fall(table, "lead1")
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert loop.stats().hurried == 1  # r0 was hurried 29 s ago
+    assert send.calls[before:] == [("r0", clock.now - 29.0)]
+
+
+@pytest.mark.parametrize(
+    ("past_midnight_s", "hurried"),
+    [
+        pytest.param(43_200.0, 1, id="on-pace-at-noon"),
+        pytest.param(1.0, 0, id="ahead-of-pace-minutes-past-midnight"),
+    ],
+)
+async def test_out_of_turn_probes_never_spend_ahead_of_the_days_pace(
+    past_midnight_s: float, hurried: int
+) -> None:
+    # The same history and spend either way: under $1 of a $20 cap, all of it today. At noon
+    # that is well within half the cap; four minutes past midnight it is past the day's
+    # share so far (~$0.06), and a hurried probe would take what the paced schedule needs
+    # before midnight.
+    clock = FakeTime()
+    ttfts = {"lead": 60.0, "back": 80.0}
+    send = PerKey(clock, ttfts)
+    table = suspicious_table(clock)
+    loop, _, _ = build(
+        clock,
+        send,
+        dict.fromkeys(ttfts, 0.01),
+        table=table,
+        wall=lambda: MIDNIGHT + past_midnight_s + clock.now,
+        interval_s=30.0,
+        max_daily_spend_usd=20.0,
+    )
+    await run_for(loop, clock, 120.0)
+    await slow_down(loop, clock, send, ["back"], 400.0)
+    ttfts["back"] = 80.0
+    busy(table, clock, ["lead"], 60.0, 5.0)
+    spent = loop.stats().spend_today_usd
+    assert 0.1 < spent < 1.0
+    async with parked(loop, clock):
+        fall(table, "lead")
+        for _ in range(20):
+            await asyncio.sleep(0)
+        await wait_until(lambda: not loop.stats().in_flight)
+    assert loop.stats().hurried == hurried

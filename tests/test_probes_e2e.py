@@ -20,6 +20,7 @@ With a 0.2 s interval the time constants are chosen so one slow probe is enough:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from pathlib import Path
@@ -366,3 +367,93 @@ async def test_a_reload_keeps_the_table_and_says_its_settings_need_a_restart(
         await proxy.app[RUNTIME].reload()
     assert proxy.router.health.table is table and table.high_weight == 0.5
     assert "probes.p90_weight changed (0.5 -> 0.2); it takes effect on restart" in caplog.text
+
+
+async def test_a_stream_still_waiting_makes_the_first_slow_answer_enough_to_leave(
+    sim: Sim, start_proxy: StartProxy
+) -> None:
+    """Two streams to fast-a, the second sent while the first waits: when the first answers
+    slowly, the second, still waiting past the band, counts as the second slow answer, so routing
+    leaves fast-a before it answers; a client that goes away stops counting."""
+    proxy = await start_proxy(
+        {**only_models(A, B), "probes": probing(enabled=False, half_life_s=300.0)}
+    )
+    health = proxy.router.health
+    table = health.table
+    keys = {d.model_id: d.key for d in health.snapshot().fast_order["any"]}
+    for _ in range(200):
+        table.observe(keys["fast-a"], 80.0, "live")
+        table.observe(keys["steady-b"], 150.0, "live")
+    await asyncio.sleep(SNAPSHOT_MAX_AGE_S + 0.01)
+    client = proxy.client()
+    a = keys["fast-a"]
+
+    async def stream() -> str:
+        # The proxy answers with headers at the first token: by then its TTFT is in the table.
+        raw = await client.chat.completions.with_raw_response.create(
+            model="auto:fast", messages=MSG, stream=True
+        )
+        await raw.parse().close()
+        return raw.headers["x-router-model"]
+
+    async def sent(n: int) -> bool:
+        return table.waiting(a) == n
+
+    set_ttft(sim, A, 1_000.0)
+    first = asyncio.create_task(stream())
+    await until(lambda: sent(1), timeout_s=10.0)
+    set_ttft(sim, A, 30_000.0)  # the second waits on, whatever the box's load
+    second = asyncio.create_task(stream())
+    await until(lambda: sent(2), timeout_s=10.0)
+    assert await first == "fast-a"
+    assert table.row(a).samples == 201  # one slow answer so far
+    assert table.suspected(a)
+    assert await routed_model(client) == "steady-b"
+    second.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await second
+
+    await until(lambda: sent(0), timeout_s=10.0)  # a client that left stops counting
+
+
+async def test_a_leader_turning_slow_gets_a_recovered_runner_up_probed_at_once(
+    sim: Sim, start_proxy: StartProxy
+) -> None:
+    """back-c slowed from 80 to 400 ms earlier and has recovered since, unseen. When fast-a,
+    which carries the traffic, turns slow, the running probe loop probes back-c over the wire
+    at once instead of at its next turn 30 s later or more, and prefer=fast goes there."""
+    c = sim_model("back-c", nominal_ttft_ms=850)
+    for model in (A, c):
+        set_ttft(sim, model, 20.0)
+    set_ttft(sim, B, 60.0)
+    proxy = await start_proxy(
+        {**only_models(A, B, c), "probes": probing(interval_s=30.0, jitter=0.02, half_life_s=300)}
+    )
+    table = proxy.router.health.table
+    keys = {d.model_id: d.key for d in proxy.router.health.snapshot().fast_order["any"]}
+
+    async def seeded() -> bool:
+        return all(table.row(k).probe_samples for k in keys.values())
+
+    await until(seeded, timeout_s=10.0)  # within interval * jitter of start-up
+    for _ in range(200):
+        table.observe(keys["fast-a"], 20.0, "live")
+        table.observe(keys["back-c"], 20.0, "live")
+    for _ in range(10):  # ten in a row beyond the band: adopted however short the span
+        table.observe(keys["back-c"], 400.0, "live")
+    assert table.slowed_from(keys["back-c"]) is not None
+    data = await status(proxy)
+    assert data["probes"]["hurried"] == 0
+    asked = sim.state.requests[upstream_id("back-c")]
+    table.observe(keys["fast-a"], 500.0, "live")
+    table.observe(keys["fast-a"], 500.0, "live")
+    assert table.suspected(keys["fast-a"])
+
+    async def found() -> bool:
+        return table.slowed_from(keys["back-c"]) is None
+
+    await until(found, timeout_s=10.0)
+    assert sim.state.requests[upstream_id("back-c")] > asked
+    assert (await status(proxy))["probes"]["hurried"] == 1
+    await asyncio.sleep(SNAPSHOT_MAX_AGE_S + 0.01)
+    assert await routed_model(proxy.client()) == "back-c"

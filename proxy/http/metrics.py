@@ -295,6 +295,11 @@ def _probes(loop: ProbeLoop) -> Iterator[Metric]:
     yield _counter("model_router_probes_sent", "Probes sent.", st.sent)
     yield _counter("model_router_probes_failed", "Probes that failed.", st.failed)
     yield _counter(
+        "model_router_probes_hurried",
+        "Probes launched out of turn because a deployment with traffic turned slow.",
+        st.hurried,
+    )
+    yield _counter(
         "model_router_probes_skipped_for_budget",
         "Probes not sent because the daily probe budget was spent.",
         st.skipped_for_budget,

@@ -256,12 +256,18 @@ class Dispatcher:
             intent.include_usage, cand.model.cost_usd, intent.prompt_tokens, rename=rename
         )
         upstream: UpstreamStream | None = None
-        mark = self.health.mark(cand.deployment.key)
+        key = cand.deployment.key
+        mark = self.health.mark(key)
+        waiting = self.health.table.sending(key)
         started = loop.time()
         try:
-            async with asyncio.timeout(deadline):
-                upstream = await provider.stream(self._request(cand, intent, body))
-                head = await first_content(upstream, relay)
+            try:
+                async with asyncio.timeout(deadline):
+                    upstream = await provider.stream(self._request(cand, intent, body))
+                    head = await first_content(upstream, relay)
+            finally:
+                # Before its verdict is recorded: waiting, it counted as a slow sample.
+                self.health.table.answered(key, waiting)
         except (UpstreamError, TimeoutError, UnsupportedFeatureError) as exc:
             if upstream is not None:
                 await upstream.aclose()

@@ -152,6 +152,8 @@ class Router:
                 "sent": st.sent,
                 "failed": st.failed,
                 "in_flight": st.in_flight,
+                # Launched out of turn: a deployment with traffic turned slow (probes/loop.py).
+                "hurried": st.hurried,
                 "spend_today_usd": round(st.spend_today_usd, 6),
                 "spend_cap_usd": st.spend_cap_usd,
                 "skipped_for_budget": st.skipped_for_budget,
