@@ -304,3 +304,34 @@ async def test_a_body_that_does_not_decode_for_its_content_encoding_is_400_not_5
     assert encoding.decode() in payload["error"]["message"]
     assert upstream_calls(proxy) == 0
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_chunked_framing_broken_mid_body_is_400_at_once_not_a_body_timeout(
+    start_proxy: StartProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bad chunk size after the first chunk made aiohttp's parser fail while the handler was
+    already reading the body, which then waited for body_timeout_s and answered 408; the
+    request is malformed, so it is a 400 as soon as the bad bytes arrive."""
+    proxy = await start_proxy({"limits": {"body_timeout_s": 60}})
+    reader, writer = await asyncio.open_connection(HOST, port_of(proxy))
+    try:
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b'5\r\n{"mod\r\n'
+        )
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the handler is now waiting for the rest of the body
+        writer.write(b"zz\r\nxx\r\n0\r\n\r\n")
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        payload = orjson.loads(await reader.readexactly(length))
+    finally:
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 400 "), head
+    assert b"connection: close" in head.lower()
+    assert_valid("ErrorResponse", payload)
+    assert payload["error"]["code"] == "invalid_body"
+    assert upstream_calls(proxy) == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

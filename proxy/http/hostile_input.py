@@ -395,11 +395,22 @@ class GuardedHandler(web_protocol.RequestHandler):
         if self._request_count != before:
             self._partial = False
             self._disarm()
+            self._fail_body_in_progress()
         elif data and self._waiter is not None:
             # Bytes of a request whose headers are not complete yet.
             self._partial = True
             if self._header_timer is None:
                 self._arm()
+
+    def _fail_body_in_progress(self) -> None:
+        """aiohttp's parser queues a framing error (a bad chunk size) as the next message but
+        leaves the body being read waiting for bytes that will never come: hand that body the
+        error, so its handler answers 400 now instead of 408 after ``body_timeout_s``."""
+        request = self._current_request
+        if request is None or request.content.is_eof() or not self._messages:
+            return
+        if isinstance(self._messages[-1][0], web_protocol._ErrInfo):
+            request.content.set_exception(web.RequestPayloadError("broken chunked framing"))
 
     def _arm(self, timeout_s: float | None = None) -> None:
         self._header_timer = self._loop.call_later(
