@@ -108,7 +108,8 @@ def check_types(body: Mapping[str, Any], endpoint: str) -> None:
             got == "number" and "integer" in allowed and float(value).is_integer()
         ):
             continue
-        expected = " or ".join(_ARTICLE.get(t, f"a {t}") for t in sorted(allowed))
+        shown = allowed - {"integer"} if "number" in allowed else allowed
+        expected = " or ".join(_ARTICLE.get(t, f"a {t}") for t in sorted(shown))
         raise bad_request(
             f"Invalid type for {quote(name)}: expected {expected}, but got "
             f"{_ARTICLE.get(got, f'a {got}')} instead.",
