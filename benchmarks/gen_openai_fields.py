@@ -39,6 +39,87 @@ def _properties(node: dict[str, Any], schemas: dict[str, Any], seen: frozenset[s
     return names
 
 
+JSON_TYPES = ("array", "boolean", "integer", "null", "number", "object", "string")
+
+
+def _types(node: dict[str, Any], schemas: dict[str, Any], seen: frozenset[str]) -> set[str] | None:
+    """The JSON types a value of this schema may have; None when it may be anything (a branch
+    without a type), so the proxy checks only what the spec really pins down."""
+    if "$ref" in node:
+        name = node["$ref"].rsplit("/", 1)[1]
+        if name in seen:
+            return None
+        return _types(schemas[name], schemas, seen | {name})
+    found: set[str] | None = None
+    if "type" in node:
+        kind = node["type"]
+        found = set(kind) if isinstance(kind, list) else {kind}
+    elif "enum" in node or "const" in node:
+        values = node.get("enum", [node.get("const")])
+        found = {_json_type(v) for v in values}
+    for key in ("anyOf", "oneOf"):
+        if key in node:
+            union: set[str] = set()
+            for sub in node[key]:
+                types = _types(sub, schemas, seen)
+                if types is None:
+                    return None
+                union |= types
+            found = union if found is None else found & union
+    for sub in node.get("allOf", ()):
+        types = _types(sub, schemas, seen)
+        if types is not None:
+            found = types if found is None else found & types
+    if found is not None and node.get("nullable"):
+        found.add("null")
+    return found
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
+def _field_types(schema: str, schemas: dict[str, Any]) -> dict[str, list[str]]:
+    """Each top-level field's JSON types, where the spec pins them down."""
+    props: dict[str, list[dict[str, Any]]] = {}
+
+    def collect(node: dict[str, Any], seen: frozenset[str]) -> None:
+        if "$ref" in node:
+            name = node["$ref"].rsplit("/", 1)[1]
+            if name not in seen:
+                collect(schemas[name], seen | {name})
+            return
+        for field, sub in node.get("properties", {}).items():
+            props.setdefault(field, []).append(sub)
+        for key in ("allOf", "anyOf", "oneOf"):
+            for sub in node.get(key, ()):
+                collect(sub, seen)
+
+    collect(schemas[schema], frozenset({schema}))
+    out: dict[str, list[str]] = {}
+    for field, subs in sorted(props.items()):
+        union: set[str] = set()
+        for sub in subs:
+            types = _types(sub, schemas, frozenset())
+            if types is None or not types <= set(JSON_TYPES):
+                break
+            union |= types
+        else:
+            if union:
+                out[field] = sorted(union)
+    return out
+
+
 def generate(spec_path: Path = SPEC) -> str:
     """The JSON text of the data file for the spec at ``spec_path``."""
     with spec_path.open(encoding="utf-8") as fh:
@@ -51,6 +132,7 @@ def generate(spec_path: Path = SPEC) -> str:
             endpoint: {
                 "schema": schema,
                 "fields": sorted(_properties(schemas[schema], schemas, frozenset({schema}))),
+                "types": _field_types(schema, schemas),
             }
             for endpoint, schema in SCHEMAS.items()
         },

@@ -6,17 +6,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import aiohttp
 import openai
 import orjson
 import pytest
 
 from benchmarks.gen_openai_fields import OUT, generate
 from proxy.config import ConfigError, parse_config
-from proxy.decide.fields import EXTENSION_FIELDS, openai_fields
+from proxy.decide.fields import EXTENSION_FIELDS, openai_field_types, openai_fields
 from proxy.providers.anthropic_wire import to_anthropic_request
 from proxy.providers.base import UnsupportedFeatureError
 from proxy.providers.bedrock_wire import to_converse_request
 from tests.conftest import Proxy, StartProxy
+from tests.openapi_schema import assert_valid
 
 MSG = [{"role": "user", "content": "hello there"}]
 
@@ -171,3 +173,62 @@ def test_translating_adapters_build_from_known_fields_only(name: str) -> None:
                 "canary-zz9"
                 not in orjson.dumps({k: v for k, v in out.items() if k != "top_k"}).decode()
             )
+
+
+# A value of the wrong JSON type for each kind of field: a string where the spec wants
+# anything else, a number where it wants a string.
+def wrong_value(allowed: frozenset[str]) -> Any:
+    return 7 if "string" in allowed else "seven"
+
+
+# model, messages and prompt are checked (with their own messages) when the intent is read.
+TYPED = [
+    pytest.param(endpoint, name, id=f"{endpoint}-{name}")
+    for endpoint, types in openai_field_types().items()
+    for name in sorted(types)
+    if name not in ("model", "messages", "prompt")
+]
+
+
+@pytest.mark.parametrize(("endpoint", "name"), TYPED)
+async def test_an_openai_field_of_the_wrong_type_is_a_400_and_never_forwarded(
+    proxy: Proxy, endpoint: str, name: str
+) -> None:
+    """OpenAI answers a string temperature or a number user with a 400; so does the router,
+    before anything is sent, instead of forwarding it to an OpenAI-wire upstream verbatim."""
+    body: dict[str, Any] = (
+        {"model": "gpt-5-nano", "messages": MSG}
+        if endpoint == "chat"
+        else {"model": "gpt-3.5-turbo-instruct", "prompt": "say"}
+    )
+    body[name] = wrong_value(openai_field_types()[endpoint][name])
+    path = "chat/completions" if endpoint == "chat" else "completions"
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{proxy.url}/v1/{path}", json=body) as resp,
+    ):
+        payload = await resp.json()
+    assert resp.status == 400, payload
+    assert_valid("ErrorResponse", payload)
+    assert payload["error"]["param"] == name
+    assert sum(proxy.sim.state.requests.values()) == 0
+
+
+async def test_null_and_integral_numbers_pass_the_type_check(proxy: Proxy) -> None:
+    """An optional field sent as null is a field not sent; 1 is a number and 2.0 an integer."""
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            f"{proxy.url}/v1/chat/completions",
+            json={
+                "model": "gpt-5-nano",
+                "messages": MSG,
+                "temperature": 1,
+                "n": 1.0,
+                "user": None,
+                "parallel_tool_calls": None,
+                "stop": None,
+            },
+        ) as resp,
+    ):
+        assert resp.status == 200, await resp.text()

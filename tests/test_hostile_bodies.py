@@ -445,6 +445,28 @@ CORPUS: list[Any] = [
         "messages[0].content",
         id="content-number",
     ),
+    pytest.param(
+        b'{"model": "claude-haiku-4-5", "messages": [{"role": "banana", "content": "hi"}]}',
+        400,
+        "messages[0].role",
+        id="role-not-openais",
+    ),
+    pytest.param(
+        b'{"model": "claude-haiku-4-5", "messages": '
+        + MSG[:-1]
+        + b', {"role": "tool", "content": "x"}]}',
+        400,
+        "messages[1].tool_call_id",
+        id="tool-message-without-tool-call-id",
+    ),
+    pytest.param(
+        b'{"model": "llama-3.3-70b", "messages": '
+        + MSG[:-1]
+        + b', {"role": "tool", "tool_call_id": 7, "content": "x"}]}',
+        400,
+        "messages[1].tool_call_id",
+        id="tool-call-id-number",
+    ),
     pytest.param(b'{"model": "auto", "messages": "hi"}', 400, "messages", id="messages-string"),
     pytest.param(b'{"model": ["auto"], "messages": ' + MSG + b"}", 400, "model", id="model-array"),
     pytest.param(b'{"model": "auto:", "messages": ' + MSG + b"}", 400, "model", id="auto-colon"),
@@ -604,3 +626,44 @@ async def test_corpus_of_nasty_bodies(
         assert sum(proxy.sim.state.requests.values()) == 0
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert "Traceback" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("model", "messages", "refused_by"),
+    [
+        pytest.param(
+            "claude-haiku-4-5",
+            [{"role": "system", "content": "be brief"}],
+            "claude-haiku-4-5-20251001",
+            id="system-only-to-anthropic",
+        ),
+        pytest.param(
+            "llama-3.3-70b",
+            [{"role": "system", "content": "be brief"}],
+            "us.meta.llama3-3-70b-instruct-v1:0",
+            id="system-only-to-bedrock",
+        ),
+        pytest.param(
+            "llama-3.3-70b",
+            [{"role": "assistant", "content": "hello"}, {"role": "user", "content": "hi"}],
+            "us.meta.llama3-3-70b-instruct-v1:0",
+            id="assistant-first-to-bedrock",
+        ),
+    ],
+)
+async def test_a_conversation_a_wire_cannot_carry_moves_on_without_reaching_it(
+    proxy: Proxy, model: str, messages: list[dict[str, Any]], refused_by: str
+) -> None:
+    """OpenAI accepts these; the Messages API wants a user or assistant turn and Converse wants
+    the first turn to be the user's. The translator refuses before sending (so the next
+    deployment, an OpenAI-wire one, answers) instead of passing on the upstream's 400."""
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            f"{proxy.url}/v1/chat/completions", json={"model": model, "messages": messages}
+        ) as resp,
+    ):
+        raw = await resp.read()
+    assert resp.status == 200, raw[:300]
+    assert resp.headers["x-router-provider"] == "openrouter"
+    assert proxy.sim.state.requests.get(refused_by, 0) == 0

@@ -4,6 +4,7 @@ body read deadlines (slowloris), and the connection cap; each with a clear answe
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import aiohttp
@@ -266,3 +267,71 @@ async def test_connections_past_max_connections_get_503_and_are_closed(
         await asyncio.sleep(0.02)
     assert answer.startswith(b"HTTP/1.1 200 ")
     held[1][1].close()
+
+
+# --- bodies that cannot be decoded ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("encoding", "body"),
+    [
+        pytest.param(b"gzip", b"this is not gzip", id="gzip"),
+        pytest.param(b"deflate", b"this is not deflate", id="deflate"),
+    ],
+)
+async def test_a_body_that_does_not_decode_for_its_content_encoding_is_400_not_500(
+    start_proxy: StartProxy, encoding: bytes, body: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp decompresses the body while it is read; a body that is not what its
+    Content-Encoding says is the client's mistake, so a 400 naming the encoding, never a 500."""
+    proxy = await start_proxy()
+    reader, writer = await asyncio.open_connection(HOST, port_of(proxy))
+    try:
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Encoding: " + encoding + b"\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body
+        )
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        payload = orjson.loads(await reader.readexactly(length))
+    finally:
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 400 "), head
+    assert_valid("ErrorResponse", payload)
+    assert payload["error"]["code"] == "invalid_content_encoding"
+    assert encoding.decode() in payload["error"]["message"]
+    assert upstream_calls(proxy) == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_chunked_framing_broken_mid_body_is_400_at_once_not_a_body_timeout(
+    start_proxy: StartProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bad chunk size after the first chunk made aiohttp's parser fail while the handler was
+    already reading the body, which then waited for body_timeout_s and answered 408; the
+    request is malformed, so it is a 400 as soon as the bad bytes arrive."""
+    proxy = await start_proxy({"limits": {"body_timeout_s": 60}})
+    reader, writer = await asyncio.open_connection(HOST, port_of(proxy))
+    try:
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b'5\r\n{"mod\r\n'
+        )
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the handler is now waiting for the rest of the body
+        writer.write(b"zz\r\nxx\r\n0\r\n\r\n")
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        payload = orjson.loads(await reader.readexactly(length))
+    finally:
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 400 "), head
+    assert b"connection: close" in head.lower()
+    assert_valid("ErrorResponse", payload)
+    assert payload["error"]["code"] == "invalid_body"
+    assert upstream_calls(proxy) == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

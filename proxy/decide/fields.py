@@ -65,6 +65,59 @@ def openai_fields() -> Mapping[str, frozenset[str]]:
     return {e: frozenset(data["endpoints"][e]["fields"]) for e in ENDPOINTS}
 
 
+# A JSON value's type as OpenAPI names it, by the Python type orjson gives it.
+_JSON_TYPE = {
+    str: "string",
+    int: "integer",
+    float: "number",
+    bool: "boolean",
+    list: "array",
+    dict: "object",
+}
+_ARTICLE = {"array": "an array", "integer": "an integer", "object": "an object"}
+
+
+@functools.cache
+def openai_field_types() -> Mapping[str, Mapping[str, frozenset[str]]]:
+    """Per endpoint, each OpenAI field's JSON types where the spec pins them down. null is
+    always accepted (an optional field sent as null is a field not sent) and an integer is
+    a number."""
+    text = resources.files("proxy").joinpath("openai_fields.json").read_text(encoding="utf-8")
+    data = json.loads(text)
+    out: dict[str, dict[str, frozenset[str]]] = {}
+    for endpoint in ENDPOINTS:
+        out[endpoint] = {}
+        for name, types in data["endpoints"][endpoint]["types"].items():
+            allowed = set(types) - {"null"}
+            if "number" in allowed:
+                allowed.add("integer")
+            out[endpoint][name] = frozenset(allowed)
+    return out
+
+
+def check_types(body: Mapping[str, Any], endpoint: str) -> None:
+    """Refuse an OpenAI field whose JSON type OpenAI's schema does not allow (a string
+    temperature, a number user): OpenAI answers those with a 400, so nothing is sent upstream."""
+    types = openai_field_types()[endpoint]
+    for name, value in body.items():
+        allowed = types.get(name)
+        if allowed is None or value is None:
+            continue
+        got = _JSON_TYPE.get(type(value), "object")
+        if got in allowed or (
+            got == "number" and "integer" in allowed and float(value).is_integer()
+        ):
+            continue
+        shown = allowed - {"integer"} if "number" in allowed else allowed
+        expected = " or ".join(_ARTICLE.get(t, f"a {t}") for t in sorted(shown))
+        raise bad_request(
+            f"Invalid type for {quote(name)}: expected {expected}, but got "
+            f"{_ARTICLE.get(got, f'a {got}')} instead.",
+            name,
+            "invalid_type",
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class FieldPolicy:
     """Built once per config: what the door accepts, and what each provider is sent."""
@@ -94,13 +147,14 @@ class FieldPolicy:
         return openai_fields()[endpoint] | self.global_extra
 
     def check(self, body: Mapping[str, Any], endpoint: str) -> None:
-        """Refuse the first field (in the client's order) the router would not forward."""
+        """Refuse the first field (in the client's order) the router would not forward, then
+        any OpenAI field of a type OpenAI's schema does not allow."""
         accepted = self.accepted[endpoint]
-        if accepted.issuperset(body):
-            return
-        for name in body:
-            if name not in accepted:
-                raise unknown_field(name, endpoint)
+        if not accepted.issuperset(body):
+            for name in body:
+                if name not in accepted:
+                    raise unknown_field(name, endpoint)
+        check_types(body, endpoint)
 
 
 def unknown_field(name: str, endpoint: str) -> Exception:

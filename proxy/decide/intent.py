@@ -101,6 +101,10 @@ def _content_tokens(content: Any, needs: set[str]) -> int:
     return total
 
 
+# The roles OpenAI's Chat Completions accepts (ChatCompletionRequestMessage).
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+
+
 def _messages(body: Mapping[str, Any], needs: set[str]) -> int:
     messages = body.get("messages")
     if messages is None:
@@ -115,6 +119,22 @@ def _messages(body: Mapping[str, Any], needs: set[str]) -> int:
         if not isinstance(role, str) or not role:
             raise bad_request(
                 f"'messages[{i}].role' must be a non-empty string", f"messages[{i}].role"
+            )
+        if role not in ROLES:
+            # OpenAI refuses any other role; the Anthropic and Bedrock translators would
+            # otherwise send it upstream as a user turn.
+            raise bad_request(
+                f"'messages[{i}].role' {quote(role)} is not one of {', '.join(ROLES)}",
+                f"messages[{i}].role",
+            )
+        if role == "tool" and not (
+            isinstance(msg.get("tool_call_id"), str) and msg["tool_call_id"]
+        ):
+            # Required by OpenAI; without it no upstream can pair the result with its call.
+            raise bad_request(
+                f"'messages[{i}].tool_call_id' is required on a tool message: the id of the "
+                "assistant's tool call it answers",
+                f"messages[{i}].tool_call_id",
             )
         content = msg.get("content")
         if content is not None and not isinstance(content, str | list):

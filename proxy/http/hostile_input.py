@@ -20,7 +20,7 @@ from aiohttp import web, web_protocol
 from aiohttp.web_request import BaseRequest
 
 from proxy.config import LimitsSettings
-from proxy.errors import RouterError, bad_request
+from proxy.errors import RouterError, bad_request, quote
 from proxy.serve.state import ROUTER
 
 from .hygiene import BadRequestLog
@@ -39,11 +39,11 @@ async def read_body(request: web.Request, limits: LimitsSettings) -> bytes:
             code="request_too_large",
             headers={"Connection": "close"},
         )
-    if request.content.is_eof():
-        # All of it came with the headers (the usual small request): reading it cannot
-        # wait, so no deadline timer is armed and cancelled for it (~4 us a request).
-        return await request.read()
     try:
+        if request.content.is_eof():
+            # All of it came with the headers (the usual small request): reading it cannot
+            # wait, so no deadline timer is armed and cancelled for it (~4 us a request).
+            return await request.read()
         async with asyncio.timeout(limits.body_timeout_s):
             return await request.read()
     except TimeoutError:
@@ -53,6 +53,26 @@ async def read_body(request: web.Request, limits: LimitsSettings) -> bytes:
             code="request_timeout",
             headers={"Connection": "close"},
         ) from None
+    except web.RequestPayloadError:
+        # aiohttp decodes Content-Encoding and chunked framing as the body is read; a body
+        # that is not what its headers say is the client's error (a 400), not ours (a 500).
+        raise _unreadable_body(request) from None
+
+
+def _unreadable_body(request: web.Request) -> RouterError:
+    if encoding := request.headers.get("Content-Encoding"):
+        return bad_request_closing(
+            f"the request body is not valid for its Content-Encoding ({quote(encoding)})",
+            "invalid_content_encoding",
+        )
+    return bad_request_closing(
+        "the request body could not be read: its chunked framing is broken", "invalid_body"
+    )
+
+
+def bad_request_closing(message: str, code: str) -> RouterError:
+    # Closed: what follows a broken body on this connection cannot be trusted to be a request.
+    return RouterError(400, message, code=code, headers={"Connection": "close"})
 
 
 def parse_json(raw: bytes, limits: LimitsSettings) -> Any:
@@ -375,11 +395,22 @@ class GuardedHandler(web_protocol.RequestHandler):
         if self._request_count != before:
             self._partial = False
             self._disarm()
+            self._fail_body_in_progress()
         elif data and self._waiter is not None:
             # Bytes of a request whose headers are not complete yet.
             self._partial = True
             if self._header_timer is None:
                 self._arm()
+
+    def _fail_body_in_progress(self) -> None:
+        """aiohttp's parser queues a framing error (a bad chunk size) as the next message but
+        leaves the body being read waiting for bytes that will never come: hand that body the
+        error, so its handler answers 400 now instead of 408 after ``body_timeout_s``."""
+        request = self._current_request
+        if request is None or request.content.is_eof() or not self._messages:
+            return
+        if isinstance(self._messages[-1][0], web_protocol._ErrInfo):
+            request.content.set_exception(web.RequestPayloadError("broken chunked framing"))
 
     def _arm(self, timeout_s: float | None = None) -> None:
         self._header_timer = self._loop.call_later(

@@ -143,6 +143,10 @@ def to_converse_request(upstream_id: str, body: Mapping[str, Any]) -> dict[str, 
     if body.get("parallel_tool_calls") is False:
         raise UnsupportedFeatureError("parallel_tool_calls", f"{WIRE} cannot forbid parallel calls")
     conv = conversation(body)
+    if conv.turns[0].role != "user":
+        raise UnsupportedFeatureError(
+            "messages", f"{WIRE} needs the conversation to start with a user message"
+        )
     out: dict[str, Any] = {
         "modelId": upstream_id,
         "messages": [{"role": t.role, "content": [_block(p) for p in t.parts]} for t in conv.turns],

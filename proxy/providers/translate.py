@@ -289,6 +289,11 @@ def conversation(body: Mapping[str, Any]) -> Conversation:
             add("user", [ToolResult(tool_use_id=str(msg.get("tool_call_id", "")), text=text)])
         else:
             raise UnsupportedFeatureError(f"{param}.role", f"role {role!r} is not supported")
+    if not turns:
+        # OpenAI answers a system prompt alone; neither target wire accepts an empty turn list.
+        raise UnsupportedFeatureError(
+            "messages", "system messages alone cannot be sent: add a user message"
+        )
     return Conversation(system=system, turns=turns)
 
 
