@@ -289,6 +289,10 @@ def client_address(request: web.BaseRequest, trusted: tuple[str, ...]) -> str:
 LINGER_S = 0.5
 
 
+# The item aiohttp's protocol queues for a request it could not parse (private, see below).
+_PARSE_ERROR: type | None = getattr(web_protocol, "_ErrInfo", None)
+
+
 class GuardedHandler(web_protocol.RequestHandler):
     """aiohttp's HTTP protocol plus a header deadline and the connection cap.
 
@@ -406,10 +410,13 @@ class GuardedHandler(web_protocol.RequestHandler):
         """aiohttp's parser queues a framing error (a bad chunk size) as the next message but
         leaves the body being read waiting for bytes that will never come: hand that body the
         error, so its handler answers 400 now instead of 408 after ``body_timeout_s``."""
-        request = self._current_request
-        if request is None or request.content.is_eof() or not self._messages:
+        # Private names of aiohttp 3.14: where another version lacks them, the body waits for
+        # body_timeout_s (a 408) as it did before, rather than this hook failing a connection.
+        request = getattr(self, "_current_request", None)
+        messages = getattr(self, "_messages", None)
+        if _PARSE_ERROR is None or request is None or not messages or request.content.is_eof():
             return
-        if isinstance(self._messages[-1][0], web_protocol._ErrInfo):
+        if isinstance(messages[-1][0], _PARSE_ERROR):
             request.content.set_exception(web.RequestPayloadError("broken chunked framing"))
 
     def _arm(self, timeout_s: float | None = None) -> None:
