@@ -408,16 +408,24 @@ class GuardedHandler(web_protocol.RequestHandler):
 
     def _fail_body_in_progress(self) -> None:
         """aiohttp's parser queues a framing error (a bad chunk size) as the next message but
-        leaves the body being read waiting for bytes that will never come: hand that body the
-        error, so its handler answers 400 now instead of 408 after ``body_timeout_s``."""
+        leaves the body it broke waiting for bytes that will never come: hand that body the
+        error, so its handler answers 400 now instead of 408 after ``body_timeout_s``. The
+        body is the queued message's before the error when its handler has not started yet
+        (headers and bad bytes came together), else the current request's."""
         # Private names of aiohttp 3.14: where another version lacks them, the body waits for
         # body_timeout_s (a 408) as it did before, rather than this hook failing a connection.
-        request = getattr(self, "_current_request", None)
         messages = getattr(self, "_messages", None)
-        if _PARSE_ERROR is None or request is None or not messages or request.content.is_eof():
+        if _PARSE_ERROR is None or not messages or not isinstance(messages[-1][0], _PARSE_ERROR):
             return
-        if isinstance(messages[-1][0], _PARSE_ERROR):
-            request.content.set_exception(web.RequestPayloadError("broken chunked framing"))
+        if len(messages) >= 2:
+            payload = messages[-2][1]
+        else:
+            request = getattr(self, "_current_request", None)
+            if request is None:
+                return
+            payload = request.content
+        if not payload.is_eof():
+            payload.set_exception(web.RequestPayloadError("broken chunked framing"))
 
     def _arm(self, timeout_s: float | None = None) -> None:
         self._header_timer = self._loop.call_later(
