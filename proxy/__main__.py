@@ -211,8 +211,8 @@ def _hash_key_args(sub: Commands) -> None:
         help="print the SHA-256 digest of a client API key, for [[keys]] sha256",
         description="Read a client API key and print its SHA-256 digest for a [[keys]] "
         "entry's sha256. At a terminal it asks for the key without showing it; otherwise it "
-        "reads one line from standard input. The key never goes on the command line, so it "
-        "stays out of shell history and the process list.",
+        "reads one line from standard input (more than one is refused). The key never goes "
+        "on the command line, so it stays out of shell history and the process list.",
     )
 
 
@@ -277,6 +277,14 @@ def _hash_key() -> int:
         key = getpass.getpass("client API key (not shown): ").strip()
     else:
         key = sys.stdin.readline().strip()
+        if sys.stdin.read().strip():
+            # A file of keys piped in by mistake: hashing its first line alone would look
+            # like success.
+            print(
+                "model-router: hash-key: more than one line on standard input; give one key",
+                file=sys.stderr,
+            )
+            return 2
     if not key:
         print("model-router: hash-key: no key given", file=sys.stderr)
         return 2

@@ -197,6 +197,12 @@ def test_hash_key_reads_one_line_from_a_pipe() -> None:
     assert out.stdout.strip() == hashlib.sha256(b"sk-client-1").hexdigest()
     empty = subprocess.run([EXE, "hash-key"], input="", capture_output=True, text=True)
     assert empty.returncode == 2 and "no key given" in empty.stderr
+    two = subprocess.run(
+        [EXE, "hash-key"], input="sk-client-1\nsk-client-2\n", capture_output=True, text=True
+    )
+    assert two.returncode == 2 and "more than one line" in two.stderr and not two.stdout
+    trailing = subprocess.run([EXE, "hash-key"], input=b"sk-client-1\n\n", capture_output=True)
+    assert trailing.returncode == 0  # a blank line after the key is not a second key
 
 
 def _read_until(fd: int, needle: bytes, timeout: float = 20.0) -> bytes:
