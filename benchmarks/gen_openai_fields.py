@@ -89,8 +89,9 @@ def _json_type(value: Any) -> str:
     return "array" if isinstance(value, list) else "object"
 
 
-def _field_types(schema: str, schemas: dict[str, Any]) -> dict[str, list[str]]:
-    """Each top-level field's JSON types, where the spec pins them down."""
+def _top_level(schema: str, schemas: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Each top-level field's schemas (one per place that defines it), through $ref and
+    allOf/anyOf/oneOf."""
     props: dict[str, list[dict[str, Any]]] = {}
 
     def collect(node: dict[str, Any], seen: frozenset[str]) -> None:
@@ -106,8 +107,13 @@ def _field_types(schema: str, schemas: dict[str, Any]) -> dict[str, list[str]]:
                 collect(sub, seen)
 
     collect(schemas[schema], frozenset({schema}))
+    return props
+
+
+def _field_types(schema: str, schemas: dict[str, Any]) -> dict[str, list[str]]:
+    """Each top-level field's JSON types, where the spec pins them down."""
     out: dict[str, list[str]] = {}
-    for field, subs in sorted(props.items()):
+    for field, subs in sorted(_top_level(schema, schemas).items()):
         union: set[str] = set()
         for sub in subs:
             types = _types(sub, schemas, frozenset())
@@ -117,6 +123,35 @@ def _field_types(schema: str, schemas: dict[str, Any]) -> dict[str, list[str]]:
         else:
             if union:
                 out[field] = sorted(union)
+    return out
+
+
+def _bounds(node: dict[str, Any], schemas: dict[str, Any]) -> tuple[Any, Any] | None:
+    """(minimum, maximum) of a numeric schema, either possibly None; None when it has none.
+    Looks through $ref and into anyOf/oneOf branches (``anyOf: [number 0..2, null]``)."""
+    if "$ref" in node:
+        return _bounds(schemas[node["$ref"].rsplit("/", 1)[1]], schemas)
+    if node.get("type") in ("number", "integer") and ("minimum" in node or "maximum" in node):
+        return node.get("minimum"), node.get("maximum")
+    for key in ("anyOf", "oneOf"):
+        for sub in node.get(key, ()):
+            if (found := _bounds(sub, schemas)) is not None:
+                return found
+    return None
+
+
+def _field_ranges(schema: str, schemas: dict[str, Any]) -> dict[str, list[Any]]:
+    """Each top-level numeric field's [minimum, maximum] (null where open), where every place
+    that defines the field gives the same. A bound as wide as a 64-bit integer (``seed``)
+    says nothing and is left out."""
+    out: dict[str, list[Any]] = {}
+    for field, subs in sorted(_top_level(schema, schemas).items()):
+        found = {_bounds(sub, schemas) for sub in subs}
+        if len(found) != 1 or (bounds := found.pop()) is None:
+            continue
+        if any(b is not None and abs(b) >= 2**53 for b in bounds):
+            continue
+        out[field] = list(bounds)
     return out
 
 
@@ -133,6 +168,7 @@ def generate(spec_path: Path = SPEC) -> str:
                 "schema": schema,
                 "fields": sorted(_properties(schemas[schema], schemas, frozenset({schema}))),
                 "types": _field_types(schema, schemas),
+                "ranges": _field_ranges(schema, schemas),
             }
             for endpoint, schema in SCHEMAS.items()
         },

@@ -13,7 +13,12 @@ import pytest
 
 from benchmarks.gen_openai_fields import OUT, generate
 from proxy.config import ConfigError, parse_config
-from proxy.decide.fields import EXTENSION_FIELDS, openai_field_types, openai_fields
+from proxy.decide.fields import (
+    EXTENSION_FIELDS,
+    openai_field_ranges,
+    openai_field_types,
+    openai_fields,
+)
 from proxy.providers.anthropic_wire import to_anthropic_request
 from proxy.providers.base import UnsupportedFeatureError
 from proxy.providers.bedrock_wire import to_converse_request
@@ -232,3 +237,60 @@ async def test_null_and_integral_numbers_pass_the_type_check(proxy: Proxy) -> No
         ) as resp,
     ):
         assert resp.status == 200, await resp.text()
+
+
+def out_of_range(bounds: tuple[float | None, float | None]) -> list[tuple[float, str]]:
+    """A value just outside each bound the field has, and the side it is on."""
+    low, high = bounds
+    values: list[tuple[float, str]] = []
+    if low is not None:
+        values.append((low - 1, "below_min_value"))
+    if high is not None:
+        values.append((high + 0.5 if type(high) is float else high + 1, "above_max_value"))
+    return values
+
+
+RANGED = [
+    pytest.param(endpoint, name, value, side, id=f"{endpoint}-{name}-{value:g}")
+    for endpoint, ranges in openai_field_ranges().items()
+    for name, bounds in sorted(ranges.items())
+    for value, side in out_of_range(bounds)
+]
+
+
+@pytest.mark.parametrize(("endpoint", "name", "value", "side"), RANGED)
+async def test_an_openai_number_outside_its_range_is_a_400_and_never_forwarded(
+    proxy: Proxy, endpoint: str, name: str, value: float, side: str
+) -> None:
+    """temperature 3, n 0, top_logprobs 21: OpenAI answers each with a 400 naming the field
+    and the bound (``decimal_above_max_value``, ``integer_below_min_value``, ...); so does the
+    router, before a Bedrock or Anthropic upstream is sent what their APIs would refuse."""
+    body: dict[str, Any] = (
+        {"model": "gpt-5-nano", "messages": MSG}
+        if endpoint == "chat"
+        else {"model": "gpt-3.5-turbo-instruct", "prompt": "say"}
+    )
+    body[name] = value
+    path = "chat/completions" if endpoint == "chat" else "completions"
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{proxy.url}/v1/{path}", json=body) as resp,
+    ):
+        payload = await resp.json()
+    assert resp.status == 400, payload
+    assert_valid("ErrorResponse", payload)
+    assert payload["error"]["param"] == name
+    assert payload["error"]["code"].endswith(side)
+    assert str(value) in payload["error"]["message"]
+    assert sum(proxy.sim.state.requests.values()) == 0
+
+
+async def test_numbers_on_their_bounds_pass_the_range_check(proxy: Proxy) -> None:
+    async with aiohttp.ClientSession() as s:
+        for extremes in (
+            {"temperature": 0, "top_p": 0, "presence_penalty": -2, "frequency_penalty": -2.0},
+            {"temperature": 2.0, "top_p": 1, "presence_penalty": 2, "frequency_penalty": 2},
+        ):
+            body = {"model": "gpt-5-nano", "messages": MSG, "n": 1, **extremes}
+            async with s.post(f"{proxy.url}/v1/chat/completions", json=body) as resp:
+                assert resp.status == 200, await resp.text()

@@ -95,10 +95,41 @@ def openai_field_types() -> Mapping[str, Mapping[str, frozenset[str]]]:
     return out
 
 
+@functools.cache
+def openai_field_ranges() -> Mapping[str, Mapping[str, tuple[float | None, float | None]]]:
+    """Per endpoint, each numeric OpenAI field's (minimum, maximum) where the spec gives one."""
+    text = resources.files("proxy").joinpath("openai_fields.json").read_text(encoding="utf-8")
+    data = json.loads(text)
+    return {
+        e: {name: (low, high) for name, (low, high) in data["endpoints"][e]["ranges"].items()}
+        for e in ENDPOINTS
+    }
+
+
+def _check_range(name: str, value: float, bounds: tuple[float | None, float | None]) -> None:
+    """OpenAI's own words and codes for a value outside the schema's range."""
+    low, high = bounds
+    kind = "integer" if type(value) is int else "decimal"
+    if low is not None and value < low:
+        side, limit, code = "below minimum", f">= {low}", f"{kind}_below_min_value"
+    elif high is not None and value > high:
+        side, limit, code = "above maximum", f"<= {high}", f"{kind}_above_max_value"
+    else:
+        return
+    raise bad_request(
+        f"Invalid {quote(name)}: {kind} {side} value. Expected a value {limit}, but got "
+        f"{value} instead.",
+        name,
+        code,
+    )
+
+
 def check_types(body: Mapping[str, Any], endpoint: str) -> None:
     """Refuse an OpenAI field whose JSON type OpenAI's schema does not allow (a string
-    temperature, a number user): OpenAI answers those with a 400, so nothing is sent upstream."""
+    temperature, a number user), or a number outside the schema's range (temperature 3):
+    OpenAI answers those with a 400, so nothing is sent upstream."""
     types = openai_field_types()[endpoint]
+    ranges = openai_field_ranges()[endpoint]
     for name, value in body.items():
         allowed = types.get(name)
         if allowed is None or value is None:
@@ -107,6 +138,8 @@ def check_types(body: Mapping[str, Any], endpoint: str) -> None:
         if got in allowed or (
             got == "number" and "integer" in allowed and float(value).is_integer()
         ):
+            if (got == "number" or got == "integer") and (bounds := ranges.get(name)):
+                _check_range(name, value, bounds)
             continue
         shown = allowed - {"integer"} if "number" in allowed else allowed
         expected = " or ".join(_ARTICLE.get(t, f"a {t}") for t in sorted(shown))
