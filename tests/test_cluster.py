@@ -106,6 +106,8 @@ def test_a_provider_failing_through_one_instance_opens_the_breaker_on_the_other(
 KEYS = [
     {"id": "team", "sha256": hash_key("sk-team"), "rpm": 60},
     {"id": "spender", "sha256": hash_key("sk-spender"), "daily_usd": 0.05},
+    # Reads the status (every key's spend is an admin's to see).
+    {"id": "ops", "sha256": hash_key("sk-ops"), "admin": True},
 ]
 
 
@@ -116,7 +118,7 @@ KEYS = [
         # request spends the $0.05 budget.
         "overrides": {"gpt-4o-mini": {"input_price": 50_000.0, "output_price": 50_000.0}},
     },
-    status_key="sk-team",
+    status_key="sk-ops",
 )
 def test_rpm_and_daily_budget_are_cluster_wide(
     cluster_of_two: tuple[Instance, Instance],
