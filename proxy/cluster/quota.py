@@ -19,6 +19,7 @@ instance rewrites whole, so a Redis that restarted empty is refilled by the next
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,11 @@ return tostring(level)
 """
 
 SPEND_TTL_S = 2 * 86_400
+# A bucket this instance did not charge since its last sync is read back at most this often
+# (not every round): an idle key costs Redis one script run a second, not ten. Its own charge
+# still syncs it at once, so the view it admits on is at most this stale for what the other
+# instances charged.
+IDLE_REFRESH_S = 1.0
 
 
 class Quota:
@@ -74,6 +80,8 @@ class Quota:
         self.access: Access | None = None
         self.budget: Budget | None = None
         self._pending: dict[tuple[str, str], float] = {}
+        # When each bucket last took Redis's level (monotonic), for the idle refresh.
+        self._synced_at: dict[tuple[str, str], float] = {}
         self._sent: dict[tuple[str, str], float] = {}
         self._streams_elsewhere: dict[str, int] = {}
         self._streams_pushed: dict[str, int] = {}
@@ -151,11 +159,19 @@ class Quota:
         if access is None:
             return
         states = {kid: st for kid, st in access.states.items() if _limited(st)}
+        # Charged since the last round, never synced, or due for its idle refresh; all of
+        # them when coming back from local state (the buckets take the cluster's size again).
+        due = time.monotonic() - IDLE_REFRESH_S
         charges = [
             (kid, kind, st)
             for kid, st in states.items()
             for kind in ("rpm", "tpm")
             if (st.requests if kind == "rpm" else st.tokens) is not None
+            and (
+                self.local_only
+                or (kid, kind) in self._pending
+                or self._synced_at.get((kid, kind), -math.inf) <= due
+            )
         ]
         levels = await self._sync_buckets(charges)
         if levels is None:
@@ -174,6 +190,7 @@ class Quota:
             _resize(bucket, float(limit), now)
             # What this instance charged while the answer was on its way is not in it yet.
             bucket.level = float(level) - self._pending.get((kid, kind), 0.0)
+            self._synced_at[(kid, kind)] = now
         self.local_only = False
         self._own_at_down = None
 
