@@ -157,16 +157,23 @@ IDLE_KEYS = 100
 FEW = 10
 
 
-def evalsha_calls(redis_server: RedisServer) -> int:
-    """Lua script runs Redis has served (redis-cli: the operator's own view)."""
+def command_calls(redis_server: RedisServer, command: str = "evalsha") -> int:
+    """How often Redis has served ``command`` (redis-cli: the operator's own view)."""
     out = subprocess.run(
         ["redis-cli", "-p", str(redis_server.port), "info", "commandstats"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    found = re.search(r"cmdstat_evalsha:calls=(\d+)", out)
+    found = re.search(rf"cmdstat_{command}:calls=(\d+)", out)
     return int(found.group(1)) if found else 0
+
+
+def idle_rate(redis_server: RedisServer, command: str) -> float:
+    time.sleep(1.0)
+    before, began = command_calls(redis_server, command), time.monotonic()
+    time.sleep(2.0)
+    return (command_calls(redis_server, command) - before) / (time.monotonic() - began)
 
 
 @pytest.mark.tables(
@@ -189,10 +196,7 @@ def test_idle_keys_cost_redis_a_refresh_a_second_not_one_per_sync_round(
     body = {"model": "gpt-4o-mini", "messages": MSG}
     for i in range(IDLE_KEYS):
         assert chat(a.url, body, f"sk-idle-{i}").status == 200
-    time.sleep(1.0)
-    before, began = evalsha_calls(redis_server), time.monotonic()
-    time.sleep(2.0)
-    per_s = (evalsha_calls(redis_server) - before) / (time.monotonic() - began)
+    per_s = idle_rate(redis_server, "evalsha")
     # One refresh per idle bucket a second (IDLE_REFRESH_S), plus leases and heartbeats;
     # per sync round (CLUSTER's 0.05 s) it would be 20 a second each.
     assert per_s < 2.5 * IDLE_KEYS, per_s
@@ -204,6 +208,43 @@ def test_idle_keys_cost_redis_a_refresh_a_second_not_one_per_sync_round(
     time.sleep(1.5)
     refused = chat(a.url, body, "sk-few")
     assert refused.status == 429, refused.body
+
+
+@pytest.mark.tables(
+    {
+        "keys": [
+            {
+                "id": f"k{i}",
+                "sha256": hash_key(f"sk-idle-{i}"),
+                "max_concurrent_streams": 4,
+                "daily_usd": 100.0,
+            }
+            for i in range(IDLE_KEYS)
+        ]
+    },
+    status_key="sk-idle-0",
+)
+def test_idle_stream_caps_and_budgets_cost_redis_a_refresh_a_second(
+    cluster_of_two: tuple[Instance, Instance], redis_server: RedisServer
+) -> None:
+    """The open-stream counts and today's spend were written (and read) for every key each
+    round too, changed or not."""
+    a, b = cluster_of_two
+    body = {"model": "gpt-4o-mini", "messages": MSG}
+    for i in range(IDLE_KEYS):
+        assert chat(a.url, body, f"sk-idle-{i}").status == 200
+    per_s = idle_rate(redis_server, "hset")
+    # Per sync round (0.05 s) it was 20 a second per key and instance.
+    assert per_s < 2.5 * IDLE_KEYS, per_s
+
+    def spent_on_b() -> float:
+        return float(b.status()["spend"]["keys"]["k3"]["today_usd"])
+
+    # A's spend still reaches B, which reads it with the key's own status line.
+    b.key = "sk-idle-3"
+    before = spent_on_b()
+    assert chat(a.url, body, "sk-idle-3").status == 200
+    wait_for(lambda: spent_on_b() > before, 5, "B sees A's new spend")
 
 
 def fastest_on(inst: Instance) -> str:
