@@ -85,6 +85,10 @@ class Quota:
         self._sent: dict[tuple[str, str], float] = {}
         self._streams_elsewhere: dict[str, int] = {}
         self._streams_pushed: dict[str, int] = {}
+        # The stream counts' and spend's last full sync, and the spend fields written since.
+        self._counts_at = -math.inf
+        self._spend_key = ""
+        self._spend_written: dict[str, str] = {}
         # Budgets: the others' spend at the last sync, and this instance's own when Redis
         # went away (for the share while it is gone).
         self._others: dict[str | None, float] = {}
@@ -214,21 +218,46 @@ class Quota:
 
     async def _sync_counts(self, states: Mapping[str, KeyState], budget: Budget | None) -> bool:
         pipe: Pipeline = self._link.client.pipeline(transaction=False)
-        stream_keys = [kid for kid, st in states.items() if st.config.max_concurrent_streams]
+        now = time.monotonic()
+        # Like the buckets: a key whose open-stream count here changed, or due for its idle
+        # refresh (every key when coming back from local state).
+        full = self.local_only or now - self._counts_at >= IDLE_REFRESH_S
+        stream_keys = [
+            kid
+            for kid, st in states.items()
+            if st.config.max_concurrent_streams
+            and (full or self._streams_pushed.get(kid) != st.streams)
+        ]
         for kid in stream_keys:
             pipe.hset(f"{self._prefix}:streams:{kid}", self._instance, states[kid].streams)
             pipe.expire(f"{self._prefix}:streams:{kid}", 3600)
             pipe.hgetall(f"{self._prefix}:streams:{kid}")
         spend_key = None
+        written: dict[Any, Any] = {}
         if budget is not None:
             spend_key = f"{self._prefix}:spend:{day_of(time.time())}"
-            own: dict[Any, Any]
             own = {self._origin: repr(budget.spent)}
             own |= {f"{self._origin}|{k}": repr(v) for k, v in budget.by_key.items()}
-            pipe.hset(spend_key, mapping=own)
+            # Only what changed; the whole of it on the idle refresh (a Redis that restarted
+            # empty, or a new day, is refilled by it).
+            if full or spend_key != self._spend_key:
+                written = own
+            else:
+                written = {k: v for k, v in own.items() if self._spend_written.get(k) != v}
+            if written:
+                pipe.hset(spend_key, mapping=written)
             pipe.expire(spend_key, SPEND_TTL_S)
             pipe.hgetall(spend_key)
         replies = await pipe.execute()
+        if full:
+            self._counts_at = now
+        for kid in stream_keys:
+            self._streams_pushed[kid] = states[kid].streams
+        if spend_key is not None:
+            if spend_key != self._spend_key:
+                self._spend_written = {}
+            self._spend_key = spend_key
+            self._spend_written |= written
         live = set(self._live())
         for i, kid in enumerate(stream_keys):
             counts: dict[bytes, bytes] = replies[3 * i + 2]
