@@ -236,7 +236,7 @@ class Quota:
         written: dict[Any, Any] = {}
         if budget is not None:
             spend_key = f"{self._prefix}:spend:{day_of(time.time())}"
-            own = {self._origin: repr(budget.spent)}
+            own: dict[Any, Any] = {self._origin: repr(budget.spent)}
             own |= {f"{self._origin}|{k}": repr(v) for k, v in budget.by_key.items()}
             # Only what changed; the whole of it on the idle refresh (a Redis that restarted
             # empty, or a new day, is refilled by it).
