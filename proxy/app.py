@@ -87,8 +87,7 @@ def make_app(
     ``config_path`` (the built-in defaults when None) and keeps the listen address."""
     env = dict(os.environ if environ is None else environ)
     guard_library_logs()
-    # Read now, not by the first request (which could meet EMFILE or block the loop on I/O).
-    bundled.read_all()
+    bundled.read_all()  # now, not in the first request (EMFILE, file I/O on the loop)
     app = web.Application(
         client_max_size=config.server.max_body_bytes,
         middlewares=[
