@@ -23,6 +23,7 @@ from proxy.accounting.usage_log import db_path
 from proxy.assembly.providers import SESSION_OF, make_session
 from proxy.assembly.router import build_router
 from proxy.assembly.warming import WARMER, make_warmer, noting, retarget, warm_ctx
+from proxy.decide import bundled
 from proxy.http import handlers
 from proxy.http.auth import ACCESS, Access, auth_middleware
 from proxy.http.hostile_input import GuardedRunner, expect_continue
@@ -86,6 +87,7 @@ def make_app(
     ``config_path`` (the built-in defaults when None) and keeps the listen address."""
     env = dict(os.environ if environ is None else environ)
     guard_library_logs()
+    bundled.read_all()  # now, not in the first request (EMFILE, file I/O on the loop)
     app = web.Application(
         client_max_size=config.server.max_body_bytes,
         middlewares=[

@@ -8,6 +8,7 @@ Every refusal is a PreflightError whose message is one line that names the cause
 from __future__ import annotations
 
 import errno
+import importlib.util
 import os
 import socket
 from collections.abc import Mapping
@@ -74,6 +75,19 @@ def preflight(
     if not demo and not enabled_providers(config, environ):
         raise PreflightError(how_to_enable(config))
     check_state_paths(config, environ)
+    check_redis_url(config)
+
+
+def check_redis_url(config: Config) -> None:
+    """The options in redis_url's query are redis-py's to read: one it cannot use (``?db=x``,
+    an unknown name, a TLS option on ``redis://``) is a config error now, not a traceback
+    when the cluster link starts. Skipped without redis-py (serve then says to install it)."""
+    if not config.cluster.enabled or importlib.util.find_spec("redis") is None:
+        return
+    from proxy.cluster.link import url_problem  # redis-py only when [cluster] asks for it
+
+    if (problem := url_problem(config.cluster.redis_url)) is not None:
+        raise PreflightError(f"config error: cluster.redis_url: {problem}")
 
 
 def bind_error(what: str, host: str, port: int, exc: OSError) -> PreflightError:

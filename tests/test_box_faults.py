@@ -532,6 +532,58 @@ def test_no_descriptors_left_answers_503_or_closes_cleanly_and_serves_once_they_
         server.stop()
 
 
+def test_a_first_request_after_descriptors_ran_out_is_not_failed_by_the_routers_own_files(
+    tmp_path: Path,
+) -> None:
+    """The tables the router reads from its own package (OpenAI's field types, the
+    classifier's weights) are read at start: a first request that meets EMFILE (the
+    process's descriptors all taken, by anything) still gets its 400 naming the field, or
+    its answer, never a 500 because a JSON file next to the code could not be opened."""
+    server = serve(tmp_path)
+    host, port = server.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    soft, hard = resource.prlimit(server.pid, resource.RLIMIT_NOFILE)
+    try:
+        # Settled (pools warmed), then not one descriptor more for the process.
+        time.sleep(1.0)
+        in_use = len(os.listdir(f"/proc/{server.pid}/fd"))
+        resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (in_use, hard))
+        bad = {"model": MODEL, "messages": MSG, "temperature": "hot"}
+        head, body = raw_exchange(sock, bad)
+        assert head.startswith(b"HTTP/1.1 400"), (head, body)
+        assert orjson.loads(body)["error"]["param"] == "temperature", body
+        for model in (MODEL, "auto:fast"):
+            head, body = raw_exchange(sock, {"model": model, "messages": MSG})
+            error = orjson.loads(body).get("error") or {}
+            assert error.get("code") != "internal_error", (model, head, body)
+            # An upstream socket that could not be opened is the upstream's 502, named.
+            assert head.startswith(b"HTTP/1.1 200") or (
+                head.startswith(b"HTTP/1.1 502") and error["code"] == "upstream_unavailable"
+            ), (model, head, body)
+        resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (soft, hard))
+        head, body = raw_exchange(sock, {"model": "auto:fast", "messages": MSG})
+        assert head.startswith(b"HTTP/1.1 200"), (head, body)
+        assert "unhandled" not in server.log()
+    finally:
+        sock.close()
+        with contextlib.suppress(ProcessLookupError):
+            resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (soft, hard))
+        server.stop()
+
+
+def raw_exchange(sock: socket.socket, body: dict[str, Any]) -> tuple[bytes, bytes]:
+    """One request on a kept-alive connection; (status line and headers, body)."""
+    got = raw_request(sock, body)
+    head, _, rest = got.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        rest += chunk
+    return head, rest[:length]
+
+
 # --- 5. clock steps --------------------------------------------------------------------------
 # The wall clock is stepped with libfaketime (Debian's `faketime` package; .ci/run installs
 # it): LD_PRELOAD'ed into the server, re-reading its offset file on every call, with

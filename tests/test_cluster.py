@@ -5,7 +5,9 @@ simulator process: breakers, limits and budgets, latency, probe leases, and Redi
 from __future__ import annotations
 
 import math
+import re
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -106,6 +108,8 @@ def test_a_provider_failing_through_one_instance_opens_the_breaker_on_the_other(
 KEYS = [
     {"id": "team", "sha256": hash_key("sk-team"), "rpm": 60},
     {"id": "spender", "sha256": hash_key("sk-spender"), "daily_usd": 0.05},
+    # Reads the status (every key's spend is an admin's to see).
+    {"id": "ops", "sha256": hash_key("sk-ops"), "admin": True},
 ]
 
 
@@ -116,7 +120,7 @@ KEYS = [
         # request spends the $0.05 budget.
         "overrides": {"gpt-4o-mini": {"input_price": 50_000.0, "output_price": 50_000.0}},
     },
-    status_key="sk-team",
+    status_key="sk-ops",
 )
 def test_rpm_and_daily_budget_are_cluster_wide(
     cluster_of_two: tuple[Instance, Instance],
@@ -147,6 +151,100 @@ def test_rpm_and_daily_budget_are_cluster_wide(
     assert refused.status == 429
     assert refused.body["error"]["code"] == "budget_exceeded"
     assert chat(a.url, body, "sk-spender").status == 429
+
+
+IDLE_KEYS = 100
+FEW = 10
+
+
+def command_calls(redis_server: RedisServer, command: str = "evalsha") -> int:
+    """How often Redis has served ``command`` (redis-cli: the operator's own view)."""
+    out = subprocess.run(
+        ["redis-cli", "-p", str(redis_server.port), "info", "commandstats"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    found = re.search(rf"cmdstat_{command}:calls=(\d+)", out)
+    return int(found.group(1)) if found else 0
+
+
+def idle_rate(redis_server: RedisServer, command: str) -> float:
+    time.sleep(1.0)
+    before, began = command_calls(redis_server, command), time.monotonic()
+    time.sleep(2.0)
+    return (command_calls(redis_server, command) - before) / (time.monotonic() - began)
+
+
+@pytest.mark.tables(
+    {
+        "keys": [
+            {"id": f"k{i}", "sha256": hash_key(f"sk-idle-{i}"), "rpm": 600}
+            for i in range(IDLE_KEYS)
+        ]
+        + [{"id": "few", "sha256": hash_key("sk-few"), "rpm": FEW}]
+    },
+    status_key="sk-idle-0",
+)
+def test_idle_keys_cost_redis_a_refresh_a_second_not_one_per_sync_round(
+    cluster_of_two: tuple[Instance, Instance], redis_server: RedisServer
+) -> None:
+    """Every key that ever sent a request has a bucket; an idle one must not cost a script
+    run per sync round forever (at the default 0.1 s and 2,000 keys, that was 20,000 script
+    runs a second and most of a core, with no traffic at all)."""
+    a, b = cluster_of_two
+    body = {"model": "gpt-4o-mini", "messages": MSG}
+    for i in range(IDLE_KEYS):
+        assert chat(a.url, body, f"sk-idle-{i}").status == 200
+    per_s = idle_rate(redis_server, "evalsha")
+    # One refresh per idle bucket a second (IDLE_REFRESH_S), plus leases and heartbeats;
+    # per sync round (CLUSTER's 0.05 s) it would be 20 a second each.
+    assert per_s < 2.5 * IDLE_KEYS, per_s
+    # Still a view of the cluster's bucket: a key idle on A, drained through B, is refused
+    # by A once its refresh came round (the bucket refills 1 every 6 s meanwhile).
+    assert chat(a.url, body, "sk-few").status == 200
+    statuses = [chat(b.url, body, "sk-few").status for _ in range(FEW - 1)]
+    assert statuses == [200] * (FEW - 1)
+    time.sleep(1.5)
+    refused = chat(a.url, body, "sk-few")
+    assert refused.status == 429, refused.body
+
+
+@pytest.mark.tables(
+    {
+        "keys": [
+            {
+                "id": f"k{i}",
+                "sha256": hash_key(f"sk-idle-{i}"),
+                "max_concurrent_streams": 4,
+                "daily_usd": 100.0,
+            }
+            for i in range(IDLE_KEYS)
+        ]
+    },
+    status_key="sk-idle-0",
+)
+def test_idle_stream_caps_and_budgets_cost_redis_a_refresh_a_second(
+    cluster_of_two: tuple[Instance, Instance], redis_server: RedisServer
+) -> None:
+    """The open-stream counts and today's spend were written (and read) for every key each
+    round too, changed or not."""
+    a, b = cluster_of_two
+    body = {"model": "gpt-4o-mini", "messages": MSG}
+    for i in range(IDLE_KEYS):
+        assert chat(a.url, body, f"sk-idle-{i}").status == 200
+    per_s = idle_rate(redis_server, "hset")
+    # Per sync round (0.05 s) it was 20 a second per key and instance.
+    assert per_s < 2.5 * IDLE_KEYS, per_s
+
+    def spent_on_b() -> float:
+        return float(b.status()["spend"]["keys"]["k3"]["today_usd"])
+
+    # A's spend still reaches B, which reads it with the key's own status line.
+    b.key = "sk-idle-3"
+    before = spent_on_b()
+    assert chat(a.url, body, "sk-idle-3").status == 200
+    wait_for(lambda: spent_on_b() > before, 5, "B sees A's new spend")
 
 
 def fastest_on(inst: Instance) -> str:

@@ -171,6 +171,52 @@ def test_check_config_names_a_malformed_redis_url_without_its_password(
     assert "hunter2" not in out.stderr
 
 
+# redis-py reads options from the URL's query; one it cannot use made `serve` die with a
+# traceback at start while check-config called the file valid.
+BAD_QUERIES = [
+    pytest.param("redis://u:hunter2@127.0.0.1:6379/0?db=x", "'db'", id="db-not-a-number"),
+    pytest.param("redis://u:hunter2@127.0.0.1:6379/0?foo=bar", "'foo'", id="unknown-option"),
+    pytest.param(
+        "redis://u:hunter2@127.0.0.1:6379/0?ssl_cert_reqs=none", "ssl_cert_reqs", id="tls-opt"
+    ),
+    pytest.param("redis://u:hunter2@127.0.0.1:6379/0?protocol=9", "protocol", id="protocol"),
+]
+
+
+@pytest.mark.parametrize(("url", "says"), BAD_QUERIES)
+def test_check_config_names_a_redis_url_option_redis_py_cannot_use(
+    tmp_path: Path, url: str, says: str
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(f'[cluster]\nredis_url = "{url}"\n')
+    out = cli("check-config", "--demo", str(path))
+    assert out.returncode == 2, out.stdout
+    assert "cluster.redis_url:" in out.stderr and says in out.stderr, out.stderr
+    assert "hunter2" not in out.stderr + out.stdout
+
+
+@pytest.mark.parametrize(("url", "says"), BAD_QUERIES[:2])
+def test_serve_refuses_a_redis_url_option_redis_py_cannot_use_in_one_line(
+    tmp_path: Path, url: str, says: str
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(f'[probes]\nenabled = false\n[cluster]\nredis_url = "{url}"\n')
+    out = cli("serve", "--demo", "--port", "0", "--config", str(path))
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "cluster.redis_url:" in out.stderr and says in out.stderr
+    assert "Traceback" not in out.stderr and "hunter2" not in out.stderr
+    assert "ready on" not in out.stdout
+
+
+def test_a_redis_url_with_options_redis_py_takes_is_valid(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    url = "rediss://u:hunter2@127.0.0.1:6379/0?ssl_cert_reqs=none&socket_keepalive=true"
+    path.write_text(f'[cluster]\nredis_url = "{url}"\n')
+    out = cli("check-config", "--demo", str(path))
+    assert out.returncode == 0, out.stderr
+    assert "hunter2" not in out.stderr + out.stdout
+
+
 @pytest.mark.parametrize(
     "bedrock, expected",
     [

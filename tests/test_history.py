@@ -90,6 +90,30 @@ async def test_history_counts_requests_errors_samples_and_spend_per_deployment_m
     assert all(d["requests"] == [] for d in newer["deployments"])
 
 
+async def test_a_client_key_reads_its_own_spend_in_the_status_never_another_keys(
+    start_proxy: StartProxy,
+) -> None:
+    """Every key's spend is the admin's data (README: the status page's data needs an admin
+    key); /v1/router/status, open to every client key for the latency table, shows a client
+    key its own budget line only."""
+    other = "sk-history-client-3"
+    keys = {"keys": [*KEYS["keys"], {"id": "batch", "sha256": hash_key(other), "daily_usd": 7.0}]}
+    proxy = await start_proxy(keys)
+    for key in (CLIENT, other):
+        client = openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key=key, max_retries=0)
+        proxy.clients.append(client)
+        await client.chat.completions.create(model="gpt-5-nano", messages=MSG)  # type: ignore[arg-type]
+
+    status, body, text = await get(proxy, "/v1/router/status", CLIENT)
+    assert status == 200 and body["deployments"]
+    assert set(body["spend"]["keys"]) == {"autocomplete"}, body["spend"]
+    assert body["spend"]["keys"]["autocomplete"]["today_usd"] > 0
+    assert "batch" not in text
+    status, body, _ = await get(proxy, "/v1/router/status", ADMIN)
+    assert status == 200
+    assert set(body["spend"]["keys"]) == {"autocomplete", "batch"}, body["spend"]
+
+
 @pytest.mark.parametrize(
     ("key", "status", "code"),
     [

@@ -39,16 +39,7 @@ class Link:
             self._secret = unquote(urlsplit(settings.redis_url).password or "")
         except ValueError:
             self._secret = ""
-        timeout = settings.op_timeout_s
-        # No retries inside redis-py: a call that fails is answered by local state at once,
-        # and the heartbeat decides when Redis is back.
-        self.client: redis.Redis = redis.Redis.from_url(
-            settings.redis_url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-        )
+        self.client = build_client(settings.redis_url, settings.op_timeout_s)
         self.up = False
         self.since = time.monotonic()
         self.down_reason = "not connected yet"
@@ -114,6 +105,36 @@ class Link:
     async def close(self) -> None:
         with contextlib.suppress(*FAILURES):
             await self.client.aclose()
+
+
+def build_client(url: str, timeout: float) -> redis.Redis:
+    """The client for ``url``; no I/O (redis-py connects on the first command)."""
+    # No retries inside redis-py: a call that fails is answered by local state at once,
+    # and the heartbeat decides when Redis is back.
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=0,
+    )
+
+
+def url_problem(url: str) -> str | None:
+    """What redis-py cannot use in ``url`` (an option in its query it does not take or cannot
+    parse), found by building the client and one connection object as the router would,
+    without connecting; None when it can. Never contains the URL's password."""
+    try:
+        # Instantiates the connection class with the URL's options (redis-py's own check).
+        make: Callable[[], object] = build_client(url, 1.0).connection_pool.make_connection
+        make()
+    except (ValueError, TypeError, RedisError) as exc:
+        text = str(exc)
+        with contextlib.suppress(ValueError):
+            if secret := unquote(urlsplit(url).password or ""):
+                text = text.replace(secret, "***")
+        return f"{mask_url(url)!r}: redis-py cannot use it ({text})"
+    return None
 
 
 def _reraise_cancel(exc: BaseException) -> None:

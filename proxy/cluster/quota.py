@@ -19,6 +19,7 @@ instance rewrites whole, so a Redis that restarted empty is refilled by the next
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,11 @@ return tostring(level)
 """
 
 SPEND_TTL_S = 2 * 86_400
+# A bucket this instance did not charge since its last sync is read back at most this often
+# (not every round): an idle key costs Redis one script run a second, not ten. Its own charge
+# still syncs it at once, so the view it admits on is at most this stale for what the other
+# instances charged.
+IDLE_REFRESH_S = 1.0
 
 
 class Quota:
@@ -74,9 +80,15 @@ class Quota:
         self.access: Access | None = None
         self.budget: Budget | None = None
         self._pending: dict[tuple[str, str], float] = {}
+        # When each bucket last took Redis's level (monotonic), for the idle refresh.
+        self._synced_at: dict[tuple[str, str], float] = {}
         self._sent: dict[tuple[str, str], float] = {}
         self._streams_elsewhere: dict[str, int] = {}
         self._streams_pushed: dict[str, int] = {}
+        # The stream counts' and spend's last full sync, and the spend fields written since.
+        self._counts_at = -math.inf
+        self._spend_key = ""
+        self._spend_written: dict[str, str] = {}
         # Budgets: the others' spend at the last sync, and this instance's own when Redis
         # went away (for the share while it is gone).
         self._others: dict[str | None, float] = {}
@@ -151,11 +163,19 @@ class Quota:
         if access is None:
             return
         states = {kid: st for kid, st in access.states.items() if _limited(st)}
+        # Charged since the last round, never synced, or due for its idle refresh; all of
+        # them when coming back from local state (the buckets take the cluster's size again).
+        due = time.monotonic() - IDLE_REFRESH_S
         charges = [
             (kid, kind, st)
             for kid, st in states.items()
             for kind in ("rpm", "tpm")
             if (st.requests if kind == "rpm" else st.tokens) is not None
+            and (
+                self.local_only
+                or (kid, kind) in self._pending
+                or self._synced_at.get((kid, kind), -math.inf) <= due
+            )
         ]
         levels = await self._sync_buckets(charges)
         if levels is None:
@@ -174,6 +194,7 @@ class Quota:
             _resize(bucket, float(limit), now)
             # What this instance charged while the answer was on its way is not in it yet.
             bucket.level = float(level) - self._pending.get((kid, kind), 0.0)
+            self._synced_at[(kid, kind)] = now
         self.local_only = False
         self._own_at_down = None
 
@@ -197,21 +218,46 @@ class Quota:
 
     async def _sync_counts(self, states: Mapping[str, KeyState], budget: Budget | None) -> bool:
         pipe: Pipeline = self._link.client.pipeline(transaction=False)
-        stream_keys = [kid for kid, st in states.items() if st.config.max_concurrent_streams]
+        now = time.monotonic()
+        # Like the buckets: a key whose open-stream count here changed, or due for its idle
+        # refresh (every key when coming back from local state).
+        full = self.local_only or now - self._counts_at >= IDLE_REFRESH_S
+        stream_keys = [
+            kid
+            for kid, st in states.items()
+            if st.config.max_concurrent_streams
+            and (full or self._streams_pushed.get(kid) != st.streams)
+        ]
         for kid in stream_keys:
             pipe.hset(f"{self._prefix}:streams:{kid}", self._instance, states[kid].streams)
             pipe.expire(f"{self._prefix}:streams:{kid}", 3600)
             pipe.hgetall(f"{self._prefix}:streams:{kid}")
         spend_key = None
+        written: dict[Any, Any] = {}
         if budget is not None:
             spend_key = f"{self._prefix}:spend:{day_of(time.time())}"
-            own: dict[Any, Any]
-            own = {self._origin: repr(budget.spent)}
+            own: dict[Any, Any] = {self._origin: repr(budget.spent)}
             own |= {f"{self._origin}|{k}": repr(v) for k, v in budget.by_key.items()}
-            pipe.hset(spend_key, mapping=own)
+            # Only what changed; the whole of it on the idle refresh (a Redis that restarted
+            # empty, or a new day, is refilled by it).
+            if full or spend_key != self._spend_key:
+                written = own
+            else:
+                written = {k: v for k, v in own.items() if self._spend_written.get(k) != v}
+            if written:
+                pipe.hset(spend_key, mapping=written)
             pipe.expire(spend_key, SPEND_TTL_S)
             pipe.hgetall(spend_key)
         replies = await pipe.execute()
+        if full:
+            self._counts_at = now
+        for kid in stream_keys:
+            self._streams_pushed[kid] = states[kid].streams
+        if spend_key is not None:
+            if spend_key != self._spend_key:
+                self._spend_written = {}
+            self._spend_key = spend_key
+            self._spend_written |= written
         live = set(self._live())
         for i, kid in enumerate(stream_keys):
             counts: dict[bytes, bytes] = replies[3 * i + 2]

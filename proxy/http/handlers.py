@@ -251,6 +251,13 @@ async def router_status(request: web.Request) -> web.Response:
     status["worker"] = {"index": worker, "pid": os.getpid()} if worker is not None else None
     if (handler := access_handler()) is not None:
         status["access_log"] = handler.stats()
+    caller = principal(request).key
+    spend = status.get("spend")
+    if caller is not None and not caller.admin and isinstance(spend, dict):
+        # Every key's spend is the admin's data (as in /v1/router/history); a client key
+        # reads the latency table and its own budget line.
+        mine = spend.get("keys", {}).get(caller.id)
+        spend["keys"] = {caller.id: mine} if mine is not None else {}
     return json_response(status)
 
 
