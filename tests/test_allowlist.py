@@ -195,18 +195,15 @@ TYPED = [
 ]
 
 
-@pytest.mark.parametrize(("endpoint", "name"), TYPED)
-async def test_an_openai_field_of_the_wrong_type_is_a_400_and_never_forwarded(
-    proxy: Proxy, endpoint: str, name: str
-) -> None:
-    """OpenAI answers a string temperature or a number user with a 400; so does the router,
-    before anything is sent, instead of forwarding it to an OpenAI-wire upstream verbatim."""
+async def refused_with_param(proxy: Proxy, endpoint: str, name: str, value: Any) -> Any:
+    """Send a minimal request for ``endpoint`` with ``name`` set to ``value``; assert a 400 in
+    OpenAI's error shape naming ``name`` and that nothing went upstream; return the body."""
     body: dict[str, Any] = (
         {"model": "gpt-5-nano", "messages": MSG}
         if endpoint == "chat"
         else {"model": "gpt-3.5-turbo-instruct", "prompt": "say"}
     )
-    body[name] = wrong_value(openai_field_types()[endpoint][name])
+    body[name] = value
     path = "chat/completions" if endpoint == "chat" else "completions"
     async with (
         aiohttp.ClientSession() as s,
@@ -217,6 +214,18 @@ async def test_an_openai_field_of_the_wrong_type_is_a_400_and_never_forwarded(
     assert_valid("ErrorResponse", payload)
     assert payload["error"]["param"] == name
     assert sum(proxy.sim.state.requests.values()) == 0
+    return payload
+
+
+@pytest.mark.parametrize(("endpoint", "name"), TYPED)
+async def test_an_openai_field_of_the_wrong_type_is_a_400_and_never_forwarded(
+    proxy: Proxy, endpoint: str, name: str
+) -> None:
+    """OpenAI answers a string temperature or a number user with a 400; so does the router,
+    before anything is sent, instead of forwarding it to an OpenAI-wire upstream verbatim."""
+    await refused_with_param(
+        proxy, endpoint, name, wrong_value(openai_field_types()[endpoint][name])
+    )
 
 
 async def test_null_and_integral_numbers_pass_the_type_check(proxy: Proxy) -> None:
@@ -265,24 +274,9 @@ async def test_an_openai_number_outside_its_range_is_a_400_and_never_forwarded(
     """temperature 3, n 0, top_logprobs 21: OpenAI answers each with a 400 naming the field
     and the bound (``decimal_above_max_value``, ``integer_below_min_value``, ...); so does the
     router, before a Bedrock or Anthropic upstream is sent what their APIs would refuse."""
-    body: dict[str, Any] = (
-        {"model": "gpt-5-nano", "messages": MSG}
-        if endpoint == "chat"
-        else {"model": "gpt-3.5-turbo-instruct", "prompt": "say"}
-    )
-    body[name] = value
-    path = "chat/completions" if endpoint == "chat" else "completions"
-    async with (
-        aiohttp.ClientSession() as s,
-        s.post(f"{proxy.url}/v1/{path}", json=body) as resp,
-    ):
-        payload = await resp.json()
-    assert resp.status == 400, payload
-    assert_valid("ErrorResponse", payload)
-    assert payload["error"]["param"] == name
+    payload = await refused_with_param(proxy, endpoint, name, value)
     assert payload["error"]["code"].endswith(side)
     assert str(value) in payload["error"]["message"]
-    assert sum(proxy.sim.state.requests.values()) == 0
 
 
 async def test_numbers_on_their_bounds_pass_the_range_check(proxy: Proxy) -> None:

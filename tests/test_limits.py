@@ -273,6 +273,21 @@ async def test_connections_past_max_connections_get_503_and_are_closed(
 # --- bodies that cannot be decoded ----------------------------------------------------------
 
 
+async def read_answer(reader: asyncio.StreamReader) -> tuple[bytes, Any]:
+    """One whole answer with a Content-Length: its head and its JSON body."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    return head, orjson.loads(await reader.readexactly(length))
+
+
+def assert_refused_at_the_door(proxy: Proxy, payload: Any, code: str, records: Any) -> None:
+    """A 400 in OpenAI's error shape with ``code``; nothing upstream, nothing logged as ERROR."""
+    assert_valid("ErrorResponse", payload)
+    assert payload["error"]["code"] == code
+    assert upstream_calls(proxy) == 0
+    assert not [r for r in records if r.levelno >= logging.ERROR]
+
+
 @pytest.mark.parametrize(
     ("encoding", "body"),
     [
@@ -294,17 +309,12 @@ async def test_a_body_that_does_not_decode_for_its_content_encoding_is_400_not_5
             b"Content-Length: %d\r\n\r\n" % len(body) + body
         )
         await writer.drain()
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-        payload = orjson.loads(await reader.readexactly(length))
+        head, payload = await read_answer(reader)
     finally:
         writer.close()
     assert head.startswith(b"HTTP/1.1 400 "), head
-    assert_valid("ErrorResponse", payload)
-    assert payload["error"]["code"] == "invalid_content_encoding"
+    assert_refused_at_the_door(proxy, payload, "invalid_content_encoding", caplog.records)
     assert encoding.decode() in payload["error"]["message"]
-    assert upstream_calls(proxy) == 0
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_chunked_framing_broken_mid_body_is_400_at_once_not_a_body_timeout(
@@ -326,17 +336,12 @@ async def test_chunked_framing_broken_mid_body_is_400_at_once_not_a_body_timeout
         await asyncio.sleep(0.2)  # the handler is now waiting for the rest of the body
         writer.write(b"zz\r\nxx\r\n0\r\n\r\n")
         await writer.drain()
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-        payload = orjson.loads(await reader.readexactly(length))
+        head, payload = await read_answer(reader)
     finally:
         writer.close()
     assert head.startswith(b"HTTP/1.1 400 "), head
     assert b"connection: close" in head.lower()
-    assert_valid("ErrorResponse", payload)
-    assert payload["error"]["code"] == "invalid_body"
-    assert upstream_calls(proxy) == 0
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert_refused_at_the_door(proxy, payload, "invalid_body", caplog.records)
 
 
 async def test_chunked_framing_broken_while_the_request_waits_its_turn_is_400_not_a_timeout(
@@ -362,11 +367,7 @@ async def test_chunked_framing_broken_while_the_request_waits_its_turn_is_400_no
         await asyncio.sleep(0.2)  # the first request is still waiting for its upstream
         writer.write(b"zz\r\nxx\r\n0\r\n\r\n")
         await writer.drain()
-        answers = []
-        for _ in range(2):
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-            answers.append((head, orjson.loads(await reader.readexactly(length))))
+        answers = [await read_answer(reader) for _ in range(2)]
     finally:
         writer.close()
     (first, _), (second, payload) = answers
