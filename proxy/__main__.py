@@ -10,6 +10,7 @@ import getpass
 import importlib.util
 import logging
 import os
+import select
 import signal
 import sys
 from collections.abc import Sequence
@@ -277,9 +278,10 @@ def _hash_key() -> int:
         key = getpass.getpass("client API key (not shown): ").strip()
     else:
         key = sys.stdin.readline().strip()
-        if sys.stdin.read().strip():
-            # A file of keys piped in by mistake: hashing its first line alone would look
-            # like success.
+        # A file of keys piped in by mistake: hashing its first line alone would look like
+        # success. Only what is there already (or an ended pipe) is read: a writer that keeps
+        # the pipe open after one line is not waited for.
+        if select.select([sys.stdin], [], [], 0)[0] and sys.stdin.read().strip():
             print(
                 "model-router: hash-key: more than one line on standard input; give one key",
                 file=sys.stderr,

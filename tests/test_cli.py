@@ -205,6 +205,26 @@ def test_hash_key_reads_one_line_from_a_pipe() -> None:
     assert trailing.returncode == 0  # a blank line after the key is not a second key
 
 
+def test_hash_key_does_not_wait_for_a_pipe_its_writer_keeps_open() -> None:
+    # A script writes the key and waits for the digest before it closes stdin.
+    proc = subprocess.Popen(
+        [EXE, "hash-key"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write("sk-client-1\n")
+        proc.stdin.flush()
+        assert proc.wait(timeout=30) == 0
+        assert proc.stdout.read().strip() == hashlib.sha256(b"sk-client-1").hexdigest()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                stream.close()
+
+
 def _read_until(fd: int, needle: bytes, timeout: float = 20.0) -> bytes:
     seen = b""
     deadline = time.monotonic() + timeout
