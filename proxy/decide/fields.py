@@ -106,10 +106,13 @@ def openai_field_ranges() -> Mapping[str, Mapping[str, tuple[float | None, float
     }
 
 
-def _check_range(name: str, value: float, bounds: tuple[float | None, float | None]) -> None:
-    """OpenAI's own words and codes for a value outside the schema's range."""
+def _check_range(
+    name: str, value: float, bounds: tuple[float | None, float | None], decimal: bool
+) -> None:
+    """OpenAI's own words and codes for a value outside the schema's range; ``decimal`` when
+    the field is a number, not an integer (``temperature`` 3 is a decimal above its maximum)."""
     low, high = bounds
-    kind = "integer" if type(value) is int else "decimal"
+    kind = "decimal" if decimal else "integer"
     if low is not None and value < low:
         side, limit, code = "below minimum", f">= {low}", f"{kind}_below_min_value"
     elif high is not None and value > high:
@@ -139,7 +142,7 @@ def check_types(body: Mapping[str, Any], endpoint: str) -> None:
             got == "number" and "integer" in allowed and float(value).is_integer()
         ):
             if (got == "number" or got == "integer") and (bounds := ranges.get(name)):
-                _check_range(name, value, bounds)
+                _check_range(name, value, bounds, "number" in allowed)
             continue
         shown = allowed - {"integer"} if "number" in allowed else allowed
         expected = " or ".join(_ARTICLE.get(t, f"a {t}") for t in sorted(shown))
