@@ -131,7 +131,9 @@ def spawn_server(
     if log_path is None:
         fd, log_path = tempfile.mkstemp(prefix="model-router-", suffix=".log")
         os.close(fd)
-    with open(log_path, "w") as log:
+    # Append, as systemd's ``StandardError=append:`` does: every write lands at the end of the
+    # file, so a test that fills the disk can also fill the log's last page (see box faults).
+    with open(log_path, "a") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "proxy", *args],
             stdout=subprocess.PIPE,
