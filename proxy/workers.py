@@ -87,6 +87,7 @@ class Supervisor:
         self.notifier = Notifier.from_env()
         self.stopping = False
         self.reloading: set[int] = set()
+        self.rejected: list[str] = []  # this reload's "reload rejected: ..." from workers
         self.port = 0
         self._sock: socket.socket | None = None
         self._address = ""
@@ -245,6 +246,7 @@ class Supervisor:
         if self.stopping:
             return
         self.notifier.reloading()
+        self.rejected = []
         self.reloading = {self._pid(w) for w in self.workers if w.proc is not None}
         for w in self.workers:
             if w.proc is not None and w.proc.returncode is None:
@@ -281,22 +283,35 @@ class Supervisor:
                 if "=" in line
             )
             if fields.get("READY") == "1":
-                self._worker_ready(pid)
+                self._worker_ready(pid, fields.get("STATUS", ""))
 
-    def _worker_ready(self, pid: int) -> None:
+    def _worker_ready(self, pid: int, status: str = "") -> None:
         for w in self.workers:
             if self._pid(w) == pid:
                 w.ready = True
                 log.info("worker %d (pid %d) ready", w.index, pid)
         if all(w.ready for w in self.workers):
             self._all_ready.set()
-        self._reload_done(pid)
+        self._reload_done(pid, status)
 
-    def _reload_done(self, pid: int) -> None:
+    def _reload_done(self, pid: int, status: str = "") -> None:
+        if not self.reloading or pid not in self.reloading:
+            return
+        self.reloading.discard(pid)
+        if status.startswith("reload rejected"):
+            self.rejected.append(status)
         if self.reloading:
-            self.reloading.discard(pid)
-            if not self.reloading:
-                self.notifier.ready(f"{len(self.workers)} workers reloaded")
+            return
+        if self.rejected:
+            # What systemctl status shows: a rejected config must not read as reloaded.
+            summary = (
+                f"{self.rejected[0]} ({len(self.rejected)} of {len(self.workers)} workers "
+                f"kept their previous config)"
+            )
+            log.error("%s", summary)
+            self.notifier.ready(summary)
+        else:
+            self.notifier.ready(f"{len(self.workers)} workers reloaded")
 
     async def _watchdog(self) -> None:
         interval = self.notifier.watchdog_interval_s

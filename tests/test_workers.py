@@ -163,3 +163,34 @@ def test_sigterm_drains_every_worker(tmp_path: Path) -> None:
         sim.wait(10)
         if sim.stdout is not None:
             sim.stdout.close()
+
+
+def test_a_config_the_workers_reject_on_sighup_is_reported_as_rejected(
+    notify_socket: tuple[socket.socket, str], tmp_path: Path
+) -> None:
+    """systemctl status must not say "reloaded" when every worker kept its old config."""
+    sock, path = notify_socket
+    cfg = tmp_path / "router.toml"
+    cfg.write_text("[probes]\nenabled = false\n")
+    proc, url = spawn_server(
+        ["serve", "--demo", "--config", str(cfg), "--workers", "2", "--port", "0"],
+        {
+            "NOTIFY_SOCKET": path,
+            "MODEL_ROUTER_DEMO_SCALE": "0.02",
+            "STATE_DIRECTORY": str(tmp_path),
+        },
+        timeout=60,
+    )
+    try:
+        receive(sock, "READY", timeout=60)
+        cfg.write_text("[probes]\nenabled = false\nbogus = 1\n")
+        proc.send_signal(signal.SIGHUP)
+        status = receive(sock, "READY", timeout=60)[-1]["STATUS"]
+        assert status.startswith("reload rejected: probes.bogus: unknown key"), status
+        assert "2 of 2 workers kept their previous config" in status
+        assert http("GET", f"{url}/readyz").status == 200  # still serving, on the old config
+        cfg.write_text("[probes]\nenabled = false\n")  # fixed: the next reload applies
+        proc.send_signal(signal.SIGHUP)
+        assert receive(sock, "READY", timeout=60)[-1]["STATUS"] == "2 workers reloaded"
+    finally:
+        assert stop_server(proc) == 0
