@@ -39,6 +39,7 @@ from .decide.tokens import hash_key
 from .errors import SimPortError
 from .http.hygiene import guard_library_logs
 from .preflight import PreflightError, bind_error, preflight
+from .workers import watch_parent
 
 log = logging.getLogger("model_router")
 
@@ -350,6 +351,7 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reloads.start)
+    orphaned = None if worker is None else asyncio.create_task(watch_parent(stop))
     # Announced only now: a SIGHUP sent the moment READY arrives must find its handler, not
     # the default action (which ends the process).
     _announce(app, config, port, demo, worker)
@@ -363,6 +365,8 @@ async def serve(
         reloads.cancel()
         await drain(runner, in_flight, drain_s)
     finally:
+        if orphaned is not None:
+            orphaned.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await runner.cleanup()

@@ -34,6 +34,10 @@ RESTART_PAUSE_S = (0.2, 10.0)
 # What the parent adds to the drain before it kills a worker that does not exit on SIGTERM.
 STOP_GRACE_S = 10.0
 _UCRED = struct.Struct("3i")
+# The parent's pid, in each worker's environment: a worker started after its parent died
+# would otherwise take its new parent (init, a subreaper) for its own.
+PARENT_ENV = "MODEL_ROUTER_WORKERS_PARENT"
+PARENT_CHECK_S = 0.5
 
 
 def worker_db_path(config: Config, environ: dict[str, str], index: int) -> str:
@@ -55,6 +59,19 @@ def not_shared(workers: int) -> str:
         f"--db A --db B` reads them together). Set [cluster] redis_url to share all but the "
         f"cache."
     )
+
+
+async def watch_parent(stop: asyncio.Event) -> None:
+    """In a worker: set ``stop`` (drain and exit, as on SIGTERM) once the parent is gone. A
+    parent killed outright (SIGKILL, the OOM killer) cannot stop its workers, and an orphan
+    would keep serving the port on its old config, beside the workers of the next start."""
+    parent = int(os.environ.get(PARENT_ENV) or os.getppid())
+    while True:
+        await asyncio.sleep(PARENT_CHECK_S)
+        if os.getppid() != parent:
+            break
+    log.error("the --workers parent (pid %d) is gone: draining and exiting", parent)
+    stop.set()
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
@@ -137,6 +154,7 @@ class Supervisor:
     async def _spawn(self, w: Worker) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHDOG_")}
         env["NOTIFY_SOCKET"] = self._address
+        env[PARENT_ENV] = str(os.getpid())
         args = [
             sys.executable,
             "-m",

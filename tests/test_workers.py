@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from tests.cluster_support import free_port, http, wait_for, write_config
-from tests.conftest import spawn_server, stop_server
+from tests.conftest import server_log, spawn_server, stop_server
 from tests.test_service import finish, notify_socket, receive
 
 __all__ = ["notify_socket"]  # the fixture, imported for use here
@@ -194,3 +194,29 @@ def test_a_config_the_workers_reject_on_sighup_is_reported_as_rejected(
         assert receive(sock, "READY", timeout=60)[-1]["STATUS"] == "2 workers reloaded"
     finally:
         assert stop_server(proc) == 0
+
+
+def test_workers_drain_and_exit_when_their_parent_is_killed(tmp_path: Path) -> None:
+    """A parent killed outright (SIGKILL, the OOM killer) cannot pass SIGTERM on: its workers
+    must notice, or they keep serving the port on an old config, unsupervised, beside the
+    workers of the next start."""
+    proc, url = spawn_server(
+        ["serve", "--demo", "--workers", "2", "--port", "0"],
+        {"MODEL_ROUTER_DEMO_SCALE": "0.02", "STATE_DIRECTORY": str(tmp_path)},
+        timeout=60,
+    )
+    pids: set[int] = set()
+    try:
+        wait_for(lambda: pids.add(worker_pid(url)) or len(pids) == 2, 10, "both workers answer")
+        proc.kill()
+        proc.wait(10)
+        wait_for(lambda: not any(alive(p) for p in pids), 30, "the orphaned workers exit")
+        with pytest.raises(OSError):
+            http("GET", f"{url}/readyz")
+        log = server_log(proc)
+        assert log.count(f"the --workers parent (pid {proc.pid}) is gone") == 2, log[-2000:]
+    finally:
+        for p in pids:
+            if alive(p):
+                os.kill(p, signal.SIGKILL)
+        stop_server(proc)
