@@ -121,6 +121,23 @@ async def test_status_exits_2_when_the_router_cannot_be_read(unused_tcp_port: in
     assert "cannot read" in err
 
 
+@pytest.mark.parametrize(
+    "url", ["127.0.0.1:8080", "localhost", "ftp://127.0.0.1:21", "http://"], ids=str
+)
+async def test_a_url_that_is_not_http_is_one_line_and_exit_2_not_a_traceback(url: str) -> None:
+    code, out, err = await run_cli("--url", url)
+    assert (code, out) == (2, "")
+    assert err.startswith("model-router: status: --url must be an http:// or https:// URL"), err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+async def test_the_sdks_base_url_is_named_as_the_wrong_url(proxy: Proxy) -> None:
+    """``.../v1`` is what a user passes the SDK; the router's root is what status reads."""
+    code, out, err = await run_cli("--url", f"{proxy.url}/v1")
+    assert (code, out) == (2, "")
+    assert f"--url {proxy.url}" in err and "Traceback" not in err
+
+
 async def test_status_sends_the_admin_key_from_the_environment(start_proxy: StartProxy) -> None:
     admin, client = "sk-cli-admin-1", "sk-cli-client-2"
     proxy = await start_proxy(

@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -160,10 +161,23 @@ def render(url: str, ready: bool, status: dict[str, Any], history: dict[str, Any
     return "\n".join(lines) + "\n"
 
 
+def check_url(url: str) -> None:
+    """A ``--url`` urllib cannot fetch is said in one line (urllib's own error is a
+    traceback for some, an empty message for others)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise StatusError(
+            f"--url must be an http:// or https:// URL such as {DEFAULT_URL} (got {url!r})"
+        )
+
+
 def frame(url: str, key: str | None) -> tuple[bool, str]:
     ready_status, _ = fetch(url, "/readyz", None)
     ready = ready_status == 200
     code, status = fetch(url, "/v1/router/status", key)
+    root = url.rstrip("/").removesuffix("/v1")
+    if code == 404 and root != url.rstrip("/"):
+        raise StatusError(f"{url} is the SDK's base URL; pass the router's own: --url {root}")
     if code != 200:
         raise StatusError(f"/v1/router/status answered {code}")
     code, history = fetch(url, "/v1/router/history", key)
@@ -174,6 +188,11 @@ def frame(url: str, key: str | None) -> tuple[bool, str]:
 
 def run_status(url: str, watch: bool, interval_s: float, out: TextIO = sys.stdout) -> int:
     key = os.environ.get(KEY_ENV) or None
+    try:
+        check_url(url)
+    except StatusError as exc:
+        print(f"model-router: status: {exc}", file=sys.stderr)
+        return 2
     if not watch:
         try:
             ready, text = frame(url, key)
