@@ -8,10 +8,13 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import orjson
+from aiohttp import web
 
 from proxy.assembly.warming import WARMER
 from proxy.sim.catalogs import only_models, sim_model
-from tests.conftest import Proxy, StartProxy
+from proxy.sim.script import Profile
+from tests.conftest import Proxy, StartProxy, config_for
 
 MSG = [{"role": "user", "content": "hi"}]
 
@@ -117,3 +120,66 @@ async def test_the_router_keeps_an_idle_client_connection_for_its_keepalive(
         await asyncio.sleep(2.0)  # past it: the router has closed the idle connection
         await stream()
         assert opened == 2
+
+
+async def test_a_connection_a_cancelled_stream_closes_is_replaced_before_the_next_request(
+    start_proxy: StartProxy,
+) -> None:
+    # Editors cancel the completion in flight at the next keystroke, and cancelling a stream
+    # closes its upstream connection: the next completion must still find a warm one.
+    proxy = await start_proxy(data())
+    state = proxy.sim.state
+    state.profiles["sim/m-a"] = Profile(ttft_ms=5.0, gap_ms=200.0, tokens=20)
+    conns = state.connections
+    await eventually(lambda: len(conns) == 1)
+    body = {"model": "m-a", "stream": True, "messages": MSG}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{proxy.url}/v1/chat/completions", json=body) as resp,
+    ):
+        await resp.content.readuntil(b'"content":"')  # mid-answer, then gone
+    await eventually(lambda: state.cancelled == 1)
+    # The replacement is opened in the background, before any request needs it ...
+    await eventually(lambda: len(conns) == 2)
+    assert state.requests["sim/m-a"] == 1  # a connection, not another model request
+    state.profiles["sim/m-a"] = Profile(ttft_ms=5.0, gap_ms=1.0, tokens=3)
+    await stream_once(proxy)
+    assert len(conns) == 2  # ... and the next completion used it
+
+
+async def test_a_server_that_closes_every_connection_is_not_warmed_in_a_loop(
+    start_proxy: StartProxy,
+) -> None:
+    """Replacing closed connections must not feed on itself: the warmer's own HEAD closed by
+    the server is not replaced, so each closed request costs at most one HEAD."""
+    heads = 0
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        nonlocal heads
+        if request.method == "HEAD":
+            heads += 1
+            return web.Response(status=404, headers={"Connection": "close"})
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Connection": "close"}
+        )
+        await resp.prepare(request)
+        chunk = {"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]}
+        await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\ndata: [DONE]\n\n")
+        return resp
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        proxy = await start_proxy(config=config_for(f"http://127.0.0.1:{port}", data()))
+        await eventually(lambda: heads == 1)  # the pre-connect
+        for _ in range(3):
+            await stream_once(proxy)
+        await asyncio.sleep(0.5)
+        assert heads <= 1 + 3
+    finally:
+        await runner.cleanup()

@@ -8,6 +8,12 @@ upstream the config routes to, so the first completion after a pause pays no DNS
   restarts its idle timer on both ends; if the upstream had closed it, a fresh one is opened
   now instead of on a user's request. Only origins with traffic (live or probe) in the last
   ``traffic_horizon_s`` are kept warm, so an unused provider is not pinged forever.
+- Replacement: a request whose connection is closed rather than pooled (a stream cancelled
+  by its client or lost in a hedged race, an upstream that said ``Connection: close``) has
+  one opened in its place at once, so the next completion does not pay for the cancel of the
+  last one (editors cancel the completion in flight at every keystroke). A closed connection
+  of the warmer's own is not replaced, so a server that closes every connection costs at
+  most one ``HEAD`` per closed request.
 - Probes and live requests share the sessions (and so the pools); a probe reads its tiny answer
   to the end so its connection goes back to the pool (``proxy.assembly.probing``).
 
@@ -30,7 +36,8 @@ import aiohttp
 from yarl import URL
 
 if TYPE_CHECKING:
-    from aiohttp.client_reqrep import ClientRequest
+    from aiohttp.client_proto import ResponseHandler
+    from aiohttp.client_reqrep import ClientRequest, ConnectionKey
     from aiohttp.connector import Connection
     from aiohttp.tracing import Trace
 
@@ -75,6 +82,7 @@ class Warmer:
         self._last_use: dict[str, float] = {}  # origin -> last request of any kind
         self._last_traffic: dict[str, float] = {}  # origin -> last request not ours
         self._tasks: set[asyncio.Task[bool]] = set()
+        self._warming: set[str] = set()  # origins with a HEAD of ours in flight
         self.warmed = 0  # requests the warmer sent
         self.failed = 0
 
@@ -85,6 +93,17 @@ class Warmer:
         self._last_use[origin] = now
         if method != "HEAD":
             self._last_traffic[origin] = now
+
+    def lost(self, origin: str) -> None:
+        """A connection to ``origin`` was closed instead of pooled: open one in its place,
+        unless the closed one was the warmer's own (or the origin is not ours to keep)."""
+        if origin in self._warming:
+            return
+        if self._clock() - self._last_traffic.get(origin, -1e18) >= self.traffic_horizon_s:
+            return
+        for t in self._targets:
+            if t.origin == origin:
+                self._spawn(t)
 
     @property
     def targets(self) -> list[WarmTarget]:
@@ -138,6 +157,7 @@ class Warmer:
     async def warm(self, target: WarmTarget) -> bool:
         """One ``HEAD`` to the target: True if a response came (whatever its status)."""
         self.warmed += 1
+        self._warming.add(target.origin)
         try:
             async with asyncio.timeout(self.timeout_s):
                 async with target.session.head(
@@ -149,6 +169,8 @@ class Warmer:
             # str() only: reprs of client errors carry request headers.
             log.info("warming %s failed: %s: %s", target.provider, type(exc).__name__, exc)
             return False
+        finally:
+            self._warming.discard(target.origin)
         return True
 
     async def close(self) -> None:
@@ -182,3 +204,13 @@ class NotingConnector(aiohttp.TCPConnector):
             origin = self._origins[key] = str(req.url.origin())
         self._warmer.saw(origin, req.method)
         return super().connect(req, traces, timeout)
+
+    def _release(
+        self, key: ConnectionKey, protocol: ResponseHandler, *, should_close: bool = False
+    ) -> None:
+        # aiohttp's one place a connection goes back to the pool or is closed (private, but
+        # there is no public hook for it); the close itself is aiohttp's, unchanged.
+        closing = should_close or protocol.should_close or self.force_close
+        super()._release(key, protocol, should_close=should_close)
+        if closing and not self.closed and (origin := self._origins.get(key)) is not None:
+            self._warmer.lost(origin)
