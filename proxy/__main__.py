@@ -39,7 +39,7 @@ from .decide.tokens import hash_key
 from .errors import SimPortError
 from .http.hygiene import guard_library_logs
 from .preflight import PreflightError, bind_error, preflight
-from .workers import watch_parent
+from .workers import PortError, watch_parent
 
 log = logging.getLogger("model_router")
 
@@ -518,7 +518,10 @@ def _serve_command(args: argparse.Namespace) -> int:
         forward = ["--config", args.config] if args.config else []
         forward += ["--demo"] if args.demo else []
         forward += ["--insecure-no-auth"] if args.insecure_no_auth else []
-        return supervise(config, forward, args.workers)
+        try:
+            return supervise(config, forward, args.workers)
+        except PortError as exc:
+            raise bind_error("the router", server.host, server.port, exc.os_error) from None
     if args.worker_index is not None:
         from .workers import worker_db_path
 

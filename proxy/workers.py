@@ -78,11 +78,26 @@ def reserve_port(host: str, port: int) -> socket.socket:
     """A bound, not listening, SO_REUSEPORT socket: fixes the port (a free one for 0) for
     the workers to bind. Connections go only to listening sockets."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if port:
+        # With SO_REUSEPORT the bind below would succeed on a port that another router's
+        # workers (any program of this user with SO_REUSEPORT) listen on, and share it with
+        # them; a plain bind fails there, as a single process's does.
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     return sock
+
+
+class PortError(Exception):
+    """The shared port could not be reserved; the CLI words it as a single process's."""
+
+    def __init__(self, os_error: OSError) -> None:
+        super().__init__(str(os_error))
+        self.os_error = os_error
 
 
 class Worker:
@@ -113,7 +128,10 @@ class Supervisor:
 
     async def run(self) -> int:
         host = self.config.server.host
-        reserved = reserve_port(host, self.config.server.port)
+        try:
+            reserved = reserve_port(host, self.config.server.port)
+        except OSError as exc:
+            raise PortError(exc) from None
         self.port = reserved.getsockname()[1]
         self._listen()
         loop = asyncio.get_running_loop()

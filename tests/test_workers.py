@@ -220,3 +220,30 @@ def test_workers_drain_and_exit_when_their_parent_is_killed(tmp_path: Path) -> N
             if alive(p):
                 os.kill(p, signal.SIGKILL)
         stop_server(proc)
+
+
+@pytest.mark.parametrize("reuse_port", [False, True], ids=["plain", "so_reuseport"])
+def test_workers_refuse_a_port_in_use_in_one_line(reuse_port: bool, tmp_path: Path) -> None:
+    """As a single process does: exit 2 and one line, not a traceback; and a port another
+    router's workers listen on (SO_REUSEPORT, same user) is in use too, not shared."""
+    with socket.socket() as other:
+        if reuse_port:
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        args = ["serve", "--demo", "--workers", "2", "--port", str(port)]
+        done = subprocess.run(
+            [sys.executable, "-m", "proxy", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "STATE_DIRECTORY": str(tmp_path)},
+        )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        f"model-router: the router cannot listen on 127.0.0.1:{port}: the port is already in "
+        f"use (`ss -ltnp 'sport = :{port}'` shows by what); stop that program or choose "
+        "another port"
+    ]
