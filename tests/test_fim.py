@@ -151,3 +151,22 @@ def test_an_unknown_fim_template_is_a_config_error() -> None:
     model["deployments"][0]["fim_template"] = "no-such-model"
     with pytest.raises(ConfigError, match=r"fim_template: expected one of"):
         parse_config({"models": [model]})
+
+
+async def test_a_chat_model_on_v1_completions_is_told_where_it_answers(
+    start_proxy: StartProxy,
+) -> None:
+    """Without a suffix too: a plain text completion to a chat-only model is a 400 naming the
+    model and the endpoint it answers on, not a word ("fim") the request never used."""
+    proxy = await start_proxy({"probes": {"enabled": False}})
+    for extra in ({}, {"suffix": SUFFIX}):
+        with pytest.raises(openai.BadRequestError) as info:
+            await proxy.client().completions.create(model="gpt-4o", prompt=PROMPT, **extra)
+        body = info.value.body
+        assert isinstance(body, dict) and body["param"] == "model"
+        assert body["message"].startswith("model 'gpt-4o' does not support /v1/completions")
+        assert "/v1/chat/completions" in body["message"]
+    with pytest.raises(openai.BadRequestError) as info:
+        await proxy.client().completions.create(model="auto:premium", prompt=PROMPT)
+    assert "supports /v1/completions" in str(info.value)
+    assert proxy.sim.state.requests.total() == 0

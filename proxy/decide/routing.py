@@ -26,6 +26,12 @@ CAPABILITY_PARAM = {
     "fim": "model",
     "reasoning": "reasoning_effort",
 }
+# How a refusal words a capability, where its catalog name would puzzle: "fim" is also what
+# any /v1/completions request needs, with or without a suffix.
+CAPABILITY_WORDS = {
+    "fim": "/v1/completions (text completion and fill-in-the-middle; chat models answer on "
+    "/v1/chat/completions)",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +158,7 @@ def _pinned(catalog: Catalog, intent: Intent, snap: Snapshot) -> Iterator[Deploy
         if not _capable(intent, model):
             missing = sorted(intent.needs - model.capabilities)[0]
             raise bad_request(
-                f"model {model.id!r} does not support {missing}",
+                f"model {model.id!r} does not support {CAPABILITY_WORDS.get(missing, missing)}",
                 CAPABILITY_PARAM[missing],
                 "unsupported_feature",
             )
@@ -259,7 +265,7 @@ def _nothing_eligible(
         need = sorted(intent.needs - common or intent.needs)[0]
         pool = f"tier {intent.tier}" if intent.tier else "any tier"
         return bad_request(
-            f"no enabled model in {pool} supports {need}",
+            f"no enabled model in {pool} supports {CAPABILITY_WORDS.get(need, need)}",
             CAPABILITY_PARAM[need],
             "unsupported_feature",
         )
