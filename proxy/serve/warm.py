@@ -148,8 +148,11 @@ class Warmer:
                 await asyncio.gather(*tasks, return_exceptions=True)
 
     def _spawn(self, target: WarmTarget) -> None:
-        # Marked used now, so a slow upstream is not pinged again while this one is pending.
+        # Marked used now, so a slow upstream is not pinged again while this one is pending;
+        # marked warming now, not when the task starts, so a burst of closes (a thousand
+        # clients gone in one turn of the loop) is replaced by one HEAD, not a thousand.
         self._last_use[target.origin] = self._clock()
+        self._warming.add(target.origin)
         task = asyncio.create_task(self.warm(target), name=f"warm:{target.provider}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -157,7 +160,6 @@ class Warmer:
     async def warm(self, target: WarmTarget) -> bool:
         """One ``HEAD`` to the target: True if a response came (whatever its status)."""
         self.warmed += 1
-        self._warming.add(target.origin)
         try:
             async with asyncio.timeout(self.timeout_s):
                 async with target.session.head(
