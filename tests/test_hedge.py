@@ -237,3 +237,27 @@ async def test_a_key_can_turn_hedging_off_for_its_streams(start_proxy: StartProx
         hedged[secret] = raw.headers.get("x-router-hedged")
     assert hedged["sk-no-hedge"] is None
     assert hedged["sk-default"] in {"primary", "hedge"}
+
+
+async def test_a_race_both_attempts_lose_is_not_reported_as_won_by_the_hedge(
+    start_proxy: StartProxy,
+) -> None:
+    """The primary misses its deadline, the hedge fails, a third deployment answers: a race
+    happened, but neither racer won it."""
+    from proxy.sim.script import Fault
+
+    cfg = data()
+    cfg["models"].append(sim_model("m-c", provider="deepseek", nominal_ttft_ms=200.0))
+    cfg["routing"] = {"ttft_deadline_ms": {"fast": 400.0}}
+    proxy = await start_proxy(cfg)
+    state = proxy.sim.state
+    state.set_fault(SLOW, Fault(mode="hang_first_token"))
+    state.set_fault(FAST, Fault(mode="status", status=500))
+    headers, events, _ = await raw_stream(proxy)
+    assert (headers["x-router-model"], headers["x-router-attempts"]) == ("m-c", "3")
+    assert headers["x-router-hedged"] == "neither"
+    assert events[-1] == b"[DONE]"
+    async with aiohttp.ClientSession() as s, s.get(f"{proxy.url}/metrics") as resp:
+        text = await resp.text()
+    assert 'model_router_hedges_total{winner="neither"} 1.0' in text
+    assert 'winner="hedge"' not in text

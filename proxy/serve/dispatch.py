@@ -370,9 +370,12 @@ class Dispatcher:
         started: float,
     ) -> None:
         """A race that hedged: who won, and what the cancelled loser cost."""
-        record.hedged = "primary" if winner == 0 else "hedge"
         if winner < 0:
-            return  # both failed: the attempt loop moves on
+            # Both failed: a race happened (two upstream requests), but nobody won it; the
+            # attempt loop moves on, and a later candidate's answer is no hedge's.
+            record.hedged = "neither"
+            return
+        record.hedged = "primary" if winner == 0 else "hedge"
         loser = 1 - winner
         lost = racers[loser]
         if any(c is lost for c, _ in failures):

@@ -52,8 +52,9 @@ class RequestRecord:
     cache_hit: bool = False
     # Tokens and cost were estimated: the stream ended before the upstream's usage came.
     estimated: bool = False
-    # A hedged race (serve/hedge.py): which attempt won ("primary" or "hedge"; None when none
-    # started), and what the cancelled one cost (its prompt, plus the content it had produced).
+    # A hedged race (serve/hedge.py): which attempt won ("primary", "hedge", or "neither"
+    # when both failed and a later candidate answered; None when none started), and what
+    # the cancelled one cost (its prompt, plus the content it had produced).
     hedged: str | None = None
     hedge_cost: float = 0.0
     hedge_tokens: int = 0
@@ -149,7 +150,7 @@ FIELDS: tuple[Field, ...] = (
     Field("escalated_from", "TEXT", "the tier whose answer was retried a tier up"),
     Field("complexity", "REAL", "the classifier's score when the tier was auto"),
     Field("estimated", "INTEGER", "1: tokens and cost estimated (a stream cut short)"),
-    Field("hedged", "TEXT", "a hedged race's winner: primary | hedge (NULL: none)"),
+    Field("hedged", "TEXT", "a hedged race's winner: primary | hedge | neither (NULL: no race)"),
     Field("hedge_cost", "REAL", "USD the race's cancelled attempt cost (part of cost)"),
     Field("hedge_tokens", "INTEGER", "content tokens the cancelled attempt had produced"),
 )
