@@ -247,3 +247,53 @@ def test_workers_refuse_a_port_in_use_in_one_line(reuse_port: bool, tmp_path: Pa
         f"use (`ss -ltnp 'sport = :{port}'` shows by what); stop that program or choose "
         "another port"
     ]
+
+
+def test_status_reads_one_worker_per_frame_and_names_it(tmp_path: Path) -> None:
+    """Each worker keeps its own history: ``model-router status`` on the shared port must show
+    one worker's figures per frame (not /v1/router/status from one and the history from
+    another) and say whose they are."""
+    base = free_port()
+    while True:  # two free ports in a row for the workers' own listeners
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", base + 1))
+                break
+            except OSError:
+                base = free_port()
+    cfg = tmp_path / "router.toml"
+    cfg.write_text(f"[probes]\nenabled = false\n[server]\nworker_port_base = {base}\n")
+    proc, url = spawn_server(
+        ["serve", "--demo", "--config", str(cfg), "--workers", "2", "--port", "0"],
+        {"MODEL_ROUTER_DEMO_SCALE": "0.02", "STATE_DIRECTORY": str(tmp_path)},
+        timeout=60,
+    )
+    try:
+        body = {"model": "gpt-4o-mini", "messages": MSG}
+        for _ in range(12):  # fresh connections: the kernel spreads them over both workers
+            assert http("POST", f"{url}/v1/chat/completions", body, {"Connection": "close"}).status
+        own: dict[int, int] = {}
+
+        def counted() -> bool:
+            for i in range(2):
+                hist = http("GET", f"http://127.0.0.1:{base + i}/v1/router/history").body
+                own[i] = sum(sum(d["requests"]) for d in hist["deployments"])
+            return sum(own.values()) == 12
+
+        wait_for(counted, 30, "both workers' history holds the requests", step=0.5)
+        assert all(own.values()), own  # both served some, or the check below proves nothing
+        seen = set()
+        for _ in range(8):
+            done = subprocess.run(
+                [sys.executable, "-m", "proxy", "status", "--url", url],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert done.returncode == 0, done.stderr
+            head, totals = done.stdout.splitlines()[:2]
+            index = int(head.split("  worker ")[1].split()[0])
+            seen.add(index)
+            assert totals.startswith(f"requests last hour {own[index]} "), (head, totals, own)
+    finally:
+        assert stop_server(proc) == 0

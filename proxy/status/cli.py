@@ -5,15 +5,14 @@ ready, 1 when it answers but is not ready, 2 when it cannot be read.
 
 from __future__ import annotations
 
+import http.client
 import json
 import math
 import os
 import signal
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Sequence
 from typing import Any, TextIO
 
@@ -30,25 +29,51 @@ class StatusError(Exception):
     """The router could not be read (unreachable, refused the key, answered garbage)."""
 
 
-def fetch(url: str, path: str, key: str | None) -> tuple[int, Any]:
-    request = urllib.request.Request(url.rstrip("/") + path)
-    if key:
-        request.add_header("Authorization", f"Bearer {key}")
-    try:
-        with urllib.request.urlopen(request, timeout=5) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
+class Reader:
+    """One keep-alive connection to the router, for every request of a frame (and of the
+    frames after it, with ``--watch``). Behind ``--workers`` each connection reaches one
+    worker, which keeps its own history: a frame read over several connections would mix
+    workers' figures, and one read over one connection is one worker's, named in it."""
+
+    def __init__(self, url: str) -> None:
+        parts = urllib.parse.urlsplit(url)
+        kind = (
+            http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        )
+        self.url = url
+        self.prefix = parts.path.rstrip("/")
+        self._conn = kind(parts.hostname or "", parts.port, timeout=5)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def fetch(self, path: str, key: str | None) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
         try:
-            body = json.loads(exc.read())
+            try:
+                status, raw = self._get(path, headers)
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                # The router closed the idle connection (its keep-alive): once more, anew.
+                self._conn.close()
+                status, raw = self._get(path, headers)
+        except (OSError, http.client.HTTPException) as exc:
+            self._conn.close()
+            raise StatusError(f"cannot read {self.url.rstrip('/')}{path}: {exc}") from None
+        try:
+            body = json.loads(raw)
         except ValueError:
+            if status == 200:
+                raise StatusError(f"{path} did not answer JSON") from None
             body = {}
-        if exc.code in (401, 403):
-            message = (body.get("error") or {}).get("message") or exc.reason
-            raise StatusError(f"{path}: {exc.code} {message} (set ${KEY_ENV})") from None
-        return exc.code, body
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise StatusError(f"cannot read {url}{path}: {reason}") from None
+        if status in (401, 403):
+            message = (body.get("error") or {}).get("message") or f"HTTP {status}"
+            raise StatusError(f"{path}: {status} {message} (set ${KEY_ENV})")
+        return status, body
+
+    def _get(self, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
+        self._conn.request("GET", self.prefix + path, headers=headers)
+        resp = self._conn.getresponse()
+        return resp.status, resp.read()
 
 
 def spark(values: Sequence[float | None], cells: int = SPARK_CELLS) -> str:
@@ -123,8 +148,14 @@ def render(url: str, ready: bool, status: dict[str, Any], history: dict[str, Any
     opened = sum(1 for r in rows if r["breaker"] == "open")
     clock = time.strftime("%H:%M:%S UTC", time.gmtime())
     state = "ready" if ready else "NOT READY"
+    worker = status.get("worker")
+    # Behind --workers, whose figures these are: each worker keeps its own history.
+    who = f"worker {worker['index']}  " if isinstance(worker, dict) else ""
     lines = [
-        _cut(f"model-router {url}  {state}  {len(rows)} deployments, {opened} open  {clock}", WIDTH)
+        _cut(
+            f"model-router {url}  {state}  {len(rows)} deployments, {opened} open  {who}{clock}",
+            WIDTH,
+        )
     ]
     lines.append(_cut(f"requests last hour {total}  {_money(status)}", WIDTH))
     lines += _key_lines(history)
@@ -165,22 +196,27 @@ def check_url(url: str) -> None:
     """A ``--url`` urllib cannot fetch is said in one line (urllib's own error is a
     traceback for some, an empty message for others)."""
     parts = urllib.parse.urlsplit(url)
+    try:
+        parts.port  # noqa: B018 (raises on a port that is not a number)
+    except ValueError:
+        parts = parts._replace(scheme="")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise StatusError(
             f"--url must be an http:// or https:// URL such as {DEFAULT_URL} (got {url!r})"
         )
 
 
-def frame(url: str, key: str | None) -> tuple[bool, str]:
-    ready_status, _ = fetch(url, "/readyz", None)
+def frame(reader: Reader, key: str | None) -> tuple[bool, str]:
+    url = reader.url
+    ready_status, _ = reader.fetch("/readyz", None)
     ready = ready_status == 200
-    code, status = fetch(url, "/v1/router/status", key)
+    code, status = reader.fetch("/v1/router/status", key)
     root = url.rstrip("/").removesuffix("/v1")
     if code == 404 and root != url.rstrip("/"):
         raise StatusError(f"{url} is the SDK's base URL; pass the router's own: --url {root}")
     if code != 200:
         raise StatusError(f"/v1/router/status answered {code}")
-    code, history = fetch(url, "/v1/router/history", key)
+    code, history = reader.fetch("/v1/router/history", key)
     if code != 200:
         raise StatusError(f"/v1/router/history answered {code}")
     return ready, render(url, ready, status, history)
@@ -193,15 +229,24 @@ def run_status(url: str, watch: bool, interval_s: float, out: TextIO = sys.stdou
     except StatusError as exc:
         print(f"model-router: status: {exc}", file=sys.stderr)
         return 2
-    if not watch:
-        try:
-            ready, text = frame(url, key)
-        except StatusError as exc:
-            print(f"model-router: status: {exc}", file=sys.stderr)
-            return 2
-        out.write(text)
-        return 0 if ready else 1
+    reader = Reader(url)
+    try:
+        return _watch(reader, key, interval_s, out) if watch else _once(reader, key, out)
+    finally:
+        reader.close()
 
+
+def _once(reader: Reader, key: str | None, out: TextIO) -> int:
+    try:
+        ready, text = frame(reader, key)
+    except StatusError as exc:
+        print(f"model-router: status: {exc}", file=sys.stderr)
+        return 2
+    out.write(text)
+    return 0 if ready else 1
+
+
+def _watch(reader: Reader, key: str | None, interval_s: float, out: TextIO) -> int:
     stop = False
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -213,7 +258,7 @@ def run_status(url: str, watch: bool, interval_s: float, out: TextIO = sys.stdou
     try:
         while not stop:
             try:
-                ready, text = frame(url, key)
+                ready, text = frame(reader, key)
                 code = 0 if ready else 1
             except StatusError as exc:
                 text, code = f"model-router: status: {exc}\n", 2
