@@ -59,6 +59,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from .breaker import BreakerBoard, State
+from .kinds import PAUSE_S
 from .latency import LatencyTable
 
 log = logging.getLogger(__name__)
@@ -394,16 +395,20 @@ class ProbeLoop:
         # A probe sent before an outage can answer after its first failures: like a live
         # request's, its success must not reset a streak that began while it was in flight.
         mark = self._board.failure_mark(key)
+        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self._settings.timeout_s):
+            async with asyncio.timeout(self._settings.timeout_s) as scope:
                 ttft_ms = await self._send(key)
+        except TimeoutError:
+            when = scope.when()
+            if when is not None and loop.time() - when > PAUSE_S:
+                return  # it expired while the process was stopped: no verdict either way
+            self._table.observe(key, self._settings.timeout_s * 1000.0, "probe")
+            self._fail(key, "timeout", None)
         except ProbeFailed as exc:
             if exc.kind == "timeout":
                 self._table.observe(key, self._settings.timeout_s * 1000.0, "probe")
             self._fail(key, exc.kind, exc.retry_after_s)
-        except TimeoutError:
-            self._table.observe(key, self._settings.timeout_s * 1000.0, "probe")
-            self._fail(key, "timeout", None)
         except OSError:
             self._fail(key, "connect", None)
         except Exception as exc:

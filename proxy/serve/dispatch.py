@@ -33,6 +33,7 @@ from proxy.providers.base import (
     UpstreamStream,
 )
 
+from .deadline import Deadline
 from .health import Health
 from .hedge import HedgePolicy, Racers
 from .record import RequestRecord
@@ -43,6 +44,8 @@ log = logging.getLogger("model_router.dispatch")
 
 
 T = TypeVar("T")
+# How often a first-token deadline is checked (and a pause of the process noticed).
+FIRST_TOKEN_CHECK_S = 0.25
 Failures = list[tuple[Candidate, UpstreamError]]
 
 
@@ -260,18 +263,21 @@ class Dispatcher:
         mark = self.health.mark(key)
         waiting = self.health.table.sending(key)
         started = loop.time()
+        # A Deadline, not asyncio.timeout: time the process was stopped is not the upstream's.
+        timer = Deadline(started + deadline, min(deadline, FIRST_TOKEN_CHECK_S))
         try:
             try:
-                async with asyncio.timeout(deadline):
+                async with timer:
                     upstream = await provider.stream(self._request(cand, intent, body))
                     head = await first_content(upstream, relay)
+                    paused_s = timer.paused()
             finally:
                 # Before its verdict is recorded: waiting, it counted as a slow sample.
                 self.health.table.answered(key, waiting)
         except (UpstreamError, TimeoutError, UnsupportedFeatureError) as exc:
             if upstream is not None:
                 await upstream.aclose()
-            waited_ms = (loop.time() - started) * 1000
+            waited_ms = (loop.time() - started - timer.paused()) * 1000
             timeout = f"no first token within {deadline * 1000:.0f} ms"
             self._gave_up(cand, exc, trial, waited_ms, timeout, failures)
             return None
@@ -286,7 +292,7 @@ class Dispatcher:
                 record.take_charge(relay.charge())
                 await upstream.aclose()
             raise
-        ttft_ms = (loop.time() - started) * 1000
+        ttft_ms = (loop.time() - started - paused_s) * 1000
         self.health.success(cand.deployment.key, ttft_ms, since=mark)
         return Committed(upstream, relay, head, cand, ttft_ms)
 
