@@ -140,6 +140,35 @@ async def test_a_missing_or_wrong_key_gets_401_in_openai_shape_and_nothing_goes_
     assert upstream_calls(proxy) == 0
 
 
+@pytest.mark.parametrize("first", [ALPHA, BETA], ids=["valid-first", "valid-second"])
+async def test_two_authorization_headers_are_refused_whichever_comes_first(
+    start_proxy: StartProxy, first: str
+) -> None:
+    """Authorization is a single-valued field: a proxy in front may read the last of two
+    while the router read the first, so neither order may authenticate."""
+    proxy = await keyed(start_proxy, key("alpha", ALPHA))
+    second = BETA if first == ALPHA else ALPHA
+    body = orjson.dumps({"model": "auto", "messages": MSG})
+    host, port = proxy.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {first}\r\nAuthorization: Bearer {second}\r\n".encode()
+        + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+        + body
+    )
+    raw = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401"), head
+    error = orjson.loads(payload)
+    assert_valid("ErrorResponse", error)
+    assert error["error"]["code"] == "invalid_api_key"
+    assert "Authorization" in error["error"]["message"]
+    assert ALPHA.encode() not in raw and BETA.encode() not in raw
+    assert upstream_calls(proxy) == 0
+
+
 async def test_the_sdk_with_the_right_key_is_served_and_with_a_wrong_one_is_refused(
     start_proxy: StartProxy,
 ) -> None:
