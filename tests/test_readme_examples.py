@@ -283,6 +283,19 @@ def test_license_file_is_the_mit_licence_pyproject_declares() -> None:
     assert text.startswith("MIT License") and "WITHOUT WARRANTY OF ANY KIND" in text
 
 
+def test_sim_fault_warns_when_no_deployment_calls_its_model_that_name() -> None:
+    """A catalog id whose upstream id differs, or a typo, would be "failed" with no effect."""
+    port = free_port()
+
+    def run(model: str) -> str:
+        argv = [EXE, "sim-fault", model, "--sim-port", str(port)]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30).stderr
+
+    assert "did you mean deepseek-chat" in run("deepseek-v3.2")
+    assert "did you mean gpt-4o-mini" in run("gpt4o-mini")
+    assert "warning" not in run("gpt-4o-mini") and "warning" not in run("*")
+
+
 def test_make_serve_takes_the_walkthroughs_sim_port() -> None:
     """The walk-through says `make serve` can stand in for its serve command: it must pass the
     simulator's port on, or `sim-fault --sim-port 9100` finds no simulator."""
