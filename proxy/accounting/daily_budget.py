@@ -83,7 +83,8 @@ class Budget:
         return spent + self.elsewhere(key_id) if self.elsewhere is not None else spent
 
     def reset_in_s(self) -> float:
-        return (day_of(self._clock()) + 1) * DAY_S - self._clock()
+        now = self._clock()
+        return (max(day_of(now), self._day) + 1) * DAY_S - now
 
     def status(self) -> dict[str, Any]:
         self._roll()
@@ -118,8 +119,10 @@ class Budget:
         )
 
     def _roll(self) -> None:
+        # Forward only: a clock stepped back over midnight (NTP) keeps counting into the day
+        # already begun, rather than restarting one whose budget was spent.
         day = day_of(self._clock())
-        if day != self._day:
+        if day > self._day:
             self._day = day
             self.spent = 0.0
             self.by_key = {}
