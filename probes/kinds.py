@@ -14,8 +14,3 @@ Endpoint = Literal["chat", "completions"]
 # Failures that say nothing about the deployment's health: the request's own 4xx.
 CLIENT_FAULTS: frozenset[str] = frozenset({"client"})
 RATE_LIMITED: FailureKind = "rate_limited"
-
-# A timer that fires this late means the event loop was not running (the process stopped by
-# SIGSTOP, its VM paused, the loop blocked): a wait that spans it says nothing about an
-# upstream. Ordinary loop lag under load is milliseconds.
-PAUSE_S = 1.0

@@ -10,7 +10,7 @@ import time
 import orjson
 import pytest
 
-from proxy.serve.deadline import Deadline
+from probes.deadline import Deadline
 from proxy.serve.record import RequestRecord
 from proxy.sim.script import Fault, Profile
 from tests.conftest import StartProxy

@@ -9,12 +9,12 @@ import logging
 from dataclasses import replace
 from typing import Any
 
+from probes.deadline import Deadline
 from probes.kinds import Endpoint
 from probes.loop import ProbeFailed, ProbeLoop, paced_interval_s
 from proxy.catalog import Catalog, Deployment, Model
 from proxy.config import Config, ProviderConfig
 from proxy.providers.base import UpstreamError, UpstreamRequest, UpstreamStream
-from proxy.serve.deadline import Deadline
 from proxy.serve.dispatch import FIRST_TOKEN_CHECK_S, first_content
 from proxy.serve.relay import SSERelay
 from proxy.serve.state import Router

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from probes.breaker import State
+from probes.deadline import Deadline
 from proxy.config import HedgeSettings, RoutingSettings, ServerSettings
 from proxy.decide.intent import Intent
 from proxy.decide.routing import Candidate, Plan
@@ -33,7 +34,6 @@ from proxy.providers.base import (
     UpstreamStream,
 )
 
-from .deadline import Deadline
 from .health import Health
 from .hedge import HedgePolicy, Racers
 from .record import RequestRecord
