@@ -148,3 +148,39 @@ def test_probes_in_flight_while_the_process_is_stopped_give_no_verdict_and_no_sl
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGCONT)
         stop_server(proc)
+
+
+def test_a_pause_during_a_hedge_delay_does_not_start_hedges(
+    tmp_path: Path, slow_sim: procs.Service
+) -> None:
+    """prefer=fast streams hedge after their p90 without a token; a delay that passed only
+    because the process was stopped must not buy a second upstream answer."""
+    post(f"{slow_sim.url}/_sim/profile", {"model": "*", "ttft_ms": TTFT_MS})
+    extra = (
+        "\n[probes]\nenabled = false\n"
+        "[hedging]\nbudget_percent = 100.0\nburst = 100.0\nmin_delay_ms = 1000.0\n"
+    )
+    proc, url = start(tmp_path, slow_sim, extra)
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="k", max_retries=0, timeout=60)
+
+    def stream(i: int) -> str | None:
+        with client.chat.completions.with_streaming_response.create(
+            model="auto:fast",
+            messages=[{"role": "user", "content": f"hello {i}"}],
+            stream=True,
+        ) as resp:
+            assert "".join(resp.iter_lines()).endswith("[DONE]")
+            return resp.headers.get("x-router-attempts")
+
+    try:
+        with ThreadPoolExecutor(STREAMS) as pool:
+            answers = [pool.submit(stream, i) for i in range(STREAMS)]
+            time.sleep(0.3)  # inside every request's hedge delay (at least 1 s)
+            pause(proc.pid, PAUSE_S)
+            attempts = [a.result(timeout=30) for a in answers]
+        assert attempts == ["1"] * STREAMS, attempts
+    finally:
+        client.close()
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)
+        stop_server(proc)

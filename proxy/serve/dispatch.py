@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from probes.breaker import State
-from probes.deadline import Deadline
+from probes.deadline import PAUSE_S, Deadline
 from proxy.config import HedgeSettings, RoutingSettings, ServerSettings
 from proxy.decide.intent import Intent
 from proxy.decide.routing import Candidate, Plan
@@ -335,9 +335,12 @@ class Dispatcher:
                 self._open_stream(cand, intent, body, race_.trial, race_.failures, scratch[0])
             )
         )
+        delay = policy.delay_s(p90_ms)
         try:
             try:
-                if not await racing.within(policy.delay_s(p90_ms)):
+                if not await racing.within(delay) and not await self._paused_past(
+                    racing, started, delay
+                ):
                     alt = self._hedge_candidate(race_.plan, cand)
                     if alt is not None and policy.budget.take():
                         racers[1] = alt
@@ -365,6 +368,14 @@ class Dispatcher:
                 await extra.upstream.aclose()
             self._settle_race(result.winner, racers, scratch, race_.failures, record, started)
         return result.value
+
+    async def _paused_past(self, racing: Racers[Committed], started: float, delay: float) -> bool:
+        """When the hedge delay passed only because the process was stopped (SIGSTOP, a paused
+        VM), the primary's first token may be unread in its socket: it gets the delay again
+        before a hedge is paid for. Whether it finished in that time."""
+        if asyncio.get_running_loop().time() - started < delay + PAUSE_S:
+            return False
+        return await racing.within(delay)
 
     def _settle_race(
         self,
