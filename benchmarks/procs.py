@@ -4,6 +4,7 @@ forwarder, the load generator), which cores each is pinned to, and their memory 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import shutil
@@ -13,6 +14,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -233,6 +235,14 @@ def router_config(sim_url: str) -> str:
     # the memory benchmark): the per-address share would cap it at 256.
     lines += ["[limits]", "max_connections_per_address = 2048", ""]
     return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def private_state() -> Iterator[str]:
+    """A ``STATE_DIRECTORY`` for a router run inside a benchmark: without one its usage log is
+    ./model-router.db, the checkout's own (the one `make serve` and `report` use)."""
+    with tempfile.TemporaryDirectory(prefix="model-router-bench-") as state:
+        yield state
 
 
 def router_env() -> dict[str, str]:
