@@ -199,3 +199,24 @@ def test_the_demo_answers_response_format_with_json_on_every_wire(
         assert isinstance(doc, dict), text
         if response_format["type"] == "json_schema":
             assert set(doc) == {"city", "days"} and isinstance(doc["days"], int), doc
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_the_demo_answers_n_choices_with_logprobs_when_asked(
+    client: openai.OpenAI, stream: bool
+) -> None:
+    """n and logprobs change the answer: the simulated OpenAI wire must not drop them."""
+    kw: dict[str, Any] = {"model": "gpt-4o", "messages": MSG, "n": 3}
+    kw |= {"logprobs": True, "top_logprobs": 2}
+    if stream:
+        chunks = list(client.chat.completions.create(stream=True, **kw))
+        choices = [c.choices[0] for c in chunks if c.choices]
+        indexes = {c.index for c in choices}
+        logprobs = [c.logprobs for c in choices if c.delta.content]
+    else:
+        done = client.chat.completions.create(**kw)
+        indexes = {c.index for c in done.choices}
+        logprobs = [c.logprobs for c in done.choices]
+    assert indexes == {0, 1, 2}
+    assert logprobs and all(lp is not None and lp.content for lp in logprobs)
+    assert all(len(t.top_logprobs) == 2 for lp in logprobs for t in lp.content or [])
