@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -278,8 +279,15 @@ def test_serve_refuses_a_non_loopback_address_without_keys(tmp_path: Path) -> No
         args = ["serve", "--demo", "--host", "192.0.2.1", "--port", "0", *extra]
         if config:
             args += ["--config", config]
+        # A state folder of its own: past the checks serve opens its usage log, by default
+        # ./model-router.db in the checkout (the one `make serve` uses).
+        env = {**os.environ, "STATE_DIRECTORY": str(tmp_path)}
         return subprocess.run(
-            [sys.executable, "-m", "proxy", *args], capture_output=True, text=True, timeout=30
+            [sys.executable, "-m", "proxy", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=env,
         )
 
     refused = serve()
@@ -292,6 +300,7 @@ def test_serve_refuses_a_non_loopback_address_without_keys(tmp_path: Path) -> No
     cfg.write_text(f'[[keys]]\nid = "alpha"\nsha256 = "{hash_key(ALPHA)}"\n')
     keyed_run = serve(config=str(cfg))
     assert "refusing" not in keyed_run.stderr and "192.0.2.1" in keyed_run.stderr
+    assert (tmp_path / "model-router.db").exists()  # its usage log was there, not in ./
 
 
 # --- per-key models and tiers ------------------------------------------------------------
