@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
+# The simulator's port for `model-router sim-fault` (README: watch a provider fail); empty: any.
+SIM_PORT ?=
 SRC := proxy probes tests $(wildcard benchmarks)
 
 .PHONY: serve test lint typecheck pytest bench clean
@@ -26,7 +28,7 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed
 
 serve: $(VENV)/.installed
-	$(BIN)/model-router serve --demo --host $(HOST) --port $(PORT)
+	$(BIN)/model-router serve --demo --host $(HOST) --port $(PORT) $(if $(SIM_PORT),--sim-port $(SIM_PORT))
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff format --check $(SRC)

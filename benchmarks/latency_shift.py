@@ -39,6 +39,7 @@ from proxy.sim.launch import start_sim
 from proxy.sim.script import Profile
 from proxy.sim.server import SimState
 
+from . import procs
 from .common import stream_once
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -173,13 +174,13 @@ def serve_proxy(
     from proxy.config import parse_config
 
     async def main() -> None:
-        app = make_app(
-            demo_config(parse_config(data), sim_url), environ={"OPENROUTER_API_KEY": "bench"}
-        )
-        runner, port = await start_server(app, "127.0.0.1", 0)
-        conn.send(port)
-        await asyncio.get_running_loop().run_in_executor(None, conn.recv)
-        await runner.cleanup()
+        with procs.private_state() as state:
+            env = {"OPENROUTER_API_KEY": "bench", "STATE_DIRECTORY": state}
+            app = make_app(demo_config(parse_config(data), sim_url), environ=env)
+            runner, port = await start_server(app, "127.0.0.1", 0)
+            conn.send(port)
+            await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+            await runner.cleanup()
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(main())

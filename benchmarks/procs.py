@@ -4,13 +4,17 @@ forwarder, the load generator), which cores each is pinned to, and their memory 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -112,6 +116,7 @@ class Service:
     startup_s: float
     log_path: Path | None = None
     _threads: list[threading.Thread] = field(default_factory=list)
+    state_dir: Path | None = None  # made for it by spawn; removed by stop
 
     @property
     def pid(self) -> int:
@@ -135,6 +140,8 @@ class Service:
             thread.join(2)  # the drain ends at the pipe's EOF
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+        if self.state_dir is not None:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
 
 
 def spawn(
@@ -148,6 +155,13 @@ def spawn(
 ) -> Service:
     """Start ``argv`` pinned to ``cpus`` and wait for its ready line; stderr goes to
     ``log_path`` (production logs are kept: writing them is part of the cost)."""
+    env = dict(env or {})
+    state_dir = None
+    if "STATE_DIRECTORY" not in env:
+        # A router without it writes ./model-router.db, and children run in the checkout:
+        # benchmark traffic would land in the usage log `make serve` and `report` use there.
+        state_dir = Path(tempfile.mkdtemp(prefix=f"model-router-{name}-"))
+        env["STATE_DIRECTORY"] = str(state_dir)
     err: IO[str] | int = subprocess.DEVNULL
     if log_path is not None:
         err = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 (closed with the child)
@@ -177,7 +191,7 @@ def spawn(
                     url = line.split("ready on ")[1].split()[0]
                     drain = threading.Thread(target=_drain, args=(proc.stdout,), daemon=True)
                     drain.start()
-                    return Service(name, proc, url, elapsed, log_path, [drain])
+                    return Service(name, proc, url, elapsed, log_path, [drain], state_dir)
                 if not line and proc.poll() is not None:
                     break
             elif proc.poll() is not None:
@@ -187,6 +201,8 @@ def spawn(
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(5)
+    if state_dir is not None:
+        shutil.rmtree(state_dir, ignore_errors=True)
     where = f"; see {log_path}" if log_path else ""
     raise RuntimeError(f"{name} did not become ready (exit code {proc.returncode}){where}")
 
@@ -219,6 +235,14 @@ def router_config(sim_url: str) -> str:
     # the memory benchmark): the per-address share would cap it at 256.
     lines += ["[limits]", "max_connections_per_address = 2048", ""]
     return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def private_state() -> Iterator[str]:
+    """A ``STATE_DIRECTORY`` for a router run inside a benchmark: without one its usage log is
+    ./model-router.db, the checkout's own (the one `make serve` and `report` use)."""
+    with tempfile.TemporaryDirectory(prefix="model-router-bench-") as state:
+        yield state
 
 
 def router_env() -> dict[str, str]:

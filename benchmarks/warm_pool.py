@@ -137,11 +137,12 @@ def serve_proxy(
 
     async def main() -> None:
         cfg = demo_config(parse_config(data), sim_url, ca_file)
-        app = make_app(cfg, environ={"OPENAI_API_KEY": "bench"})
-        runner, port = await start_server(app, "127.0.0.1", 0)
-        conn.send(port)
-        await asyncio.get_running_loop().run_in_executor(None, conn.recv)
-        await runner.cleanup()
+        with procs.private_state() as state:
+            app = make_app(cfg, environ={"OPENAI_API_KEY": "bench", "STATE_DIRECTORY": state})
+            runner, port = await start_server(app, "127.0.0.1", 0)
+            conn.send(port)
+            await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+            await runner.cleanup()
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(main())

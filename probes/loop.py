@@ -59,6 +59,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from .breaker import BreakerBoard, State
+from .deadline import Deadline
 from .latency import LatencyTable
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,8 @@ SendProbe = Callable[[str], Awaitable[float]]
 Sleep = Callable[[float], Awaitable[None]]
 
 _DAY_S = 86_400.0
+# How often a probe's timeout is checked (and a pause of the process noticed).
+_TIMEOUT_CHECK_S = 0.25
 # A floor on each sleep so float rounding at a due time can never spin the loop.
 _MIN_SLEEP_S = 0.001
 
@@ -394,16 +397,19 @@ class ProbeLoop:
         # A probe sent before an outage can answer after its first failures: like a live
         # request's, its success must not reset a streak that began while it was in flight.
         mark = self._board.failure_mark(key)
+        timeout_s = self._settings.timeout_s
+        # A Deadline, not asyncio.timeout: time the process was stopped does not count.
+        at = asyncio.get_running_loop().time() + timeout_s
         try:
-            async with asyncio.timeout(self._settings.timeout_s):
+            async with Deadline(at, min(timeout_s, _TIMEOUT_CHECK_S)):
                 ttft_ms = await self._send(key)
+        except TimeoutError:
+            self._table.observe(key, timeout_s * 1000.0, "probe")
+            self._fail(key, "timeout", None)
         except ProbeFailed as exc:
             if exc.kind == "timeout":
                 self._table.observe(key, self._settings.timeout_s * 1000.0, "probe")
             self._fail(key, exc.kind, exc.retry_after_s)
-        except TimeoutError:
-            self._table.observe(key, self._settings.timeout_s * 1000.0, "probe")
-            self._fail(key, "timeout", None)
         except OSError:
             self._fail(key, "connect", None)
         except Exception as exc:

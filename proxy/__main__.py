@@ -30,7 +30,13 @@ from proxy.serve.drain import IN_FLIGHT, drain
 from proxy.serve.state import ROUTER
 from proxy.service.discovery import enabled_providers
 from proxy.service.reload import ReloadError
-from proxy.sim.control import FaultOrder, SimControlError, reset, set_fault
+from proxy.sim.control import (
+    FaultOrder,
+    SimControlError,
+    reset,
+    set_fault,
+    unknown_model_hint,
+)
 from proxy.sim.script import FAULT_MODES
 
 from .app import NOTIFIER, RUNTIME, make_app, start_server
@@ -316,6 +322,9 @@ def _sim_fault(args: argparse.Namespace) -> int:
         )
         return 2
     order = FaultOrder(args.model, args.mode, args.status, args.count, args.after_chunks)
+    hint = None if args.reset else unknown_model_hint(args.model)
+    if hint is not None:
+        print(f"model-router: sim-fault: {hint}", file=sys.stderr)
     try:
         print(reset(args.sim_port) if args.reset else set_fault(args.sim_port, order))
     except SimControlError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import selectors
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -128,6 +129,10 @@ def spawn_server(
     drains: a chatty server would block on a full pipe.
     """
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    made_state = None
+    if "STATE_DIRECTORY" not in full_env:
+        # Else its usage log is ./model-router.db: the checkout's, the one `make serve` uses.
+        made_state = full_env["STATE_DIRECTORY"] = tempfile.mkdtemp(prefix="model-router-state-")
     if log_path is None:
         fd, log_path = tempfile.mkstemp(prefix="model-router-", suffix=".log")
         os.close(fd)
@@ -143,6 +148,7 @@ def spawn_server(
             preexec_fn=preexec_fn,
         )
     proc.log_path = log_path  # type: ignore[attr-defined]
+    proc.made_state = made_state  # type: ignore[attr-defined]
     assert proc.stdout is not None
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
@@ -181,6 +187,9 @@ def stop_server(proc: subprocess.Popen[str]) -> int:
             proc.wait(5)
     if proc.stdout is not None:
         proc.stdout.close()
+    made_state = getattr(proc, "made_state", None)
+    if made_state is not None:
+        shutil.rmtree(made_state, ignore_errors=True)
     return proc.returncode
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -140,6 +141,35 @@ async def test_a_missing_or_wrong_key_gets_401_in_openai_shape_and_nothing_goes_
     assert upstream_calls(proxy) == 0
 
 
+@pytest.mark.parametrize("first", [ALPHA, BETA], ids=["valid-first", "valid-second"])
+async def test_two_authorization_headers_are_refused_whichever_comes_first(
+    start_proxy: StartProxy, first: str
+) -> None:
+    """Authorization is a single-valued field: a proxy in front may read the last of two
+    while the router read the first, so neither order may authenticate."""
+    proxy = await keyed(start_proxy, key("alpha", ALPHA))
+    second = BETA if first == ALPHA else ALPHA
+    body = orjson.dumps({"model": "auto", "messages": MSG})
+    host, port = proxy.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {first}\r\nAuthorization: Bearer {second}\r\n".encode()
+        + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+        + body
+    )
+    raw = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401"), head
+    error = orjson.loads(payload)
+    assert_valid("ErrorResponse", error)
+    assert error["error"]["code"] == "invalid_api_key"
+    assert "Authorization" in error["error"]["message"]
+    assert ALPHA.encode() not in raw and BETA.encode() not in raw
+    assert upstream_calls(proxy) == 0
+
+
 async def test_the_sdk_with_the_right_key_is_served_and_with_a_wrong_one_is_refused(
     start_proxy: StartProxy,
 ) -> None:
@@ -249,8 +279,15 @@ def test_serve_refuses_a_non_loopback_address_without_keys(tmp_path: Path) -> No
         args = ["serve", "--demo", "--host", "192.0.2.1", "--port", "0", *extra]
         if config:
             args += ["--config", config]
+        # A state folder of its own: past the checks serve opens its usage log, by default
+        # ./model-router.db in the checkout (the one `make serve` uses).
+        env = {**os.environ, "STATE_DIRECTORY": str(tmp_path)}
         return subprocess.run(
-            [sys.executable, "-m", "proxy", *args], capture_output=True, text=True, timeout=30
+            [sys.executable, "-m", "proxy", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=env,
         )
 
     refused = serve()
@@ -263,6 +300,7 @@ def test_serve_refuses_a_non_loopback_address_without_keys(tmp_path: Path) -> No
     cfg.write_text(f'[[keys]]\nid = "alpha"\nsha256 = "{hash_key(ALPHA)}"\n')
     keyed_run = serve(config=str(cfg))
     assert "refusing" not in keyed_run.stderr and "192.0.2.1" in keyed_run.stderr
+    assert (tmp_path / "model-router.db").exists()  # its usage log was there, not in ./
 
 
 # --- per-key models and tiers ------------------------------------------------------------

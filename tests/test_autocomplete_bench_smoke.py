@@ -4,6 +4,7 @@ not asserted here."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,14 +15,20 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(module: str, out: Path) -> dict[str, object]:
+    # Run from another folder: a router in it must not leave ./model-router.db behind (in the
+    # checkout, that is the usage log `make serve` and `report` use).
+    cwd = out / "cwd"
+    cwd.mkdir()
     proc = subprocess.run(
         [sys.executable, "-m", f"benchmarks.{module}", "--smoke", "--out", str(out)],
         capture_output=True,
         text=True,
-        cwd=ROOT,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
         timeout=55,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not list(cwd.iterdir()), list(cwd.iterdir())
     (path,) = out.glob(f"{module}-*.json")
     doc: dict[str, object] = orjson.loads(path.read_bytes())
     return doc

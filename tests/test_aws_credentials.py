@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import openai
 import pytest
 from aiohttp import web
@@ -89,10 +90,18 @@ async def bedrock_only(bedrock_sim: Sim, creds: Path) -> AsyncIterator[str]:
     providers: dict[str, dict[str, object]] = {name: {"enabled": False} for name in NON_AWS}
     providers["bedrock"] = {"endpoint_url": bedrock_sim.url}
     config = parse_config({"probes": {"enabled": False}, "providers": providers})
-    app = make_app(config, environ={})  # no AWS_* variables: only the credential files
+    # No AWS_* variables: only the credential files. A state directory of its own: without
+    # one the usage log is ./model-router.db, the checkout's (the one `make serve` uses).
+    state = creds.parent / "state"
+    state.mkdir()
+    app = make_app(config, environ={"STATE_DIRECTORY": str(state)})
     runner, port = await start_server(app, "127.0.0.1", 0)
     yield f"http://127.0.0.1:{port}"
+    status = f"http://127.0.0.1:{port}/v1/router/status"
+    async with aiohttp.ClientSession() as session, session.get(status) as resp:
+        usage_path = (await resp.json())["usage_log"]["path"]
     await runner.cleanup()
+    assert Path(usage_path).parent == state, usage_path
 
 
 async def test_bedrock_requests_are_signed_with_the_credential_files(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 import socket
 import subprocess
 import sys
@@ -179,3 +180,22 @@ def test_percentile_interpolates_between_ranks() -> None:
     assert percentile([5.0], 99) == 5.0
     assert percentile(list(map(float, range(101))), 99) == 99.0
     assert math.isnan(percentile([], 50))
+
+
+def test_a_benchmark_router_keeps_its_usage_log_out_of_the_checkout(tmp_path: Path) -> None:
+    """Without $STATE_DIRECTORY the router writes ./model-router.db, and benchmark children run
+    in the checkout: `make test` and `make bench` put their traffic in the usage log that
+    `make serve` and `model-router report` use there (and that budgets read back)."""
+    sim = procs.spawn("sim", procs.sim_argv(), cpus=None)
+    config = tmp_path / "router.toml"
+    config.write_text(procs.router_config(sim.url) + "\n[probes]\nenabled = false\n")
+    router = procs.spawn("router", procs.router_argv(config), cpus=None, env=procs.router_env())
+    try:
+        fds = Path(f"/proc/{router.pid}/fd")
+        opened = {os.readlink(fd) for fd in fds.iterdir() if fd.is_symlink()}
+        logs = [p for p in opened if Path(p).name == "model-router.db"]
+        assert logs, opened
+        assert not any(Path(p).is_relative_to(procs.ROOT) for p in logs), logs
+    finally:
+        router.stop()
+        sim.stop()

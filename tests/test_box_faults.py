@@ -727,6 +727,30 @@ def test_the_daily_budget_rolls_over_at_utc_midnight_of_the_wall_clock(
     assert old_ts < midnight <= new_ts
 
 
+def test_a_clock_stepped_back_across_midnight_does_not_hand_out_the_day_again(
+    tmp_path: Path, fake_clock: FakeClock
+) -> None:
+    """NTP stepping the clock back over midnight must not restart the budget day: yesterday's
+    budget was spent, and today's spend must not be forgotten when today comes round again."""
+    midnight = (int(time.time()) // 86_400 + 1) * 86_400
+    config = USAGE.format(flush_ms=20, queue_max=100) + "[budget]\ndaily_usd = 0.000001\n"
+    with running(tmp_path, config, env=fake_clock.env()) as server:
+        fake_clock.step_to(midnight + 5.0 - time.time())  # 00:00:05 UTC of the new day
+        server.ask()  # the day's budget is spent by one answer
+        spent = server.status()["spend"]["today_usd"]
+        assert spent > 0.000001
+        with pytest.raises(openai.RateLimitError):
+            server.ask()
+        fake_clock.step_to(midnight - 5.0 - time.time())  # stepped back to 23:59:55
+        assert server.status()["spend"]["today_usd"] == spent
+        with pytest.raises(openai.RateLimitError):
+            server.ask()
+        fake_clock.step_to(midnight + 10.0 - time.time())  # the new day again, 00:00:10
+        assert server.status()["spend"]["today_usd"] == spent
+        with pytest.raises(openai.RateLimitError):
+            server.ask()
+
+
 def post(url: str, body: dict[str, Any]) -> None:
     req = urllib.request.Request(
         url, data=orjson.dumps(body), headers={"Content-Type": "application/json"}

@@ -57,6 +57,22 @@ def test_spend_resets_at_utc_midnight() -> None:
     assert budget.status()["resets_at"] == "2025-03-03T00:00:00+00:00"
 
 
+def test_a_step_back_over_midnight_keeps_the_day_and_a_corrected_clock_takes_its_day() -> None:
+    clock = Clock("2025-03-02T00:00:05")
+    budget = Budget(1.0, clock)
+    budget.add(2.0, None)
+    clock.now -= 10  # NTP steps back to 23:59:55 of the day before
+    assert refusal(budget).headers["Retry-After"] == "86405"  # the day begun ends at its midnight
+    assert budget.status()["resets_at"] == "2025-03-03T00:00:00+00:00"
+    clock.now += 10 + 86_400  # the next midnight: a new day, a new budget
+    budget.check(None)
+    assert budget.spent == 0
+    budget.add(2.0, None)
+    clock.now -= 3 * 86_400  # a clock that was days ahead, corrected: its day, not a wait
+    budget.check(None)
+    assert budget.spent == 0 and budget.status()["resets_at"] == "2025-03-01T00:00:00+00:00"
+
+
 def test_per_key_cap_refuses_only_that_key_and_names_it() -> None:
     budget = Budget(0.0, Clock("2025-03-01T08:00:00"))
     budget.key_limits["team-a"] = 0.5

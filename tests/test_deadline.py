@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 
 import orjson
 import pytest
 
-from proxy.serve.deadline import Deadline
+from probes.deadline import Deadline
 from proxy.serve.record import RequestRecord
 from proxy.sim.script import Fault, Profile
 from tests.conftest import StartProxy
@@ -44,6 +45,16 @@ async def test_a_deadline_moved_earlier_still_fires_on_time() -> None:
             d.at = loop.time() + 0.1
             await asyncio.sleep(5)
     assert loop.time() - started < 1.0
+
+
+async def test_time_the_loop_did_not_run_is_not_counted_against_the_deadline() -> None:
+    loop = asyncio.get_running_loop()
+    async with Deadline(loop.time() + 0.5, 0.25) as d:
+        time.sleep(1.5)  # noqa: ASYNC251 -- the loop does not run, as when the process is stopped
+        assert d.paused() > 1.0  # known before the late check has run
+        await asyncio.sleep(0.05)
+        assert not d.expired
+    assert 1.0 < d.paused() < 1.6
 
 
 async def test_reschedule_to_now_fires_at_once_and_later_moves_are_cheap() -> None:

@@ -166,3 +166,57 @@ async def test_async_sdk_streaming_and_not(demo_server: str) -> None:
         )
         pieces = [c.choices[0].delta.content or "" async for c in stream if c.choices]
         assert "".join(pieces)
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+    "required": ["city", "days"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("model", ["gpt-4o", "claude-sonnet-4-5", "auto:quality"])
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_the_demo_answers_response_format_with_json_on_every_wire(
+    client: openai.OpenAI, model: str, stream: bool
+) -> None:
+    """What LangChain's with_structured_output and the SDK's parse() rely on: the demo's
+    simulated providers answer json_schema with an object of that schema, and json_object
+    with a JSON object, whichever wire the model is served over."""
+    formats: list[Any] = [
+        {"type": "json_schema", "json_schema": {"name": "trip", "schema": SCHEMA, "strict": True}},
+        {"type": "json_object"},
+    ]
+    for response_format in formats:
+        kw: dict[str, Any] = {"model": model, "messages": MSG, "response_format": response_format}
+        if stream:
+            chunks = list(client.chat.completions.create(stream=True, **kw))
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        else:
+            text = client.chat.completions.create(**kw).choices[0].message.content or ""
+        doc = json.loads(text)
+        assert isinstance(doc, dict), text
+        if response_format["type"] == "json_schema":
+            assert set(doc) == {"city", "days"} and isinstance(doc["days"], int), doc
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_the_demo_answers_n_choices_with_logprobs_when_asked(
+    client: openai.OpenAI, stream: bool
+) -> None:
+    """n and logprobs change the answer: the simulated OpenAI wire must not drop them."""
+    kw: dict[str, Any] = {"model": "gpt-4o", "messages": MSG, "n": 3}
+    kw |= {"logprobs": True, "top_logprobs": 2}
+    if stream:
+        chunks = list(client.chat.completions.create(stream=True, **kw))
+        choices = [c.choices[0] for c in chunks if c.choices]
+        indexes = {c.index for c in choices}
+        logprobs = [c.logprobs for c in choices if c.delta.content]
+    else:
+        done = client.chat.completions.create(**kw)
+        indexes = {c.index for c in done.choices}
+        logprobs = [c.logprobs for c in done.choices]
+    assert indexes == {0, 1, 2}
+    assert logprobs and all(lp is not None and lp.content for lp in logprobs)
+    assert all(len(t.top_logprobs) == 2 for lp in logprobs for t in lp.content or [])

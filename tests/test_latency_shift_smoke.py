@@ -3,6 +3,7 @@ the simulator and the replay, end to end. Timing goals are reported there, not a
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,14 +14,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_latency_shift_benchmark_runs_and_writes_every_figure(tmp_path: Path) -> None:
+    cwd = tmp_path / "cwd"  # the router in it must not leave ./model-router.db behind
+    cwd.mkdir()
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.latency_shift", "--smoke", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
-        cwd=ROOT,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
         timeout=50,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not list(cwd.iterdir()), list(cwd.iterdir())
     assert "regret" in proc.stdout
     (path,) = tmp_path.glob("latency_shift-*.json")
     doc = orjson.loads(path.read_bytes())

@@ -281,3 +281,37 @@ def test_license_file_is_the_mit_licence_pyproject_declares() -> None:
     assert pyproject["project"]["license"] == "MIT"
     text = (ROOT / "LICENSE").read_text()
     assert text.startswith("MIT License") and "WITHOUT WARRANTY OF ANY KIND" in text
+
+
+def test_sim_fault_warns_when_no_deployment_calls_its_model_that_name() -> None:
+    """A catalog id whose upstream id differs, or a typo, would be "failed" with no effect."""
+    port = free_port()
+
+    def run(model: str) -> str:
+        argv = [EXE, "sim-fault", model, "--sim-port", str(port)]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30).stderr
+
+    assert "did you mean deepseek-chat" in run("deepseek-v3.2")
+    assert "did you mean gpt-4o-mini" in run("gpt4o-mini")
+    assert "warning" not in run("gpt-4o-mini") and "warning" not in run("*")
+
+
+def test_make_serve_takes_the_walkthroughs_sim_port() -> None:
+    """The walk-through says `make serve` can stand in for its serve command: it must pass the
+    simulator's port on, or `sim-fault --sim-port 9100` finds no simulator."""
+    walk = code_block("sh", "model-router serve --demo --sim-port 9100")
+    make = re.search(r"make serve( SIM_PORT=\d+)?", walk)
+    assert make is not None and make.group(1) == " SIM_PORT=9100", walk
+    dry = subprocess.run(
+        ["make", "-n", "serve", "SIM_PORT=9100"],
+        cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    serve = [line for line in dry.stdout.splitlines() if "model-router serve" in line]
+    assert serve and "--sim-port 9100" in serve[-1], dry.stdout
+    plain = subprocess.run(
+        ["make", "-n", "serve"], cwd=Path(__file__).parent.parent, capture_output=True, text=True
+    )
+    assert "--sim-port" not in plain.stdout

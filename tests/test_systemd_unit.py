@@ -51,9 +51,10 @@ def analyze(*args: str | Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def verifiable_copy(tmp_path: Path, extra: str = "") -> Path:
+def verifiable_copy(tmp_path: Path, extra: str = "", python: str = sys.executable) -> Path:
     text = UNIT.read_text()
-    runnable = text.replace(f"ExecStart={INSTALLED_BIN} ", f"ExecStart={sys.executable} -m proxy ")
+    # Quoted: a clone may live in a folder whose path has a space in it.
+    runnable = text.replace(f"ExecStart={INSTALLED_BIN} ", f'ExecStart="{python}" -m proxy ')
     assert sum(a != b for a, b in zip(text.splitlines(), runnable.splitlines(), strict=True)) == 1
     copy = tmp_path / UNIT.name
     copy.write_text(runnable.replace("[Service]\n", f"[Service]\n{extra}", 1))
@@ -69,6 +70,15 @@ def test_execstart_is_the_console_script_in_the_readme_venv() -> None:
 @needs_analyze
 def test_systemd_analyze_verify_prints_nothing(tmp_path: Path) -> None:
     result = analyze("verify", verifiable_copy(tmp_path))
+    assert (result.returncode, result.stderr, result.stdout) == (0, "", "")
+
+
+@needs_analyze
+def test_the_unit_verifies_from_a_clone_whose_path_has_a_space(tmp_path: Path) -> None:
+    spaced = tmp_path / "model router" / "python"
+    spaced.parent.mkdir()
+    spaced.symlink_to(sys.executable)
+    result = analyze("verify", verifiable_copy(tmp_path, python=str(spaced)))
     assert (result.returncode, result.stderr, result.stdout) == (0, "", "")
 
 

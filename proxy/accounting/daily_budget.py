@@ -83,7 +83,8 @@ class Budget:
         return spent + self.elsewhere(key_id) if self.elsewhere is not None else spent
 
     def reset_in_s(self) -> float:
-        return (day_of(self._clock()) + 1) * DAY_S - self._clock()
+        self._roll()
+        return (self._day + 1) * DAY_S - self._clock()
 
     def status(self) -> dict[str, Any]:
         self._roll()
@@ -118,8 +119,11 @@ class Budget:
         )
 
     def _roll(self) -> None:
+        # A clock stepped back over midnight (NTP) keeps counting into the day already begun,
+        # rather than restarting one whose budget was spent. A clock that was days ahead and
+        # is corrected takes the day it now reads: the budget must not wait for it to catch up.
         day = day_of(self._clock())
-        if day != self._day:
+        if day > self._day or day < self._day - 1:
             self._day = day
             self.spent = 0.0
             self.by_key = {}

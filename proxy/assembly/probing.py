@@ -9,12 +9,13 @@ import logging
 from dataclasses import replace
 from typing import Any
 
+from probes.deadline import Deadline
 from probes.kinds import Endpoint
 from probes.loop import ProbeFailed, ProbeLoop, paced_interval_s
 from proxy.catalog import Catalog, Deployment, Model
 from proxy.config import Config, ProviderConfig
 from proxy.providers.base import UpstreamError, UpstreamRequest, UpstreamStream
-from proxy.serve.dispatch import first_content
+from proxy.serve.dispatch import FIRST_TOKEN_CHECK_S, first_content
 from proxy.serve.relay import SSERelay
 from proxy.serve.state import Router
 
@@ -87,12 +88,15 @@ def make_probe_sender(router: Router) -> ProbeLoop | None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         upstream: UpstreamStream | None = None
+        # A Deadline, not asyncio.timeout: time the process was stopped is not the upstream's.
+        timer = Deadline(started + pc.timeout_s, min(pc.timeout_s, FIRST_TOKEN_CHECK_S))
         try:
-            async with asyncio.timeout(pc.timeout_s):
+            async with timer:
                 upstream = await router.providers[d.provider].stream(request)
                 relay = SSERelay(False, model.cost_usd)
                 await first_content(upstream, relay)
-            ttft_ms = (loop.time() - started) * 1000
+                paused_s = timer.paused()
+            ttft_ms = (loop.time() - started - paused_s) * 1000
             await drain(upstream, relay)
         except UpstreamError as exc:
             raise ProbeFailed(exc.kind, exc.retry_after, exc.message) from None

@@ -323,7 +323,14 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         request[PRINCIPAL] = access.anonymous
         return await handler(request)
     try:
-        key = access.authenticate(request.headers.get("Authorization"), keys)
+        headers = request.headers.getall("Authorization", [])
+        if len(headers) > 1:
+            # A single-valued field: a proxy in front may read another one than we would.
+            raise _unauthorized(
+                "invalid_api_key",
+                "More than one Authorization header. Send one: 'Authorization: Bearer <key>'.",
+            )
+        key = access.authenticate(headers[0] if headers else None, keys)
     except RouterError as err:
         peer = client_address(request, request.app[ROUTER].current.config.limits.trusted_proxies)
         # The route, not the raw path: a path is client bytes and may carry anything.

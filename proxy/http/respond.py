@@ -12,10 +12,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from probes.deadline import Deadline
 from proxy.decide.routing import Candidate
 from proxy.errors import RouterError
 from proxy.providers.base import UpstreamError
-from proxy.serve.deadline import Deadline
 from proxy.serve.dispatch import Answer, Committed, Dispatcher
 from proxy.serve.drain import IN_FLIGHT, InFlight, OpenStream, shutdown_error
 from proxy.serve.record import RequestRecord

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from probes.breaker import State
+from probes.deadline import PAUSE_S, Deadline
 from proxy.config import HedgeSettings, RoutingSettings, ServerSettings
 from proxy.decide.intent import Intent
 from proxy.decide.routing import Candidate, Plan
@@ -43,6 +44,8 @@ log = logging.getLogger("model_router.dispatch")
 
 
 T = TypeVar("T")
+# How often a first-token deadline is checked (and a pause of the process noticed).
+FIRST_TOKEN_CHECK_S = 0.25
 Failures = list[tuple[Candidate, UpstreamError]]
 
 
@@ -260,18 +263,21 @@ class Dispatcher:
         mark = self.health.mark(key)
         waiting = self.health.table.sending(key)
         started = loop.time()
+        # A Deadline, not asyncio.timeout: time the process was stopped is not the upstream's.
+        timer = Deadline(started + deadline, min(deadline, FIRST_TOKEN_CHECK_S))
         try:
             try:
-                async with asyncio.timeout(deadline):
+                async with timer:
                     upstream = await provider.stream(self._request(cand, intent, body))
                     head = await first_content(upstream, relay)
+                    paused_s = timer.paused()
             finally:
                 # Before its verdict is recorded: waiting, it counted as a slow sample.
                 self.health.table.answered(key, waiting)
         except (UpstreamError, TimeoutError, UnsupportedFeatureError) as exc:
             if upstream is not None:
                 await upstream.aclose()
-            waited_ms = (loop.time() - started) * 1000
+            waited_ms = (loop.time() - started - timer.paused()) * 1000
             timeout = f"no first token within {deadline * 1000:.0f} ms"
             self._gave_up(cand, exc, trial, waited_ms, timeout, failures)
             return None
@@ -286,7 +292,7 @@ class Dispatcher:
                 record.take_charge(relay.charge())
                 await upstream.aclose()
             raise
-        ttft_ms = (loop.time() - started) * 1000
+        ttft_ms = (loop.time() - started - paused_s) * 1000
         self.health.success(cand.deployment.key, ttft_ms, since=mark)
         return Committed(upstream, relay, head, cand, ttft_ms)
 
@@ -329,9 +335,12 @@ class Dispatcher:
                 self._open_stream(cand, intent, body, race_.trial, race_.failures, scratch[0])
             )
         )
+        delay = policy.delay_s(p90_ms)
         try:
             try:
-                if not await racing.within(policy.delay_s(p90_ms)):
+                if not await racing.within(delay) and not await self._paused_past(
+                    racing, started, delay
+                ):
                     alt = self._hedge_candidate(race_.plan, cand)
                     if alt is not None and policy.budget.take():
                         racers[1] = alt
@@ -359,6 +368,14 @@ class Dispatcher:
                 await extra.upstream.aclose()
             self._settle_race(result.winner, racers, scratch, race_.failures, record, started)
         return result.value
+
+    async def _paused_past(self, racing: Racers[Committed], started: float, delay: float) -> bool:
+        """When the hedge delay passed only because the process was stopped (SIGSTOP, a paused
+        VM), the primary's first token may be unread in its socket: it gets the delay again
+        before a hedge is paid for. Whether it finished in that time."""
+        if asyncio.get_running_loop().time() - started < delay + PAUSE_S:
+            return False
+        return await racing.within(delay)
 
     def _settle_race(
         self,

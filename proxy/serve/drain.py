@@ -16,9 +16,8 @@ from typing import Any
 
 from aiohttp import web
 
+from probes.deadline import Deadline
 from proxy.errors import RouterError
-
-from .deadline import Deadline
 
 log = logging.getLogger("model_router")
 

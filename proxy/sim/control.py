@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
+
+from proxy.catalog import load_bundled
 
 
 class SimControlError(Exception):
@@ -62,3 +65,23 @@ def set_fault(port: int, order: FaultOrder) -> str:
 def reset(port: int) -> str:
     _post(port, "reset", {})
     return "simulator: every fault cleared"
+
+
+def unknown_model_hint(model: str) -> str | None:
+    """A warning when no bundled deployment calls its model ``model``: the simulator fails
+    requests by upstream id, so a catalog id that differs from it (``deepseek-v3.2``, called
+    ``deepseek-chat`` upstream) or a typo would be "failed" with no effect. None when known
+    (or ``*``); a model added in config is unknown here, so this only warns."""
+    if model == "*":
+        return None
+    models = load_bundled()
+    upstream = {d.upstream_id for m in models for d in m.deployments}
+    if model in upstream:
+        return None
+    by_id = {m.id: sorted({d.upstream_id for d in m.deployments}) for m in models}
+    near = by_id.get(model) or difflib.get_close_matches(model, sorted(upstream), 3, 0.6)
+    hint = f"; did you mean {', '.join(near)}" if near else ""
+    return (
+        f"warning: no bundled deployment calls its model {model!r} upstream (sim-fault takes "
+        f"the upstream id, as /v1/models lists under deployments){hint}"
+    )

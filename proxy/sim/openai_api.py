@@ -24,23 +24,58 @@ def openai_error(status: int, message: str) -> web.Response:
     return web.json_response(body, status=status, dumps=lambda o: orjson.dumps(o).decode())
 
 
-def _usage(answer: Answer) -> dict[str, int]:
+def _usage(answer: Answer, n: int = 1) -> dict[str, int]:
     return {
         "prompt_tokens": answer.prompt_tokens,
-        "completion_tokens": answer.completion_tokens,
-        "total_tokens": answer.prompt_tokens + answer.completion_tokens,
+        "completion_tokens": answer.completion_tokens * n,
+        "total_tokens": answer.prompt_tokens + answer.completion_tokens * n,
     }
 
 
-def render_openai_chat(model: str, answer: Answer, include_usage: bool) -> Rendered:
+def _token_logprobs(pieces: tuple[str, ...] | list[str], top: int) -> dict[str, Any]:
+    """``logprobs`` for a choice: each piece a token, with ``top`` made-up alternatives."""
+
+    def entry(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    def alternatives(piece: str) -> list[dict[str, Any]]:
+        others = [entry(f"{piece.strip()}~{i}", -1.5 - i) for i in range(1, top)]
+        return [entry(piece, -0.25), *others] if top else []
+
+    content = [{**entry(p, -0.25), "top_logprobs": alternatives(p)} for p in pieces]
+    return {"content": content, "refusal": None}
+
+
+def sampling(body: dict[str, Any]) -> tuple[int, int | None]:
+    """``n`` (how many choices) and ``top_logprobs`` (None: no logprobs asked for)."""
+    n = body.get("n")
+    n = n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 128 else 1
+    top = body.get("top_logprobs")
+    top = top if isinstance(top, int) and not isinstance(top, bool) and top >= 0 else 0
+    return n, (top if body.get("logprobs") is True else None)
+
+
+def render_openai_chat(
+    model: str, answer: Answer, include_usage: bool, n: int = 1, top_logprobs: int | None = None
+) -> Rendered:
+    """The stream; with ``n`` choices each event goes out once per choice, back to back."""
     created = int(time.time())
     base = {"id": f"chatcmpl-sim{created}", "object": "chat.completion.chunk", "created": created}
     base["model"] = model
     extra = {"usage": None} if include_usage else {}
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return _sse({**base, "choices": [choice], **extra})
+        piece = delta.get("content")
+        lp = None
+        if top_logprobs is not None and piece:
+            lp = _token_logprobs([piece], top_logprobs)
+        return b"".join(
+            _sse({**base, "choices": [choice], **extra})
+            for choice in (
+                {"index": i, "delta": delta, "logprobs": lp, "finish_reason": finish}
+                for i in range(n)
+            )
+        )
 
     body: list[bytes]
     if answer.tool_call is not None:
@@ -58,7 +93,7 @@ def render_openai_chat(model: str, answer: Answer, include_usage: bool) -> Rende
         body = [chunk({"content": piece}) for piece in answer.pieces]
     tail = [chunk({}, answer.finish_reason)]
     if include_usage:
-        tail.append(_sse({**base, "choices": [], "usage": _usage(answer)}))
+        tail.append(_sse({**base, "choices": [], "usage": _usage(answer, n)}))
     tail.append(b"data: [DONE]\n\n")
     return Rendered(
         content_type="text/event-stream",
@@ -78,7 +113,9 @@ def render_openai_chat(model: str, answer: Answer, include_usage: bool) -> Rende
     )
 
 
-def openai_chat_response(model: str, answer: Answer) -> dict[str, Any]:
+def openai_chat_response(
+    model: str, answer: Answer, n: int = 1, top_logprobs: int | None = None
+) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": answer.text or None}
     message["refusal"] = None
     if answer.tool_call is not None:
@@ -86,19 +123,18 @@ def openai_chat_response(model: str, answer: Answer) -> dict[str, Any]:
         fn = {"name": tc.name, "arguments": tc.arguments}
         message["tool_calls"] = [{"id": tc.id, "type": "function", "function": fn}]
     created = int(time.time())
-    choice = {
-        "index": 0,
-        "message": message,
-        "logprobs": None,
-        "finish_reason": answer.finish_reason,
-    }
+    lp = _token_logprobs(answer.pieces, top_logprobs) if top_logprobs is not None else None
+    choices = [
+        {"index": i, "message": message, "logprobs": lp, "finish_reason": answer.finish_reason}
+        for i in range(n)
+    ]
     return {
         "id": f"chatcmpl-sim{created}",
         "object": "chat.completion",
         "created": created,
         "model": model,
-        "choices": [choice],
-        "usage": _usage(answer),
+        "choices": choices,
+        "usage": _usage(answer, n),
     }
 
 
@@ -177,17 +213,24 @@ async def _openai(request: web.Request, legacy: bool) -> web.StreamResponse:
     except (TypeError, ValueError, KeyError, AttributeError):
         # A real provider answers a malformed body with a 400, not a crash.
         return openai_error(400, "simulator: malformed request body")
+    n, top_logprobs = sampling(body)
     if body.get("stream"):
-        render = render_openai_completion if legacy else render_openai_chat
-        return await stream_rendered(
-            request, state, fault, profile, render(model, answer, include_usage), model
+        rendered = (
+            render_openai_completion(model, answer, include_usage)
+            if legacy
+            else render_openai_chat(model, answer, include_usage, n, top_logprobs)
         )
+        return await stream_rendered(request, state, fault, profile, rendered, model)
     await reply_after(request, state, fault, profile, answer)
     if fault.mode in {"malformed", "bad_json"}:
         return web.Response(body=b'{"id": "broken", ', content_type="application/json")
-    respond = openai_completion_response if legacy else openai_chat_response
     state.completed += 1
-    return web.json_response(respond(model, answer), dumps=lambda o: orjson.dumps(o).decode())
+    done = (
+        openai_completion_response(model, answer)
+        if legacy
+        else openai_chat_response(model, answer, n, top_logprobs)
+    )
+    return web.json_response(done, dumps=lambda o: orjson.dumps(o).decode())
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:

@@ -128,6 +128,8 @@ class Conversation:
     max_tokens: int | None = None
     seed_text: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # response_format json_schema's schema ({} for json_object): the answer is a JSON object.
+    json_schema: Mapping[str, Any] | None = None
 
 
 def script_answer(conv: Conversation, profile: Profile) -> Answer:
@@ -143,6 +145,8 @@ def script_answer(conv: Conversation, profile: Profile) -> Answer:
             prompt_tokens=prompt_tokens,
             completion_tokens=max(1, len(args) // 4),
         )
+    if conv.json_schema is not None:
+        return _json_answer(conv, prompt_tokens)
     n = profile.tokens
     finish: Literal["stop", "length"] = "stop"
     if conv.max_tokens is not None and conv.max_tokens < n:
@@ -158,6 +162,28 @@ def script_answer(conv: Conversation, profile: Profile) -> Answer:
         prompt_tokens=prompt_tokens,
         completion_tokens=len(pieces),
     )
+
+
+def _json_answer(conv: Conversation, prompt_tokens: int) -> Answer:
+    """A JSON object in 4-character pieces: the schema's required fields, or for json_object
+    (an empty schema) one ``answer`` string."""
+    schema = conv.json_schema
+    doc = _arguments_for(schema) if schema else {"answer": "sim"}
+    text = orjson.dumps(doc).decode()
+    pieces = tuple(text[i : i + 4] for i in range(0, len(text), 4))
+    return Answer(pieces, None, "stop", prompt_tokens, len(pieces))
+
+
+def _json_schema_of(response_format: Any) -> Mapping[str, Any] | None:
+    if not isinstance(response_format, Mapping):
+        return None
+    if response_format.get("type") == "json_object":
+        return {}
+    spec = response_format.get("json_schema")
+    if response_format.get("type") == "json_schema" and isinstance(spec, Mapping):
+        schema = spec.get("schema")
+        return schema if isinstance(schema, Mapping) else {}
+    return None
 
 
 def _content_texts(content: Any) -> list[str]:
@@ -203,4 +229,5 @@ def openai_conversation(body: Mapping[str, Any]) -> Conversation:
         tools=tools,
         max_tokens=max_tokens if isinstance(max_tokens, int) else None,
         seed_text=texts[-1] if texts else "",
+        json_schema=_json_schema_of(body.get("response_format")),
     )
