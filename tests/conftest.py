@@ -19,6 +19,7 @@ import openai
 import pytest
 from aiohttp import web
 
+from benchmarks import procs
 from proxy.app import make_app, start_server
 from proxy.assembly.demo import demo_config
 from proxy.config import Config, parse_config
@@ -209,3 +210,14 @@ def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def with_server(config: Config, **changes: Any) -> Config:
     return replace(config, server=replace(config.server, **changes))
+
+
+@pytest.fixture
+def sim_process() -> Iterator[procs.Service]:
+    """The simulator as its own process (``model-router sim``), for routers run as subprocesses
+    that a test stops, pauses or starves."""
+    sim = procs.spawn("sim", procs.sim_argv(ttft_ms=0, gap_ms=0, tokens=8), cpus=None)
+    try:
+        yield sim
+    finally:
+        sim.stop()

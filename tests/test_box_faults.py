@@ -462,15 +462,6 @@ def raw_request(sock: socket.socket, body: dict[str, Any]) -> bytes:
     return got
 
 
-@pytest.fixture
-def sim_process() -> Iterator[procs.Service]:
-    sim = procs.spawn("sim", procs.sim_argv(ttft_ms=0, gap_ms=0, tokens=8), cpus=None)
-    try:
-        yield sim
-    finally:
-        sim.stop()
-
-
 def test_no_descriptors_left_answers_503_or_closes_cleanly_and_serves_once_they_close(
     tmp_path: Path, sim_process: procs.Service
 ) -> None:

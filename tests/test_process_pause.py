@@ -11,14 +11,12 @@ import signal
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import openai
 import orjson
-import pytest
 
 from benchmarks import procs
 from tests.conftest import spawn_server, stop_server
@@ -27,15 +25,6 @@ TTFT_MS = 1500.0  # the upstream's first token comes inside the pause
 DEADLINE_MS = 3000.0  # ... and the first-token deadline passes inside it too
 PAUSE_S = 5.0
 STREAMS = 6  # more than the breaker's 5 consecutive failures
-
-
-@pytest.fixture
-def slow_sim() -> Iterator[procs.Service]:
-    sim = procs.spawn("sim", procs.sim_argv(ttft_ms=0, gap_ms=0, tokens=8), cpus=None)
-    try:
-        yield sim
-    finally:
-        sim.stop()
 
 
 def post(url: str, body: dict[str, Any]) -> None:
@@ -66,11 +55,11 @@ def pause(pid: int, seconds: float) -> None:
 
 
 def test_a_stopped_process_does_not_fail_attempts_open_breakers_or_skew_latency(
-    tmp_path: Path, slow_sim: procs.Service
+    tmp_path: Path, sim_process: procs.Service
 ) -> None:
-    post(f"{slow_sim.url}/_sim/profile", {"model": "gpt-4o-mini", "ttft_ms": TTFT_MS})
+    post(f"{sim_process.url}/_sim/profile", {"model": "gpt-4o-mini", "ttft_ms": TTFT_MS})
     extra = f"\n[probes]\nenabled = false\n[routing.ttft_deadline_ms]\npinned = {DEADLINE_MS}\n"
-    proc, url = start(tmp_path, slow_sim, extra)
+    proc, url = start(tmp_path, sim_process, extra)
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="k", max_retries=0, timeout=60)
 
     def stream(i: int) -> tuple[str | None, str | None, str]:
@@ -114,16 +103,16 @@ def test_a_stopped_process_does_not_fail_attempts_open_breakers_or_skew_latency(
 
 
 def test_probes_in_flight_while_the_process_is_stopped_give_no_verdict_and_no_slow_sample(
-    tmp_path: Path, slow_sim: procs.Service
+    tmp_path: Path, sim_process: procs.Service
 ) -> None:
-    post(f"{slow_sim.url}/_sim/profile", {"model": "*", "ttft_ms": TTFT_MS})
+    post(f"{sim_process.url}/_sim/profile", {"model": "*", "ttft_ms": TTFT_MS})
     # A probe timeout as long as the pause: for the probes in flight it passes inside the pause
     # or just after it, while their upstreams answered inside it.
     extra = (
         "\n[probes]\ninterval_s = 1.0\njitter = 0.0\nconcurrency = 8\ntimeout_s = 5.0\n"
         "max_daily_spend_usd = 1000.0\n"
     )
-    proc, url = start(tmp_path, slow_sim, extra)
+    proc, url = start(tmp_path, sim_process, extra)
     try:
 
         def probing() -> list[dict[str, Any]]:
@@ -151,16 +140,16 @@ def test_probes_in_flight_while_the_process_is_stopped_give_no_verdict_and_no_sl
 
 
 def test_a_pause_during_a_hedge_delay_does_not_start_hedges(
-    tmp_path: Path, slow_sim: procs.Service
+    tmp_path: Path, sim_process: procs.Service
 ) -> None:
     """prefer=fast streams hedge after their p90 without a token; a delay that passed only
     because the process was stopped must not buy a second upstream answer."""
-    post(f"{slow_sim.url}/_sim/profile", {"model": "*", "ttft_ms": TTFT_MS})
+    post(f"{sim_process.url}/_sim/profile", {"model": "*", "ttft_ms": TTFT_MS})
     extra = (
         "\n[probes]\nenabled = false\n"
         "[hedging]\nbudget_percent = 100.0\nburst = 100.0\nmin_delay_ms = 1000.0\n"
     )
-    proc, url = start(tmp_path, slow_sim, extra)
+    proc, url = start(tmp_path, sim_process, extra)
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="k", max_retries=0, timeout=60)
 
     def stream(i: int) -> str | None:

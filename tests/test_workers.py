@@ -25,6 +25,18 @@ MSG = [{"role": "user", "content": "hello"}]
 pytestmark = pytest.mark.timeout(180)
 
 
+def two_free_ports() -> int:
+    """A free port whose next one is free too: the workers' own listeners take both."""
+    base = free_port()
+    while True:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", base + 1))
+                return base
+            except OSError:
+                base = free_port()
+
+
 def worker_pid(url: str) -> int:
     # A fresh connection each time, so the kernel's SO_REUSEPORT choice is made anew.
     return int(
@@ -102,14 +114,7 @@ def test_sigterm_drains_every_worker(tmp_path: Path) -> None:
     try:
         assert sim.stdout is not None
         sim_url = sim.stdout.readline().split("sim ready on ")[1].strip()
-        base = free_port()
-        while True:  # two free ports in a row for the workers' own listeners
-            with socket.socket() as probe:
-                try:
-                    probe.bind(("127.0.0.1", base + 1))
-                    break
-                except OSError:
-                    base = free_port()
+        base = two_free_ports()
         cfg = write_config(
             tmp_path / "router.toml",
             sim_url,
@@ -253,14 +258,7 @@ def test_status_reads_one_worker_per_frame_and_names_it(tmp_path: Path) -> None:
     """Each worker keeps its own history: ``model-router status`` on the shared port must show
     one worker's figures per frame (not /v1/router/status from one and the history from
     another) and say whose they are."""
-    base = free_port()
-    while True:  # two free ports in a row for the workers' own listeners
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", base + 1))
-                break
-            except OSError:
-                base = free_port()
+    base = two_free_ports()
     cfg = tmp_path / "router.toml"
     cfg.write_text(f"[probes]\nenabled = false\n[server]\nworker_port_base = {base}\n")
     proc, url = spawn_server(
