@@ -132,12 +132,7 @@ async def test_a_connection_a_cancelled_stream_closes_is_replaced_before_the_nex
     state.profiles["sim/m-a"] = Profile(ttft_ms=5.0, gap_ms=200.0, tokens=20)
     conns = state.connections
     await eventually(lambda: len(conns) == 1)
-    body = {"model": "m-a", "stream": True, "messages": MSG}
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(f"{proxy.url}/v1/chat/completions", json=body) as resp,
-    ):
-        await resp.content.readuntil(b'"content":"')  # mid-answer, then gone
+    await cancel_mid_answer(proxy)
     await eventually(lambda: state.cancelled == 1)
     # The replacement is opened in the background, before any request needs it ...
     await eventually(lambda: len(conns) == 2)
@@ -145,6 +140,34 @@ async def test_a_connection_a_cancelled_stream_closes_is_replaced_before_the_nex
     state.profiles["sim/m-a"] = Profile(ttft_ms=5.0, gap_ms=1.0, tokens=3)
     await stream_once(proxy)
     assert len(conns) == 2  # ... and the next completion used it
+
+
+async def cancel_mid_answer(proxy: Proxy) -> None:
+    """A stream whose client leaves mid-answer, which closes its upstream connection."""
+    body = {"model": "m-a", "stream": True, "messages": MSG}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{proxy.url}/v1/chat/completions", json=body) as resp,
+    ):
+        await resp.content.readuntil(b'"content":"')
+
+
+async def test_once_the_app_shuts_down_a_closed_connection_is_not_replaced(
+    start_proxy: StartProxy,
+) -> None:
+    # Shutting down closes connections (drained streams, cancelled probes) after the warmer
+    # has stopped: a HEAD then would only meet a closing connector (an INFO line each).
+    proxy = await start_proxy(data())
+    state = proxy.sim.state
+    state.profiles["sim/m-a"] = Profile(ttft_ms=5.0, gap_ms=200.0, tokens=20)
+    await eventually(lambda: len(state.connections) == 1)
+    warmer = proxy.app[WARMER]
+    await warmer.close()
+    sent = warmer.warmed
+    await cancel_mid_answer(proxy)
+    await eventually(lambda: state.cancelled == 1)
+    await asyncio.sleep(0.2)  # where a replacement's HEAD would have been sent
+    assert warmer.warmed == sent and len(state.connections) == 1
 
 
 async def test_a_server_that_closes_every_connection_is_not_warmed_in_a_loop(

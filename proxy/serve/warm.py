@@ -83,6 +83,7 @@ class Warmer:
         self._last_traffic: dict[str, float] = {}  # origin -> last request not ours
         self._tasks: set[asyncio.Task[bool]] = set()
         self._warming: set[str] = set()  # origins with a HEAD of ours in flight
+        self._closed = False
         self.warmed = 0  # requests the warmer sent
         self.failed = 0
 
@@ -97,7 +98,7 @@ class Warmer:
     def lost(self, origin: str) -> None:
         """A connection to ``origin`` was closed instead of pooled: open one in its place,
         unless the closed one was the warmer's own (or the origin is not ours to keep)."""
-        if origin in self._warming:
+        if origin in self._warming or self._closed:
             return
         if self._clock() - self._last_traffic.get(origin, -1e18) >= self.traffic_horizon_s:
             return
@@ -176,6 +177,9 @@ class Warmer:
         return True
 
     async def close(self) -> None:
+        # Connections closed while the app shuts down (drained streams, cancelled probes) are
+        # not replaced: a HEAD then would only meet a closing connector.
+        self._closed = True
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
