@@ -122,16 +122,23 @@ async def test_the_router_keeps_an_idle_client_connection_for_its_keepalive(
         assert opened == 2
 
 
+async def slow_stream_proxy(start_proxy: StartProxy) -> Proxy:
+    """A proxy whose one model streams slowly, once its upstream connection is warm."""
+    proxy = await start_proxy(data())
+    state = proxy.sim.state
+    state.profiles["sim/m-a"] = Profile(ttft_ms=5.0, gap_ms=200.0, tokens=20)
+    await eventually(lambda: len(state.connections) == 1)
+    return proxy
+
+
 async def test_a_connection_a_cancelled_stream_closes_is_replaced_before_the_next_request(
     start_proxy: StartProxy,
 ) -> None:
     # Editors cancel the completion in flight at the next keystroke, and cancelling a stream
     # closes its upstream connection: the next completion must still find a warm one.
-    proxy = await start_proxy(data())
+    proxy = await slow_stream_proxy(start_proxy)
     state = proxy.sim.state
-    state.profiles["sim/m-a"] = Profile(ttft_ms=5.0, gap_ms=200.0, tokens=20)
     conns = state.connections
-    await eventually(lambda: len(conns) == 1)
     await cancel_mid_answer(proxy)
     await eventually(lambda: state.cancelled == 1)
     # The replacement is opened in the background, before any request needs it ...
@@ -157,10 +164,8 @@ async def test_once_the_app_shuts_down_a_closed_connection_is_not_replaced(
 ) -> None:
     # Shutting down closes connections (drained streams, cancelled probes) after the warmer
     # has stopped: a HEAD then would only meet a closing connector (an INFO line each).
-    proxy = await start_proxy(data())
+    proxy = await slow_stream_proxy(start_proxy)
     state = proxy.sim.state
-    state.profiles["sim/m-a"] = Profile(ttft_ms=5.0, gap_ms=200.0, tokens=20)
-    await eventually(lambda: len(state.connections) == 1)
     warmer = proxy.app[WARMER]
     await warmer.close()
     sent = warmer.warmed
