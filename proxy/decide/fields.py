@@ -58,10 +58,17 @@ def steers_upstream(name: str) -> bool:
 
 
 @functools.cache
+def _shipped() -> dict[str, Any]:
+    """``openai_fields.json``, read and parsed once for the three tables below."""
+    text = resources.files("proxy").joinpath("openai_fields.json").read_text(encoding="utf-8")
+    data: dict[str, Any] = json.loads(text)
+    return data
+
+
+@functools.cache
 def openai_fields() -> Mapping[str, frozenset[str]]:
     """The fields OpenAI's schema defines, per endpoint (read once)."""
-    text = resources.files("proxy").joinpath("openai_fields.json").read_text(encoding="utf-8")
-    data = json.loads(text)
+    data = _shipped()
     return {e: frozenset(data["endpoints"][e]["fields"]) for e in ENDPOINTS}
 
 
@@ -82,8 +89,7 @@ def openai_field_types() -> Mapping[str, Mapping[str, frozenset[str]]]:
     """Per endpoint, each OpenAI field's JSON types where the spec pins them down. null is
     always accepted (an optional field sent as null is a field not sent) and an integer is
     a number."""
-    text = resources.files("proxy").joinpath("openai_fields.json").read_text(encoding="utf-8")
-    data = json.loads(text)
+    data = _shipped()
     out: dict[str, dict[str, frozenset[str]]] = {}
     for endpoint in ENDPOINTS:
         out[endpoint] = {}
@@ -98,8 +104,7 @@ def openai_field_types() -> Mapping[str, Mapping[str, frozenset[str]]]:
 @functools.cache
 def openai_field_ranges() -> Mapping[str, Mapping[str, tuple[float | None, float | None]]]:
     """Per endpoint, each numeric OpenAI field's (minimum, maximum) where the spec gives one."""
-    text = resources.files("proxy").joinpath("openai_fields.json").read_text(encoding="utf-8")
-    data = json.loads(text)
+    data = _shipped()
     return {
         e: {name: (low, high) for name, (low, high) in data["endpoints"][e]["ranges"].items()}
         for e in ENDPOINTS
