@@ -382,14 +382,14 @@ class LatencyTable:
         "_high_weight",
         "_measured_weight",
         "_prior_weight",
-        "_regime_version",
         "_shift_margin",
         "_shift_samples",
         "_shift_span_s",
         "_tickets",
-        "_version",
         "listener",
+        "regime_version",
         "slowdown_listener",
+        "version",
     )
 
     def __init__(
@@ -432,8 +432,13 @@ class LatencyTable:
         self._false_alarm = false_alarm
         self._entries: dict[str, _Entry] = {}
         self._tickets = 0
-        self._version = 0
-        self._regime_version = 0
+        # Read-only to callers; plain attributes, not properties, as routing reads them on
+        # every request. ``version`` bumps on every observe and every prior change: compare to
+        # detect a changed table. ``regime_version`` bumps when a run becomes suspected, stops
+        # being suspected or restarts a history: a change routing should see at once, not
+        # within its usual cache age.
+        self.version = 0
+        self.regime_version = 0
         # Told of every sample fed through ``observe`` (not ``fold``): the hook by which a
         # cluster shares this instance's samples with the others.
         self.listener: Callable[[str, float, Source], None] | None = None
@@ -470,17 +475,6 @@ class LatencyTable:
     def false_alarm(self) -> float:
         return self._false_alarm
 
-    @property
-    def version(self) -> int:
-        """Bumps on every observe and every prior change: compare to detect a changed table."""
-        return self._version
-
-    @property
-    def regime_version(self) -> int:
-        """Bumps when a run becomes suspected, stops being suspected or restarts a history: a
-        change routing should see at once, not within its usual cache age."""
-        return self._regime_version
-
     def __contains__(self, key: object) -> bool:
         return key in self._entries
 
@@ -494,14 +488,14 @@ class LatencyTable:
             e.nominal = nominal_ms
         else:
             return
-        self._version += 1
+        self.version += 1
 
     def retain(self, keys: Iterable[str]) -> None:
         """Forget every deployment not in ``keys`` (config reload removed it)."""
         keep = set(keys)
         for key in [k for k in self._entries if k not in keep]:
             del self._entries[key]
-        self._version += 1
+        self.version += 1
 
     def observe(self, key: str, ttft_ms: float, source: Source) -> None:
         """Feed one TTFT sample. An unknown key is registered with the sample as its nominal."""
@@ -537,7 +531,7 @@ class LatencyTable:
             _restart(e, e.run, now, self._half_life_s)
             _end_run(e)
         if restart or was_suspected != (not math.isnan(e.run_mean)):
-            self._regime_version += 1
+            self.regime_version += 1
         e.mix = (1.0 - self._high_weight) * e.mean + self._high_weight * e.p90
         e.samples += 1
         e.last_sample = now
@@ -546,7 +540,7 @@ class LatencyTable:
             e.last_live = now
         else:
             e.probe_samples += 1
-        self._version += 1
+        self.version += 1
         if slowed and self.slowdown_listener is not None:
             self.slowdown_listener(key)
 
