@@ -72,8 +72,9 @@ class InFlight:
         # Requests whose response has started: they must never be answered a second time.
         self._committed: set[asyncio.Task[Any]] = set()
         self._cancelled: set[asyncio.Task[Any]] = set()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        # Set while no request is in flight. Made only once ``idle`` waits (the drain), so the
+        # requests before it neither clear nor set an event (~20 bytecodes a request).
+        self._idle: asyncio.Event | None = None
 
     @contextlib.contextmanager
     def stream(self, timer: Deadline) -> Iterator[OpenStream]:
@@ -92,6 +93,10 @@ class InFlight:
 
     async def idle(self) -> None:
         """Returns once no request is in flight."""
+        if not self.requests:
+            return
+        if self._idle is None:
+            self._idle = asyncio.Event()
         await self._idle.wait()
 
     def cut(self) -> tuple[int, int]:
@@ -109,13 +114,15 @@ class InFlight:
 
     def enter(self, task: asyncio.Task[Any]) -> None:
         self.requests.add(task)
-        self._idle.clear()
+        if self._idle is not None:
+            self._idle.clear()
 
     def leave(self, task: asyncio.Task[Any]) -> None:
         self.requests.discard(task)
         self._committed.discard(task)
-        self._cancelled.discard(task)
-        if not self.requests:
+        if self._cancelled:  # only after the cut
+            self._cancelled.discard(task)
+        if not self.requests and self._idle is not None:
             self._idle.set()
 
     def was_cut(self, task: asyncio.Task[Any]) -> bool:
