@@ -515,6 +515,19 @@ class BreakerBoard:
             self._poll(b)
         return b.state
 
+    def refusing(self, keys: Iterable[str]) -> set[str]:
+        """Those of ``keys`` whose breaker is OPEN: ``state`` of each in one frame (the
+        routing snapshot's rebuild asks it of every deployment)."""
+        out = set()
+        breakers = self._breakers
+        for key in keys:
+            b = breakers.get(key)
+            if b is not None and b.state is State.OPEN:
+                self._poll(b)  # OPEN -> HALF_OPEN once the backoff has elapsed
+                if b.state is State.OPEN:
+                    out.add(key)
+        return out
+
     def failure_mark(self, key: str) -> int:
         """Read when a live request is sent; hand it back as ``record_success(since=...)``."""
         b = self._breakers.get(key)

@@ -666,3 +666,16 @@ def test_the_window_bound_drops_expired_results_before_live_ones() -> None:
     for _ in range(30):
         board.record_success(K, 100.0)
     assert board.rows()[0].requests_in_window == 50
+
+
+def test_refusing_names_the_open_breakers_and_half_opens_the_elapsed_ones() -> None:
+    clock = FakeClock()
+    board = make_board(clock, base_open_s=5.0)
+    board.record_success("a", 100.0)
+    trip(board, "b")
+    clock.now += 3.0
+    trip(board, "c")
+    assert board.refusing(["a", "b", "c", "unknown"]) == {"b", "c"}
+    clock.now += 2.0
+    assert board.refusing(["a", "b", "c"]) == {"c"}
+    assert board.state("b") is State.HALF_OPEN

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from probes.breaker import BreakerBoard, BreakerPolicy, State
+from probes.breaker import BreakerBoard, BreakerPolicy
 from probes.kinds import CLIENT_FAULTS
 from probes.latency import LatencyTable, Source, prior_weight_for, settled_weight
 from proxy.catalog import Catalog
@@ -32,6 +32,7 @@ class Health:
         "_built_at",
         "_catalog",
         "_clock",
+        "_keys",
         "_regime_v",
         "_snap",
         "_table_v",
@@ -117,6 +118,7 @@ class Health:
     def set_catalog(self, catalog: Catalog) -> None:
         """Plan over ``catalog`` from now on (a reload calls it as it swaps the Router)."""
         self._catalog = catalog
+        self._keys = [d.key for d in catalog.deployments()]  # the catalog is immutable
         for d in catalog.deployments():
             self.table.set_prior(d.key, d.nominal_ttft_ms)
         self._built_at = -1e18
@@ -136,10 +138,10 @@ class Health:
             and self.table.regime_version == self._regime_v
         ):
             return self._snap
-        keys = [d.key for d in self._catalog.deployments()]
-        ttft = {k: self.table.estimate_ms(k) for k in keys}
-        # state() also moves OPEN -> HALF_OPEN when the backoff has elapsed.
-        refusing = {k for k in keys if self.board.state(k) is State.OPEN}
+        keys = self._keys
+        ttft = self.table.estimates(keys)
+        # This also moves OPEN -> HALF_OPEN when the backoff has elapsed.
+        refusing = self.board.refusing(keys)
         badness = {k: self.board.badness(k) for k in refusing}
         self._snap = Snapshot.build(self._catalog, ttft, refusing, badness)
         self._built_at = now
