@@ -2,7 +2,7 @@
 prompts, completions or keys. It goes through the ``model_router.access`` logger (so
 embedding apps and tests see ordinary log records) without its slowest part, the caller
 lookup per line, and when ``serve``'s own handler is the only one, without the log record
-itself (``CountingStreamHandler.write_line``); ``serve`` writes the lines with a counting
+itself (``CountingStreamHandler.write_plain``); ``serve`` writes the lines with a counting
 handler (``log_stream``).
 """
 
@@ -14,22 +14,21 @@ import orjson
 
 from proxy.serve.record import RequestRecord, logged
 
-from .log_stream import ACCESS_LOGGER, CountingStreamHandler
+from .log_stream import ACCESS_LOGGER, INFO, CountingStreamHandler
 
 access_log = logging.getLogger(ACCESS_LOGGER)
 
 
 def access_log_sink(record: RequestRecord, seconds: float) -> None:
     """A ``Router.sinks`` entry: runs once per request after its answer has gone out."""
-    if not access_log.isEnabledFor(logging.INFO):
+    if not access_log.isEnabledFor(INFO):
         return
     line = orjson.dumps(logged(record)).decode()
     handlers = access_log.handlers
     if len(handlers) == 1 and not access_log.propagate and not access_log.filters:
         only = handlers[0]
-        if type(only) is CountingStreamHandler and only.plain():
-            # serve's own set-up: the line is all a record would become, so skip the record.
-            only.write_line(line)
+        # serve's own set-up: the line is all a record would become, so skip the record.
+        if type(only) is CountingStreamHandler and only.write_plain(line):
             return
     # makeRecord + handle is what Logger.info does, minus findCaller's walk up the stack.
-    access_log.handle(access_log.makeRecord(ACCESS_LOGGER, logging.INFO, "", 0, line, (), None))
+    access_log.handle(access_log.makeRecord(ACCESS_LOGGER, INFO, "", 0, line, (), None))
