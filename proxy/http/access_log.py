@@ -2,7 +2,7 @@
 prompts, completions or keys. It goes through the ``model_router.access`` logger (so
 embedding apps and tests see ordinary log records) without its slowest part, the caller
 lookup per line, and when ``serve``'s own handler is the only one, without the log record
-itself (``CountingStreamHandler.write_plain``); ``serve`` writes the lines with a counting
+itself (``CountingStreamHandler.write_line``); ``serve`` writes the lines with a counting
 handler (``log_stream``).
 """
 
@@ -14,7 +14,7 @@ import orjson
 
 from proxy.serve.record import RequestRecord, logged
 
-from .log_stream import ACCESS_LOGGER, INFO, CountingStreamHandler
+from .log_stream import ACCESS_LOGGER, INFO, PLAIN, CountingStreamHandler
 
 access_log = logging.getLogger(ACCESS_LOGGER)
 
@@ -27,8 +27,18 @@ def access_log_sink(record: RequestRecord, seconds: float) -> None:
     handlers = access_log.handlers
     if len(handlers) == 1 and not access_log.propagate and not access_log.filters:
         only = handlers[0]
-        # serve's own set-up: the line is all a record would become, so skip the record.
-        if type(only) is CountingStreamHandler and only.write_plain(line):
+        # serve's own set-up: the line is all a record would become, so skip the record. The
+        # handler's side (no filter, a level that lets INFO through, the bare-message format)
+        # is checked here rather than in a method: a call fewer per request.
+        fmt = only.formatter
+        if (
+            type(only) is CountingStreamHandler
+            and not only.filters
+            and only.level <= INFO
+            and type(fmt) is logging.Formatter
+            and fmt._fmt == PLAIN
+        ):
+            only.write_line(line)
             return
     # makeRecord + handle is what Logger.info does, minus findCaller's walk up the stack.
     access_log.handle(access_log.makeRecord(ACCESS_LOGGER, INFO, "", 0, line, (), None))

@@ -1,7 +1,7 @@
 """The access log's stream handler: a write that fails (a full disk behind a redirected
 stderr, a closed pipe) is counted and reported, never raised into the request path.
 
-On the hot path (``write_plain``) lines are batched: the first line of a batch schedules one
+On the hot path (``write_line``) lines are batched: the first line of a batch schedules one
 write for ``FLUSH_S`` later on the running loop, so a busy server makes one ``write()`` per
 batch instead of one per request (stderr is line-buffered: every line was a system call).
 A line reaches the stream at most ``FLUSH_S`` after its request ended, or at once when the
@@ -47,26 +47,11 @@ class CountingStreamHandler(logging.StreamHandler[TextIO]):
             self.written += 1
             self.error = self.failing_since = None
 
-    def write_plain(self, line: str) -> bool:
-        """What ``handle`` does for a record whose message is ``line``, without building the
-        record (the access log's hot path), when the record would come out as the bare line
-        (no filter, a level that lets INFO through, the ``%(message)s`` formatter ``serve``
-        installs), into the batch (``write_line``). False, and nothing written, when it would
-        not: the caller logs a record."""
-        fmt = self.formatter
-        if (
-            self.filters
-            or self.level > INFO
-            or type(fmt) is not logging.Formatter
-            or fmt._fmt != PLAIN
-        ):
-            return False
-        self.write_line(line)
-        return True
-
     def write_line(self, line: str) -> None:
-        """``line`` into the batch: written within ``FLUSH_S`` (at once when no event loop
-        runs in this thread), or at once when the batch holds ``BATCH_LINES``."""
+        """What ``handle`` does for a record whose formatted text is ``line``, without
+        building the record (the access log's hot path, when the record would come out as
+        the bare line), batched: written within ``FLUSH_S`` (at once when no event loop runs
+        in this thread), or at once when the batch holds ``BATCH_LINES``."""
         pending = self._pending
         pending.append(line)
         if len(pending) >= BATCH_LINES:
