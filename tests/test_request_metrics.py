@@ -183,9 +183,19 @@ def test_a_nan_ttft_reaches_the_sum_but_no_bucket() -> None:
     assert 'model_router_ttft_seconds_sum{deployment="m@p"} NaN' in got["model_router_ttft_seconds"]
 
 
-def test_negative_token_counts_are_refused_as_prometheus_client_refused_them() -> None:
-    record = RequestRecord(
-        Asked("r", "chat"), model="m", provider="p", status=200, prompt_tokens=-1
+@pytest.mark.parametrize(("prompt", "completion"), [(-1, 5), (7, -2), (0, -2)])
+def test_negative_token_counts_are_refused_as_prometheus_client_refused_them(
+    prompt: int, completion: int
+) -> None:
+    ours, reference = Metrics(web.Application()), Reference()
+    for sink in (ours.sink, reference.sink):
+        record = RequestRecord(Asked("r", "chat"), model="m", provider="p", status=200)
+        record.prompt_tokens, record.completion_tokens = prompt, completion
+        with pytest.raises(ValueError, match=NEGATIVE):
+            sink(record, 0.2)
+    got, want = (
+        families(generate_latest(ours.registry)),
+        families(generate_latest(reference.registry)),
     )
-    with pytest.raises(ValueError, match=NEGATIVE):
-        Metrics(web.Application()).sink(record, 0.2)
+    for name in ("model_router_tokens_total", "model_router_requests_total"):
+        assert got[name] == want[name]

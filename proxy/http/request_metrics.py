@@ -59,28 +59,31 @@ class Buckets:
 
 
 class Series:
-    """The children one (model, provider, status, endpoint) feeds. The integer counts are
-    its own (summed per label set at scrape: integer sums are exact in any order); the
-    float sums are shared with the other series of the same label set."""
+    """What one (model, provider, status, endpoint) feeds. The integer counts are its own,
+    summed per label set at scrape (integer sums are exact in any order): its duration
+    buckets (their total is its request count), fallbacks and tokens. The float sums are
+    shared with the other series of the same label set: ``took`` (the endpoint's duration
+    sum), ``cost``, ``ttft``."""
 
     __slots__ = (
         "completion",
         "cost",
-        "duration",
+        "counts",
+        "endpoint",
         "fallbacks",
         "mp",
         "prompt",
-        "requests",
         "status",
+        "took",
         "ttft",
     )
 
-    def __init__(self, mp: Labels, status: Labels, cost: Sum, duration: Buckets, ttft: Buckets):
-        self.mp = mp  # (model, provider)
-        self.status = status  # (model, provider, status)
-        self.requests = self.fallbacks = self.prompt = self.completion = 0
+    def __init__(self, labels: tuple[Labels, Labels, str], took: Sum, cost: Sum, ttft: Buckets):
+        self.mp, self.status, self.endpoint = labels  # (model, provider), (.., status)
+        self.counts = [0] * len(_DURATION_BOUNDS)
+        self.fallbacks = self.prompt = self.completion = 0
+        self.took = took
         self.cost = cost
-        self.duration = duration
         self.ttft = ttft
 
 
@@ -94,7 +97,7 @@ class RequestMetrics(Collector):
         self._requests: dict[Labels, float] = {}
         self._pairs: dict[Labels, float] = {}  # fallbacks and tokens, by (model, provider)
         self._cost: dict[Labels, Sum] = {}
-        self._duration: dict[str, Buckets] = {}
+        self._duration: dict[str, Sum] = {}
         self._ttft: dict[str, Buckets] = {}
         # Hedged races are rare: their two counters stay prometheus_client's (``Metrics``).
         self.hedges: Counter | None = None
@@ -105,10 +108,8 @@ class RequestMetrics(Collector):
         s = self._series.get((outcome.model, outcome.provider, outcome.status, outcome.endpoint))
         if s is None:
             s = self._add(outcome)
-        s.requests += 1
-        h = s.duration
-        h.counts[bisect_left(_DURATION_BOUNDS, seconds)] += 1
-        h.sum += seconds
+        s.counts[bisect_left(_DURATION_BOUNDS, seconds)] += 1
+        s.took.value += seconds
         if (ttft := outcome.ttft_ms) is not None and outcome.model is not None:
             ttft /= 1000
             h = s.ttft
@@ -119,14 +120,11 @@ class RequestMetrics(Collector):
             s.fallbacks += 1
         if (cost := outcome.cost) > 0:
             s.cost.value += cost
-        if n := outcome.prompt_tokens:
-            if n < 0:
-                raise ValueError(NEGATIVE)
-            s.prompt += n
-        if n := outcome.completion_tokens:
-            if n < 0:
-                raise ValueError(NEGATIVE)
-            s.completion += n
+        prompt, completion = outcome.prompt_tokens, outcome.completion_tokens
+        if prompt < 0 or completion < 0:
+            _refuse(s, prompt)
+        s.prompt += prompt  # a zero changes nothing: its children exist already
+        s.completion += completion
         if outcome.hedged:
             self._hedged(outcome.hedged, outcome.hedge_cost)
 
@@ -144,9 +142,9 @@ class RequestMetrics(Collector):
         now = time.time()
         self._requests.setdefault(status, now)
         self._pairs.setdefault(mp, now)
-        duration = self._duration.get(outcome.endpoint)
-        if duration is None:
-            duration = self._duration[outcome.endpoint] = Buckets(_DURATION_BOUNDS)
+        took = self._duration.get(outcome.endpoint)
+        if took is None:
+            took = self._duration[outcome.endpoint] = Sum()
         ttft = self._ttft.get(f"{model}@{provider}")
         if ttft is None:
             ttft = self._ttft[f"{model}@{provider}"] = Buckets(_TTFT_BOUNDS)
@@ -154,7 +152,7 @@ class RequestMetrics(Collector):
         if cost is None:
             cost = self._cost[mp] = Sum()
         key = (outcome.model, outcome.provider, outcome.status, outcome.endpoint)
-        s = self._series[key] = Series(mp, status, cost, duration, ttft)
+        s = self._series[key] = Series((mp, status, outcome.endpoint), took, cost, ttft)
         return s
 
     def describe(self) -> list[Metric]:
@@ -172,8 +170,12 @@ class RequestMetrics(Collector):
         created = prometheus_metrics._use_created
         requests = dict.fromkeys(self._requests, 0)
         pairs = {mp: [0, 0, 0] for mp in self._pairs}  # fallbacks, prompt, completion
+        durations = {endpoint: [0] * len(_DURATION_BOUNDS) for endpoint in self._duration}
         for s in self._series.values():
-            requests[s.status] += s.requests
+            requests[s.status] += sum(s.counts)
+            counts = durations[s.endpoint]
+            for i, n in enumerate(s.counts):
+                counts[i] += n
             p = pairs[s.mp]
             p[0] += s.fallbacks
             p[1] += s.prompt
@@ -190,7 +192,7 @@ class RequestMetrics(Collector):
             "model_router_ttft_seconds",
             "Time to the first content-bearing chunk of streamed answers, per deployment.",
             "deployment",
-            self._ttft,
+            [(label, h.counts, h.sum, h.created) for label, h in self._ttft.items()],
             _TTFT_BOUNDS,
             created,
         )
@@ -198,7 +200,7 @@ class RequestMetrics(Collector):
             "model_router_request_duration_seconds",
             "Time from the request's arrival to the end of its answer.",
             "endpoint",
-            self._duration,
+            [(e, durations[e], took.value, took.created) for e, took in self._duration.items()],
             _DURATION_BOUNDS,
             created,
         )
@@ -255,20 +257,28 @@ def _histogram(
     name: str,
     doc: str,
     labelname: str,
-    children: dict[str, Buckets],
+    children: Sequence[tuple[str, list[int], float, float]],
     bounds: Sequence[float],
     created: bool,
 ) -> Metric:
     """A histogram family as prometheus_client's ``Histogram.collect`` builds it."""
     family = Metric(name, doc, "histogram")
     les = [floatToGoString(b) for b in bounds]  # type: ignore[no-untyped-call]
-    for label, h in children.items():
+    for label, counts, total, at in children:
         acc = 0.0
-        for le, n in zip(les, h.counts, strict=True):
+        for le, n in zip(les, counts, strict=True):
             acc += n
             family.add_sample(name + "_bucket", {labelname: label, "le": le}, acc)
         family.add_sample(name + "_count", {labelname: label}, acc)
-        family.add_sample(name + "_sum", {labelname: label}, h.sum)
+        family.add_sample(name + "_sum", {labelname: label}, total)
         if created:
-            family.add_sample(name + "_created", {labelname: label}, h.created)
+            family.add_sample(name + "_created", {labelname: label}, at)
     return family
+
+
+def _refuse(s: Series, prompt: int) -> None:
+    """A negative token count: what prometheus_client's Counter.inc did, a ValueError, after
+    counting a valid prompt count first (the completion's inc came second)."""
+    if prompt >= 0:
+        s.prompt += prompt
+    raise ValueError(NEGATIVE)
