@@ -14,7 +14,7 @@ import orjson
 
 from proxy.serve.record import RequestRecord, logged
 
-from .log_stream import ACCESS_LOGGER, INFO, PLAIN, CountingStreamHandler
+from .log_stream import ACCESS_LOGGER, INFO, CountingStreamHandler
 
 access_log = logging.getLogger(ACCESS_LOGGER)
 
@@ -30,13 +30,11 @@ def access_log_sink(record: RequestRecord, seconds: float) -> None:
         # serve's own set-up: the line is all a record would become, so skip the record. The
         # handler's side (no filter, a level that lets INFO through, the bare-message format)
         # is checked here rather than in a method: a call fewer per request.
-        fmt = only.formatter
         if (
             type(only) is CountingStreamHandler
             and not only.filters
             and only.level <= INFO
-            and type(fmt) is logging.Formatter
-            and fmt._fmt == PLAIN
+            and only.formatter is only.plain_formatter
         ):
             only.write_line(line)
             return

@@ -23,6 +23,7 @@ FLUSH_S = 0.05
 BATCH_LINES = 256
 INFO = logging.INFO
 PLAIN = "%(message)s"  # the format serve installs: a record comes out as its message
+NOT_PLAIN = object()  # plain_formatter while the formatter is not the bare-message one
 
 
 class CountingStreamHandler(logging.StreamHandler[TextIO]):
@@ -37,6 +38,16 @@ class CountingStreamHandler(logging.StreamHandler[TextIO]):
         self.failing_since: float | None = None  # monotonic
         self._pending: list[str] = []  # lines of the batch not yet written
         self._timer: asyncio.TimerHandle | None = None
+        self.plain_formatter: object = NOT_PLAIN
+
+    def setFormatter(self, fmt: logging.Formatter | None) -> None:
+        """Also notes whether ``fmt`` prints a record as its bare message: the access log's
+        fast path compares ``formatter is plain_formatter`` per request (6 bytecodes, not
+        the 13 of a type and format test). A formatter assigned without this method fails
+        the comparison and takes the ordinary path: the same line, only not batched."""
+        super().setFormatter(fmt)
+        plain = type(fmt) is logging.Formatter and fmt._fmt == PLAIN
+        self.plain_formatter = fmt if plain else NOT_PLAIN
 
     def emit(self, record: logging.LogRecord) -> None:
         if self._pending:
