@@ -72,8 +72,8 @@ class Budget:
         """Raise the 429 to answer when a budget that applies to this request is spent."""
         if (day := int(self._clock() // DAY_S)) != self._day:
             self._roll_to(day)
-        elsewhere = self.elsewhere
         if self.daily_usd > 0:
+            elsewhere = self.elsewhere
             spent = self.spent + (elsewhere(None) if elsewhere is not None else 0.0)
             if spent >= self.daily_usd:
                 self._refuse(f"the global daily budget of ${self.daily_usd:.2f}", spent)

@@ -105,8 +105,9 @@ class RequestMetrics(Collector):
 
     def sink(self, outcome: RequestRecord, seconds: float) -> None:
         """Once per request, after its answer."""
-        s = self._series.get((outcome.model, outcome.provider, outcome.status, outcome.endpoint))
-        if s is None:
+        try:  # a subscript, not get() and a None test: 4 bytecodes fewer once it is known
+            s = self._series[(outcome.model, outcome.provider, outcome.status, outcome.endpoint)]
+        except KeyError:
             s = self._add(outcome)
         s.counts[bisect_left(_DURATION_BOUNDS, seconds)] += 1
         s.took.value += seconds
