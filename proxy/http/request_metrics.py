@@ -3,7 +3,7 @@ tokens) kept as plain numbers and exported by a collector at scrape time.
 
 prometheus_client's children cost ~400 bytecodes per request (a ``labels()`` lookup, two
 observability checks and a lock per ``inc``); here the sink does one dict lookup and adds
-to ints and floats (~90 bytecodes, ``benchmarks.opcodes``). Only the event loop's thread
+to ints and floats (~96 bytecodes, ``benchmarks.opcodes``). Only the event loop's thread
 writes them (``Router.sinks`` run in the request handler), so no lock is needed. The
 exposition is the one the ``Counter``s and ``Histogram``s gave: the same families in the
 same order, a child for each label set from its first request (zeros included), the same
