@@ -112,21 +112,11 @@ def spoken(plan: Plan) -> str:
     return plan.reason.replace(old, f"{old} {ESTIMATE}={plan.estimate_ms:.0f}", 1)
 
 
-def _fits(intent: Intent, m: Model) -> bool:
-    return intent.prompt_tokens + intent.max_output_tokens <= m.context_length
-
-
-def _writes_enough(intent: Intent, m: Model) -> bool:
-    """The model can produce as many tokens as the client reserved (an upstream would
-    answer a larger max_tokens with a 400)."""
-    return intent.max_output_tokens <= m.max_output_tokens
-
-
 def _capable(intent: Intent, m: Model) -> bool:
     return intent.needs <= m.capabilities
 
 
-def _by_model(catalog: Catalog, intent: Intent, snap: Snapshot) -> Iterator[Deployment]:
+def _by_model(catalog: Catalog, intent: Intent, snap: Snapshot) -> Iterable[Deployment]:
     if intent.min_coding_score is not None:
         score = intent.min_coding_score
         models: Iterable[Model] = (
@@ -134,11 +124,16 @@ def _by_model(catalog: Catalog, intent: Intent, snap: Snapshot) -> Iterator[Depl
             for m in catalog.by_price
             if m.coding.value >= score and (intent.tier in (None, m.tier))
         )
-    elif intent.prefer == "fast":
-        yield from snap.fast_order.get(intent.tier or "any", ())
-        return
-    else:
-        models = catalog.ranked[(intent.tier or "any", intent.prefer or DEFAULT_PREFER)]
+        return _each_deployment(models, snap)
+    if intent.prefer == "fast":
+        return snap.fast_order.get(intent.tier or "any", ())
+    pool = (intent.tier or "any", intent.prefer or DEFAULT_PREFER)
+    flat = catalog.flat.get(pool)
+    return flat if flat is not None else _each_deployment(catalog.ranked[pool], snap)
+
+
+def _each_deployment(models: Iterable[Model], snap: Snapshot) -> Iterator[Deployment]:
+    """Each model's deployments, in ``models``' order; a model's own by expected TTFT."""
     for m in models:
         if len(m.deployments) == 1:
             yield m.deployments[0]
@@ -165,24 +160,23 @@ def _pinned(catalog: Catalog, intent: Intent, snap: Snapshot) -> Iterator[Deploy
         yield from sorted(model.deployments, key=snap.ttft)
 
 
-def _quotes_estimate(intent: Intent) -> bool:
-    return intent.prefer == "fast" or bool(intent.pinned)
-
-
-def _reason(intent: Intent, first: Candidate, snap: Snapshot, forced: bool) -> str:
-    m, d = first.model, first.deployment
+def _reason(
+    intent: Intent, first: Candidate, estimate: float | None, forced: bool, catalog: Catalog
+) -> str:
+    m = first.model
     if intent.pinned:
         head = "pinned"
     else:
         head = f"prefer={intent.prefer} tier={intent.tier or 'any'}"
         if intent.min_coding_score is not None:
             head += f" min_coding_score={intent.min_coding_score:g} coding={m.coding.value:g}"
-    if _quotes_estimate(intent):
-        detail = f"{DEPRECATED_ESTIMATE}={snap.ttft(d):.0f}"
+    if estimate is not None:
+        detail = f"{DEPRECATED_ESTIMATE}={estimate:.0f}"
     elif intent.min_coding_score is not None:
-        detail = PREFERENCES["cheap"].figure(m)
+        detail = catalog.figures.get(("cheap", m.id)) or PREFERENCES["cheap"].figure(m)
     else:
-        detail = PREFERENCES[intent.prefer or DEFAULT_PREFER].figure(m)
+        prefer = intent.prefer or DEFAULT_PREFER
+        detail = catalog.figures.get((prefer, m.id)) or PREFERENCES[prefer].figure(m)
     tail = " forced=all_open_least_bad" if forced else ""
     return f"{head} {detail}{tail}"
 
@@ -205,26 +199,29 @@ def plan(
     too_short: list[Model] = []  # the window fits, but the output limit is below max_tokens
     incapable: list[Model] = []
     denied: list[Model] = []
+    # The checks are inline, with what they read in locals: three calls a deployment cost
+    # ~90 bytecodes for a three-candidate plan.
+    needs, by_name, refusing = intent.needs, catalog.by_name, snap.open
+    writes = intent.max_output_tokens
+    window = intent.prompt_tokens + writes
     for d in source:
-        model = catalog.by_name[d.model_id]
+        model = by_name[d.model_id]
         if allow is not None and not allow(model):
             denied.append(model)
-            continue
-        if not _capable(intent, model):
+        elif not needs <= model.capabilities:
             incapable.append(model)
-            continue
-        if not _fits(intent, model):
+        elif window > model.context_length:
             too_small.append(model)
-            continue
-        if not _writes_enough(intent, model):
+        elif writes > model.max_output_tokens:
+            # The model cannot write as many tokens as the client reserved (an upstream
+            # would answer a larger max_tokens with a 400).
             too_short.append(model)
-            continue
-        if d.key in snap.open:
+        elif d.key in refusing:
             open_ones.append(Candidate(model, d))
-            continue
-        chosen.append(Candidate(model, d))
-        if len(chosen) >= limit:
-            break
+        else:
+            chosen.append(Candidate(model, d))
+            if len(chosen) >= limit:
+                break
     forced = False
     if not chosen and open_ones:
         # Every eligible deployment is open: try the least bad rather than fail blind.
@@ -235,8 +232,9 @@ def plan(
     if not chosen:
         raise _nothing_eligible(intent, too_small, too_short, incapable, denied, catalog)
     first = chosen[0]
-    estimate = snap.ttft(first.deployment) if _quotes_estimate(intent) else None
-    return Plan(tuple(chosen), _reason(intent, first, snap, forced), forced, estimate)
+    quotes = intent.prefer == "fast" or bool(intent.pinned)
+    estimate = snap.ttft(first.deployment) if quotes else None
+    return Plan(tuple(chosen), _reason(intent, first, estimate, forced, catalog), forced, estimate)
 
 
 def _nothing_eligible(
