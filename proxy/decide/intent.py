@@ -25,7 +25,10 @@ IMAGE_TOKENS = 800
 CHARS_PER_TOKEN = 4
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: built once per request and never changed after (dataclasses.replace makes a
+# new one), and frozen's object.__setattr__ per field costs: 16 fields, ~130 bytecodes to
+# build, ~50 without.
+@dataclass(slots=True)
 class Intent:
     endpoint: Endpoint
     auto: bool
@@ -407,6 +410,8 @@ def _check_escalate(escalate: bool, stream: bool, pinned: tuple[str, ...]) -> No
 
 def forwarded_body(body: Mapping[str, Any]) -> dict[str, Any]:
     """The client's body without routing extensions; ``model`` is set per attempt."""
+    if EXTENSION_FIELDS.isdisjoint(body):
+        return dict(body)  # the usual body: a C copy, 8 bytecodes where the filter ran 50
     return {k: v for k, v in body.items() if k not in EXTENSION_FIELDS}
 
 
