@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from proxy.decide.fields import EXTENSION_FIELDS, openai_fields
 from proxy.decide.intent import _parse_intent, forwarded_body, parse_intent
 from proxy.decide.policy import DEFAULT_TASKS
 from proxy.errors import RouterError
@@ -251,3 +252,15 @@ def _either(body: dict[str, Any], parse: Any) -> Any:
 )
 def test_the_plain_chat_path_and_the_general_parser_agree(body: dict[str, Any]) -> None:
     assert _either(body, parse_intent) == _either(body, _parse_intent)
+
+
+@pytest.mark.parametrize(
+    "value", [5, -1, True, "x", "auto", [{"type": "function"}], {"type": "json_object"}]
+)
+def test_the_plain_chat_path_steps_aside_for_every_field_the_parser_reads(value: Any) -> None:
+    """Any field the general parser reads (besides model, messages and stream) must be in
+    ROUTING_INPUTS, or the plain path would ignore it: try every field a body may carry."""
+    names = openai_fields()["chat"] | openai_fields()["completions"] | EXTENSION_FIELDS
+    for name in sorted(names - {"model", "messages", "stream"}):
+        body = {"model": "auto", "messages": MSG, name: value}
+        assert _either(body, parse_intent) == _either(body, _parse_intent), name

@@ -1,3 +1,4 @@
+# Over 400 lines: the general parser and its short path for a plain chat body, side by side.
 """Request body -> Intent: what the client asked for and what the request needs. Pure.
 
 Validation happens here, before anything is sent upstream; every error names its field.
@@ -219,26 +220,9 @@ def _task(body: Mapping[str, Any], tasks: Mapping[str, TaskRoute]) -> str | None
 # Every field parse_intent reads but model, messages and stream. A chat body with none of
 # them (what most clients send) is parsed by _plain_chat.
 ROUTING_INPUTS = frozenset(
-    {
-        "stream_options",
-        "max_completion_tokens",
-        "max_tokens",
-        "prompt",
-        "suffix",
-        "tools",
-        "functions",
-        "response_format",
-        "logprobs",
-        "top_logprobs",
-        "reasoning_effort",
-        "prefer",
-        "tier",
-        "task",
-        "escalate",
-        "hedge",
-        "min_coding_score",
-        "models",
-    }
+    "stream_options max_completion_tokens max_tokens prompt suffix tools functions "
+    "response_format logprobs top_logprobs reasoning_effort prefer tier task escalate hedge "
+    "min_coding_score models".split()
 )
 
 
