@@ -158,9 +158,6 @@ class Catalog:
     ranked: Mapping[tuple[str, str], tuple[Model, ...]] = field(default_factory=dict)
     # models by ascending blended price, for min_coding_score (Pareto choice).
     by_price: tuple[Model, ...] = ()
-    # ranked's deployments in order, for the pools where every model has one deployment (so
-    # no order depends on live TTFT): routing walks the tuple, no generator (~70 bytecodes).
-    flat: Mapping[tuple[str, str], tuple[Deployment, ...]] = field(default_factory=dict)
     # (prefer, model id) -> the reason's figure for that model, formatted once.
     figures: Mapping[tuple[str, str], str] = field(default_factory=dict)
 
@@ -181,15 +178,10 @@ class Catalog:
             for prefer in PREFERS:
                 ranked[(pool, prefer)] = tuple(sorted(members, key=partial(_sort_key, prefer)))
         by_price = tuple(sorted(ordered, key=lambda m: _sort_key("cheap", m)))
-        flat = {
-            pool: tuple(m.deployments[0] for m in models)
-            for pool, models in ranked.items()
-            if all(len(m.deployments) == 1 for m in models)
-        }
         figures: dict[tuple[str, str], str] = {
             (p, m.id): PREFERENCES[p].figure(m) for p in PREFERS for m in ordered
         }
-        return cls(ordered, by_name, ranked, by_price, flat, figures)
+        return cls(ordered, by_name, ranked, by_price, figures)
 
     def get(self, name: str) -> Model | None:
         return self.by_name.get(name)

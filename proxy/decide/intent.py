@@ -220,9 +220,26 @@ def _task(body: Mapping[str, Any], tasks: Mapping[str, TaskRoute]) -> str | None
 # Every field parse_intent reads but model, messages and stream. A chat body with none of
 # them (what most clients send) is parsed by _plain_chat.
 ROUTING_INPUTS = frozenset(
-    "stream_options max_completion_tokens max_tokens prompt suffix tools functions "
-    "response_format logprobs top_logprobs reasoning_effort prefer tier task escalate hedge "
-    "min_coding_score models".split()
+    [
+        "stream_options",
+        "max_completion_tokens",
+        "max_tokens",
+        "prompt",
+        "suffix",
+        "tools",
+        "functions",
+        "response_format",
+        "logprobs",
+        "top_logprobs",
+        "reasoning_effort",
+        "prefer",
+        "tier",
+        "task",
+        "escalate",
+        "hedge",
+        "min_coding_score",
+        "models",
+    ]
 )
 
 
