@@ -160,6 +160,12 @@ class Catalog:
     by_price: tuple[Model, ...] = ()
     # (prefer, model id) -> the reason's figure for that model, formatted once.
     figures: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    # What deployments() gives: the health snapshot, metrics and status walk it on a timer.
+    every_deployment: tuple[Deployment, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        every = tuple(d for m in self.models for d in m.deployments)
+        object.__setattr__(self, "every_deployment", every)
 
     @classmethod
     def build(cls, models: Iterable[Model]) -> Catalog:
@@ -194,8 +200,7 @@ class Catalog:
         return list(dict.fromkeys(lowered[k] for k in found))[:n]
 
     def deployments(self) -> Iterable[Deployment]:
-        for m in self.models:
-            yield from m.deployments
+        return self.every_deployment
 
     def only_providers(self, enabled: Iterable[str]) -> Catalog:
         """The catalog restricted to deployments on enabled providers; models left with

@@ -60,10 +60,13 @@ class Snapshot:
         deps = sorted(
             catalog.deployments(), key=lambda d: (ttft_ms.get(d.key, d.nominal_ttft_ms), d.key)
         )
-        tier_of = {m.id: m.tier for m in catalog.models}
-        order = {"any": tuple(deps)}
-        for tier in TIERS:
-            order[tier] = tuple(d for d in deps if tier_of[d.model_id] == tier)
+        # One pass into the tiers' lists, not one generator over every deployment per tier.
+        tiers: dict[str, list[Deployment]] = {tier: [] for tier in TIERS}
+        by_name = catalog.by_name
+        for d in deps:
+            if (bucket := tiers.get(by_name[d.model_id].tier)) is not None:
+                bucket.append(d)
+        order = {"any": tuple(deps), **{tier: tuple(found) for tier, found in tiers.items()}}
         return cls(dict(ttft_ms), frozenset(open), dict(badness or {}), order)
 
     @classmethod
