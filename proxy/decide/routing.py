@@ -124,10 +124,6 @@ def spoken(plan: Plan) -> str:
     return plan.reason.replace(old, f"{old} {ESTIMATE}={plan.estimate_ms:.0f}", 1)
 
 
-def _capable(intent: Intent, m: Model) -> bool:
-    return intent.needs <= m.capabilities
-
-
 def _by_score(catalog: Catalog, intent: Intent, snap: Snapshot) -> Iterator[Deployment]:
     """min_coding_score: the cheapest models that score enough, in the asked tier if any."""
     score = intent.min_coding_score
@@ -167,6 +163,21 @@ class Ranked:
         self.head, self.powers = tuple(head), powers or frozenset()
         self.plans: dict[tuple[str | None, str | None], Plan] = {}
 
+    def plan_for(self, intent: Intent, window: int, snap: Snapshot) -> Plan | None:
+        """The head's plan when ``intent`` (needing ``window`` tokens) fits it, else None."""
+        if not (
+            self.head
+            and intent.needs <= self.powers
+            and window <= self.window
+            and intent.max_output_tokens <= self.outputs
+        ):
+            return None
+        asked = (intent.prefer, intent.tier)  # all the head's reason reads of the intent
+        made = self.plans.get(asked)
+        if made is None:
+            made = self.plans[asked] = _finish(intent, self.head, False, snap, self.catalog)
+        return made
+
 
 def _ranked(catalog: Catalog, intent: Intent, snap: Snapshot, limit: int) -> Ranked:
     pool = (intent.tier or "any", intent.prefer or DEFAULT_PREFER)
@@ -198,7 +209,7 @@ def _pinned(catalog: Catalog, intent: Intent, snap: Snapshot) -> Iterator[Deploy
         if model.id in seen:
             continue
         seen.add(model.id)
-        if not _capable(intent, model):
+        if not intent.needs <= model.capabilities:
             missing = sorted(intent.needs - model.capabilities)[0]
             raise bad_request(
                 f"model {model.id!r} does not support {CAPABILITY_WORDS.get(missing, missing)}",
@@ -249,18 +260,8 @@ def plan(
         source = _by_score(catalog, intent, snap)
     else:
         ranked = _ranked(catalog, intent, snap, limit)
-        if (
-            allow is None
-            and ranked.head
-            and intent.needs <= ranked.powers
-            and window <= ranked.window
-            and writes <= ranked.outputs
-        ):
-            asked = (intent.prefer, intent.tier)  # all the head's reason reads of the intent
-            made = ranked.plans.get(asked)
-            if made is None:
-                made = ranked.plans[asked] = _finish(intent, ranked.head, False, snap, catalog)
-            return made
+        if allow is None and (shared := ranked.plan_for(intent, window, snap)) is not None:
+            return shared
         source = ranked.order
     chosen: list[Candidate] = []
     open_ones: list[Candidate] = []
