@@ -87,10 +87,9 @@ def fast_ranks(snap: Snapshot, pool: str = "any") -> dict[str, int]:
     return ranks
 
 
-# Not frozen: built once per request and never changed after (dataclasses.replace makes a
-# new one), and frozen's object.__setattr__ per field costs: ~18 bytecodes each, ~8
-# without, up to max_attempts of them a plan.
-@dataclass(slots=True)
+# Frozen: a plan's candidates are made once per snapshot and shared by every request that
+# takes that plan (``Ranked.plan_for``), so no request may change one.
+@dataclass(frozen=True, slots=True)
 class Candidate:
     model: Model
     deployment: Deployment
@@ -105,9 +104,10 @@ ESTIMATE = "ttft_estimate_ms"
 DEPRECATED_ESTIMATE = "ttft_ewma_ms"
 
 
-# Not frozen: built once per request and never changed after (dataclasses.replace makes a
-# new one), and frozen's object.__setattr__ per field costs (~34 bytecodes, ~14 without).
-@dataclass(slots=True)
+# Frozen: the usual plan is made once per snapshot, pool and prefer/tier and shared by every
+# request that asks for it (``Ranked.plan_for``); a request's own notes go into a copy
+# (``Resolution.annotate``), never into the shared one.
+@dataclass(frozen=True, slots=True)
 class Plan:
     candidates: tuple[Candidate, ...]
     reason: str  # quotes the TTFT estimate as DEPRECATED_ESTIMATE (0.1.x); see ``spoken``
