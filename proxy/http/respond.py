@@ -190,14 +190,20 @@ class StreamWriter:
                 if not relay.done:
                     self.writing = False
                     stream.extend(idle)
+                    # Per chunk: stream.extend inlined as the Deadline's documented write of
+                    # ``at`` (both limits are at least its period, so no re-arm is due) and
+                    # bound methods in locals, 30 bytecodes where two extend calls were 100.
+                    feed, write, clock = relay.feed, resp.write, loop.time
                     async for chunk in committed.upstream:
-                        out = relay.feed(chunk)
+                        out = feed(chunk)
                         if out:
                             self.writing = True
-                            stream.extend(stall)
-                            await resp.write(out)
+                            if not stream.cut:  # once the drain cut it, its deadline stays
+                                timer.at = clock() + stall
+                            await write(out)
                             self.writing = False
-                        stream.extend(idle)
+                        if not stream.cut:
+                            timer.at = clock() + idle
                     relay.finish()
 
     def _client_gone(self, why: str) -> web.StreamResponse:
