@@ -6,19 +6,15 @@ log's line, the usage log's row and schema, and ``report``'s groups are read fro
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import FrozenInstanceError, dataclass
 from operator import attrgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 # Intents name client-given models; bound what one record (and one log line) holds.
 MAX_TEXT = 256
 
 
-@dataclass(frozen=True, slots=True)
-class Asked:
-    """What the client asked for, as the router read it. Replaced whole, never edited: first
-    with what is known on arrival, then once more when the body is parsed and decided."""
-
+class _AskedFields(NamedTuple):
     request_id: str
     endpoint: str
     key_id: str | None = None  # the client's API key id (never the key), once keys exist
@@ -28,6 +24,23 @@ class Asked:
     tier: str | None = None  # as routed (None: any tier, or pinned)
     complexity: float | None = None  # the classifier's score when tier was auto
     arm: str | None = None  # experiment arm, "<name>:control" or "<name>:treatment"
+
+
+class Asked(_AskedFields):
+    """What the client asked for, as the router read it. Replaced whole, never edited: first
+    with what is known on arrival, then once more when the body is parsed and decided.
+
+    A named tuple that refuses assignment as a frozen dataclass does, rather than a frozen
+    dataclass: it is built three times a request, and a frozen dataclass's ``__init__`` sets
+    each field through ``object.__setattr__`` (74 bytecodes a build, against 19 here)."""
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
 
 
 @dataclass(slots=True)
