@@ -200,8 +200,8 @@ class SSERelay:
         """The common chunk (no error, no usage, one choice whose delta holds only a
         ``content`` string, the model swapped by bytes if at all): its tokens counted, and
         the event to forward (framed or not, as given). None, with nothing recorded, for
-        any other chunk: ``_checked`` takes it. 60 bytecodes where the general checks,
-        produced_tokens, _tokens and _renamed were 200 (measured)."""
+        any other chunk: ``_checked`` takes it. 72 bytecodes a renamed chunk where the
+        general checks, produced_tokens, _tokens and _renamed were 214 (measured)."""
         if "error" in obj or obj.get("usage") is not None:
             return None
         try:
