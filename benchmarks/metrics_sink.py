@@ -1,4 +1,4 @@
-"""What /metrics costs: the per-request sink (prometheus-client counters and histograms) and a
+"""What /metrics costs: the per-request sink (plain counts, exported by a collector) and a
 scrape of the full bundled catalog. Run: ``python benchmarks/metrics_sink.py``.
 
 The sink runs once per request after the answer; the budget it is judged against is the

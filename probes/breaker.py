@@ -1,4 +1,5 @@
-# Over 400 lines: its docstring (48 lines) is the state machine's specification, kept beside it.
+# Over 600 lines: its docstring (48 lines) is the state machine's specification, kept beside it,
+# and CLOSED's results have a one-frame fast path beside the general one (see closed_success).
 """Circuit breakers, one per deployment: CLOSED -> OPEN -> HALF_OPEN -> CLOSED.
 
 The clock and the jitter source are injected, so every transition is testable without sleeping.
@@ -231,6 +232,9 @@ class Breaker:
         self, now: float, ttft_ms: float | None, probe: bool, since: int | None = None
     ) -> None:
         self.poll(now)
+        if self.state is State.CLOSED:
+            self.closed_success(now, ttft_ms, since)
+            return
         if self.state is State.HALF_OPEN and since is not None and since != self.failure_seq:
             # Sent before the failures that opened the breaker: it says nothing of the
             # deployment now, and it is not the trial's answer (the trial keeps its slot).
@@ -240,18 +244,50 @@ class Breaker:
             self.trial_since = None
         threshold = self.slow_ttft_ms
         slow = ttft_ms is not None and threshold is not None and ttft_ms > threshold
-        if self.state is State.CLOSED:
-            if since is None or since == self.failure_seq:
-                self.consecutive_failures = 0
-            self._append(now, ok=True, slow=slow)
-            self._maybe_trip(now)
-        elif self.state is State.HALF_OPEN and (probe or holds_trial):
+        if self.state is State.HALF_OPEN and (probe or holds_trial):
             if slow:
                 self._open(now)
                 return
             self.half_open_ok += 1
             if self.half_open_ok >= self.policy.half_open_successes:
                 self._close(now)
+
+    def closed_success(self, now: float, ttft_ms: float | None, since: int | None) -> bool:
+        """``on_success`` for a CLOSED breaker, the common case, in one frame: nothing to poll
+        (only OPEN moves on the clock), no trial slot to free (CLOSED never holds one). True
+        when the result opened the breaker.
+
+        The window is pruned only when something reads it: a window with no failure and no
+        slow result in it, expired or not, cannot trip on its rates, and every reader
+        (``rates``, ``_append``, ``_flip_success``) prunes first, so the same events count.
+        A healthy success costs ~45 bytecodes instead of ~170 (``poll``, ``_append``,
+        ``prune``, ``_maybe_trip``)."""
+        threshold = self.slow_ttft_ms
+        slow = ttft_ms is not None and threshold is not None and ttft_ms > threshold
+        if since is not None and since != self.failure_seq:
+            # Stale (see the module docstring): the streak stands; the general path judges it.
+            self._append(now, ok=True, slow=slow)
+            self._maybe_trip(now)
+            return self.state is State.OPEN
+        self.consecutive_failures = 0
+        events = self.events
+        if len(events) >= self.policy.max_events:
+            self.prune(now)
+            if len(events) >= self.policy.max_events:
+                self._drop_oldest()
+        events.append((now, True, slow))
+        if slow:
+            self._slows += 1
+        if self._failures or self._slows:
+            self.prune(now)
+            p = self.policy
+            n = len(events)
+            if n >= p.min_requests and (
+                self._failures >= p.failure_rate * n or self._slows >= p.slow_rate * n
+            ):
+                self._open(now)
+                return True
+        return False
 
     def on_failure(
         self,
@@ -388,7 +424,7 @@ class BreakerBoard:
     """Every deployment's breaker. Keys are created lazily by ``allow``, ``record_*`` and
     ``set_threshold``; read-only calls on an unknown key answer as if it were closed."""
 
-    __slots__ = ("_breakers", "_clock", "_policy", "_rng", "_version", "listener", "trial_gate")
+    __slots__ = ("_breakers", "_clock", "_policy", "_rng", "listener", "trial_gate", "version")
 
     def __init__(
         self,
@@ -401,7 +437,9 @@ class BreakerBoard:
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
         self._breakers: dict[str, Breaker] = {}
-        self._version = 0
+        # Bumps on every state transition: compare to detect a changed board. Read-only to
+        # callers; a plain attribute, not a property, as routing reads it on every request.
+        self.version = 0
         # Cluster hooks (proxy/cluster/). ``listener`` hears (key, state, open seconds) when a
         # result recorded here opens or closes a breaker, not when another instance's
         # decision is adopted; ``trial_gate(key)`` must also say yes before a HALF_OPEN
@@ -412,11 +450,6 @@ class BreakerBoard:
     @property
     def policy(self) -> BreakerPolicy:
         return self._policy
-
-    @property
-    def version(self) -> int:
-        """Bumps on every state transition: compare to detect a changed board."""
-        return self._version
 
     def set_threshold(self, key: str, slow_ttft_ms: float | None) -> None:
         """Per-key slow-TTFT threshold; None falls back to the policy's default."""
@@ -433,6 +466,9 @@ class BreakerBoard:
 
     def allow(self, key: str) -> bool:
         """May a live request go? HALF_OPEN admits one trial at a time."""
+        b = self._breakers.get(key)
+        if b is not None and b.state is State.CLOSED:
+            return True  # CLOSED admits all and does not move on the clock: 44 -> 9 bytecodes
         b = self._get(key)
         before = b.transitions
         now = self._clock()
@@ -463,12 +499,35 @@ class BreakerBoard:
         if b is not None:
             b.release()
 
+    def half_open(self, key: str) -> bool:
+        """True right after ``allow`` admitted a request as the half-open trial."""
+        b = self._breakers.get(key)
+        if b is None:
+            return False
+        if b.state is State.OPEN:
+            self._poll(b)
+        return b.state is State.HALF_OPEN
+
     def state(self, key: str) -> State:
         b = self._breakers.get(key)
         if b is None:
             return State.CLOSED
-        self._poll(b)
+        if b.state is State.OPEN:  # only OPEN moves on the clock (to HALF_OPEN)
+            self._poll(b)
         return b.state
+
+    def refusing(self, keys: Iterable[str]) -> set[str]:
+        """Those of ``keys`` whose breaker is OPEN: ``state`` of each in one frame (the
+        routing snapshot's rebuild asks it of every deployment)."""
+        out = set()
+        breakers = self._breakers
+        for key in keys:
+            b = breakers.get(key)
+            if b is not None and b.state is State.OPEN:
+                self._poll(b)  # OPEN -> HALF_OPEN once the backoff has elapsed
+                if b.state is State.OPEN:
+                    out.add(key)
+        return out
 
     def failure_mark(self, key: str) -> int:
         """Read when a live request is sent; hand it back as ``record_success(since=...)``."""
@@ -478,6 +537,15 @@ class BreakerBoard:
     def record_success(
         self, key: str, ttft_ms: float | None, *, probe: bool = False, since: int | None = None
     ) -> None:
+        b = self._breakers.get(key)
+        if b is not None and b.state is State.CLOSED:
+            # The common case in one step: a CLOSED breaker's only transition is to OPEN.
+            now = self._clock()
+            if b.closed_success(now, ttft_ms, since):
+                self.version += 1
+                if self.listener is not None:
+                    self._tell(key, b, now)
+            return
         b = self._get(key)
         before = b.transitions
         now = self._clock()
@@ -577,4 +645,4 @@ class BreakerBoard:
         self._bump(before, b)
 
     def _bump(self, before: int, b: Breaker) -> None:
-        self._version += b.transitions - before
+        self.version += b.transitions - before

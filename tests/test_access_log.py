@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
 
-from proxy.http.log_stream import FLUSH_S, AfterBatch, CountingStreamHandler
+from proxy.http.access_log import access_log_sink
+from proxy.http.log_stream import ACCESS_LOGGER, FLUSH_S, AfterBatch, CountingStreamHandler
+from proxy.serve.record import Asked, RequestRecord, logged
 from proxy.sim.script import Fault
 from tests.conftest import Proxy, StartProxy
 
@@ -179,3 +182,46 @@ async def test_access_lines_are_batched_in_order_and_written_within_the_flush_de
     handler.write_line("e")
     other.emit(logging.LogRecord("y", logging.WARNING, __file__, 1, "later", None, None))
     assert stream.getvalue().endswith("d\ne\nlater\n")
+
+
+@pytest.fixture
+def served_access_log() -> Iterator[tuple[CountingStreamHandler, io.StringIO]]:
+    """The access logger as ``serve`` sets it up: one counting handler, no propagation."""
+    logger = logging.getLogger(ACCESS_LOGGER)
+    saved = (logger.handlers[:], logger.propagate, logger.level)
+    stream = io.StringIO()
+    handler = CountingStreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler, stream
+    finally:
+        logger.handlers[:], logger.propagate = saved[0], saved[1]
+        logger.setLevel(saved[2])
+
+
+async def test_the_fast_path_batches_only_while_the_formatter_prints_the_bare_line(
+    served_access_log: tuple[CountingStreamHandler, io.StringIO],
+) -> None:
+    handler, stream = served_access_log
+    record = RequestRecord(Asked("fast-1", "chat"), model="m", provider="p", status=200)
+    line = orjson.dumps(logged(record)).decode()
+    # Here, not in the fixture: pytest adds its capture handlers to the logger in between.
+    logging.getLogger(ACCESS_LOGGER).handlers[:] = [handler]
+    access_log_sink(record, 0.1)
+    assert stream.getvalue() == ""  # batched: no record was made
+    handler.settle()
+    assert stream.getvalue() == line + "\n"
+    # A formatter assigned past setFormatter is not trusted: the record goes the ordinary way.
+    handler.formatter = logging.Formatter("access %(message)s")
+    access_log_sink(record, 0.1)
+    assert stream.getvalue() == f"{line}\naccess {line}\n"
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    access_log_sink(record, 0.1)
+    assert stream.getvalue().endswith(f"\nINFO {line}\n")
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access_log_sink(record, 0.1)
+    assert stream.getvalue().endswith(f"\nINFO {line}\n")  # batched again
+    handler.settle()
+    assert stream.getvalue().endswith(f"\nINFO {line}\n{line}\n") and handler.written == 4

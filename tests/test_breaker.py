@@ -633,3 +633,49 @@ def test_a_rate_limit_without_a_usable_retry_after_is_an_ordinary_failure(
     board.record_failure(K, "rate_limited", retry_after_s=retry_after_s)
     assert board.state(K) is State.OPEN
     assert board.rows()[0].retry_after_remaining_s == 0.0
+
+
+def test_a_success_that_brings_the_window_to_min_requests_can_trip_it() -> None:
+    board = make_board(FakeClock(), consecutive_failures=1000, min_requests=10, failure_rate=0.5)
+    for _ in range(9):
+        board.record_failure(K, "server")
+    assert board.state(K) is State.CLOSED  # nine results: below min_requests
+    board.record_success(K, 100.0)
+    assert board.state(K) is State.OPEN
+
+
+def test_a_failure_that_left_the_window_does_not_count_against_a_later_success() -> None:
+    clock = FakeClock()
+    board = make_board(clock, consecutive_failures=1000, window_s=30.0, min_requests=2)
+    board.record_failure(K, "server")
+    clock.now += 31.0
+    board.record_success(K, 100.0)
+    row = board.rows()[0]
+    assert (row.state, row.requests_in_window, row.failure_rate) == ("closed", 1, 0.0)
+
+
+def test_the_window_bound_drops_expired_results_before_live_ones() -> None:
+    clock = FakeClock()
+    board = make_board(clock, window_s=30.0, max_events=50, min_requests=10)
+    for _ in range(40):
+        board.record_success(K, 100.0)
+    clock.now += 31.0
+    for _ in range(30):
+        board.record_success(K, 100.0)
+    assert board.rows()[0].requests_in_window == 30
+    for _ in range(30):
+        board.record_success(K, 100.0)
+    assert board.rows()[0].requests_in_window == 50
+
+
+def test_refusing_names_the_open_breakers_and_half_opens_the_elapsed_ones() -> None:
+    clock = FakeClock()
+    board = make_board(clock, base_open_s=5.0)
+    board.record_success("a", 100.0)
+    trip(board, "b")
+    clock.now += 3.0
+    trip(board, "c")
+    assert board.refusing(["a", "b", "c", "unknown"]) == {"b", "c"}
+    clock.now += 2.0
+    assert board.refusing(["a", "b", "c"]) == {"c"}
+    assert board.state("b") is State.HALF_OPEN

@@ -912,3 +912,19 @@ def test_waiting_requests_do_not_make_a_normal_answer_suspicious() -> None:
     clock.now += 1.0
     table.observe("a", 81.0, "live")
     assert not table.suspected("a") and not table.unsettled("a")
+
+
+def test_estimates_reads_every_key_as_estimate_ms_does() -> None:
+    clock = FakeClock()
+    table = LatencyTable(HALF_LIFE, clock=clock, measured_weight=3.0, shift_samples=2)
+    table.set_prior("quiet", 250.0)
+    for i in range(40):
+        table.observe("busy", 80.0 + i % 7, "live")
+        clock.now += 1.0
+    table.observe("busy", 900.0, "probe")  # a run beyond the band
+    clock.now += 45.0
+    keys = ["busy", "quiet", "unknown"]
+    assert table.estimates(keys) == {k: table.estimate_ms(k) for k in keys}
+    assert table.estimates(keys)["unknown"] == math.inf
+    assert table.estimates(keys)["quiet"] == 250.0
+    assert table.estimates(["busy"])["busy"] == pytest.approx(table.row("busy").estimate_ms)

@@ -58,7 +58,10 @@ class Budget:
         self.by_key = dict(by_key)
 
     def add(self, cost: float, key_id: str | None) -> None:
-        self._roll()
+        # day_of and _roll inlined for the common case, the same day: this runs once per
+        # request, and so does check (17 bytecodes a call saved, ``benchmarks.opcodes``).
+        if (day := int(self._clock() // DAY_S)) != self._day:
+            self._roll_to(day)
         if cost <= 0:
             return
         self.spent += cost
@@ -67,9 +70,10 @@ class Budget:
 
     def check(self, key_id: str | None) -> None:
         """Raise the 429 to answer when a budget that applies to this request is spent."""
-        self._roll()
-        elsewhere = self.elsewhere
+        if (day := int(self._clock() // DAY_S)) != self._day:
+            self._roll_to(day)
         if self.daily_usd > 0:
+            elsewhere = self.elsewhere
             spent = self.spent + (elsewhere(None) if elsewhere is not None else 0.0)
             if spent >= self.daily_usd:
                 self._refuse(f"the global daily budget of ${self.daily_usd:.2f}", spent)
@@ -119,10 +123,12 @@ class Budget:
         )
 
     def _roll(self) -> None:
+        self._roll_to(day_of(self._clock()))
+
+    def _roll_to(self, day: int) -> None:
         # A clock stepped back over midnight (NTP) keeps counting into the day already begun,
         # rather than restarting one whose budget was spent. A clock that was days ahead and
         # is corrected takes the day it now reads: the budget must not wait for it to catch up.
-        day = day_of(self._clock())
         if day > self._day or day < self._day - 1:
             self._day = day
             self.spent = 0.0

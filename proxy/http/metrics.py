@@ -6,7 +6,7 @@ time. Each app has its own registry (tests run many apps in one process).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -22,31 +22,13 @@ from proxy.serve.state import CLUSTER, ROUTER, WORKER, Router
 
 from .log_stream import access_handler
 from .ops_metrics import OpsCollector
+from .request_metrics import RequestMetrics
 
-# TTFT spans ~100 ms (small models) to tens of seconds (reasoning models).
-TTFT_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0)
-DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 # A healthy loop wakes within a millisecond; a watchdog kill is ten seconds away.
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 LAG_INTERVAL_S = 0.5
 # One number per deployment keeps a scrape short (it runs on the event loop).
 BREAKER_CODES = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
-
-
-class _Series:
-    """The children of one (model, provider, status, endpoint): ``labels()`` takes a lock
-    and a lookup per call, so the sink resolves them once per label set."""
-
-    __slots__ = ("completion", "cost", "duration", "fallbacks", "prompt", "requests", "ttft")
-
-    def __init__(self, m: Metrics, model: str, provider: str, status: str, endpoint: str) -> None:
-        self.requests = m.requests.labels(model, provider, status)
-        self.duration = m.duration.labels(endpoint)
-        self.ttft = m.ttft.labels(f"{model}@{provider}")
-        self.fallbacks = m.fallbacks.labels(model, provider)
-        self.cost = m.cost.labels(model, provider)
-        self.prompt = m.tokens.labels(model, provider, "prompt")
-        self.completion = m.tokens.labels(model, provider, "completion")
 
 
 class Metrics:
@@ -55,49 +37,18 @@ class Metrics:
     def __init__(self, app: web.Application) -> None:
         self.registry = CollectorRegistry()
         reg = self.registry
-        self.requests = Counter(
-            "model_router_requests",
-            "Requests handled, by the model and provider that answered ('none' when none did) "
-            "and the outcome status (for streams, a mid-stream failure's status).",
-            ["model", "provider", "status"],
-            registry=reg,
-        )
-        self.ttft = Histogram(
-            "model_router_ttft_seconds",
-            "Time to the first content-bearing chunk of streamed answers, per deployment.",
-            ["deployment"],
-            buckets=TTFT_BUCKETS,
-            registry=reg,
-        )
-        self.duration = Histogram(
-            "model_router_request_duration_seconds",
-            "Time from the request's arrival to the end of its answer.",
-            ["endpoint"],
-            buckets=DURATION_BUCKETS,
-            registry=reg,
-        )
-        self.fallbacks = Counter(
-            "model_router_fallbacks",
-            "Requests that took more than one attempt, by the model that finally answered.",
-            ["model", "provider"],
-            registry=reg,
-        )
-        self.cost = Counter(
-            "model_router_cost_usd",
-            "Upstream cost of answered requests in USD, from reported usage and catalog prices.",
-            ["model", "provider"],
-            registry=reg,
-        )
-        self.tokens = Counter(
-            "model_router_tokens",
-            "Tokens reported by upstreams.",
-            ["model", "provider", "kind"],
-            registry=reg,
-        )
+        # Registered first: its families come first in the exposition, as they always have.
+        self.per_request = RequestMetrics()
+        reg.register(self.per_request)
         self._process_metrics(reg)
+        self.per_request.hedges, self.per_request.hedge_cost = self.hedges, self.hedge_cost
         reg.register(StateCollector(app))
         reg.register(OpsCollector(app))
-        self._series: dict[tuple[str | None, str | None, int, str], _Series] = {}
+
+    @property
+    def sink(self) -> Callable[[RequestRecord, float], None]:
+        """The ``Router.sinks`` entry: called once per request after its answer."""
+        return self.per_request.sink
 
     def _process_metrics(self, reg: CollectorRegistry) -> None:
         """The process's own health: event-loop lag and reloads."""
@@ -130,36 +81,6 @@ class Metrics:
             ["result"],
             registry=reg,
         )
-
-    def sink(self, outcome: RequestRecord, seconds: float) -> None:
-        """Called once per request after its answer (see ``Router.sinks``); ~3 us
-        (benchmarks/metrics_sink.py)."""
-        key = (outcome.model, outcome.provider, outcome.status, outcome.endpoint)
-        series = self._series.get(key)
-        if series is None:
-            series = self._series[key] = _Series(
-                self,
-                outcome.model or "none",
-                outcome.provider or "none",
-                str(outcome.status),
-                outcome.endpoint,
-            )
-        series.requests.inc()
-        series.duration.observe(seconds)
-        if outcome.ttft_ms is not None and outcome.model is not None:
-            series.ttft.observe(outcome.ttft_ms / 1000)
-        if outcome.attempts > 1:
-            series.fallbacks.inc()
-        if outcome.cost > 0:
-            series.cost.inc(outcome.cost)
-        if outcome.prompt_tokens:
-            series.prompt.inc(outcome.prompt_tokens)
-        if outcome.completion_tokens:
-            series.completion.inc(outcome.completion_tokens)
-        if outcome.hedged:
-            self.hedges.labels(outcome.hedged).inc()
-            if outcome.hedge_cost > 0:
-                self.hedge_cost.inc(outcome.hedge_cost)
 
     async def watch_loop_lag(self) -> None:
         """Sleep overshoot, measured on the loop itself: what every request waits extra."""

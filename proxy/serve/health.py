@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from probes.breaker import BreakerBoard, BreakerPolicy, State
+from probes.breaker import BreakerBoard, BreakerPolicy
 from probes.kinds import CLIENT_FAULTS
 from probes.latency import LatencyTable, Source, prior_weight_for, settled_weight
 from proxy.catalog import Catalog
@@ -28,15 +28,32 @@ FALSE_ALARM = 1e-4
 
 class Health:
     __slots__ = (
+        "_board_v",
         "_built_at",
         "_catalog",
         "_clock",
+        "_keys",
+        "_regime_v",
         "_snap",
-        "_versions",
+        "_table_v",
+        "allow",
         "board",
         "failures",
+        "half_open",
+        "mark",
+        "release",
         "table",
     )
+
+    # The board's own bound methods, one frame less per request (7 bytecodes each).
+    # allow(key): may a live request go (HALF_OPEN admits one trial at a time)?
+    allow: Callable[[str], bool]
+    # half_open(key): True right after ``allow`` admitted a request as the half-open trial.
+    half_open: Callable[[str], bool]
+    # mark(key): taken when a live request is sent; passed back to ``success`` as ``since``.
+    mark: Callable[[str], int]
+    # release(key): give back a half-open trial slot whose request ended without a verdict.
+    release: Callable[[str], None]
 
     def __init__(
         self,
@@ -48,11 +65,15 @@ class Health:
     ) -> None:
         self.table = table
         self.board = board
+        self.allow = board.allow
+        self.half_open = board.half_open
+        self.mark = board.failure_mark
+        self.release = board.release
         self._clock = clock
         self._catalog = catalog
         self._snap = Snapshot.nominal(catalog)
         self._built_at = -1e18
-        self._versions = (-1, -1, -1)
+        self._table_v = self._board_v = self._regime_v = -1
         # Failed attempts per deployment ever, live and probe, client faults excluded: the
         # status page's error counts (proxy/status/history.py reads it every sample).
         self.failures: dict[str, int] = {}
@@ -97,6 +118,7 @@ class Health:
     def set_catalog(self, catalog: Catalog) -> None:
         """Plan over ``catalog`` from now on (a reload calls it as it swaps the Router)."""
         self._catalog = catalog
+        self._keys = [d.key for d in catalog.deployments()]  # the catalog is immutable
         for d in catalog.deployments():
             self.table.set_prior(d.key, d.nominal_ttft_ms)
         self._built_at = -1e18
@@ -104,39 +126,29 @@ class Health:
     def snapshot(self) -> Snapshot:
         now = self._clock()
         age = now - self._built_at
-        table_v, board_v = self.table.version, self.board.version
-        regime_v = self.table.regime_version
-        if (
-            board_v == self._versions[1]
-            and regime_v == self._versions[2]
-            and age < 1.0
-            and (table_v == self._versions[0] or age < SNAPSHOT_MAX_AGE_S)
+        # Younger than SNAPSHOT_MAX_AGE_S, only a transition or a regime change makes it stale,
+        # so the common case reads two versions, not three (53 -> 25 bytecodes a request).
+        if age < SNAPSHOT_MAX_AGE_S:
+            if self.board.version == self._board_v and self.table.regime_version == self._regime_v:
+                return self._snap
+        elif (
+            age < 1.0
+            and self.table.version == self._table_v
+            and self.board.version == self._board_v
+            and self.table.regime_version == self._regime_v
         ):
             return self._snap
-        keys = [d.key for d in self._catalog.deployments()]
-        ttft = {k: self.table.estimate_ms(k) for k in keys}
-        # state() also moves OPEN -> HALF_OPEN when the backoff has elapsed.
-        refusing = {k for k in keys if self.board.state(k) is State.OPEN}
+        keys = self._keys
+        ttft = self.table.estimates(keys)
+        # This also moves OPEN -> HALF_OPEN when the backoff has elapsed.
+        refusing = self.board.refusing(keys)
         badness = {k: self.board.badness(k) for k in refusing}
         self._snap = Snapshot.build(self._catalog, ttft, refusing, badness)
         self._built_at = now
-        self._versions = (self.table.version, self.board.version, self.table.regime_version)
+        self._table_v = self.table.version
+        self._board_v = self.board.version
+        self._regime_v = self.table.regime_version
         return self._snap
-
-    def allow(self, key: str) -> bool:
-        return self.board.allow(key)
-
-    def half_open(self, key: str) -> bool:
-        """True right after ``allow`` admitted a request as the half-open trial."""
-        return self.board.state(key) is State.HALF_OPEN
-
-    def release(self, key: str) -> None:
-        """Give back a half-open trial slot whose request ended without a verdict."""
-        self.board.release(key)
-
-    def mark(self, key: str) -> int:
-        """Taken when a live request is sent; passed back to ``success`` as ``since``."""
-        return self.board.failure_mark(key)
 
     def success(
         self, key: str, ttft_ms: float | None, source: Source = "live", since: int | None = None

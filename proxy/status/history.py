@@ -105,14 +105,17 @@ class History:
 
     def sink(self, outcome: RequestRecord, seconds: float) -> None:
         """Once per request, after its answer: count it for its deployment and its key."""
-        dep = (outcome.model, outcome.provider)
-        t = self._by_dep.get(dep)
-        if t is None:
-            t = self._by_dep[dep] = Tally()
+        # Subscripts in try blocks, not get() and a None test, and no locals for the keys:
+        # after the first request of an interval the keys are there (8 bytecodes fewer).
+        try:
+            t = self._by_dep[(outcome.model, outcome.provider)]
+        except KeyError:
+            t = self._by_dep[(outcome.model, outcome.provider)] = Tally()
         t.requests += 1
         t.spend += outcome.cost
-        k = self._by_key.get(outcome.key_id)
-        if k is None:
+        try:
+            k = self._by_key[outcome.key_id]
+        except KeyError:
             k = self._by_key[outcome.key_id] = Tally()
         k.requests += 1
         k.spend += outcome.cost
