@@ -95,6 +95,8 @@ def test_crlf_framing_and_comments_are_accepted() -> None:
             b'data: {"error": {"message": "overloaded"}}\n\n', "server", id="in-band-error"
         ),
         pytest.param(b'event: error\ndata: {"x": 1}\n\n', "server", id="error-event-type"),
+        pytest.param(b'data: {"choices": 3}\n\n', "protocol", id="choices-a-number"),
+        pytest.param(b'data: {"choices": {"0": {}}}\n\n', "protocol", id="choices-an-object"),
     ],
 )
 def test_broken_events_raise_instead_of_being_forwarded(bad: bytes, kind: str) -> None:
@@ -199,3 +201,12 @@ def test_a_content_chunk_read_alone_is_renamed_and_counted_once(rename: bytes) -
     assert out.startswith(b"data: ") and out.endswith(b"\n\n") and out.count(b"\n") == 2
     assert orjson.loads(out[6:]) == orjson.loads(event[6:]) | {"model": "m"}
     assert relay.charge()[1] == 1 and relay.content_seen
+
+
+def test_a_usage_whose_counts_are_not_numbers_is_charged_as_an_estimate() -> None:
+    relay = SSERelay(include_usage=True, cost=cost, prompt_estimate=30)
+    usage = {"prompt_tokens": "many", "completion_tokens": 5}
+    body = {"id": "c", "model": "m", "choices": [], "usage": usage}
+    relay.feed(chunk("x" * 40) + b"data: " + orjson.dumps(body) + b"\n\n" + b"data: [DONE]\n\n")
+    relay.finish()
+    assert relay.charge() == (30, 10, pytest.approx(cost(30, 10)), True)

@@ -256,6 +256,10 @@ class SSERelay:
             err = obj["error"]
             message = err.get("message") if isinstance(err, dict) else str(err)
             raise UpstreamError("server", f"upstream error mid-stream: {message}")
+        choices = obj.get("choices")
+        if choices is not None and type(choices) is not list:
+            # A number here was a TypeError out of the relay: a silent cut, not an error event.
+            raise UpstreamError("protocol", "upstream sent a chunk whose choices is not a list")
         if not self.content_seen and _is_content(obj):
             self.content_seen = True
         self.produced += produced_tokens(obj)
@@ -285,9 +289,12 @@ class SSERelay:
         prompt: a stream the client left, or that broke, is charged too."""
         usage = self.usage
         if usage is not None:
-            prompt = int(usage.get("prompt_tokens") or 0)
-            completion = int(usage.get("completion_tokens") or 0)
-            return prompt, completion, float(usage.get("cost") or 0.0), False
+            try:
+                prompt = int(usage.get("prompt_tokens") or 0)
+                completion = int(usage.get("completion_tokens") or 0)
+                return prompt, completion, float(usage.get("cost") or 0.0), False
+            except (TypeError, ValueError):
+                pass  # counts that are not numbers ("x", a list): estimated, as without usage
         prompt, completion = self.prompt_estimate, self.produced
         return prompt, completion, round(self.cost(prompt, completion), 10), True
 
