@@ -1,5 +1,5 @@
-# Over 600 lines: its docstring (48 lines) is the state machine's specification, kept beside it,
-# and CLOSED's results have a one-frame fast path beside the general one (see closed_success).
+# Over 400 lines: its docstring (48 lines) is the state machine's specification, kept beside
+# it, and CLOSED's results have a one-frame fast path beside the general one (closed_success).
 """Circuit breakers, one per deployment: CLOSED -> OPEN -> HALF_OPEN -> CLOSED.
 
 The clock and the jitter source are injected, so every transition is testable without sleeping.

@@ -158,6 +158,14 @@ class Catalog:
     ranked: Mapping[tuple[str, str], tuple[Model, ...]] = field(default_factory=dict)
     # models by ascending blended price, for min_coding_score (Pareto choice).
     by_price: tuple[Model, ...] = ()
+    # (prefer, model id) -> the reason's figure for that model, formatted once.
+    figures: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    # What deployments() gives: the health snapshot, metrics and status walk it on a timer.
+    every_deployment: tuple[Deployment, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        every = tuple(d for m in self.models for d in m.deployments)
+        object.__setattr__(self, "every_deployment", every)
 
     @classmethod
     def build(cls, models: Iterable[Model]) -> Catalog:
@@ -176,7 +184,10 @@ class Catalog:
             for prefer in PREFERS:
                 ranked[(pool, prefer)] = tuple(sorted(members, key=partial(_sort_key, prefer)))
         by_price = tuple(sorted(ordered, key=lambda m: _sort_key("cheap", m)))
-        return cls(models=ordered, by_name=by_name, ranked=ranked, by_price=by_price)
+        figures: dict[tuple[str, str], str] = {
+            (p, m.id): PREFERENCES[p].figure(m) for p in PREFERS for m in ordered
+        }
+        return cls(ordered, by_name, ranked, by_price, figures)
 
     def get(self, name: str) -> Model | None:
         return self.by_name.get(name)
@@ -189,8 +200,7 @@ class Catalog:
         return list(dict.fromkeys(lowered[k] for k in found))[:n]
 
     def deployments(self) -> Iterable[Deployment]:
-        for m in self.models:
-            yield from m.deployments
+        return self.every_deployment
 
     def only_providers(self, enabled: Iterable[str]) -> Catalog:
         """The catalog restricted to deployments on enabled providers; models left with

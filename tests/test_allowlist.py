@@ -15,10 +15,12 @@ from benchmarks.gen_openai_fields import OUT, generate
 from proxy.config import ConfigError, parse_config
 from proxy.decide.fields import (
     EXTENSION_FIELDS,
+    FieldPolicy,
     openai_field_ranges,
     openai_field_types,
     openai_fields,
 )
+from proxy.errors import RouterError
 from proxy.providers.anthropic_wire import to_anthropic_request
 from proxy.providers.base import UnsupportedFeatureError
 from proxy.providers.bedrock_wire import to_converse_request
@@ -288,3 +290,31 @@ async def test_numbers_on_their_bounds_pass_the_range_check(proxy: Proxy) -> Non
             body = {"model": "gpt-5-nano", "messages": MSG, "n": 1, **extremes}
             async with s.post(f"{proxy.url}/v1/chat/completions", json=body) as resp:
                 assert resp.status == 200, await resp.text()
+
+
+def _verdict(policy: FieldPolicy, body: dict[str, Any], endpoint: str) -> bytes | None:
+    try:
+        policy.check(body, endpoint)
+    except RouterError as err:
+        return err.body()
+    return None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param({"model": "m", "messages": MSG, "stream": False}, id="plain"),
+        pytest.param({"model": "m", "temperature": 0.5, "user": "u"}, id="ranged-in-range"),
+        pytest.param({"model": "m", "temperature": 3}, id="ranged-above"),
+        pytest.param({"model": "m", "n": 1.0}, id="integer-as-float"),
+        pytest.param({"model": "m", "n": 1.5}, id="integer-as-fraction"),
+        pytest.param({"model": "m", "user": 7, "bogus": 1}, id="unknown-after-bad-type"),
+        pytest.param({"model": "m", "stream": None, "tier": ["x"]}, id="null-and-extension"),
+        pytest.param({"model": "m", "seed": True}, id="boolean-for-integer"),
+    ],
+)
+def test_the_quick_pass_and_the_full_check_agree(body: dict[str, Any]) -> None:
+    quick = FieldPolicy.build(["vendor_knob"], {})
+    full = FieldPolicy(quick.accepted, quick.forwarded, quick.global_extra)  # no quick table
+    for endpoint in ("chat", "completions"):
+        assert _verdict(quick, body, endpoint) == _verdict(full, body, endpoint)

@@ -6,7 +6,9 @@ from typing import Any
 
 import pytest
 
-from proxy.decide.intent import forwarded_body, parse_intent
+from proxy.decide.fields import EXTENSION_FIELDS, openai_fields
+from proxy.decide.intent import _parse_intent, forwarded_body, parse_intent
+from proxy.decide.policy import DEFAULT_TASKS
 from proxy.errors import RouterError
 
 MSG = [{"role": "user", "content": "hello"}]
@@ -212,3 +214,53 @@ def test_extension_fields_are_removed_before_forwarding() -> None:
         "temperature": 0,
     }
     assert forwarded_body(body) == {"model": "auto", "messages": MSG, "temperature": 0}
+
+
+def _either(body: dict[str, Any], parse: Any) -> Any:
+    try:
+        return parse(body, "chat", DEFAULT_TASKS)
+    except RouterError as err:
+        return err.status, err.body()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param({"model": "auto", "messages": MSG}, id="bare-auto"),
+        pytest.param({"model": "auto:premium:fast", "messages": MSG * 2}, id="auto-route"),
+        pytest.param({"model": "auto:auto", "messages": MSG, "stream": True}, id="auto-tier"),
+        pytest.param({"model": "gpt-4o", "messages": MSG, "stream": None}, id="pinned"),
+        pytest.param({"model": "autobahn", "messages": MSG}, id="auto-prefix-not-a-route"),
+        pytest.param({"model": "auto:nope", "messages": [1]}, id="bad-message-before-bad-route"),
+        pytest.param({"model": "auto", "messages": MSG, "stream": "yes"}, id="bad-stream"),
+        pytest.param({"model": "", "messages": MSG}, id="empty-model"),
+        pytest.param(
+            {"model": "auto", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+            id="vision-part",
+        ),
+        pytest.param(
+            {"model": "auto", "messages": [{"role": "tool", "content": "x"}]}, id="tool-no-id"
+        ),
+        pytest.param(
+            {"model": "auto", "messages": [{"role": ["user"], "content": "x"}]}, id="list-role"
+        ),
+        pytest.param(
+            {"model": "auto", "messages": [{"role": "assistant", "tool_calls": "x"}]},
+            id="bad-tool-calls",
+        ),
+    ],
+)
+def test_the_plain_chat_path_and_the_general_parser_agree(body: dict[str, Any]) -> None:
+    assert _either(body, parse_intent) == _either(body, _parse_intent)
+
+
+@pytest.mark.parametrize(
+    "value", [5, -1, True, "x", "auto", [{"type": "function"}], {"type": "json_object"}]
+)
+def test_the_plain_chat_path_steps_aside_for_every_field_the_parser_reads(value: Any) -> None:
+    """Any field the general parser reads (besides model, messages and stream) must be in
+    ROUTING_INPUTS, or the plain path would ignore it: try every field a body may carry."""
+    names = openai_fields()["chat"] | openai_fields()["completions"] | EXTENSION_FIELDS
+    for name in sorted(names - {"model", "messages", "stream"}):
+        body = {"model": "auto", "messages": MSG, name: value}
+        assert _either(body, parse_intent) == _either(body, _parse_intent), name

@@ -11,7 +11,9 @@ import aiohttp
 import orjson
 import pytest
 
-from proxy.config import ConfigError, parse_config
+from proxy.config import ConfigError, LimitsSettings, parse_config
+from proxy.errors import RouterError
+from proxy.http.hostile_input import parse_json
 from proxy.sim.script import Profile
 from tests.conftest import Proxy, StartProxy
 from tests.openapi_schema import assert_valid
@@ -86,6 +88,34 @@ async def test_brackets_inside_strings_do_not_count_as_nesting(start_proxy: Star
         proxy, orjson.dumps({"model": "auto", "messages": [{"role": "user", "content": code}]})
     )
     assert status == 200, payload
+
+
+def _depth_body(depth: int, pad: int) -> bytes:
+    """A body whose metadata nests ``depth`` levels under the body object, padded to size."""
+    return orjson.dumps({"model": "auto", "messages": MSG, "pad": "x" * pad, "m": nested(depth)})
+
+
+@pytest.mark.parametrize(
+    ("raw", "too_deep"),
+    [
+        # Short bodies (counted brackets), long ones (walked), and the walk's own verdict when
+        # the count says a short body might be too deep.
+        pytest.param(_depth_body(4, 0), False, id="short-counted"),
+        pytest.param(_depth_body(7, 0), False, id="short-fits"),
+        pytest.param(_depth_body(8, 0), True, id="short-too-deep"),
+        pytest.param(_depth_body(7, 600), False, id="long-fits"),
+        pytest.param(_depth_body(8, 600), True, id="long-too-deep"),
+        pytest.param(orjson.dumps({"model": "auto", "x": "[{" * 20}), False, id="short-strings"),
+    ],
+)
+def test_depth_check_is_the_same_for_short_and_long_bodies(raw: bytes, too_deep: bool) -> None:
+    limits = LimitsSettings(max_json_depth=8)  # the body object is level 1
+    if too_deep:
+        with pytest.raises(RouterError) as caught:
+            parse_json(raw, limits)
+        assert caught.value.code == "json_too_deep"
+    else:
+        assert parse_json(raw, limits) == orjson.loads(raw)
 
 
 async def test_more_messages_than_max_messages_is_400_naming_messages(

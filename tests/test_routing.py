@@ -264,3 +264,32 @@ def test_a_reason_without_the_estimate_is_spoken_as_planned() -> None:
     p = plan(intent, CATALOG, NOMINAL, 1)
     assert p.estimate_ms is None
     assert spoken(p) == p.reason and "ttft_" not in p.reason
+
+
+def _outcome(body: dict[str, Any], snap: Snapshot, limit: int) -> Any:
+    try:
+        p = plan(parse_intent(body, "chat"), CATALOG, snap, limit)
+    except RouterError as err:
+        return err.status, err.body()
+    return [c.deployment.key for c in p.candidates], spoken(p), p.forced
+
+
+def test_requests_sharing_a_snapshot_are_planned_as_on_a_fresh_one() -> None:
+    """A snapshot keeps each pool's order and plan head for the requests after the first;
+    a request the head does not fit (long prompt, tools, vision, max_tokens) still gets
+    what a fresh snapshot gives it, in any order and with either limit."""
+    plain = [{"role": "user", "content": "hi"}]
+    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]
+    bodies = [
+        {"model": m, "messages": msgs, **extra}
+        for m in ("auto", "auto:standard", "auto:fast", "auto:economy:quality")
+        for msgs in (plain, image, [{"role": "user", "content": "x" * 200_000}])
+        for extra in ({}, {"tools": [{"type": "function"}]}, {"max_tokens": 10_000})
+    ]
+    opened = Snapshot.build(CATALOG, {}, open=["std-coder@p1", "eco-cheap@p1"])
+    for snap_of in (lambda: NOMINAL, lambda: opened):
+        shared = snap_of()
+        for limit in (3, 1):
+            for body in bodies + bodies[::-1]:
+                fresh = Snapshot.build(CATALOG, dict(shared.ttft_ms), shared.open)
+                assert _outcome(body, shared, limit) == _outcome(body, fresh, limit), body

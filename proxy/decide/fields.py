@@ -14,8 +14,9 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
+from itertools import repeat
 from typing import Any
 
 from proxy.errors import bad_request, quote
@@ -166,6 +167,9 @@ class FieldPolicy:
     accepted: Mapping[str, frozenset[str]]  # per endpoint
     forwarded: Mapping[str, Mapping[str, frozenset[str]]]  # provider -> endpoint -> fields
     global_extra: frozenset[str]
+    # Per endpoint: accepted field -> the Python types its value may have that need no
+    # further look (no range to check); see ``check``.
+    plain: Mapping[str, Mapping[str, frozenset[type]]] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -179,7 +183,7 @@ class FieldPolicy:
         forwarded = {
             name: {e: spec[e] | extra | own for e in ENDPOINTS} for name, own in providers.items()
         }
-        return cls(accepted, forwarded, extra)
+        return cls(accepted, forwarded, extra, {e: _plain_types(accepted[e], e) for e in ENDPOINTS})
 
     def forwarded_for(self, provider: str, endpoint: str) -> frozenset[str]:
         found = self.forwarded.get(provider)
@@ -190,12 +194,39 @@ class FieldPolicy:
     def check(self, body: Mapping[str, Any], endpoint: str) -> None:
         """Refuse the first field (in the client's order) the router would not forward, then
         any OpenAI field of a type OpenAI's schema does not allow."""
+        # The usual body passes in C: every field accepted and of a type that needs no range
+        # check (~20 bytecodes whatever the number of fields, where the checks below ran ~150
+        # for a three-field body). Anything else takes them, in the client's order.
+        plain = self.plain.get(endpoint)
+        if plain is not None and all(
+            map(_HOLDS, map(plain.get, body, repeat(_NONE)), map(type, body.values()))
+        ):
+            return
         accepted = self.accepted[endpoint]
         if not accepted.issuperset(body):
             for name in body:
                 if name not in accepted:
                     raise unknown_field(name, endpoint)
         check_types(body, endpoint)
+
+
+_HOLDS = frozenset.__contains__
+_NONE: frozenset[type] = frozenset()
+
+
+def _plain_types(accepted: frozenset[str], endpoint: str) -> dict[str, frozenset[type]]:
+    """For each accepted field, the Python types ``check_types`` passes without a range
+    check: null always; the JSON types the spec allows, less numbers where it gives a range;
+    every JSON type where it says nothing."""
+    types, ranges = openai_field_types()[endpoint], openai_field_ranges()[endpoint]
+    out: dict[str, frozenset[type]] = {}
+    for name in accepted:
+        allowed = types.get(name)
+        ok = {t for t, kind in _JSON_TYPE.items() if allowed is None or kind in allowed}
+        if allowed is not None and ranges.get(name):
+            ok -= {int, float}
+        out[name] = frozenset(ok | {type(None)})
+    return out
 
 
 def unknown_field(name: str, endpoint: str) -> Exception:

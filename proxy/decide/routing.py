@@ -44,6 +44,10 @@ class Snapshot:
     fast_order: Mapping[str, tuple[Deployment, ...]] = field(
         default_factory=dict
     )  # pool -> by TTFT
+    # (tier or "any", prefer) -> that pool's Ranked on this snapshot, made on first use.
+    ranked: dict[tuple[str, str], Ranked] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
 
     @classmethod
     def build(
@@ -56,10 +60,13 @@ class Snapshot:
         deps = sorted(
             catalog.deployments(), key=lambda d: (ttft_ms.get(d.key, d.nominal_ttft_ms), d.key)
         )
-        tier_of = {m.id: m.tier for m in catalog.models}
-        order = {"any": tuple(deps)}
-        for tier in TIERS:
-            order[tier] = tuple(d for d in deps if tier_of[d.model_id] == tier)
+        # One pass into the tiers' lists, not one generator over every deployment per tier.
+        tiers: dict[str, list[Deployment]] = {tier: [] for tier in TIERS}
+        by_name = catalog.by_name
+        for d in deps:
+            if (bucket := tiers.get(by_name[d.model_id].tier)) is not None:
+                bucket.append(d)
+        order = {"any": tuple(deps), **{tier: tuple(found) for tier, found in tiers.items()}}
         return cls(dict(ttft_ms), frozenset(open), dict(badness or {}), order)
 
     @classmethod
@@ -80,7 +87,10 @@ def fast_ranks(snap: Snapshot, pool: str = "any") -> dict[str, int]:
     return ranks
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: built once per request and never changed after (dataclasses.replace makes a
+# new one), and frozen's object.__setattr__ per field costs: ~18 bytecodes each, ~8
+# without, up to max_attempts of them a plan.
+@dataclass(slots=True)
 class Candidate:
     model: Model
     deployment: Deployment
@@ -95,7 +105,9 @@ ESTIMATE = "ttft_estimate_ms"
 DEPRECATED_ESTIMATE = "ttft_ewma_ms"
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: built once per request and never changed after (dataclasses.replace makes a
+# new one), and frozen's object.__setattr__ per field costs (~34 bytecodes, ~14 without).
+@dataclass(slots=True)
 class Plan:
     candidates: tuple[Candidate, ...]
     reason: str  # quotes the TTFT estimate as DEPRECATED_ESTIMATE (0.1.x); see ``spoken``
@@ -112,33 +124,75 @@ def spoken(plan: Plan) -> str:
     return plan.reason.replace(old, f"{old} {ESTIMATE}={plan.estimate_ms:.0f}", 1)
 
 
-def _fits(intent: Intent, m: Model) -> bool:
-    return intent.prompt_tokens + intent.max_output_tokens <= m.context_length
+def _by_score(catalog: Catalog, intent: Intent, snap: Snapshot) -> Iterator[Deployment]:
+    """min_coding_score: the cheapest models that score enough, in the asked tier if any."""
+    score = intent.min_coding_score
+    assert score is not None
+    models = (
+        m for m in catalog.by_price if m.coding.value >= score and intent.tier in (None, m.tier)
+    )
+    return _each_deployment(models, snap)
 
 
-def _writes_enough(intent: Intent, m: Model) -> bool:
-    """The model can produce as many tokens as the client reserved (an upstream would
-    answer a larger max_tokens with a 400)."""
-    return intent.max_output_tokens <= m.max_output_tokens
+class Ranked:
+    """One pool's ranked deployments on one snapshot (a model's own by the snapshot's TTFT),
+    and the head of the plan every request on that snapshot gets when nothing rules out a
+    model among the first ``limit`` usable deployments: the candidates, and the capabilities,
+    window and output limit they all have. A request within those takes the head as it is
+    (~60 bytecodes where the checks on three deployments ran ~150 and a generator ~85), and
+    the Plan made of it once, per (prefer, tier) as the request names them (~90 more)."""
+
+    __slots__ = ("catalog", "head", "limit", "order", "outputs", "plans", "powers", "window")
+
+    def __init__(
+        self, catalog: Catalog, order: tuple[Deployment, ...], snap: Snapshot, limit: int
+    ) -> None:
+        self.catalog, self.order, self.limit = catalog, order, limit
+        head: list[Candidate] = []
+        powers: frozenset[str] | None = None
+        self.window = self.outputs = math.inf
+        for d in order:
+            m = catalog.by_name[d.model_id]
+            powers = m.capabilities if powers is None else powers & m.capabilities
+            self.window = min(self.window, m.context_length)
+            self.outputs = min(self.outputs, m.max_output_tokens)
+            if d.key not in snap.open:
+                head.append(Candidate(m, d))
+                if len(head) >= limit:
+                    break
+        self.head, self.powers = tuple(head), powers or frozenset()
+        self.plans: dict[tuple[str | None, str | None], Plan] = {}
+
+    def plan_for(self, intent: Intent, window: int, snap: Snapshot) -> Plan | None:
+        """The head's plan when ``intent`` (needing ``window`` tokens) fits it, else None."""
+        if not (
+            self.head
+            and intent.needs <= self.powers
+            and window <= self.window
+            and intent.max_output_tokens <= self.outputs
+        ):
+            return None
+        asked = (intent.prefer, intent.tier)  # all the head's reason reads of the intent
+        made = self.plans.get(asked)
+        if made is None:
+            made = self.plans[asked] = _finish(intent, self.head, False, snap, self.catalog)
+        return made
 
 
-def _capable(intent: Intent, m: Model) -> bool:
-    return intent.needs <= m.capabilities
+def _ranked(catalog: Catalog, intent: Intent, snap: Snapshot, limit: int) -> Ranked:
+    pool = (intent.tier or "any", intent.prefer or DEFAULT_PREFER)
+    known = snap.ranked.get(pool)
+    if known is None or known.catalog is not catalog or known.limit != limit:
+        if pool[1] == "fast":
+            order = snap.fast_order.get(pool[0], ())
+        else:
+            order = tuple(_each_deployment(catalog.ranked[pool], snap))
+        known = snap.ranked[pool] = Ranked(catalog, order, snap, limit)
+    return known
 
 
-def _by_model(catalog: Catalog, intent: Intent, snap: Snapshot) -> Iterator[Deployment]:
-    if intent.min_coding_score is not None:
-        score = intent.min_coding_score
-        models: Iterable[Model] = (
-            m
-            for m in catalog.by_price
-            if m.coding.value >= score and (intent.tier in (None, m.tier))
-        )
-    elif intent.prefer == "fast":
-        yield from snap.fast_order.get(intent.tier or "any", ())
-        return
-    else:
-        models = catalog.ranked[(intent.tier or "any", intent.prefer or DEFAULT_PREFER)]
+def _each_deployment(models: Iterable[Model], snap: Snapshot) -> Iterator[Deployment]:
+    """Each model's deployments, in ``models``' order; a model's own by expected TTFT."""
     for m in models:
         if len(m.deployments) == 1:
             yield m.deployments[0]
@@ -155,7 +209,7 @@ def _pinned(catalog: Catalog, intent: Intent, snap: Snapshot) -> Iterator[Deploy
         if model.id in seen:
             continue
         seen.add(model.id)
-        if not _capable(intent, model):
+        if not intent.needs <= model.capabilities:
             missing = sorted(intent.needs - model.capabilities)[0]
             raise bad_request(
                 f"model {model.id!r} does not support {CAPABILITY_WORDS.get(missing, missing)}",
@@ -165,24 +219,23 @@ def _pinned(catalog: Catalog, intent: Intent, snap: Snapshot) -> Iterator[Deploy
         yield from sorted(model.deployments, key=snap.ttft)
 
 
-def _quotes_estimate(intent: Intent) -> bool:
-    return intent.prefer == "fast" or bool(intent.pinned)
-
-
-def _reason(intent: Intent, first: Candidate, snap: Snapshot, forced: bool) -> str:
-    m, d = first.model, first.deployment
+def _reason(
+    intent: Intent, first: Candidate, estimate: float | None, forced: bool, catalog: Catalog
+) -> str:
+    m = first.model
     if intent.pinned:
         head = "pinned"
     else:
         head = f"prefer={intent.prefer} tier={intent.tier or 'any'}"
         if intent.min_coding_score is not None:
             head += f" min_coding_score={intent.min_coding_score:g} coding={m.coding.value:g}"
-    if _quotes_estimate(intent):
-        detail = f"{DEPRECATED_ESTIMATE}={snap.ttft(d):.0f}"
+    if estimate is not None:
+        detail = f"{DEPRECATED_ESTIMATE}={estimate:.0f}"
     elif intent.min_coding_score is not None:
-        detail = PREFERENCES["cheap"].figure(m)
+        detail = catalog.figures.get(("cheap", m.id)) or PREFERENCES["cheap"].figure(m)
     else:
-        detail = PREFERENCES[intent.prefer or DEFAULT_PREFER].figure(m)
+        prefer = intent.prefer or DEFAULT_PREFER
+        detail = catalog.figures.get((prefer, m.id)) or PREFERENCES[prefer].figure(m)
     tail = " forced=all_open_least_bad" if forced else ""
     return f"{head} {detail}{tail}"
 
@@ -198,33 +251,45 @@ def plan(
 
     ``allow`` narrows the pool (an API key's allowed tiers and models) before ranking, so a
     restricted caller gets the best model it may use rather than a refusal."""
-    source = _pinned(catalog, intent, snap) if intent.pinned else _by_model(catalog, intent, snap)
+    writes = intent.max_output_tokens
+    window = intent.prompt_tokens + writes
+    source: Iterable[Deployment]
+    if intent.pinned:
+        source = _pinned(catalog, intent, snap)
+    elif intent.min_coding_score is not None:
+        source = _by_score(catalog, intent, snap)
+    else:
+        ranked = _ranked(catalog, intent, snap, limit)
+        if allow is None and (shared := ranked.plan_for(intent, window, snap)) is not None:
+            return shared
+        source = ranked.order
     chosen: list[Candidate] = []
     open_ones: list[Candidate] = []
     too_small: list[Model] = []
     too_short: list[Model] = []  # the window fits, but the output limit is below max_tokens
     incapable: list[Model] = []
     denied: list[Model] = []
+    # The checks are inline, with what they read in locals: three calls a deployment cost
+    # ~90 bytecodes for a three-candidate plan.
+    needs, by_name, refusing = intent.needs, catalog.by_name, snap.open
     for d in source:
-        model = catalog.by_name[d.model_id]
+        model = by_name[d.model_id]
         if allow is not None and not allow(model):
             denied.append(model)
-            continue
-        if not _capable(intent, model):
+        elif not needs <= model.capabilities:
             incapable.append(model)
-            continue
-        if not _fits(intent, model):
+        elif window > model.context_length:
             too_small.append(model)
-            continue
-        if not _writes_enough(intent, model):
+        elif writes > model.max_output_tokens:
+            # The model cannot write as many tokens as the client reserved (an upstream
+            # would answer a larger max_tokens with a 400).
             too_short.append(model)
-            continue
-        if d.key in snap.open:
+        elif d.key in refusing:
             open_ones.append(Candidate(model, d))
-            continue
-        chosen.append(Candidate(model, d))
-        if len(chosen) >= limit:
-            break
+        else:
+            chosen.append(Candidate(model, d))
+            if len(chosen) >= limit:
+                break
     forced = False
     if not chosen and open_ones:
         # Every eligible deployment is open: try the least bad rather than fail blind.
@@ -234,9 +299,16 @@ def plan(
         chosen, forced = open_ones[:limit], True
     if not chosen:
         raise _nothing_eligible(intent, too_small, too_short, incapable, denied, catalog)
+    return _finish(intent, tuple(chosen), forced, snap, catalog)
+
+
+def _finish(
+    intent: Intent, chosen: tuple[Candidate, ...], forced: bool, snap: Snapshot, catalog: Catalog
+) -> Plan:
     first = chosen[0]
-    estimate = snap.ttft(first.deployment) if _quotes_estimate(intent) else None
-    return Plan(tuple(chosen), _reason(intent, first, snap, forced), forced, estimate)
+    quotes = intent.prefer == "fast" or bool(intent.pinned)
+    estimate = snap.ttft(first.deployment) if quotes else None
+    return Plan(chosen, _reason(intent, first, estimate, forced, catalog), forced, estimate)
 
 
 def _nothing_eligible(
