@@ -17,7 +17,7 @@ from proxy.providers.anthropic_wire import (
     upstream_error,
 )
 from proxy.providers.base import UnsupportedFeatureError, UpstreamError
-from proxy.providers.sse import SSEDecoder
+from proxy.providers.sse import SSEDecoder, fields
 from proxy.providers.translate import json_tool_name
 from tests.openapi_schema import assert_valid
 
@@ -701,3 +701,23 @@ def test_sse_decoder_refuses_lines_that_are_not_sse() -> None:
 def test_sse_decoder_bounds_a_line_without_newline() -> None:
     with pytest.raises(UpstreamError):
         list(SSEDecoder(max_line=100).feed(b"data: " + b"x" * 200))
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        pytest.param(b'data: {"a": 1}', id="data"),
+        pytest.param(b"data:  two spaces", id="data-two-spaces"),
+        pytest.param(b"data: a:b", id="data-with-colon"),
+        pytest.param(b"event: content_block_delta\ndata: {}", id="event-data"),
+        pytest.param(b"event:  spaced\ndata:  x", id="event-data-two-spaces"),
+        pytest.param(b"event: \xff\ndata: x", id="event-not-utf8"),
+        pytest.param(b"event: \ndata: x", id="event-empty"),
+        pytest.param(b"event: a\ndata: x\ndata: y", id="event-two-data"),
+        pytest.param(b"event: a\nid: 1\ndata: x", id="event-id-data"),
+        pytest.param(b"event:a\ndata:x", id="no-spaces"),
+    ],
+)
+def test_sse_decoder_reads_each_event_as_its_fields(event: bytes) -> None:
+    # The decoder's shortcut for one-data-line events reads what the line-by-line reader does.
+    assert list(SSEDecoder().feed(event + b"\n\n")) == [fields(event, "upstream")]

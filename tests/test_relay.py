@@ -95,6 +95,8 @@ def test_crlf_framing_and_comments_are_accepted() -> None:
             b'data: {"error": {"message": "overloaded"}}\n\n', "server", id="in-band-error"
         ),
         pytest.param(b'event: error\ndata: {"x": 1}\n\n', "server", id="error-event-type"),
+        pytest.param(b'data: {"choices": 3}\n\n', "protocol", id="choices-a-number"),
+        pytest.param(b'data: {"choices": {"0": {}}}\n\n', "protocol", id="choices-an-object"),
     ],
 )
 def test_broken_events_raise_instead_of_being_forwarded(bad: bytes, kind: str) -> None:
@@ -153,3 +155,58 @@ def test_a_model_name_quoted_in_content_is_left_alone() -> None:
     same = SSERelay(False, lambda p, c: 0.0)
     event = b"data: " + orjson.dumps(body) + b"\n\n"
     assert same.feed(event) == event
+
+
+def delta_chunk(delta: object, model: str = "m", **extra: object) -> bytes:
+    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None, **extra}
+    body = {"id": "c", "model": model, "choices": [choice], "usage": None}
+    return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+@pytest.mark.parametrize(
+    ("event", "tokens"),
+    [
+        pytest.param(delta_chunk({"content": "x" * 12}), 1, id="one-token"),
+        pytest.param(delta_chunk({"content": "x" * 13}), 4, id="four-per-token"),
+        pytest.param(delta_chunk({"content": "é" * 1024}), 256, id="longest-in-the-table"),
+        pytest.param(delta_chunk({"content": "x" * 5000}), 1250, id="past-the-table"),
+        pytest.param(delta_chunk({"content": ""}), 0, id="empty"),
+        pytest.param(delta_chunk({"content": None}), 0, id="null-content"),
+        pytest.param(delta_chunk({"content": ["x" * 40]}), 0, id="content-not-a-string"),
+        pytest.param(delta_chunk({"content": "x" * 40, "refusal": "y" * 40}), 20, id="two-keys"),
+        pytest.param(delta_chunk({"content": "x" * 40}, text="y" * 40), 20, id="with-text"),
+    ],
+)
+def test_a_chunk_counts_the_same_alone_in_a_read_or_among_others(event: bytes, tokens: int) -> None:
+    # Alone in a read (a paced upstream) or inside one read with others: the same bytes
+    # out, the same tokens counted for a stream cut short.
+    for data, size in ((event, len(event)), (chunk("a") + event + chunk("b"), 10_000)):
+        relay = SSERelay(include_usage=False, cost=cost)
+        out = b"".join(relay.feed(data[i : i + size]) for i in range(0, len(data), size))
+        assert out == data
+        assert relay.charge()[1] == tokens + (0 if size == len(event) else 2)
+
+
+@pytest.mark.parametrize(
+    "rename",
+    [
+        pytest.param(b'"model":"up/m:1"', id="compact"),
+        pytest.param(b'"model" : "up/m:1"', id="odd-spacing"),
+    ],
+)
+def test_a_content_chunk_read_alone_is_renamed_and_counted_once(rename: bytes) -> None:
+    event = delta_chunk({"content": "hello"}, model="up/m:1").replace(b'"model":"up/m:1"', rename)
+    relay = SSERelay(False, lambda p, c: 0.0, rename=("up/m:1", "m"))
+    out = relay.feed(event)
+    assert out.startswith(b"data: ") and out.endswith(b"\n\n") and out.count(b"\n") == 2
+    assert orjson.loads(out[6:]) == orjson.loads(event[6:]) | {"model": "m"}
+    assert relay.charge()[1] == 1 and relay.content_seen
+
+
+def test_a_usage_whose_counts_are_not_numbers_is_charged_as_an_estimate() -> None:
+    relay = SSERelay(include_usage=True, cost=cost, prompt_estimate=30)
+    usage = {"prompt_tokens": "many", "completion_tokens": 5}
+    body = {"id": "c", "model": "m", "choices": [], "usage": usage}
+    relay.feed(chunk("x" * 40) + b"data: " + orjson.dumps(body) + b"\n\n" + b"data: [DONE]\n\n")
+    relay.finish()
+    assert relay.charge() == (30, 10, pytest.approx(cost(30, 10)), True)

@@ -190,14 +190,23 @@ class StreamWriter:
                 if not relay.done:
                     self.writing = False
                     stream.extend(idle)
+                    # Per chunk: stream.extend inlined as the Deadline's documented write of
+                    # ``at`` (both limits are at least its period, so no re-arm is due), bound
+                    # methods in locals, ``writing`` set only if the deadline strikes in a
+                    # write (a try costs nothing): 20 bytecodes where extend calls were 86.
+                    feed, write, clock = relay.feed, resp.write, loop.time
                     async for chunk in committed.upstream:
-                        out = relay.feed(chunk)
+                        out = feed(chunk)
                         if out:
-                            self.writing = True
-                            stream.extend(stall)
-                            await resp.write(out)
-                            self.writing = False
-                        stream.extend(idle)
+                            if not stream.cut:  # once the drain cut it, its deadline stays
+                                timer.at = clock() + stall
+                            try:
+                                await write(out)
+                            except asyncio.CancelledError:
+                                self.writing = True
+                                raise
+                        if not stream.cut:
+                            timer.at = clock() + idle
                     relay.finish()
 
     def _client_gone(self, why: str) -> web.StreamResponse:

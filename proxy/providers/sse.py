@@ -54,6 +54,17 @@ class SSEDecoder:
         if len(self._buf) > self.max_line:
             raise UpstreamError("protocol", f"{self.wire} stream: an SSE event is too long")
         for event in events:
+            # The two shapes streams are made of, read without ``fields``' line loop (40
+            # bytecodes an event where it is 110): one ``data`` line, or an ``event`` line
+            # then one ``data`` line (Anthropic). Anything else is read line by line.
+            if event.startswith(b"data: ") and b"\n" not in event:
+                yield "", event[6:]
+                continue
+            if event.startswith(b"event: "):
+                line, sep, data = event.partition(b"\ndata: ")
+                if sep and b"\n" not in line and b"\n" not in data:
+                    yield line[7:].decode("utf-8", "replace"), data
+                    continue
             name, payload = fields(event, self.wire)
             if payload is not None:
                 yield name, payload

@@ -52,13 +52,27 @@ class TranslatedStream:
 
     async def _iterate(self) -> AsyncGenerator[bytes, None]:
         decoder = SSEDecoder(self.wire)
+        # Per event, no call to the base ``ends`` (always False) and no ``_load`` frame: 11
+        # bytecodes an event less (measured).
+        ends = None if type(self).ends is TranslatedStream.ends else self.ends
+        translate = self.translate
         try:
             async for data in self._resp.content.iter_any():
                 for _event, payload in decoder.feed(data):
-                    if self.ends(payload):
+                    if ends is not None and ends(payload):
                         self._done = True
                     else:
-                        for chunk in self.translate(self._load(payload)):
+                        try:
+                            event = orjson.loads(payload)
+                        except orjson.JSONDecodeError:
+                            raise UpstreamError(
+                                "protocol", f"{self.name} stream: invalid JSON"
+                            ) from None
+                        if type(event) is not dict:
+                            raise UpstreamError(
+                                "protocol", f"{self.name} stream: event is not an object"
+                            )
+                        for chunk in translate(event):
                             yield sse(chunk)
                     if self._done:
                         yield DONE
@@ -66,15 +80,6 @@ class TranslatedStream:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise transport_error(exc) from None
         raise UpstreamError("server", f"{self.name} stream ended before {self.end}")
-
-    def _load(self, payload: bytes) -> dict[str, Any]:
-        try:
-            event = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            raise UpstreamError("protocol", f"{self.name} stream: invalid JSON") from None
-        if not isinstance(event, dict):
-            raise UpstreamError("protocol", f"{self.name} stream: event is not an object")
-        return event
 
     async def aclose(self) -> None:
         if self._gen is not None:
