@@ -435,7 +435,11 @@ class Dispatcher:
         usage = answer.data.get("usage")
         if isinstance(usage, dict):
             prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-            if isinstance(prompt, int) and isinstance(completion, int):
+            if (
+                isinstance(prompt, int)
+                and isinstance(completion, int)
+                and min(prompt, completion) >= 0
+            ):
                 usage["cost"] = round(answer.candidate.model.cost_usd(prompt, completion), 10)
         return answer
 

@@ -122,8 +122,10 @@ class RequestRecord:
     def take_usage(self, usage: Mapping[str, Any] | None) -> None:
         if not usage:
             return
-        self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        self.completion_tokens = int(usage.get("completion_tokens") or 0)
+        # A negative count from the upstream is recorded as 0: a token count is never below,
+        # and metrics and accounting refuse negatives.
+        self.prompt_tokens = max(0, int(usage.get("prompt_tokens") or 0))
+        self.completion_tokens = max(0, int(usage.get("completion_tokens") or 0))
         self.cost = float(usage.get("cost") or 0.0)
 
 

@@ -292,9 +292,11 @@ class SSERelay:
             try:
                 prompt = int(usage.get("prompt_tokens") or 0)
                 completion = int(usage.get("completion_tokens") or 0)
-                return prompt, completion, float(usage.get("cost") or 0.0), False
+                if prompt >= 0 and completion >= 0:
+                    return prompt, completion, float(usage.get("cost") or 0.0), False
             except (TypeError, ValueError):
-                pass  # counts that are not numbers ("x", a list): estimated, as without usage
+                pass
+            # Counts that are not numbers ("x", a list) or are negative: estimated, as without.
         prompt, completion = self.prompt_estimate, self.produced
         return prompt, completion, round(self.cost(prompt, completion), 10), True
 
@@ -307,7 +309,7 @@ class SSERelay:
     def _usage_event(self, obj: dict[str, Any], usage: dict[str, Any]) -> bytes | None:
         prompt = usage.get("prompt_tokens")
         completion = usage.get("completion_tokens")
-        if isinstance(prompt, int) and isinstance(completion, int):
+        if isinstance(prompt, int) and isinstance(completion, int) and min(prompt, completion) >= 0:
             usage["cost"] = round(self.cost(prompt, completion), 10)
         self.usage = usage
         if not obj.get("choices") and not self.include_usage:
