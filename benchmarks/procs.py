@@ -152,6 +152,7 @@ def spawn(
     env: dict[str, str] | None = None,
     log_path: Path | None = None,
     timeout: float = 30.0,
+    cwd: Path = ROOT,
 ) -> Service:
     """Start ``argv`` pinned to ``cpus`` and wait for its ready line; stderr goes to
     ``log_path`` (production logs are kept: writing them is part of the cost)."""
@@ -173,7 +174,7 @@ def spawn(
         stdin=subprocess.DEVNULL,
         text=True,
         env=child_env(env),
-        cwd=ROOT,
+        cwd=cwd,
     )
     if not isinstance(err, int):
         err.close()
