@@ -425,11 +425,10 @@ class GuardedHandler(web_protocol.RequestHandler):
             if (timer := self._header_timer) is not None:  # _disarm, inline
                 timer.cancel()
                 self._header_timer = None
-            # Only a queued parse error needs the call (~25 bytecodes a request otherwise).
-            if (
-                _WATCHES_QUEUE
-                and (queued := self._messages)
-                and isinstance(queued[-1][0], _QUEUED_ERROR)
+            # Only a queued parse error needs the call (~25 bytecodes a request otherwise);
+            # where the queue is not a slot of this aiohttp's, the call looks for itself.
+            if not _WATCHES_QUEUE or (
+                (queued := self._messages) and isinstance(queued[-1][0], _QUEUED_ERROR)
             ):
                 self._fail_body_in_progress()
         elif data and self._waiter is not None:
