@@ -10,18 +10,26 @@ import asyncio
 import openai
 import pytest
 
+from proxy.serve.record import RequestRecord
 from proxy.sim.script import Fault
-from tests.conftest import Sim, StartProxy
+from tests.conftest import Proxy, Sim, StartProxy
 from tests.test_fault_matrix import KEY, MSG, NANO, PINNED, SMALL, UPSTREAM, breakers, outcomes
 from tests.test_fault_matrix import settings as row_settings
+
+
+async def hung_nano(
+    start_proxy: StartProxy, sim: Sim, timeout_s: float
+) -> tuple[Proxy, list[RequestRecord]]:
+    """A proxy with ``request_timeout_s``, its records, and nano hanging before its headers."""
+    proxy = await start_proxy(row_settings(routing={"request_timeout_s": timeout_s}))
+    sim.state.set_fault(UPSTREAM[NANO], Fault(mode="hang_headers"))
+    return proxy, outcomes(proxy)
 
 
 async def test_an_upstream_past_the_request_timeout_is_given_up_and_the_next_answers(
     start_proxy: StartProxy, sim: Sim
 ) -> None:
-    proxy = await start_proxy(row_settings(routing={"request_timeout_s": 0.5}))
-    seen = outcomes(proxy)
-    sim.state.set_fault(UPSTREAM[NANO], Fault(mode="hang_headers"))
+    proxy, seen = await hung_nano(start_proxy, sim, 0.5)
     raw = await proxy.client(timeout=10.0).chat.completions.with_raw_response.create(
         messages=MSG, **PINNED
     )
@@ -49,9 +57,7 @@ async def test_every_upstream_past_the_request_timeout_is_a_502_naming_the_deadl
 async def test_a_client_that_leaves_first_is_not_a_timeout(
     start_proxy: StartProxy, sim: Sim
 ) -> None:
-    proxy = await start_proxy(row_settings(routing={"request_timeout_s": 30.0}))
-    seen = outcomes(proxy)
-    sim.state.set_fault(UPSTREAM[NANO], Fault(mode="hang_headers"))
+    proxy, seen = await hung_nano(start_proxy, sim, 30.0)
     with pytest.raises(openai.APITimeoutError):
         await proxy.client(timeout=0.3, max_retries=0).chat.completions.create(
             messages=MSG, **PINNED
