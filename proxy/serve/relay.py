@@ -158,12 +158,7 @@ class SSERelay:
             # One whole one-line event, as a paced upstream sends them: parsed right here
             # (the trailing blank line is JSON whitespace) and, the common chunk, forwarded
             # as these very bytes: no framing, no copies, no event method per chunk.
-            try:
-                obj = orjson.loads(chunk[6:])  # "{" and valid JSON: a dict
-            except orjson.JSONDecodeError:
-                raise UpstreamError(
-                    "protocol", "upstream sent a chunk that is not valid JSON"
-                ) from None
+            obj = _loads(chunk[6:])  # "{" and valid JSON: a dict
             out = self._plain(chunk, obj)
             if out is not None:
                 return out
