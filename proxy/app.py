@@ -15,7 +15,6 @@ import socket
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from proxy.accounting.ledger import ACCOUNTING, accounting_ctx
@@ -29,6 +28,7 @@ from proxy.http.auth import ACCESS, Access, auth_middleware
 from proxy.http.hostile_input import GuardedRunner, expect_continue
 from proxy.http.hygiene import guard_library_logs
 from proxy.http.metrics import METRICS, Metrics, metrics_endpoint
+from proxy.providers.session import UpstreamSession
 from proxy.serve.drain import IN_FLIGHT, InFlight
 from proxy.serve.state import CLUSTER, ROUTER, WORKER, Router, RouterHolder
 from proxy.service.notify import Notifier, watchdog_task
@@ -45,7 +45,7 @@ RUNTIME = web.AppKey("runtime", Runtime)
 # What runner.cleanup() waits for handlers after the drain has cut the streams.
 SHUTDOWN_TIMEOUT_S = 5.0
 # The upstream client sessions by wire family; read by the fault tests to check the pool.
-SESSIONS: web.AppKey[dict[str, aiohttp.ClientSession]] = web.AppKey("sessions")
+SESSIONS: web.AppKey[dict[str, UpstreamSession]] = web.AppKey("sessions")
 Ctx = Callable[[web.Application], AsyncIterator[None]]
 
 
@@ -168,7 +168,7 @@ def router_ctx(config: Config, env: Mapping[str, str], demo: bool, config_path: 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         prepare = _demo_prepare(app) if demo else None
         metrics, history = app[METRICS], app[HISTORY]
-        sessions: dict[str, aiohttp.ClientSession] = app[SESSIONS]
+        sessions: dict[str, UpstreamSession] = app[SESSIONS]
 
         def build(cfg: Config, previous: Router | None) -> Router:
             if prepare is not None:  # the demo: every provider is the simulator

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 from aiohttp import web
@@ -15,6 +14,7 @@ from aiohttp.test_utils import TestServer
 
 from proxy.providers.anthropic import AnthropicProvider
 from proxy.providers.base import UnsupportedFeatureError, UpstreamError, UpstreamRequest
+from proxy.providers.session import UpstreamSession
 from proxy.sim.anthropic_api import add_anthropic_routes
 from proxy.sim.launch import make_sim_app
 from proxy.sim.script import Fault, Profile
@@ -98,14 +98,15 @@ def up() -> Upstream:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
+async def session() -> AsyncIterator[UpstreamSession]:
+    s = UpstreamSession()
+    yield s
+    await s.close()
 
 
 @pytest.fixture
 async def provider(
-    up: Upstream, aiohttp_server: ServerFactory, session: aiohttp.ClientSession
+    up: Upstream, aiohttp_server: ServerFactory, session: UpstreamSession
 ) -> AnthropicProvider:
     server = await aiohttp_server(fake_anthropic(up))
     return AnthropicProvider(
@@ -325,7 +326,7 @@ async def test_an_event_of_the_wrong_shape_is_a_protocol_error(
 
 
 async def test_a_base_url_ending_in_v1_is_accepted(
-    up: Upstream, aiohttp_server: ServerFactory, session: aiohttp.ClientSession
+    up: Upstream, aiohttp_server: ServerFactory, session: UpstreamSession
 ) -> None:
     server = await aiohttp_server(fake_anthropic(up))
     p = AnthropicProvider("a", base_url=str(server.make_url("/v1/")), api_key="k", session=session)
@@ -352,7 +353,7 @@ async def test_unsupported_requests_are_refused_before_sending(
 
 @pytest.fixture
 async def sim(
-    aiohttp_server: ServerFactory, session: aiohttp.ClientSession
+    aiohttp_server: ServerFactory, session: UpstreamSession
 ) -> tuple[SimState, AnthropicProvider]:
     state = SimState(scale=0.0, default=Profile(tokens=5))
     app = make_sim_app(state)

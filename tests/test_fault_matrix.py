@@ -314,12 +314,11 @@ class Resources:
 
 def resources(proxy: Proxy) -> Resources:
     """Open tasks, file descriptors and the upstream pool of this process (the proxy and
-    the simulator share it). aiohttp has no public pool counters, hence the private reads."""
+    the simulator share it)."""
     pooled = acquired = 0
     for session in proxy.app[SESSIONS].values():
-        connector: Any = session.connector
-        pooled += sum(len(conns) for conns in connector._conns.values())
-        acquired += len(connector._acquired)
+        pooled += session.pooled
+        acquired += session.in_use
     return Resources(
         tasks=len(asyncio.all_tasks()),
         fds=len(os.listdir("/proc/self/fd")),

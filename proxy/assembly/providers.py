@@ -10,12 +10,11 @@ import ssl
 from collections.abc import Mapping
 from typing import Any
 
-import aiohttp
-
 from proxy.config import Config, ProviderConfig
 from proxy.decide.fields import FieldPolicy
 from proxy.providers.base import Provider
-from proxy.serve.warm import NotingConnector, Warmer
+from proxy.providers.session import UpstreamSession
+from proxy.serve.warm import Warmer
 
 # kind -> "module:Class"; each takes (name, settings...) as its ``build`` below passes them.
 IMPLEMENTATIONS = {
@@ -41,7 +40,7 @@ def implementation(kind: str) -> Any:
 def build_provider(
     pc: ProviderConfig,
     key: str | None,
-    sessions: Mapping[str, aiohttp.ClientSession],
+    sessions: Mapping[str, UpstreamSession],
     aws_credentials: dict[str, str] | None,
     timeouts: tuple[float, float] = (5.0, 60.0),
     fields: FieldPolicy | None = None,
@@ -79,19 +78,16 @@ def build_provider(
     return provider
 
 
-def make_session(config: Config, warmer: Warmer | None = None) -> aiohttp.ClientSession:
-    """``warmer``: told about each request (``proxy/serve/warm.py``), when it keeps pools warm."""
-    # No pool limit: 512 concurrent streams must not queue behind aiohttp's default of 100.
+def make_session(config: Config, warmer: Warmer | None = None) -> UpstreamSession:
+    """``warmer``: told about each request (``proxy/serve/warm.py``), when it keeps pools warm.
+    No limit on connections: 512 concurrent streams must not queue behind one."""
     s = config.server
-    pool: dict[str, Any] = {
-        "limit": 0,
-        "use_dns_cache": s.dns_cache_s > 0,
-        "ttl_dns_cache": max(1, round(s.dns_cache_s)),
-        "keepalive_timeout": s.upstream_keepalive_s,
-    }
-    connector = aiohttp.TCPConnector(**pool) if warmer is None else NotingConnector(warmer, **pool)
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=s.connect_timeout_s)
-    return aiohttp.ClientSession(connector=connector, timeout=timeout)
+    return UpstreamSession(
+        keepalive_s=s.upstream_keepalive_s,
+        connect_timeout_s=s.connect_timeout_s,
+        dns_cache_s=s.dns_cache_s,
+        observer=warmer,
+    )
 
 
 def provider_fingerprint(

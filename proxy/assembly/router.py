@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import aiohttp
-
 from proxy.config import Config
 from proxy.http.access_log import access_log_sink
 from proxy.providers.base import Provider
+from proxy.providers.session import UpstreamSession
 from proxy.serve.dispatch import Dispatcher
 from proxy.serve.health import Health
 from proxy.serve.state import Router
@@ -25,7 +24,7 @@ DEMO_KEY = "sim-key"
 
 def build_router(
     config: Config,
-    sessions: Mapping[str, aiohttp.ClientSession],
+    sessions: Mapping[str, UpstreamSession],
     *,
     environ: Mapping[str, str],
     demo: bool,

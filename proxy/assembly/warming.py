@@ -1,5 +1,5 @@
-"""Warm upstream connections (``proxy/serve/warm.py``) wired into the app: the sessions'
-connectors tell the warmer about each request, its targets come from the live Router (at
+"""Warm upstream connections (``proxy/serve/warm.py``) wired into the app: the upstream
+sessions tell the warmer about each request, its targets come from the live Router (at
 start and after each reload), and its background task runs for the app's lifetime, as a
 ``cleanup_ctx`` entry."""
 
@@ -24,8 +24,8 @@ def make_warmer(config: Config) -> Warmer:
 
 
 def noting(app: web.Application, config: Config) -> Warmer | None:
-    """Who the client sessions' connectors tell about each request: the warmer, when
-    warming is on (``NotingConnector``)."""
+    """Who the upstream sessions tell about each request and each connection closed instead
+    of pooled: the warmer, when warming is on (the session's ``observer``)."""
     return app[WARMER] if config.server.warm_connections else None
 
 

@@ -1,4 +1,4 @@
-"""The Anthropic Messages adapter: POST /v1/messages over the app's shared aiohttp session.
+"""The Anthropic Messages adapter: POST /v1/messages over the app's shared upstream session.
 
 Translation lives in ``anthropic_wire``; this module only sends, maps transport failures to
 ``UpstreamError`` kinds and turns the SSE byte stream into OpenAI chunks.
@@ -10,7 +10,6 @@ import ssl
 import time
 from typing import Any
 
-import aiohttp
 import orjson
 
 from .anthropic_wire import (
@@ -22,6 +21,7 @@ from .anthropic_wire import (
 )
 from .base import UnsupportedFeatureError, UpstreamError, UpstreamRequest
 from .http_errors import error_body, parse_retry_after, transport_error
+from .session import USER_AGENT, Response, SessionError, UpstreamSession, encode_headers
 from .translate import json_tool_name
 from .translated import TranslatedStream
 
@@ -37,7 +37,7 @@ class AnthropicStream(TranslatedStream):
     name = "anthropic"
     end = "message_stop"
 
-    def __init__(self, resp: aiohttp.ClientResponse, translator: AnthropicStreamTranslator) -> None:
+    def __init__(self, resp: Response, translator: AnthropicStreamTranslator) -> None:
         super().__init__(resp)
         self._translator = translator
 
@@ -63,7 +63,7 @@ class AnthropicProvider:
         *,
         base_url: str,
         api_key: str,
-        session: aiohttp.ClientSession,
+        session: UpstreamSession,
         default_max_tokens: int = 4096,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
@@ -71,11 +71,14 @@ class AnthropicProvider:
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         root = base_url.rstrip("/")
         self._url = root + ("/messages" if root.endswith("/v1") else "/v1/messages")
-        self._headers = {
-            "x-api-key": api_key,
-            "anthropic-version": API_VERSION,
-            "content-type": "application/json",
-        }
+        self._headers = encode_headers(
+            {
+                "x-api-key": api_key,
+                "anthropic-version": API_VERSION,
+                "content-type": "application/json",
+                "user-agent": USER_AGENT,
+            }
+        )
         self._session = session
         self.default_max_tokens = default_max_tokens
 
@@ -83,13 +86,13 @@ class AnthropicProvider:
         return f"AnthropicProvider(name={self.name!r}, url={self._url!r})"
 
     async def start(self) -> None:
-        """Nothing to create: the aiohttp session belongs to the app."""
+        """Nothing to create: the upstream session belongs to the app."""
 
-    def pool_target(self) -> tuple[str, aiohttp.ClientSession, ssl.SSLContext | bool]:
+    def pool_target(self) -> tuple[str, UpstreamSession, ssl.SSLContext | bool]:
         return self._url.rsplit("/messages", 1)[0], self._session, self._ssl
 
     async def close(self) -> None:
-        """Nothing to close: the aiohttp session belongs to the app."""
+        """Nothing to close: the upstream session belongs to the app."""
 
     def _payload(self, request: UpstreamRequest, stream: bool) -> dict[str, Any]:
         if request.endpoint != "chat":
@@ -99,12 +102,12 @@ class AnthropicProvider:
         body = {**request.body, "model": request.upstream_id, "stream": stream}
         return to_anthropic_request(body, default_max_tokens=self.default_max_tokens)
 
-    async def _post(self, payload: dict[str, Any]) -> aiohttp.ClientResponse:
+    async def _post(self, payload: dict[str, Any]) -> Response:
         try:
-            resp = await self._session.post(
-                self._url, data=orjson.dumps(payload), headers=self._headers, ssl=self._ssl
+            resp = await self._session.request(
+                "POST", self._url, orjson.dumps(payload), self._headers, tls=self._ssl
             )
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except SessionError as exc:
             raise transport_error(exc) from None
         if resp.status == 200:
             return resp
@@ -125,7 +128,7 @@ class AnthropicProvider:
         resp = await self._post(payload)
         try:
             raw = await resp.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except SessionError as exc:
             raise transport_error(exc) from None
         finally:
             resp.release()

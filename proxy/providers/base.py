@@ -137,7 +137,7 @@ class Provider(Protocol):
         ...
 
     def pool_target(self) -> tuple[str, Any, ssl.SSLContext | bool] | None:
-        """The base URL, the ``aiohttp.ClientSession`` and the TLS setting its requests use,
-        so the app can keep that connection pool warm; None for an adapter with a pool of its
-        own. (The session is typed Any: the decision layer imports this module, not aiohttp.)"""
+        """The base URL, the ``UpstreamSession`` and the TLS setting its requests use, so the
+        app can keep that connection pool warm; None for an adapter with a pool of its own.
+        (The session is typed Any: the decision layer imports this module, not the session.)"""
         ...

@@ -1,40 +1,39 @@
 """What the HTTP adapters (OpenAI-wire, Anthropic) share about failures: a bounded read of
-an error body, ``Retry-After`` in its three spellings, and transport errors mapped to
-failure kinds without aiohttp's repr (it carries request headers)."""
+an error body, ``Retry-After`` in its three spellings, and the upstream session's transport
+errors mapped to failure kinds."""
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import time
 from collections.abc import Mapping
 
-import aiohttp
-
 from .base import UpstreamError
+from .session import ConnectError, PayloadError, Response, SessionError
 
 # Error bodies are read only this far: enough for a message, bounded against a hostile upstream.
 MAX_ERROR_BODY = 64 * 1024
 
 
-async def error_body(resp: aiohttp.ClientResponse) -> bytes:
+async def error_body(resp: Response) -> bytes:
     """The start of a non-2xx response's body (empty if it cannot be read); releases it."""
     try:
-        return await resp.content.read(MAX_ERROR_BODY)
-    except (TimeoutError, aiohttp.ClientError):
+        return await resp.read_upto(MAX_ERROR_BODY)
+    except SessionError:
         return b""
     finally:
         resp.release()
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
+    """Seconds from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date); the
+    header names as the session gives them, in lower case."""
     if (ms := headers.get("retry-after-ms")) is not None:
         try:
             return max(float(ms) / 1000.0, 0.0)
         except ValueError:
             pass
-    value = headers.get("Retry-After")
+    value = headers.get("retry-after")
     if value is None:
         return None
     try:
@@ -49,11 +48,12 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
 
 
 def transport_error(exc: BaseException) -> UpstreamError:
-    """Map aiohttp's exceptions without their repr (it carries request headers)."""
-    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+    """The session's failures as kinds: no connection (or none in time), a break before the
+    response head (connect: nothing was answered) or after it (server: an answer was cut)."""
+    if isinstance(exc, TimeoutError):
         return UpstreamError("timeout", "upstream timed out")
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, ConnectError):
         return UpstreamError("connect", f"could not connect to upstream {exc.host}:{exc.port}")
-    if isinstance(exc, aiohttp.ClientPayloadError):
+    if isinstance(exc, PayloadError):
         return UpstreamError("server", "upstream connection broke mid-answer")
     return UpstreamError("connect", f"upstream connection failed ({type(exc).__name__})")

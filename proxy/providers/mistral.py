@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiohttp
 import orjson
 
 from .base import UnsupportedFeatureError, UpstreamError, UpstreamRequest, UpstreamStream
 from .fim import single_prompt
 from .http_errors import transport_error
-from .openai import OpenAIProvider, status_error
+from .openai import OpenAIProvider
+from .session import Response, SessionError
 from .translated import TranslatedStream
 
 # OpenAI completions field -> Mistral FIM field.
@@ -136,19 +136,8 @@ class MistralProvider(OpenAIProvider):
 
     kind = "mistral"
 
-    async def _post_fim(self, body: dict[str, Any]) -> aiohttp.ClientResponse:
-        try:
-            resp = await self._session.post(
-                f"{self._base}/fim/completions",
-                data=orjson.dumps(body),
-                headers=self._headers,
-                ssl=self._ssl,
-            )
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise transport_error(exc) from None
-        if resp.status >= 300:
-            raise await status_error(resp)
-        return resp
+    async def _post_fim(self, body: dict[str, Any]) -> Response:
+        return await self._send(f"{self._base}/fim/completions", orjson.dumps(body))
 
     async def stream(self, request: UpstreamRequest) -> UpstreamStream:
         if request.endpoint != "completions":
@@ -165,7 +154,7 @@ class MistralProvider(OpenAIProvider):
         resp = await self._post_fim(fim_body(request))
         try:
             body = await resp.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except SessionError as exc:
             raise transport_error(exc) from None
         finally:
             resp.release()

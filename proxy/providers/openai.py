@@ -8,7 +8,6 @@ import ssl
 from collections.abc import Mapping
 from typing import Any
 
-import aiohttp
 import orjson
 
 from probes.kinds import FailureKind
@@ -16,8 +15,7 @@ from probes.kinds import FailureKind
 from .base import UpstreamError, UpstreamRequest, UpstreamStream
 from .fim import render
 from .http_errors import error_body, parse_retry_after, transport_error
-
-USER_AGENT = "model-router/0.1"
+from .session import USER_AGENT, Response, SessionError, UpstreamSession, encode_headers
 
 
 def kind_for_status(status: int) -> FailureKind:
@@ -44,7 +42,7 @@ def error_message(body: bytes) -> str:
     return str(msg)[:500] if msg else "upstream gave no error message"
 
 
-async def status_error(resp: aiohttp.ClientResponse) -> UpstreamError:
+async def status_error(resp: Response) -> UpstreamError:
     """An UpstreamError for a non-2xx response; releases the response."""
     body = await error_body(resp)
     return UpstreamError(
@@ -58,19 +56,18 @@ async def status_error(resp: aiohttp.ClientResponse) -> UpstreamError:
 class OpenAIStream:
     """Yields the upstream's bytes as they arrive."""
 
-    __slots__ = ("_content", "_resp")
+    __slots__ = ("_resp",)
 
-    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+    def __init__(self, resp: Response) -> None:
         self._resp = resp
-        self._content = resp.content
 
     def __aiter__(self) -> OpenAIStream:
         return self
 
     async def __anext__(self) -> bytes:
         try:
-            data = await self._content.readany()
-        except (TimeoutError, aiohttp.ClientError) as exc:
+            data = await self._resp.readany()
+        except SessionError as exc:
             raise transport_error(exc) from None
         if not data:
             raise StopAsyncIteration
@@ -79,7 +76,7 @@ class OpenAIStream:
     async def aclose(self) -> None:
         # An answer read to its end goes back to the pool (a probe's, so that live requests
         # find it warm); an unfinished one is closed: its connection must not be reused.
-        if self._content.at_eof():
+        if self._resp.at_eof():
             self._resp.release()
         else:
             self._resp.close()
@@ -94,27 +91,28 @@ class OpenAIProvider:
         *,
         base_url: str,
         api_key: str,
-        session: aiohttp.ClientSession,
+        session: UpstreamSession,
         ssl_context: ssl.SSLContext | None = None,
         fields: Mapping[str, frozenset[str]] | None = None,
     ) -> None:
         self.name = name
         self._session = session
-        # None: the system trust store (aiohttp's default); a context: the provider's ca_file.
+        # True: the system trust store; a context: the provider's ca_file.
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         # Top-level fields this upstream is sent, per endpoint (proxy/decide/fields.py); None: all.
         self._fields = fields
         base = self._base = base_url.rstrip("/")
         self._urls = {"chat": f"{base}/chat/completions", "completions": f"{base}/completions"}
         # Built from an allowlist: nothing from the client's request reaches the upstream.
-        self._headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+        headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
         if api_key:  # a keyless local server (Ollama, llama.cpp) gets no Authorization at all
-            self._headers["Authorization"] = f"Bearer {api_key}"
+            headers["Authorization"] = f"Bearer {api_key}"
+        self._headers = encode_headers(headers)
 
     async def start(self) -> None:
         return None
 
-    def pool_target(self) -> tuple[str, aiohttp.ClientSession, ssl.SSLContext | bool]:
+    def pool_target(self) -> tuple[str, UpstreamSession, ssl.SSLContext | bool]:
         return self._base, self._session, self._ssl
 
     async def close(self) -> None:
@@ -130,18 +128,16 @@ class OpenAIProvider:
                 body = {k: v for k, v in body.items() if k in allowed}
         return body
 
-    async def _post(self, request: UpstreamRequest) -> aiohttp.ClientResponse:
+    async def _post(self, request: UpstreamRequest) -> Response:
         body = self._body(request)
         if request.fim_template and request.endpoint == "completions":
             body = render(request.fim_template, body)
+        return await self._send(self._urls[request.endpoint], orjson.dumps(body))
+
+    async def _send(self, url: str, data: bytes) -> Response:
         try:
-            resp = await self._session.post(
-                self._urls[request.endpoint],
-                data=orjson.dumps(body),
-                headers=self._headers,
-                ssl=self._ssl,
-            )
-        except (TimeoutError, aiohttp.ClientError) as exc:
+            resp = await self._session.request("POST", url, data, self._headers, tls=self._ssl)
+        except SessionError as exc:
             raise transport_error(exc) from None
         if resp.status >= 300:
             raise await status_error(resp)
@@ -160,7 +156,7 @@ class OpenAIProvider:
         resp = await self._post(request)
         try:
             body = await resp.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except SessionError as exc:
             raise transport_error(exc) from None
         finally:
             resp.release()

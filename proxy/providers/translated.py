@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Any, ClassVar
 
-import aiohttp
 import orjson
 
 from .base import UpstreamError
 from .http_errors import transport_error
+from .session import Response, SessionError
 from .sse import SSEDecoder
 from .translate import DONE, sse
 
@@ -32,7 +32,7 @@ class TranslatedStream:
     # What a complete stream ends with, for "ended before ..." ("message_stop").
     end: ClassVar[str]
 
-    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+    def __init__(self, resp: Response) -> None:
         self._resp = resp
         self._done = False  # the upstream said the answer is complete
         self._gen: AsyncGenerator[bytes, None] | None = None
@@ -57,7 +57,8 @@ class TranslatedStream:
         ends = None if type(self).ends is TranslatedStream.ends else self.ends
         translate = self.translate
         try:
-            async for data in self._resp.content.iter_any():
+            readany = self._resp.readany
+            while data := await readany():
                 for _event, payload in decoder.feed(data):
                     if ends is not None and ends(payload):
                         self._done = True
@@ -77,7 +78,7 @@ class TranslatedStream:
                     if self._done:
                         yield DONE
                         return
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except SessionError as exc:
             raise transport_error(exc) from None
         raise UpstreamError("server", f"{self.name} stream ended before {self.end}")
 

@@ -28,18 +28,10 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Callable, Coroutine, Hashable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
-import aiohttp
-from yarl import URL
-
-if TYPE_CHECKING:
-    from aiohttp.client_proto import ResponseHandler
-    from aiohttp.client_reqrep import ClientRequest, ConnectionKey
-    from aiohttp.connector import Connection
-    from aiohttp.tracing import Trace
+from proxy.providers.session import SessionError, UpstreamSession, origin_of
 
 log = logging.getLogger("model_router.warm")
 
@@ -53,12 +45,12 @@ class WarmTarget:
 
     provider: str
     url: str
-    session: aiohttp.ClientSession
+    session: UpstreamSession
     ssl: ssl.SSLContext | bool = True
 
     @property
     def origin(self) -> str:
-        return str(URL(self.url).origin())
+        return origin_of(self.url)
 
 
 class Warmer:
@@ -163,11 +155,9 @@ class Warmer:
         self.warmed += 1
         try:
             async with asyncio.timeout(self.timeout_s):
-                async with target.session.head(
-                    target.url, ssl=target.ssl, allow_redirects=False
-                ) as resp:
-                    await resp.read()
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                resp = await target.session.request("HEAD", target.url, tls=target.ssl)
+                resp.release()
+        except (SessionError, TimeoutError, OSError, ValueError) as exc:
             self.failed += 1
             # str() only: reprs of client errors carry request headers.
             log.info("warming %s failed: %s: %s", target.provider, type(exc).__name__, exc)
@@ -178,51 +168,10 @@ class Warmer:
 
     async def close(self) -> None:
         # Connections closed while the app shuts down (drained streams, cancelled probes) are
-        # not replaced: a HEAD then would only meet a closing connector.
+        # not replaced: a HEAD then would only meet a closing session.
         self._closed = True
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         with contextlib.suppress(Exception):
             await asyncio.gather(*tasks, return_exceptions=True)
-
-
-class NotingConnector(aiohttp.TCPConnector):
-    """A ``TCPConnector`` that tells the warmer about every request it connects (live,
-    probe or warming), as an ``on_request_start`` trace would, without aiohttp's tracing on
-    every request: with any ``TraceConfig`` a session builds a trace context, a parameters
-    object and an awaited signal per event of every request (~20 us of CPU a request)."""
-
-    def __init__(self, warmer: Warmer, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._warmer = warmer
-        self._origins: dict[Hashable, str] = {}  # connection key -> origin, computed once
-
-    def connect(
-        self, req: ClientRequest, traces: list[Trace], timeout: aiohttp.ClientTimeout
-    ) -> Coroutine[Any, Any, Connection]:
-        # Not a coroutine itself: the pool's own is returned, so no frame is added.
-        key = req.connection_key
-        origin = self._origins.get(key)
-        if origin is None:
-            if len(self._origins) >= 1024:  # bounded: origins come from the config
-                self._origins.clear()
-            origin = self._origins[key] = str(req.url.origin())
-        self._warmer.saw(origin, req.method)
-        return super().connect(req, traces, timeout)
-
-    def _release(
-        self, key: ConnectionKey, protocol: ResponseHandler, *, should_close: bool = False
-    ) -> None:
-        # aiohttp's one place a connection goes back to the pool or is closed (private, but
-        # there is no public hook for it); the close itself is aiohttp's, unchanged. A closed
-        # connection's protocol has dropped its transport afterwards, a pooled one keeps it
-        # (one that lost it is closed, as should_close is then set): testing that costs two
-        # bytecodes where asking protocol.should_close beforehand cost ~40.
-        super()._release(key, protocol, should_close=should_close)
-        if (
-            protocol.transport is None
-            and not self.closed
-            and (origin := self._origins.get(key)) is not None
-        ):
-            self._warmer.lost(origin)
