@@ -28,7 +28,7 @@ import socket
 import ssl
 import time
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Protocol, cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -339,8 +339,8 @@ class _Connection(asyncio.Protocol):
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         parser = self.parser
@@ -510,13 +510,15 @@ class UpstreamSession:
         headers: bytes = b"",
         *,
         tls: ssl.SSLContext | bool = True,
+        observed: bool = True,
     ) -> Response:
         """Send one request; returns once the response head has arrived. ``headers`` from
-        ``encode_headers`` (Host and Content-Length are added here)."""
+        ``encode_headers`` (Host and Content-Length are added here). ``observed=False``: not
+        reported to the observer (the observer's own requests)."""
         target = self._targets.get((method, url, tls))
         if target is None:
             target = self._target(method, url, tls)
-        if self.observer is not None:
+        if observed and self.observer is not None:
             self.observer.saw(target.origin, method)
         conn = None
         idle = self._idle.get(target.key)

@@ -29,7 +29,7 @@ import logging
 import ssl
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from proxy.providers.session import SessionError, UpstreamSession, origin_of
 
@@ -47,10 +47,12 @@ class WarmTarget:
     url: str
     session: UpstreamSession
     ssl: ssl.SSLContext | bool = True
+    # As the session names it in ``saw`` and ``lost``; computed once, so that a lost connection
+    # (reported from inside the session) is matched without calling back into it.
+    origin: str = field(init=False)
 
-    @property
-    def origin(self) -> str:
-        return origin_of(self.url)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "origin", origin_of(self.url))
 
 
 class Warmer:
@@ -74,14 +76,17 @@ class Warmer:
         self._last_use: dict[str, float] = {}  # origin -> last request of any kind
         self._last_traffic: dict[str, float] = {}  # origin -> last request not ours
         self._tasks: set[asyncio.Task[bool]] = set()
-        self._warming: set[str] = set()  # origins with a HEAD of ours in flight
+        self._warming: set[str] = set()  # origins with a HEAD of ours in flight (or queued)
+        self._replace: set[str] = set()  # origins that lost a connection, for run() to replace
+        self._wake = asyncio.Event()
         self._closed = False
         self.warmed = 0  # requests the warmer sent
         self.failed = 0
 
     def saw(self, origin: str, method: str) -> None:
-        """A request to ``origin`` is about to take a pooled (or new) connection: the
-        warmer's own ``HEAD``s count as use, everything else as traffic too."""
+        """A request to ``origin`` is about to take a pooled (or new) connection: it counts
+        as use, and as traffic unless it is a ``HEAD`` (the session does not report the
+        warmer's own, and nothing else sends one, but a ``HEAD`` is never traffic)."""
         now = self._clock()
         self._last_use[origin] = now
         if method != "HEAD":
@@ -89,14 +94,20 @@ class Warmer:
 
     def lost(self, origin: str) -> None:
         """A connection to ``origin`` was closed instead of pooled: open one in its place,
-        unless the closed one was the warmer's own (or the origin is not ours to keep)."""
+        unless the closed one was the warmer's own (or the origin is not ours to keep).
+
+        Called from inside the session, so the ``HEAD`` is left to ``run``'s task: the
+        request that closed the connection only marks the origin (marked warming now, so a
+        burst of closes, a thousand clients gone in one turn of the loop, is one ``HEAD``)."""
         if origin in self._warming or self._closed:
             return
-        if self._clock() - self._last_traffic.get(origin, -1e18) >= self.traffic_horizon_s:
+        now = self._clock()
+        if now - self._last_traffic.get(origin, -1e18) >= self.traffic_horizon_s:
             return
-        for t in self._targets:
-            if t.origin == origin:
-                self._spawn(t)
+        self._last_use[origin] = now
+        self._warming.add(origin)
+        self._replace.add(origin)
+        self._wake.set()
 
     @property
     def targets(self) -> list[WarmTarget]:
@@ -127,10 +138,21 @@ class Warmer:
         ]
 
     async def run(self) -> None:
-        """Check every quarter keep-alive, forever (cancel to stop)."""
+        """Replace lost connections at once and check every quarter keep-alive, forever
+        (cancel to stop)."""
         try:
             while True:
-                await asyncio.sleep(max(0.05, self.keepalive_s / 4))
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.05, self.keepalive_s / 4)):
+                        await self._wake.wait()
+                self._wake.clear()
+                if self._replace:
+                    replace, self._replace = self._replace, set()
+                    for t in self._targets:
+                        if t.origin in replace:
+                            self._spawn(t)
+                    # Origins no target names: nothing will be sent, so not warming either.
+                    self._warming -= replace - {t.origin for t in self._targets}
                 for t in self.due():
                     self._spawn(t)
         finally:
@@ -155,7 +177,11 @@ class Warmer:
         self.warmed += 1
         try:
             async with asyncio.timeout(self.timeout_s):
-                resp = await target.session.request("HEAD", target.url, tls=target.ssl)
+                # Not observed: _spawn has marked the use, and the session calling back into
+                # the warmer from the warmer's own request would be a loop in the layering.
+                resp = await target.session.request(
+                    "HEAD", target.url, tls=target.ssl, observed=False
+                )
                 resp.release()
         except (SessionError, TimeoutError, OSError, ValueError) as exc:
             self.failed += 1
