@@ -99,7 +99,13 @@ def origin_of(url: str) -> str:
     """``scheme://host[:port]`` with the default port left out, as the warmer names origins."""
     scheme, host, port, _ = _split(url)
     default = 443 if scheme == "https" else 80
+    host = _url_host(host)
     return f"{scheme}://{host}" if port == default else f"{scheme}://{host}:{port}"
+
+
+def _url_host(host: str) -> str:
+    """The host as a URL writes it: an IPv6 address in brackets, a name in IDNA (ASCII)."""
+    return f"[{host}]" if ":" in host else host.encode("idna").decode("ascii")
 
 
 def _split(url: str) -> tuple[str, str, int, str]:
@@ -127,7 +133,7 @@ class _Target:
         self.key = (host, port, tls)
         self.origin = origin_of(url)
         default = 443 if tls is not None else 80
-        netloc = f"[{host}]" if ":" in host else host.encode("idna").decode("ascii")
+        netloc = _url_host(host)
         if port != default:
             netloc += f":{port}"
         line = f"{method} {path} HTTP/1.1\r\nHost: {netloc}\r\n"
@@ -209,6 +215,9 @@ class Response:
 
     async def read_upto(self, limit: int) -> bytes:
         """The body's start, at most ``limit`` bytes (for error messages)."""
+        if limit > self._limit and not self._done and self._conn is not None:
+            self._limit = limit  # paused at the mark, it would wait for bytes never read
+            self._conn.resume()
         while not self._done and self._size < limit:
             if self._error is not None:
                 raise self._error
@@ -348,14 +357,35 @@ class _Connection(asyncio.Protocol):
             self._broken(BadResponseError("upstream sent bytes nobody asked for"))
             return
         if self._response is None:
+            room = MAX_HEAD - self._pending
             self._pending += len(data)
-            if self._pending > MAX_HEAD:
-                self._broken(BadResponseError(f"response head over {MAX_HEAD} bytes"))
+            if len(data) > room:
+                self._past_limit(parser, data, room)
                 return
         try:
             parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._broken(BadResponseError(f"malformed response: {exc}"))
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._malformed(exc)
+
+    def _past_limit(self, parser: httptools.HttpResponseParser, data: bytes, room: int) -> None:
+        # Only the head is bounded: a short head often comes in one read with much of a long
+        # body. The read is parsed up to the limit, the rest only if the head ended in it.
+        try:
+            parser.feed_data(data[:room])
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._malformed(exc)
+            return
+        if self._response is None:
+            self._broken(BadResponseError(f"response head over {MAX_HEAD} bytes"))
+        else:
+            self.data_received(data[room:])
+
+    def _malformed(self, exc: Exception) -> None:
+        # A 101's switch of protocol (HttpParserUpgrade) is not an answer we can read either.
+        if self._response is None:
+            self._broken(BadResponseError(f"malformed response: {exc!r}"))
+        else:  # the answer was cut: its body is not what it said it would be
+            self._broken(PayloadError(f"malformed response body: {exc!r}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -387,6 +417,7 @@ class _Connection(asyncio.Protocol):
             self._raw = []
             return
         response = self._response = Response(self, status, self._raw)
+        self._raw = []  # a chunked body's trailers are not the answer's headers
         if self._method == "HEAD":  # no body follows, whatever Content-Length says
             self._end(parser)
         head = self._head
@@ -433,6 +464,7 @@ class _Connection(asyncio.Protocol):
         self._response = None
         self._head = None
         self.parser = None
+        self.resume()  # paused by an answer left unread, it would never read the next one
         self._session._pool(self)
 
     def close(self) -> None:
