@@ -400,6 +400,26 @@ async def test_each_failure_has_its_error_and_kind_and_leaves_nothing_open(
         await until(lambda: up.open == 0, "the server's connection was never closed")
 
 
+async def test_a_connection_closed_at_once_is_a_connect_failure() -> None:
+    # (An answer written before the request was read is not refused: HTTP lets a server
+    # answer early, a 413 say, and that is indistinguishable from a fast answer.)
+    async def spoil(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(spoil, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with opened() as (session, _):
+            for _ in range(3):  # closed before or after our send: either is this error
+                with pytest.raises(DisconnectedError) as info:
+                    await session.request("POST", f"http://127.0.0.1:{port}/x", b"{}")
+                assert transport_error(info.value).kind == "connect"
+                await settled(session, pooled=0)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 async def test_a_cut_stream_gives_what_arrived_then_the_error() -> None:
     async with Upstream([then_close(CUT_CHUNKED)]) as up, opened() as (session, _):
         resp = await session.request("POST", up.url, b"{}")
@@ -675,6 +695,7 @@ UVLOOP_CASES: list[Callable[[], Awaitable[None]]] = [
     test_a_pooled_connection_the_server_closed_is_replaced_by_a_new_one,
     test_an_idle_connection_is_closed_by_us_after_the_keepalive,
     test_bytes_after_a_complete_answer_are_never_the_next_answer,
+    test_a_connection_closed_at_once_is_a_connect_failure,
     test_a_cut_stream_gives_what_arrived_then_the_error,
     test_a_request_cancelled_before_the_head_closes_its_connection,
     test_a_stream_closed_mid_body_closes_its_connection,
