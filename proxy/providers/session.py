@@ -356,7 +356,10 @@ class _Connection(asyncio.Protocol):
         try:
             parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._broken(BadResponseError(f"malformed response: {exc}"))
+            if self._response is None:
+                self._broken(BadResponseError(f"malformed response: {exc}"))
+            else:  # a bad chunk size, a second response: the answer is cut
+                self._broken(PayloadError(f"malformed response body: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
