@@ -127,9 +127,15 @@ def main() -> None:
     for name in services:
         req, chunk = statistics.median(per_request[name]), statistics.median(per_chunk[name])
         print(
-            f"  {name:<9} {req:6.0f} us per request ({req / floor_req:.2f}x)  "
-            f"{chunk:5.1f} us per relayed chunk ({chunk / floor_chunk:.2f}x)"
+            f"  {name:<9} {req:6.0f} us per request ({ratio(req, floor_req)})  "
+            f"{chunk:5.1f} us per relayed chunk ({ratio(chunk, floor_chunk)})"
         )
+
+
+def ratio(value: float, floor: float) -> str:
+    """``1.21x``; "n/a" when the forwarder used less than one clock tick (10 ms) of CPU, as
+    a tiny run can."""
+    return f"{value / floor:.2f}x" if floor > 0 else "n/a"
 
 
 if __name__ == "__main__":

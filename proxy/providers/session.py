@@ -385,7 +385,7 @@ class _Connection(asyncio.Protocol):
         # A 101's switch of protocol (HttpParserUpgrade) is not an answer we can read either.
         if self._response is None:
             self._broken(BadResponseError(f"malformed response: {exc!r}"))
-        else:  # the answer was cut: its body is not what it said it would be
+        else:  # a bad chunk size, a second response: the answer is cut
             self._broken(PayloadError(f"malformed response body: {exc!r}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
