@@ -229,8 +229,18 @@ FRAMINGS = [
         "HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n", 200, b"", True,
         id="head-with-length",
     ),
-    # No length: llhttp cannot tell where a keep-alive answer would have ended, so it is closed.
-    pytest.param("HEAD", b"HTTP/1.1 405 No\r\n\r\n", 405, b"", False, id="head-no-length"),
+    # No length: a HEAD's answer has no body all the same, and its connection is kept ...
+    pytest.param("HEAD", b"HTTP/1.1 405 No\r\n\r\n", 405, b"", True, id="head-no-length"),
+    # ... unless it says close, or is HTTP/1.0 without keep-alive.
+    pytest.param(
+        "HEAD", b"HTTP/1.1 405 No\r\nConnection: close\r\n\r\n", 405, b"", False,
+        id="head-close",
+    ),
+    pytest.param("HEAD", b"HTTP/1.0 404 No\r\n\r\n", 404, b"", False, id="head-1.0"),
+    pytest.param(
+        "HEAD", b"HTTP/1.0 404 No\r\nConnection: Keep-Alive\r\n\r\n", 404, b"", True,
+        id="head-1.0-keep-alive",
+    ),
     pytest.param("POST", ok(b"bye", b"Connection: close"), 200, b"bye", False, id="conn-close"),
     pytest.param("POST", EARLY + ok(b"real"), 200, b"real", True, id="100-and-103-first"),
 ]  # fmt: skip
@@ -664,11 +674,17 @@ async def test_tls_works_with_the_trusted_ca_and_is_refused_without_it() -> None
         {"X-A\n": "1"},
         {"X:A": "1"},
         {"": "1"},
+        {"X-A": "1\x00"},
+        {"X-A": "1\x7f"},
     ],
 )
 def test_encode_headers_refuses_what_would_split_the_request(headers: dict[str, str]) -> None:
     with pytest.raises(ValueError):
         encode_headers(headers)
+
+
+def test_encode_headers_keeps_a_tab_in_a_value() -> None:
+    assert encode_headers({"X-A": "a\tb"}) == b"X-A: a\tb\r\n"
 
 
 @pytest.mark.parametrize(

@@ -84,12 +84,14 @@ class Observer(Protocol):
 
 
 def encode_headers(headers: Mapping[str, str]) -> bytes:
-    """Request headers as sent; a CR or LF in a name or value (a config typo or an attack
-    through an environment variable) is refused rather than allowed to split the request."""
+    """Request headers as sent; a CR, LF or other control character in a name or value (a
+    config typo or an attack through an environment variable) is refused rather than allowed
+    to split the request."""
     out = []
     for name, value in headers.items():
         line = f"{name}: {value}"
-        if "\r" in line or "\n" in line or ":" in name or not name:
+        # CR, LF, NUL and the other controls (tab is allowed in a value).
+        if ":" in name or not name or any(c < " " and c != "\t" for c in line) or "\x7f" in line:
             raise ValueError(f"header {name!r} has a character a header may not contain")
         out.append(line)
     return "".join(f"{line}\r\n" for line in out).encode("latin-1")
@@ -118,6 +120,14 @@ def _split(url: str) -> tuple[str, str, int, str]:
     if parts.query:
         path += "?" + parts.query
     return scheme, parts.hostname, port, path
+
+
+def _keeps_alive(version: str, headers: Mapping[str, str]) -> bool:
+    """HTTP/1.1 keeps the connection unless it says close; 1.0 only if it says keep-alive.
+    (For a HEAD's answer: llhttp, not told the request was a HEAD, takes one without a length
+    for a body read to the close.)"""
+    tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
+    return "close" not in tokens if version == "1.1" else "keep-alive" in tokens
 
 
 class _Target:
@@ -436,12 +446,14 @@ class _Connection(asyncio.Protocol):
             self._end(parser)
 
     def _end(self, parser: httptools.HttpResponseParser) -> None:
-        self._complete = True
-        self._reusable = parser.should_keep_alive()
-        if self._method == "HEAD":
-            self.parser = None  # whatever follows is not this answer's body
         response = self._response
         assert response is not None
+        self._complete = True
+        if self._method == "HEAD":
+            self.parser = None  # whatever follows is not this answer's body
+            self._reusable = _keeps_alive(parser.get_http_version(), response.headers)
+        else:
+            self._reusable = parser.should_keep_alive()
         response._finish()
 
     # The session's side.
