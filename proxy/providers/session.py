@@ -244,7 +244,13 @@ class Response:
                 return b""
             if self._error is not None:
                 raise self._error
-            await self._wait()
+            # _wait inlined: a stream waits here once a chunk, and every frame between the
+            # task and this future is entered again each time it wakes.
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
             if not self._chunks:
                 if self._error is not None:
                     raise self._error
@@ -286,15 +292,7 @@ class Response:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    # The connection's side.
-
-    def _feed(self, data: bytes) -> None:
-        self._chunks.append(data)
-        size = self._size = self._size + len(data)
-        if self._waiter is not None:
-            self._wake()
-        if size > self._limit and self._conn is not None:
-            self._conn.pause()
+    # The connection's side (it also appends to _chunks, in on_body).
 
     def _finish(self) -> None:
         self._done = True
@@ -436,9 +434,16 @@ class _Connection(asyncio.Protocol):
             head.set_result(response)
 
     def on_body(self, body: bytes) -> None:
+        # Response._feed inlined: one Python call a chunk from llhttp instead of three.
         response = self._response
         if response is not None:
-            response._feed(body)
+            response._chunks.append(body)
+            size = response._size = response._size + len(body)
+            waiter = response._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            if size > response._limit and response._conn is not None:
+                self.pause()
 
     def on_message_complete(self) -> None:
         parser = self.parser
