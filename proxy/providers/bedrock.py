@@ -140,7 +140,7 @@ class BedrockProvider:
             # One attempt in total ("max_attempts" would mean one *retry*): fallback is ours.
             retries={"total_max_attempts": 1, "mode": "standard"},
             # botocore's default pool of 10 would queue the 11th concurrent stream, live
-            # requests behind hanging probes among them; the aiohttp sessions have no limit.
+            # requests behind hanging probes among them; the upstream sessions have no limit.
             max_pool_connections=MAX_POOL_CONNECTIONS,
         )
         self._stack: contextlib.AsyncExitStack | None = None
