@@ -99,27 +99,29 @@ def encode_headers(headers: Mapping[str, str]) -> bytes:
 
 def origin_of(url: str) -> str:
     """``scheme://host[:port]`` with the default port left out, as the warmer names origins."""
-    scheme, host, port, _ = _split(url)
-    default = 443 if scheme == "https" else 80
-    host = _url_host(host)
-    return f"{scheme}://{host}" if port == default else f"{scheme}://{host}:{port}"
+    parts = _Parts(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
-def _url_host(host: str) -> str:
-    """The host as a URL writes it: an IPv6 address in brackets, a name in IDNA (ASCII)."""
-    return f"[{host}]" if ":" in host else host.encode("idna").decode("ascii")
+class _Parts:
+    """A URL as sent: scheme, host and port to connect to, the path with its query, and the
+    netloc as written in ``Host`` and origins (IPv6 in brackets, a name in IDNA, the port
+    only when not the scheme's default)."""
 
+    __slots__ = ("host", "netloc", "path", "port", "scheme")
 
-def _split(url: str) -> tuple[str, str, int, str]:
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"not an http(s) URL: {url!r}")
-    port = parts.port or (443 if scheme == "https" else 80)
-    path = parts.path or "/"
-    if parts.query:
-        path += "?" + parts.query
-    return scheme, parts.hostname, port, path
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        scheme = self.scheme = parts.scheme.lower()
+        if scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        default = 443 if scheme == "https" else 80
+        host = self.host = parts.hostname
+        port = self.port = parts.port or default
+        path = parts.path or "/"
+        self.path = f"{path}?{parts.query}" if parts.query else path
+        netloc = f"[{host}]" if ":" in host else host.encode("idna").decode("ascii")
+        self.netloc = netloc if port == default else f"{netloc}:{port}"
 
 
 def _keeps_alive(version: str, headers: Mapping[str, str]) -> bool:
@@ -135,18 +137,12 @@ class _Target:
 
     __slots__ = ("head", "host", "key", "origin", "port", "tls")
 
-    def __init__(self, method: str, url: str, tls: ssl.SSLContext | None) -> None:
-        scheme, host, port, path = _split(url)
-        if (scheme == "https") != (tls is not None):
-            raise ValueError(f"TLS setting does not match the URL's scheme: {url!r}")
+    def __init__(self, method: str, url: str, parts: _Parts, tls: ssl.SSLContext | None) -> None:
+        host, port, path = parts.host, parts.port, parts.path
         self.host, self.port, self.tls = host, port, tls
         self.key = (host, port, tls)
-        self.origin = origin_of(url)
-        default = 443 if tls is not None else 80
-        netloc = _url_host(host)
-        if port != default:
-            netloc += f":{port}"
-        line = f"{method} {path} HTTP/1.1\r\nHost: {netloc}\r\n"
+        self.origin = f"{parts.scheme}://{parts.netloc}"
+        line = f"{method} {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
         if not line.isascii() or " " in path:
             raise ValueError(f"not a URL that can be sent as it is: {url!r}")
         self.head = line.encode("ascii")
@@ -602,15 +598,16 @@ class UpstreamSession:
         await asyncio.sleep(0)
 
     def _target(self, method: str, url: str, tls_setting: ssl.SSLContext | bool) -> _Target:
+        parts = _Parts(url)
         tls: ssl.SSLContext | None = None
-        if url.startswith("https:"):
+        if parts.scheme == "https":
             if isinstance(tls_setting, ssl.SSLContext):
                 tls = tls_setting
             else:
                 if self._default_tls is None:
                     self._default_tls = ssl.create_default_context()
                 tls = self._default_tls
-        target = _Target(method, url, tls)
+        target = _Target(method, url, parts, tls)
         if len(self._targets) >= MAX_TARGETS:
             self._targets.clear()
         self._targets[(method, url, tls_setting)] = target
