@@ -664,6 +664,16 @@ async def test_tls_works_with_the_trusted_ca_and_is_refused_without_it() -> None
         assert session.pooled == 1  # the trusted connection is pooled apart
 
 
+async def test_a_scheme_in_capitals_is_still_https() -> None:
+    # The TLS choice once read the URL's first characters, in lower case only: "HTTPS://"
+    # was a ValueError (a 500 to the client) instead of a TLS connection.
+    server, client = tls_pair()
+    async with Upstream([ok(b"secret")], tls=server) as up, opened() as (session, _):
+        resp = await session.request("POST", up.url.replace("https:", "HTTPS:"), b"{}", tls=client)
+        assert await resp.read() == b"secret"
+        resp.release()
+
+
 @pytest.mark.parametrize(
     "headers",
     [
