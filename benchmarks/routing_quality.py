@@ -1,7 +1,10 @@
 """Routing quality of tier=auto on public per-prompt data: RouteLLM's GSM8K and MMLU answers
 of a weak model (Mixtral-8x7B, here "economy") and a strong one (GPT-4, here "premium"), and
 GPT-4's 1-10 grades of both models' answers to MT-Bench's 80 first turns (open-ended chat,
-coding, math, reasoning, extraction), where quality is the mean grade instead of accuracy.
+coding, math, reasoning, extraction), where quality is the mean grade instead of accuracy;
+and a coding set: pass/fail of ChatGPT (weak) and GPT-4 Turbo (strong) on HumanEval's 164
+problems from MapCoder's published runs, with MBPP's 397 tasks asked in prose for a task-type
+check.
 
 For each router (our classifier, a length-only router, a random router) the threshold is
 swept over the score's quantiles, as RouteLLM's evaluation does; the report gives accuracy
@@ -54,6 +57,11 @@ MMLU_OUTPUT_TOKENS = 1  # MMLU prompts end in "Answer:"; the answer is one lette
 def data_dir() -> Path:
     """RouteLLM's per-prompt data, shipped in the repository with its licence."""
     return Path(__file__).resolve().parent / "data" / "routellm"
+
+
+def coding_dir() -> Path:
+    """HumanEval's problems and MapCoder's per-problem outcomes, shipped with their licences."""
+    return Path(__file__).resolve().parent / "data"
 
 
 def mt_bench_dir() -> Path:
@@ -198,8 +206,56 @@ def load_mt_bench_outcomes(root: Path, questions: Path) -> list[Item]:
     return items
 
 
-def task_type_report(prompts: Sequence[tuple[str, str]]) -> tuple[list[str], dict[str, float]]:
-    """Where the default thresholds send each category of a prompt set without outcomes."""
+MAPCODER_DIR = "mapcoder"
+HUMANEVAL_DIR = "humaneval"
+# No answer lengths were transcribed; a HumanEval solution runs to ~150 tokens.
+HUMANEVAL_OUTPUT_TOKENS = 150
+
+
+def load_humaneval(data: Path) -> list[Item]:
+    """Pass/fail of ChatGPT (weak) and GPT-4 Turbo (strong) on HumanEval's 164 problems, from
+    MapCoder's published runs (``data/mapcoder``). Each request is the problem as published
+    (imports, signature, a docstring with examples): code pasted with its task, as a coding
+    tool sends it. Empty if the outcome file is not there."""
+    outcomes = data / MAPCODER_DIR / "humaneval_outcomes.csv"
+    if not outcomes.is_file():
+        return []
+    with (data / HUMANEVAL_DIR / "problems.jsonl").open(encoding="utf-8") as f:
+        problems = {row["task_id"]: row["prompt"] for row in map(json.loads, f)}
+    items = []
+    with outcomes.open(encoding="utf-8", newline="") as f:
+        for i, row in enumerate(csv.DictReader(f)):
+            where = f"{outcomes.name} row {i}"
+            if row["task_id"] not in problems:
+                raise ValueError(f"{where}: {row['task_id']} is not a HumanEval problem")
+            items.append(
+                Item(
+                    problems[row["task_id"]],
+                    _flag(row["weak_solved"], where),
+                    _flag(row["strong_solved"], where),
+                    HUMANEVAL_OUTPUT_TOKENS,
+                    HUMANEVAL_OUTPUT_TOKENS,
+                )
+            )
+    return items
+
+
+def load_mbpp_requests(data: Path) -> list[tuple[str, str]]:
+    """("coding in prose", request) for MBPP's 397 one-sentence programming tasks ("Write a
+    python function to ..."): third-party coding requests with no code pasted, for the task-type
+    check. Empty if the file is not there."""
+    path = data / MAPCODER_DIR / "mbpp_requests.jsonl"
+    if not path.is_file():
+        return []
+    with path.open(encoding="utf-8") as f:
+        return [("coding in prose (MBPP)", json.loads(line)["text"]) for line in f if line.strip()]
+
+
+def task_type_report(
+    prompts: Sequence[tuple[str, str]], prefix: str = "mt_bench"
+) -> tuple[list[str], dict[str, float]]:
+    """Where the default thresholds send each category of a prompt set without outcomes (the
+    figures are named ``prefix.category.tier``)."""
     settings = ClassifierSettings()
     by_cat: dict[str, list[float]] = {}
     for cat, prompt in prompts:
@@ -211,7 +267,7 @@ def task_type_report(prompts: Sequence[tuple[str, str]]) -> tuple[list[str], dic
     figures: dict[str, float] = {}
     for cat, scores in by_cat.items():
         mix = _mix(scores, settings)
-        figures |= {f"mt_bench.{cat}.{t}": v for t, v in mix.items()}
+        figures |= {f"{prefix}.{cat}.{t}": v for t, v in mix.items()}
         lines.append(
             f"| {cat} | {len(scores)} | "
             + " | ".join(f"{100 * v:.0f}%" for v in mix.values())
@@ -703,7 +759,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     models = {m.id: m for m in load_bundled()}
     economy, premium = models[args.economy], models[args.premium]
     lines = [
-        "## Routing quality: tier=auto on RouteLLM's GSM8K, MMLU and MT-Bench outcomes",
+        "## Routing quality: tier=auto on GSM8K, MMLU, MT-Bench and coding outcomes",
         "",
         f"Data: `{root.relative_to(ROOT) if root.is_relative_to(ROOT) else root}` (contaminated prompts excluded). Weak model {WEAK} = economy, "
         f"strong {STRONG} = premium. Prices: economy = `{economy.id}` "
@@ -713,7 +769,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "trapezoid rule. The classifier's weights were tuned, and its learned lexicon, "
         "knowledge-domain table and ngram model trained, on the `tune` half only, so the "
         "`tune` rows are in-sample for those tables; the held-out rows are the result. "
-        "MT-Bench's outcomes were fitted to nothing.",
+        "MT-Bench's outcomes were fitted to nothing, and neither were the coding set's: "
+        "pass/fail on HumanEval and MBPP of ChatGPT (weak, economy) and GPT-4 Turbo (strong, "
+        "premium) from MapCoder's published runs (`benchmarks/data/mapcoder`).",
     ]
     figures: dict[str, float] = {}
     body: list[str] = []
@@ -756,6 +814,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         figures |= figs
         if row:
             summary.append(row)
+    humaneval = load_humaneval(coding_dir())
+    if args.limit:
+        humaneval = humaneval[: args.limit]
+    if len(humaneval) > 2 * (args.bins + 1):
+        # MapCoder's runs pair other models: ChatGPT (gpt-3.5-turbo) as the weak one, GPT-4
+        # Turbo as the strong. Nothing was fitted to them either.
+        more, figs, row = report_dataset(
+            "HumanEval", humaneval, args.bins, args.bootstrap, economy, premium, None
+        )
+        body += more
+        figures |= figs
+        if row:
+            summary.append(row)
     t = time_classifier(args.timing_reps, max(5, args.timing_reps // 100))
     figures |= t
     lines += summary + body
@@ -766,6 +837,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             "",
             "**Task types on third-party prompts (MT-Bench, 80 first turns, no outcomes, never "
             "tuned on)**: where the default thresholds send each category.",
+            "",
+            *table,
+        ]
+    mbpp = load_mbpp_requests(coding_dir())
+    if mbpp:
+        table, figs = task_type_report(mbpp, "mbpp")
+        figures |= figs
+        lines += [
+            "",
+            f"**Coding asked in prose, third-party ({len(mbpp)} MBPP tasks, no code pasted, never "
+            "tuned on)**: where the default thresholds send them.",
             "",
             *table,
         ]

@@ -108,6 +108,9 @@ def test_real_reference_data_at_tiny_size(bench: Any, tmp_path: Path) -> None:
     for cat in cats:
         shares = [figures[f"mt_bench.{cat}.{t}"] for t in ("economy", "standard", "premium")]
         assert sum(shares) == pytest.approx(1.0)
+    # The coding set ships with its outcomes, and MBPP's requests for the task-type check.
+    assert 0.0 < figures["HumanEval.all.classifier"] < 1.5
+    assert "mbpp.coding in prose (MBPP).premium" in figures
 
 
 def test_mmlu_subjects_fall_into_their_groups(bench: Any) -> None:
@@ -164,3 +167,35 @@ def test_mt_bench_score_outside_one_to_ten_names_the_row(bench: Any, tmp_path: P
     with pytest.raises(ValueError, match=r"row 0: score 11\.0"):
         bench.load_mt_bench_outcomes(tmp_path, bench.mt_bench_dir())
     assert bench.load_mt_bench_outcomes(tmp_path / "absent", bench.mt_bench_dir()) == []
+
+
+def test_humaneval_outcomes_pair_each_problem_with_both_verdicts(bench: Any) -> None:
+    items = bench.load_humaneval(bench.coding_dir())
+    assert len(items) == 164
+    assert sum(it.weak for it in items) == 113 and sum(it.strong for it in items) == 146
+    assert sum(it.strong and not it.weak for it in items) == 37
+    assert all("def " in it.prompt for it in items)
+
+
+def test_humaneval_outcome_for_an_unknown_problem_names_the_row(bench: Any, tmp_path: Path) -> None:
+    (tmp_path / bench.MAPCODER_DIR).mkdir()
+    (tmp_path / bench.HUMANEVAL_DIR).mkdir()
+    (tmp_path / bench.HUMANEVAL_DIR / "problems.jsonl").write_text(
+        json.dumps({"task_id": "HumanEval/0", "prompt": "def f():\n"}) + "\n", encoding="utf-8"
+    )
+    (tmp_path / bench.MAPCODER_DIR / "humaneval_outcomes.csv").write_text(
+        "task_id,weak_solved,strong_solved\nHumanEval/0,True,True\nHumanEval/9,False,True\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ValueError, match=r"row 1: HumanEval/9 is not a HumanEval problem"):
+        bench.load_humaneval(tmp_path)
+    assert bench.load_humaneval(tmp_path / "absent") == []
+
+
+def test_third_party_coding_in_prose_goes_to_standard_or_premium(bench: Any) -> None:
+    # MBPP's 397 one-sentence tasks ("Write a python function to ..."), written by others and
+    # never tuned on: the bar for coding asked in prose is 80 %.
+    requests = bench.load_mbpp_requests(bench.coding_dir())
+    assert len(requests) == 397
+    _, figures = bench.task_type_report(requests, "mbpp")
+    assert figures["mbpp.coding in prose (MBPP).economy"] <= 0.2
