@@ -19,7 +19,7 @@ from .anthropic_wire import (
     to_anthropic_request,
     upstream_error,
 )
-from .base import UnsupportedFeatureError, UpstreamError, UpstreamRequest
+from .base import Sent, UnsupportedFeatureError, UpstreamError, UpstreamRequest
 from .http_errors import error_body, parse_retry_after, transport_error
 from .session import USER_AGENT, Response, SessionError, UpstreamSession, encode_headers
 from .translate import json_tool_name
@@ -102,10 +102,10 @@ class AnthropicProvider:
         body = {**request.body, "model": request.upstream_id, "stream": stream}
         return to_anthropic_request(body, default_max_tokens=self.default_max_tokens)
 
-    async def _post(self, payload: dict[str, Any]) -> Response:
+    async def _post(self, payload: dict[str, Any], sent: Sent | None) -> Response:
         try:
             resp = await self._session.request(
-                "POST", self._url, orjson.dumps(payload), self._headers, tls=self._ssl
+                "POST", self._url, orjson.dumps(payload), self._headers, tls=self._ssl, sent=sent
             )
         except SessionError as exc:
             raise transport_error(exc) from None
@@ -121,11 +121,11 @@ class AnthropicProvider:
             created=int(time.time()),
             json_tool=json_tool_name(request.body),
         )
-        return AnthropicStream(await self._post(payload), translator)
+        return AnthropicStream(await self._post(payload, request.sent), translator)
 
     async def complete(self, request: UpstreamRequest) -> dict[str, Any]:
         payload = self._payload(request, stream=False)
-        resp = await self._post(payload)
+        resp = await self._post(payload, request.sent)
         try:
             raw = await resp.read()
         except SessionError as exc:

@@ -66,6 +66,17 @@ class UnsupportedFeatureError(Exception):
         self.message = message
 
 
+class Sent:
+    """Whether an attempt's request has left: set (``done``) once its bytes are written to the
+    upstream's connection. From then on the upstream has the prompt and bills it whether or not
+    an answer comes back, so dispatch charges an attempt cancelled before its response head
+    only if this is set; a request refused at connect, or never sent, is not charged.
+
+    No ``__init__`` and a class default: one per attempt costs the call and nothing else."""
+
+    done = False
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamRequest:
     """What dispatch hands an adapter.
@@ -91,6 +102,8 @@ class UpstreamRequest:
     # The deployment's FIM template (``providers/fim.py``), for servers that take no
     # ``suffix``: an adapter renders prompt + suffix in it. "" sends ``suffix`` as it is.
     fim_template: str = ""
+    # Set by the adapter once the request is written upstream (None: nobody asks).
+    sent: Sent | None = None
 
 
 class UpstreamStream(Protocol):

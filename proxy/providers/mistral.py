@@ -136,13 +136,14 @@ class MistralProvider(OpenAIProvider):
 
     kind = "mistral"
 
-    async def _post_fim(self, body: dict[str, Any]) -> Response:
-        return await self._send(f"{self._base}/fim/completions", orjson.dumps(body))
+    async def _post_fim(self, request: UpstreamRequest) -> Response:
+        body = orjson.dumps(fim_body(request))
+        return await self._send(f"{self._base}/fim/completions", body, request.sent)
 
     async def stream(self, request: UpstreamRequest) -> UpstreamStream:
         if request.endpoint != "completions":
             return await super().stream(request)
-        resp = await self._post_fim(fim_body(request))
+        resp = await self._post_fim(request)
         if not resp.content_type.startswith("text/event-stream"):
             resp.close()
             raise UpstreamError("protocol", f"mistral answered a stream with {resp.content_type!r}")
@@ -151,7 +152,7 @@ class MistralProvider(OpenAIProvider):
     async def complete(self, request: UpstreamRequest) -> dict[str, Any]:
         if request.endpoint != "completions":
             return await super().complete(request)
-        resp = await self._post_fim(fim_body(request))
+        resp = await self._post_fim(request)
         try:
             body = await resp.read()
         except SessionError as exc:

@@ -12,7 +12,7 @@ import orjson
 
 from probes.kinds import FailureKind
 
-from .base import UpstreamError, UpstreamRequest, UpstreamStream
+from .base import Sent, UpstreamError, UpstreamRequest, UpstreamStream
 from .fim import render
 from .http_errors import error_body, parse_retry_after, transport_error
 from .session import USER_AGENT, Response, SessionError, UpstreamSession, encode_headers
@@ -132,11 +132,13 @@ class OpenAIProvider:
         body = self._body(request)
         if request.fim_template and request.endpoint == "completions":
             body = render(request.fim_template, body)
-        return await self._send(self._urls[request.endpoint], orjson.dumps(body))
+        return await self._send(self._urls[request.endpoint], orjson.dumps(body), request.sent)
 
-    async def _send(self, url: str, data: bytes) -> Response:
+    async def _send(self, url: str, data: bytes, sent: Sent | None = None) -> Response:
         try:
-            resp = await self._session.request("POST", url, data, self._headers, tls=self._ssl)
+            resp = await self._session.request(
+                "POST", url, data, self._headers, tls=self._ssl, sent=sent
+            )
         except SessionError as exc:
             raise transport_error(exc) from None
         if resp.status >= 300:

@@ -33,6 +33,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from .base import Sent
+
 # What every upstream request says it is from.
 USER_AGENT = "model-router/0.1"
 # The response head (status line and headers) may not exceed this: aiohttp's client allowed
@@ -557,10 +559,13 @@ class UpstreamSession:
         *,
         tls: ssl.SSLContext | bool = True,
         observed: bool = True,
+        sent: Sent | None = None,
     ) -> Response:
         """Send one request; returns once the response head has arrived. ``headers`` from
         ``encode_headers`` (Host and Content-Length are added here). ``observed=False``: not
-        reported to the observer (the observer's own requests)."""
+        reported to the observer (the observer's own requests). ``sent`` is marked done once
+        the request is written: a caller cancelled while waiting for the head can tell an
+        upstream that has the request (and bills it) from one that never got it."""
         target = self._targets.get((method, url, tls))
         if target is None:
             target = self._target(method, url, tls)
@@ -583,7 +588,10 @@ class UpstreamSession:
         else:
             data = [target.head, headers, b"\r\n"]
         try:
-            return await conn.send(method, data)
+            head = conn.send(method, data)
+            if sent is not None:
+                sent.done = True
+            return await head
         except BaseException:
             conn.close_lost()  # cancelled, or broken: the connection is not reusable
             raise
