@@ -27,6 +27,7 @@ from proxy.decide.routing import Candidate, Plan
 from proxy.errors import RouterError
 from proxy.providers.base import (
     Provider,
+    Sent,
     UnsupportedFeatureError,
     UpstreamError,
     UpstreamRequest,
@@ -156,10 +157,12 @@ class Dispatcher:
                 self.budget.release()
         raise exhausted(failures, record)
 
-    def _request(self, cand: Candidate, intent: Intent, body: dict[str, Any]) -> UpstreamRequest:
+    def _request(
+        self, cand: Candidate, intent: Intent, body: dict[str, Any], sent: Sent
+    ) -> UpstreamRequest:
         """``body`` is the request's own forwarded copy: each attempt sets its ``model`` in
         place (attempts are sequential, and an adapter is done with the body when its call
-        returns), so no attempt copies it."""
+        returns), so no attempt copies it. ``sent`` is marked once the request is written."""
         body["model"] = cand.deployment.upstream_id
         return UpstreamRequest(
             intent.endpoint,
@@ -168,6 +171,7 @@ class Dispatcher:
             intent.stream,
             answer_model=cand.model.id,
             fim_template=cand.deployment.fim_template,
+            sent=sent,
         )
 
     def _failed(
@@ -251,6 +255,7 @@ class Dispatcher:
             intent.include_usage, cand.model.cost_usd, intent.prompt_tokens, rename=rename
         )
         upstream: UpstreamStream | None = None
+        sent = Sent()
         key = cand.deployment.key
         mark = self.health.mark(key)
         waiting = self.health.table.sending(key)
@@ -260,7 +265,7 @@ class Dispatcher:
         try:
             try:
                 async with timer:
-                    upstream = await provider.stream(self._request(cand, intent, body))
+                    upstream = await provider.stream(self._request(cand, intent, body, sent))
                     head = await first_content(upstream, relay)
                     paused_s = timer.paused()
             finally:
@@ -277,12 +282,14 @@ class Dispatcher:
             # The client left (or we broke): no verdict on the deployment, so its half-open
             # trial slot goes back, and the upstream connection is closed, not pooled.
             self._no_verdict(cand, trial)
-            if upstream is not None:
-                # The upstream took the request: its prompt, and whatever it generated
-                # before the client left, are charged (else leaving early is free).
+            if upstream is not None or sent.done:
+                # The upstream took the request (many send their head only with the first
+                # chunk): its prompt, and whatever it generated before the client left, are
+                # charged (else leaving early is free).
                 record.answered_by(cand.model.id, cand.deployment.provider, cand.model.tier)
                 record.take_charge(relay.charge())
-                await upstream.aclose()
+                if upstream is not None:
+                    await upstream.aclose()
             raise
         ttft_ms = (loop.time() - started - paused_s) * 1000
         self.health.success(cand.deployment.key, ttft_ms, since=mark)
@@ -425,7 +432,7 @@ class Dispatcher:
         Only the attempts (and a final failure) are recorded: the caller settles the answer."""
 
         async def attempt(cand: Candidate, trial: bool, failures: Failures) -> Answer | None:
-            data = await self._complete_once(cand, intent, body, trial, failures)
+            data = await self._complete_once(cand, intent, body, trial, failures, record)
             return None if data is None else Answer(data, cand)
 
         answer = await self._first(intent, plan, record, attempt)
@@ -450,9 +457,11 @@ class Dispatcher:
         body: dict[str, Any],
         trial: bool,
         failures: Failures,
+        record: RequestRecord,
     ) -> dict[str, Any] | None:
         loop = asyncio.get_running_loop()
         key = cand.deployment.key
+        sent = Sent()
         mark = self.health.mark(key)
         started = loop.time()
         timeout = self.routing.request_timeout_s
@@ -463,7 +472,7 @@ class Dispatcher:
         try:
             try:
                 data = await self.providers[cand.deployment.provider].complete(
-                    self._request(cand, intent, body)
+                    self._request(cand, intent, body, sent)
                 )
             except asyncio.CancelledError:
                 if expiry.timed_out():
@@ -477,6 +486,10 @@ class Dispatcher:
             return None
         except BaseException:
             self._no_verdict(cand, trial)
+            if sent.done:
+                # The upstream has the request: its prompt is charged, as a stream's is.
+                record.answered_by(cand.model.id, cand.deployment.provider, cand.model.tier)
+                record.take_charge(prompt_charge(cand, intent.prompt_tokens))
             raise
         self.health.success(key, None, since=mark)
         return data
@@ -516,6 +529,12 @@ async def first_content(upstream: UpstreamStream, relay: SSERelay) -> bytes:
     else:
         relay.finish()
     return b"".join(pending)
+
+
+def prompt_charge(cand: Candidate, prompt_tokens: int) -> tuple[int, int, float, bool]:
+    """What an answer nobody received costs, as ``SSERelay.charge`` gives it with no chunk
+    read: the estimated prompt, no completion (none was seen), estimated."""
+    return prompt_tokens, 0, round(cand.model.cost_usd(prompt_tokens, 0), 10), True
 
 
 def public_message(exc: UpstreamError) -> str:
