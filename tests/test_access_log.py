@@ -118,7 +118,11 @@ async def test_every_failure_is_logged_with_its_status_and_returns_the_id(
             assert resp.status == 400 and resp.headers["x-request-id"] == "bad-json-1"
     lines = {line["request_id"]: line for line in access_lines(access)}
     assert lines["exhausted-1"]["status"] == 502
-    assert lines["exhausted-1"]["model"] is None
+    # One deployment failed, so the line names it (a failure of several names none).
+    assert (lines["exhausted-1"]["model"], lines["exhausted-1"]["provider"]) == (
+        "gpt-5-nano",
+        "openai",
+    )
     assert lines["exhausted-1"]["error"] == "server"
     assert lines["bad-json-1"]["status"] == 400
     assert "swordfish" not in access.text

@@ -147,6 +147,8 @@ class Dispatcher:
                 record.attempts += 1
                 try:
                     result = await attempt(cand, trial, failures)
+                except Rejected as err:
+                    raise err.answered(record) from None
                 finally:
                     if fallback:
                         self.budget.release()
@@ -183,12 +185,7 @@ class Dispatcher:
         log.info("attempt failed deployment=%s kind=%s status=%s", key, exc.kind, exc.status)
         if exc.kind == "client":
             # The same request would fail anywhere: the client gets the upstream's 4xx.
-            raise RouterError(
-                exc.status or 400,
-                exc.message,
-                param=exc.param,
-                code=exc.code or "upstream_rejected",
-            )
+            raise Rejected(cand, exc)
 
     def _gave_up(
         self,
@@ -495,6 +492,28 @@ class Dispatcher:
         return data
 
 
+class Rejected(RouterError):
+    """An upstream's 4xx for the request itself, relayed to the client: it names the model
+    and provider that rejected it, after the upstream's own message. Raised by an attempt
+    (a hedge's included); the attempt loop adds what the record knows (``answered``)."""
+
+    def __init__(self, cand: Candidate, exc: UpstreamError) -> None:
+        super().__init__(
+            exc.status or 400,
+            f"{cand.model.id} via {cand.deployment.provider} rejected the request: {exc.message}",
+            param=exc.param,
+            code=exc.code or "upstream_rejected",
+        )
+        self.candidate = cand
+
+    def answered(self, record: RequestRecord) -> Rejected:
+        """Record the deployment that answered, and carry the headers a success would."""
+        cand = self.candidate
+        record.answered_by(cand.model.id, cand.deployment.provider, cand.model.tier)
+        self.headers.update(answered_headers(record))
+        return self
+
+
 class Expiry:
     """``asyncio.timeout``'s work for one attempt on one loop timer: at the deadline the task
     is cancelled, and that cancellation (and only that one) reads as ``TimeoutError``. The
@@ -551,15 +570,37 @@ def unsupported(exc: UnsupportedFeatureError) -> UpstreamError:
     )
 
 
+def answered_headers(record: RequestRecord) -> dict[str, str]:
+    """The ``x-router-*`` headers of an error answer: the deployment that gave it (when one
+    did: ``record.model``), the route's reason and the attempts, as a success carries them."""
+    headers = {"x-router-attempts": str(record.attempts), "x-request-id": record.request_id}
+    if record.model is not None and record.provider is not None:
+        headers["x-router-model"] = record.model
+        headers["x-router-provider"] = record.provider
+    if record.reason:
+        headers["x-router-reason"] = record.reason
+    if record.arm:
+        headers["x-router-arm"] = record.arm
+    if record.hedged:
+        headers["x-router-hedged"] = record.hedged
+    return headers
+
+
 def exhausted(failures: Failures, record: RequestRecord) -> RouterError:
-    """Every attempt failed (or none could be made): say so once, and tell the SDK not to retry."""
-    headers = {"x-should-retry": "false", "x-router-attempts": str(record.attempts)}
-    headers["x-request-id"] = record.request_id
+    """Every attempt failed (or none could be made): say so once, and tell the SDK not to
+    retry. Failures all of one deployment (a single attempt's, most often) name it as the
+    one that answered: in the headers, the access log and the usage log."""
     if failures and all(exc.code == "unsupported_feature" for _, exc in failures):
         # No candidate could even express the request: the client's 400, naming the field.
         first = failures[0][1]
         record.error = "unsupported_feature"
         return RouterError(400, first.message, param=first.param, code="unsupported_feature")
+    # The deployments that were sent the request (an unsupported feature stopped the others).
+    sent = {c.deployment.key: c for c, exc in failures if exc.code != "unsupported_feature"}
+    if len(sent) == 1:
+        (cand,) = sent.values()
+        record.answered_by(cand.model.id, cand.deployment.provider, cand.model.tier)
+    headers = {"x-should-retry": "false", **answered_headers(record)}
     if not failures:
         record.error = "unavailable"
         return RouterError(
