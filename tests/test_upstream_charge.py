@@ -1,10 +1,10 @@
 """A client that leaves while the upstream has its request but has sent no response head yet
 (LiteLLM and several other servers send their head only with the first chunk, or with the
 whole answer) is still charged the attempt's prompt: in the record, the usage log and the
-daily spend, streaming or not, and as a hedged race's cancelled attempt. An attempt that
-never left (its connect still pending) is not charged. The proxy is the real app, the
-upstreams small aiohttp apps on 127.0.0.1 (and the simulator for a hedge), the client the
-OpenAI SDK."""
+daily spend, streaming or not, over the OpenAI and Anthropic wires, as a hedged race's
+cancelled attempt, and on top of the first answer of an escalation. An attempt that never
+left (its connect still pending) is not charged. The proxy is the real app, the upstreams
+small aiohttp apps on 127.0.0.1 and the simulator, the client the OpenAI SDK."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.sim.script import Profile
+from proxy.sim.catalogs import only_models, sim_model, upstream_id
+from proxy.sim.script import Fault, Profile
 from tests.conftest import Proxy, Sim, StartProxy, config_for, with_server
 from tests.test_fault_matrix import MSG, NANO, eventually, outcomes, serve, with_base_url
 from tests.test_fault_matrix import settings as row_settings
@@ -191,3 +192,60 @@ async def test_a_hedges_cancelled_primary_without_a_head_is_charged_its_prompt(
     )
     assert hedged == "hedge" and hedge_tokens == 0
     assert 0 < hedge_cost < cost  # the primary's prompt, on top of the winner's answer
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "non-stream"])
+async def test_the_anthropic_wire_charges_a_request_that_left_too(
+    stream: bool, start_proxy: StartProxy, sim: Sim
+) -> None:
+    """The simulator's Anthropic API holding back its head (``hang_headers``)."""
+    proxy = await start_proxy({**only_models(sim_model("claude-x", provider="anthropic"))})
+    sim.state.set_fault(upstream_id("claude-x"), Fault(mode="hang_headers"))
+    seen = outcomes(proxy)
+    client = proxy.client()
+    call = asyncio.ensure_future(
+        client.chat.completions.create(model="claude-x", messages=LONG, stream=stream)  # type: ignore[call-overload]
+    )
+    try:
+        await eventually(lambda: sim.state.requests[upstream_id("claude-x")] == 1, "sent")
+    finally:
+        call.cancel()
+        await asyncio.gather(call, return_exceptions=True)
+    await eventually(lambda: len(seen) == 1, "the request recorded")
+    (record,) = seen
+    assert (record.status, record.model, record.provider) == (499, "claude-x", "anthropic")
+    assert record.prompt_tokens > 0 and record.cost > 0 and record.estimated
+
+
+async def test_a_client_leaving_an_escalation_pays_for_the_first_answer_and_the_second_prompt(
+    start_proxy: StartProxy, sim: Sim
+) -> None:
+    """The economy answer is cut off (max_tokens), the standard tier's upstream holds back
+    its head, and the client leaves: both were billed upstream."""
+    cheap = sim_model("cheap", provider="openai", tier="economy")
+    better = sim_model("better", provider="openrouter", tier="standard")
+    proxy = await start_proxy(only_models(cheap, better))
+    sim.state.set_fault(upstream_id("better"), Fault(mode="hang_headers"))
+    seen = outcomes(proxy)
+    client = proxy.client()
+    call = asyncio.ensure_future(
+        client.chat.completions.create(
+            model="auto:economy",
+            messages=MSG,  # type: ignore[arg-type]
+            max_tokens=2,
+            extra_body={"escalate": True},
+        )
+    )
+    try:
+        await eventually(lambda: sim.state.requests[upstream_id("better")] == 1, "escalated")
+    finally:
+        call.cancel()
+        await asyncio.gather(call, return_exceptions=True)
+    await eventually(lambda: len(seen) == 1, "the request recorded")
+    (record,) = seen
+    assert record.status == 499
+    assert sim.state.last_body[upstream_id("cheap")]["max_tokens"] == 2
+    # The first answer (its usage: a prompt and 2 completion tokens) and the second's
+    # estimated prompt; both models at $1/M in, $2/M out.
+    assert record.completion_tokens == 2 and record.prompt_tokens > 0 and record.estimated
+    assert record.cost == pytest.approx((record.prompt_tokens * 1.0 + 2 * 2.0) / 1e6)

@@ -4,6 +4,7 @@ empty or refused, ask the next tier up once. The answer kept is the better of th
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import replace
@@ -105,16 +106,28 @@ async def complete_escalating(
         record.error = None  # the first answer stands
         first.note = f"none ({step} failed: {err.code or err.type})"
         return settled(first, record)
+    except asyncio.CancelledError:
+        # The client left during the second try: the first answer was paid for all the same
+        # (and the second's prompt, if its request had left: dispatch charged it).
+        if record.model is None:
+            record.answered_by(answered.id, first.candidate.deployment.provider, answered.tier)
+        add_spent(first, record)
+        raise
     record.escalated_from = answered.tier
     record.reason = spoken(second_plan)
     settled(second, record)
     # The usage log records what the request cost in all, the discarded answer included.
-    spent = first.data.get("usage")
+    add_spent(first, record)
+    return second
+
+
+def add_spent(answer: Answer, record: RequestRecord) -> None:
+    """Add an answer the client does not get to what the request cost."""
+    spent = answer.data.get("usage")
     if isinstance(spent, dict):
         record.prompt_tokens += int(spent.get("prompt_tokens") or 0)
         record.completion_tokens += int(spent.get("completion_tokens") or 0)
         record.cost += float(spent.get("cost") or 0.0)
-    return second
 
 
 def settled(answer: Answer, record: RequestRecord) -> Answer:
