@@ -558,18 +558,17 @@ class UpstreamSession:
         headers: bytes = b"",
         *,
         tls: ssl.SSLContext | bool = True,
-        observed: bool = True,
         sent: Sent | None = None,
     ) -> Response:
-        """Send one request; returns once the response head has arrived. ``headers`` from
-        ``encode_headers`` (Host and Content-Length are added here). ``observed=False``: not
-        reported to the observer (the observer's own requests). ``sent`` is marked done once
-        the request is written: a caller cancelled while waiting for the head can tell an
-        upstream that has the request (and bills it) from one that never got it."""
+        """Send one request (reported to the observer); returns once the response head has
+        arrived. ``headers`` from ``encode_headers`` (Host and Content-Length are added here).
+        ``sent`` is marked done once the request is written: a caller cancelled while waiting
+        for the head can tell an upstream that has the request (and bills it) from one that
+        never got it."""
         target = self._targets.get((method, url, tls))
         if target is None:
             target = self._target(method, url, tls)
-        if observed and self.observer is not None:
+        if self.observer is not None:
             self.observer.saw(target.origin, method)
         conn = None
         idle = self._idle.get(target.key)

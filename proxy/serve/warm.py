@@ -85,12 +85,11 @@ class Warmer:
 
     def saw(self, origin: str, method: str) -> None:
         """A request to ``origin`` is about to take a pooled (or new) connection: it counts
-        as use, and as traffic unless it is a ``HEAD`` (the session does not report the
-        warmer's own, and nothing else sends one, but a ``HEAD`` is never traffic)."""
-        now = self._clock()
-        self._last_use[origin] = now
-        if method != "HEAD":
-            self._last_traffic[origin] = now
+        as use and as traffic. Not a ``HEAD``: that is the warmer's own (nothing else sends
+        one), whose use ``_spawn`` marked, and it is never traffic."""
+        if method == "HEAD":
+            return
+        self._last_use[origin] = self._last_traffic[origin] = self._clock()
 
     def lost(self, origin: str) -> None:
         """A connection to ``origin`` was closed instead of pooled: open one in its place,
@@ -177,11 +176,8 @@ class Warmer:
         self.warmed += 1
         try:
             async with asyncio.timeout(self.timeout_s):
-                # Not observed: _spawn has marked the use, and the session calling back into
-                # the warmer from the warmer's own request would be a loop in the layering.
-                resp = await target.session.request(
-                    "HEAD", target.url, tls=target.ssl, observed=False
-                )
+                # Reported to saw, which passes over a HEAD: _spawn has marked the use.
+                resp = await target.session.request("HEAD", target.url, tls=target.ssl)
                 resp.release()
         except (SessionError, TimeoutError, OSError, ValueError) as exc:
             self.failed += 1
