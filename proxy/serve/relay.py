@@ -51,6 +51,19 @@ def _is_content(obj: dict[str, Any]) -> bool:
     return False
 
 
+def _says_something(choice: object) -> bool:
+    """Whether a streamed choice carries anything but its index: a delta with a key, a
+    finish reason, text or logprobs."""
+    if type(choice) is not dict:
+        return True  # not ours to judge: forwarded as it came
+    return bool(
+        choice.get("delta")
+        or choice.get("finish_reason")
+        or choice.get("text")
+        or choice.get("logprobs")
+    )
+
+
 # A streamed delta up to this long is one token (OpenAI streams one token per chunk, and
 # a token is rarely longer); a longer one (Anthropic's and Bedrock's deltas hold several
 # tokens) counts as one token per 4 characters.
@@ -121,7 +134,8 @@ class SSERelay:
         include_usage: bool,
         cost: CostFn,
         prompt_estimate: int = 0,
-        rename: tuple[str, str] | None = None,
+        model: str = "",
+        upstream_model: str | None = None,
     ) -> None:
         self.buf = b""
         self.done = False
@@ -133,19 +147,16 @@ class SSERelay:
         # the router's estimate of the prompt.
         self.produced = 0
         self.prompt_estimate = prompt_estimate
-        # rename = (upstream id, catalog id): the client sees the catalog id in every chunk.
-        self.upstream_model = rename[0] if rename else None
-        self.model = rename[1] if rename else ""
+        # The client sees the catalog's id (``model``) in every chunk, whatever name the
+        # upstream answers under: its configured id (``upstream_model``) or another (_learn).
+        # No ``model``: chunks keep the upstream's name.
+        self.model = model
+        self.upstream_model: str | None = None
         self.needles: tuple[tuple[bytes, bytes], ...] = ()
+        # The compact needle, for the common chunk's byte swap.
         self.swap_from = self.swap_to = b""
-        if rename:
-            old, new = orjson.dumps(rename[0]), orjson.dumps(rename[1])
-            self.needles = (
-                (b'"model":' + old, b'"model":' + new),
-                (b'"model": ' + old, b'"model": ' + new),
-            )
-            # The compact needle, for the common chunk's byte swap.
-            self.swap_from, self.swap_to = self.needles[0]
+        if model and upstream_model and upstream_model != model:
+            self._learn(upstream_model)
 
     def feed(self, chunk: bytes) -> bytes:
         if (
@@ -209,7 +220,10 @@ class SSERelay:
             return None  # not dicts and lists as above, or a text past the table
         if "text" in choice:
             return None
-        if self.upstream_model is not None and obj.get("model") == self.upstream_model:
+        name = obj.get("model")
+        if name != self.model and name is not None and self.model:
+            if name != self.upstream_model and not self._learn(name):
+                return None
             if self.swap_from not in event:
                 return None  # spaced some other way: _checked re-encodes
             # The needle cannot match in "data: ": this is the payload's first, as _renamed.
@@ -258,7 +272,13 @@ class SSERelay:
         if not self.content_seen and _is_content(obj):
             self.content_seen = True
         self.produced += produced_tokens(obj)
-        renamed = self.upstream_model is not None and obj.get("model") == self.upstream_model
+        name = obj.get("model")
+        renamed = (
+            name != self.model
+            and name is not None
+            and bool(self.model)
+            and (name == self.upstream_model or self._learn(name))
+        )
         usage = obj.get("usage")
         if isinstance(usage, dict):
             if renamed:
@@ -295,6 +315,22 @@ class SSERelay:
         prompt, completion = self.prompt_estimate, self.produced
         return prompt, completion, round(self.cost(prompt, completion), 10), True
 
+    def _learn(self, name: object) -> bool:
+        """Whether a chunk naming the model ``name`` is renamed to the catalog's id: the
+        upstream id from config, or the name the upstream answers under (OpenAI answers
+        "gpt-4o" with "gpt-4o-2024-08-06"), learnt from the first chunk that uses it. A
+        name that is not a string is left as it is."""
+        if type(name) is not str:
+            return False
+        self.upstream_model = name
+        old, new = orjson.dumps(name), orjson.dumps(self.model)
+        self.needles = (
+            (b'"model":' + old, b'"model":' + new),
+            (b'"model": ' + old, b'"model": ' + new),
+        )
+        self.swap_from, self.swap_to = self.needles[0]
+        return True
+
     def _slow_path(self, event: bytes) -> bytes | None:
         name, data = fields(event, "upstream")
         if name == "error":
@@ -307,6 +343,13 @@ class SSERelay:
         if isinstance(prompt, int) and isinstance(completion, int) and min(prompt, completion) >= 0:
             usage["cost"] = round(self.cost(prompt, completion), 10)
         self.usage = usage
-        if not obj.get("choices") and not self.include_usage:
-            return None
+        if not self.include_usage:
+            if not obj.get("choices"):
+                return None
+            # Usage on a chunk with a choice (LiteLLM sends {"choices": [{"index": 0,
+            # "delta": {}}], "usage": ...}): the client did not ask for usage, so the usage
+            # goes, and so does the chunk if that leaves it saying nothing.
+            del obj["usage"]
+            if not any(map(_says_something, obj["choices"])):
+                return None
         return b"data: " + orjson.dumps(obj)
