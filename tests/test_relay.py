@@ -137,14 +137,14 @@ def test_an_endless_event_is_refused_rather_than_buffered() -> None:
     ],
 )
 def test_the_upstream_model_name_becomes_the_catalog_id(event: bytes) -> None:
-    relay = SSERelay(False, lambda p, c: 0.0, model="m", upstream_model="up/m:1")
+    relay = SSERelay(False, lambda p, c: 0.0, model="m")
     out = relay.feed(event)
     assert out.endswith(b"\n\n")
     assert orjson.loads(out[6:-2]) == {"id": "c", "model": "m", "choices": []}
 
 
 def test_a_model_name_quoted_in_content_is_left_alone() -> None:
-    relay = SSERelay(False, lambda p, c: 0.0, model="catalog-m", upstream_model="m")
+    relay = SSERelay(False, lambda p, c: 0.0, model="catalog-m")
     text = 'say "model":"m" please'
     body = {"model": "m", "choices": [{"index": 0, "delta": {"content": text}}]}
     out = relay.feed(b"data: " + orjson.dumps(body) + b"\n\n")
@@ -196,7 +196,7 @@ def test_a_chunk_counts_the_same_alone_in_a_read_or_among_others(event: bytes, t
 )
 def test_a_content_chunk_read_alone_is_renamed_and_counted_once(rename: bytes) -> None:
     event = delta_chunk({"content": "hello"}, model="up/m:1").replace(b'"model":"up/m:1"', rename)
-    relay = SSERelay(False, lambda p, c: 0.0, model="m", upstream_model="up/m:1")
+    relay = SSERelay(False, lambda p, c: 0.0, model="m")
     out = relay.feed(event)
     assert out.startswith(b"data: ") and out.endswith(b"\n\n") and out.count(b"\n") == 2
     assert orjson.loads(out[6:]) == orjson.loads(event[6:]) | {"model": "m"}
@@ -215,7 +215,7 @@ def test_a_usage_whose_counts_are_not_numbers_is_charged_as_an_estimate() -> Non
 def test_a_dated_name_the_upstream_answers_under_becomes_the_catalog_id() -> None:
     # OpenAI answers a request for "gpt-4o" with "model": "gpt-4o-2024-08-06"; the answer
     # without streaming names the catalog id, and so does every chunk.
-    relay = SSERelay(False, lambda p, c: 0.0, model="gpt-4o", upstream_model="gpt-4o")
+    relay = SSERelay(False, lambda p, c: 0.0, model="gpt-4o")
     dated = "gpt-4o-2024-08-06"
     events = [
         delta_chunk({"role": "assistant", "content": ""}, model=dated),

@@ -136,7 +136,7 @@ def end_upstream(upstream: UpstreamStream, grace_s: float) -> None:
 
 async def _end_upstream(upstream: UpstreamStream, grace_s: float) -> None:
     try:
-        async with asyncio.timeout(grace_s):
+        async with Deadline(asyncio.get_running_loop().time() + grace_s, grace_s):
             async for _ in upstream:
                 pass  # past the answer: dropped
     except (TimeoutError, UpstreamError):

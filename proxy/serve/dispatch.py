@@ -245,13 +245,11 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
         deadline = self.routing.deadline_s(intent.prefer if not intent.pinned else None)
         provider = self.providers[cand.deployment.provider]
-        d = cand.deployment
         relay = SSERelay(
             intent.include_usage,
             cand.model.cost_usd,
             intent.prompt_tokens,
             cand.model.id,
-            d.upstream_id,
         )
         upstream: UpstreamStream | None = None
         key = cand.deployment.key

@@ -19,6 +19,8 @@ from proxy.providers.base import UpstreamError
 from proxy.providers.sse import MAX_EVENT_BYTES, fields
 
 DONE = b"data: [DONE]"
+# A relay's upstream model name before the first chunk has told it (see SSERelay._learn).
+UNSEEN = object()
 
 CostFn = Callable[[int, int], float]
 
@@ -135,7 +137,6 @@ class SSERelay:
         cost: CostFn,
         prompt_estimate: int = 0,
         model: str = "",
-        upstream_model: str | None = None,
     ) -> None:
         self.buf = b""
         self.done = False
@@ -148,15 +149,15 @@ class SSERelay:
         self.produced = 0
         self.prompt_estimate = prompt_estimate
         # The client sees the catalog's id (``model``) in every chunk, whatever name the
-        # upstream answers under: its configured id (``upstream_model``) or another (_learn).
-        # No ``model``: chunks keep the upstream's name.
+        # upstream answers under (OpenAI answers "gpt-4o" as "gpt-4o-2024-08-06"): the first
+        # chunk that names one decides (_learn). upstream_model is that name while chunks
+        # are renamed from it, None while they are not (the same name, or no ``model``:
+        # the probes' relays), UNSEEN until the first chunk.
         self.model = model
-        self.upstream_model: str | None = None
+        self.upstream_model: object = UNSEEN if model else None
         self.needles: tuple[tuple[bytes, bytes], ...] = ()
         # The compact needle, for the common chunk's byte swap.
         self.swap_from = self.swap_to = b""
-        if model and upstream_model and upstream_model != model:
-            self._learn(upstream_model)
 
     def feed(self, chunk: bytes) -> bytes:
         if (
@@ -220,14 +221,15 @@ class SSERelay:
             return None  # not dicts and lists as above, or a text past the table
         if "text" in choice:
             return None
-        name = obj.get("model")
-        if name != self.model and name is not None and self.model:
-            if name != self.upstream_model and not self._learn(name):
-                return None
-            if self.swap_from not in event:
-                return None  # spaced some other way: _checked re-encodes
-            # The needle cannot match in "data: ": this is the payload's first, as _renamed.
-            event = event.replace(self.swap_from, self.swap_to, 1)
+        upstream = self.upstream_model
+        if upstream is not None:  # 7 bytecodes a chunk when no rename is due
+            if upstream is UNSEEN:
+                upstream = self._learn(obj.get("model"))
+            if upstream is not None:
+                if obj.get("model") != upstream or self.swap_from not in event:
+                    return None  # another name, or spaced some other way: _checked decides
+                # The needle cannot match in "data: ": the payload's first, as _renamed.
+                event = event.replace(self.swap_from, self.swap_to, 1)
         self.produced += tokens
         if not self.content_seen and _is_content(obj):
             self.content_seen = True
@@ -272,13 +274,10 @@ class SSERelay:
         if not self.content_seen and _is_content(obj):
             self.content_seen = True
         self.produced += produced_tokens(obj)
-        name = obj.get("model")
-        renamed = (
-            name != self.model
-            and name is not None
-            and bool(self.model)
-            and (name == self.upstream_model or self._learn(name))
-        )
+        upstream = self.upstream_model
+        if upstream is UNSEEN:
+            upstream = self._learn(obj.get("model"))
+        renamed = upstream is not None and obj.get("model") == upstream
         usage = obj.get("usage")
         if isinstance(usage, dict):
             if renamed:
@@ -315,13 +314,12 @@ class SSERelay:
         prompt, completion = self.prompt_estimate, self.produced
         return prompt, completion, round(self.cost(prompt, completion), 10), True
 
-    def _learn(self, name: object) -> bool:
-        """Whether a chunk naming the model ``name`` is renamed to the catalog's id: the
-        upstream id from config, or the name the upstream answers under (OpenAI answers
-        "gpt-4o" with "gpt-4o-2024-08-06"), learnt from the first chunk that uses it. A
-        name that is not a string is left as it is."""
-        if type(name) is not str:
-            return False
+    def _learn(self, name: object) -> object:
+        """The first chunk's model name decides the stream's renaming: renamed from it
+        (needles made once) when it is a string other than the catalog's id, else never."""
+        if type(name) is not str or name == self.model:
+            self.upstream_model = None
+            return None
         self.upstream_model = name
         old, new = orjson.dumps(name), orjson.dumps(self.model)
         self.needles = (
@@ -329,7 +327,7 @@ class SSERelay:
             (b'"model": ' + old, b'"model": ' + new),
         )
         self.swap_from, self.swap_to = self.needles[0]
-        return True
+        return name
 
     def _slow_path(self, event: bytes) -> bytes | None:
         name, data = fields(event, "upstream")
