@@ -28,7 +28,7 @@ STATE = web.AppKey("state", dict)
 
 
 async def answer(request: web.Request) -> web.StreamResponse:
-    """A two-chunk stream, [DONE], then the body's end only after ``linger`` seconds."""
+    """A two-chunk stream, paced, [DONE], then the body's end only after ``linger`` seconds."""
     state = request.app[STATE]
     state["peers"].append(
         request.transport.get_extra_info("peername") if request.transport else None
@@ -42,6 +42,7 @@ async def answer(request: web.Request) -> web.StreamResponse:
         [{"index": 0, "delta": {}, "finish_reason": "stop"}],
     ):
         await resp.write(b"data: " + orjson.dumps({**base, "choices": choices}) + b"\n\n")
+        await asyncio.sleep(0.02)  # paced: [DONE] comes after the router has committed
     await resp.write(b"data: [DONE]\n\n")
     state["ended"] = asyncio.Event()
     await asyncio.sleep(state["linger"])
@@ -89,7 +90,15 @@ async def test_a_client_that_hangs_up_right_after_done_is_a_complete_answer(
 
 
 async def hang_up_at_done(proxy: Proxy) -> None:
-    """A stream read up to [DONE] and no further, then the connection dropped."""
+    """A stream read up to [DONE] and no further, then the connection dropped, as an SDK
+    that stops reading there does."""
+    writer, got = await raw_stream(proxy, b"data: [DONE]\n\n")
+    writer.transport.abort()
+    assert got.startswith(b"HTTP/1.1 200")
+
+
+async def raw_stream(proxy: Proxy, until_seen: bytes) -> tuple[asyncio.StreamWriter, bytes]:
+    """A streamed request over a plain socket, read until ``until_seen`` has come."""
     body = orjson.dumps({"model": NANO, "messages": MSG, "stream": True})
     host, port = proxy.url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
@@ -100,11 +109,9 @@ async def hang_up_at_done(proxy: Proxy) -> None:
         + body
     )
     got = b""
-    while b"data: [DONE]\n\n" not in got:
+    while until_seen not in got:
         got += await reader.read(65536)
-    # Hang up at [DONE], as an SDK that stops reading there does.
-    writer.transport.abort()
-    assert got.startswith(b"HTTP/1.1 200")
+    return writer, got
 
 
 async def test_the_client_gets_its_end_without_waiting_for_the_upstreams(
@@ -113,10 +120,11 @@ async def test_the_client_gets_its_end_without_waiting_for_the_upstreams(
     runner, proxy, state = await lingering_proxy(start_proxy, sim, linger=3.0)
     try:
         seen = outcomes(proxy)
-        stream = await proxy.client().chat.completions.create(model=NANO, messages=MSG, stream=True)
-        text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
-        # The SDK reads to the end of the body: it has it while the upstream still lingers.
-        assert text == "hello" and not state["ended"].is_set()
+        # Read to the end of the chunked body (the OpenAI SDK stops at [DONE]; others read
+        # on): it comes while the upstream still lingers, not when the upstream ends.
+        writer, got = await raw_stream(proxy, b"\r\n0\r\n\r\n")
+        writer.close()
+        assert b"data: [DONE]\n\n" in got and not state["ended"].is_set()
         await settled(seen)
         assert seen[0].status == 200 and seen[0].error is None
     finally:
