@@ -77,8 +77,9 @@ class BadResponseError(SessionError):
 
 
 class Observer(Protocol):
-    """Told about every request and every connection closed instead of pooled (the warmer,
-    ``proxy/serve/warm.py``)."""
+    """Told about every request but a ``HEAD`` and every connection closed instead of pooled
+    (the warmer, ``proxy/serve/warm.py``). A ``HEAD`` is the warmer's own keep-alive, never
+    traffic: reporting it would call the warmer back from inside its own request."""
 
     def saw(self, origin: str, method: str) -> None: ...
 
@@ -560,15 +561,15 @@ class UpstreamSession:
         tls: ssl.SSLContext | bool = True,
         sent: Sent | None = None,
     ) -> Response:
-        """Send one request (reported to the observer); returns once the response head has
-        arrived. ``headers`` from ``encode_headers`` (Host and Content-Length are added here).
-        ``sent`` is marked done once the request is written: a caller cancelled while waiting
-        for the head can tell an upstream that has the request (and bills it) from one that
-        never got it."""
+        """Send one request (reported to the observer unless a ``HEAD``); returns once the
+        response head has arrived. ``headers`` from ``encode_headers`` (Host and
+        Content-Length are added here). ``sent`` is marked done once the request is written:
+        a caller cancelled while waiting for the head can tell an upstream that has the
+        request (and bills it) from one that never got it."""
         target = self._targets.get((method, url, tls))
         if target is None:
             target = self._target(method, url, tls)
-        if self.observer is not None:
+        if self.observer is not None and method != "HEAD":
             self.observer.saw(target.origin, method)
         conn = None
         idle = self._idle.get(target.key)

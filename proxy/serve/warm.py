@@ -85,10 +85,8 @@ class Warmer:
 
     def saw(self, origin: str, method: str) -> None:
         """A request to ``origin`` is about to take a pooled (or new) connection: it counts
-        as use and as traffic. Not a ``HEAD``: that is the warmer's own (nothing else sends
-        one), whose use ``_spawn`` marked, and it is never traffic."""
-        if method == "HEAD":
-            return
+        as use and as traffic. (The session does not report a ``HEAD``: the warmer's own,
+        whose use ``_spawn`` has marked.)"""
         self._last_use[origin] = self._last_traffic[origin] = self._clock()
 
     def lost(self, origin: str) -> None:
@@ -176,7 +174,7 @@ class Warmer:
         self.warmed += 1
         try:
             async with asyncio.timeout(self.timeout_s):
-                # Reported to saw, which passes over a HEAD: _spawn has marked the use.
+                # Not reported back to saw (the session reports no HEAD): _spawn marked the use.
                 resp = await target.session.request("HEAD", target.url, tls=target.ssl)
                 resp.release()
         except (SessionError, TimeoutError, OSError, ValueError) as exc:
