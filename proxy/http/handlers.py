@@ -28,7 +28,8 @@ from proxy.serve.record import MAX_TEXT, Asked, RequestRecord
 from proxy.serve.state import CLUSTER, ROUTER, WORKER, Router
 
 from . import hostile_input, respond
-from .auth import Principal, Ticket, principal, route_of
+from .access_log import access_log_edge
+from .auth import PRINCIPAL, Principal, Ticket, principal, route_of
 from .log_stream import access_handler
 from .respond import error_response, json_response
 
@@ -313,6 +314,7 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         response: web.StreamResponse = await handler(request)
         return response
     except RouterError as err:
+        _edge_logged(request, err.status, err.code or err.type)
         return error_response(err)
     except web.HTTPRequestEntityTooLarge as exc:
         limit = exc.text or ""
@@ -327,12 +329,15 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        code = exc.reason.lower().replace(" ", "_")
+        if route_of(request) == "(no route)":  # 404, 405: a client calling what we do not serve
+            _edge_logged(request, exc.status, code)
         return error_response(
             RouterError(
                 exc.status,
                 f"{request.method} {quote(request.path)}: {exc.reason}",
                 type="invalid_request_error" if exc.status < 500 else "server_error",
-                code=exc.reason.lower().replace(" ", "_"),
+                code=code,
             )
         )
     except Exception as exc:
@@ -343,6 +348,19 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
                 500, "internal error in the router", type="server_error", code="internal_error"
             )
         )
+
+
+def _edge_logged(request: web.Request, status: int, error: str | None) -> None:
+    """The access line of a request answered here, not by ``_route`` (which writes its own)."""
+    caller = request.get(PRINCIPAL)
+    access_log_edge(
+        request_id(request),
+        caller.key_id if caller is not None else None,
+        request.method,
+        request.rel_url.raw_path,
+        status,
+        error,
+    )
 
 
 @web.middleware
