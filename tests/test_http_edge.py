@@ -1,0 +1,110 @@
+"""HTTP framing and route misses at the edge, over raw sockets against the real app: an
+HTTP/1.0 keep-alive client's stream ends with the connection (RFC 9112 6.3), a 405 says what
+is allowed (RFC 9110 15.5.6), and 404/405 misses reach the access log."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import orjson
+import pytest
+
+from tests.conftest import Proxy
+
+HOST = "127.0.0.1"
+
+
+def port_of(proxy: Proxy) -> int:
+    return int(proxy.url.rsplit(":", 1)[1])
+
+
+async def test_an_http10_keep_alive_stream_ends_with_the_connection(proxy: Proxy) -> None:
+    body = orjson.dumps(
+        {"model": "auto:fast", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    )
+    reader, writer = await asyncio.open_connection(HOST, port_of(proxy))
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: keep-alive\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    )
+    # keepalive_timeout_s is 75 s: before the fix the read waited for it (the test's timeout).
+    out = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, payload = out.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200")
+    assert b"keep-alive" not in head.lower() and b"content-length" not in head.lower()
+    assert payload.rstrip().endswith(b"data: [DONE]")
+
+
+async def test_an_http10_keep_alive_json_answer_keeps_the_connection(proxy: Proxy) -> None:
+    reader, writer = await asyncio.open_connection(HOST, port_of(proxy))
+    for _ in range(2):  # a length-framed answer: the connection serves the next request
+        writer.write(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: keep-alive\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert b"Connection: keep-alive" in head
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        assert orjson.loads(await reader.readexactly(length)) == {"status": "ok"}
+    writer.close()
+
+
+async def exchange(proxy: Proxy, request: bytes) -> tuple[bytes, bytes]:
+    reader, writer = await asyncio.open_connection(HOST, port_of(proxy))
+    writer.write(request)
+    out = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = out.partition(b"\r\n\r\n")
+    return head, body
+
+
+def access_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:
+    return [orjson.loads(r.getMessage()) for r in caplog.records if r.name == "model_router.access"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        pytest.param("GET", "/v1/chat/completions", b"POST", id="get-chat"),
+        pytest.param("DELETE", "/v1/models", b"GET,HEAD", id="delete-models"),
+        pytest.param("OPTIONS", "/v1/completions", b"POST", id="options-completions"),
+    ],
+)
+async def test_a_405_names_the_allowed_methods_and_is_logged(
+    proxy: Proxy, caplog: pytest.LogCaptureFixture, method: str, path: str, allow: bytes
+) -> None:
+    caplog.set_level(logging.INFO, logger="model_router.access")
+    head, body = await exchange(
+        proxy, f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+    )
+    assert head.startswith(b"HTTP/1.1 405")
+    allowed = [line for line in head.split(b"\r\n") if line.lower().startswith(b"allow:")]
+    assert allowed and set(allowed[0].split(b":", 1)[1].strip().split(b",")) == set(
+        allow.split(b",")
+    )
+    assert orjson.loads(body)["error"]["code"] == "method_not_allowed"
+    (line,) = access_lines(caplog)
+    assert (line["method"], line["path"], line["status"]) == (method, path, 405)
+
+
+async def test_a_route_we_do_not_serve_is_404_in_openai_shape_and_logged(
+    proxy: Proxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The Vercel AI SDK's default: the Responses API.
+    caplog.set_level(logging.INFO, logger="model_router.access")
+    head, body = await exchange(
+        proxy,
+        b"POST /v1/responses?key=secret HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+    )
+    assert head.startswith(b"HTTP/1.1 404")
+    assert orjson.loads(body)["error"]["code"] == "not_found"
+    (line,) = access_lines(caplog)
+    assert line == {
+        "request_id": line["request_id"],
+        "key_id": None,
+        "method": "POST",
+        "path": "/v1/responses",  # never the query
+        "status": 404,
+        "error": "not_found",
+    }
+    assert "secret" not in caplog.text
