@@ -108,3 +108,52 @@ async def test_a_route_we_do_not_serve_is_404_in_openai_shape_and_logged(
         "error": "not_found",
     }
     assert "secret" not in caplog.text
+
+
+# --- error messages that name the right thing ----------------------------------------------
+
+MSG = [{"role": "user", "content": "hi"}]
+
+
+async def post(proxy: Proxy, body: bytes) -> tuple[int, dict[str, object]]:
+    head, payload = await exchange(
+        proxy,
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body,
+    )
+    error: dict[str, object] = orjson.loads(payload)["error"]
+    return int(head.split()[1]), error
+
+
+async def test_an_unknown_entry_in_models_is_reported_as_models(proxy: Proxy) -> None:
+    body = {"model": "auto", "models": ["gpt-4o", "nope-model"], "messages": MSG}
+    status, error = await post(proxy, orjson.dumps(body))
+    assert status == 404 and error["param"] == "models"
+    assert "'nope-model' (in 'models')" in str(error["message"])
+    # An unknown pinned model is still the model's.
+    status, error = await post(proxy, orjson.dumps({"model": "nope-model", "messages": MSG}))
+    assert status == 404 and error["param"] == "model"
+    assert not proxy.sim.state.requests
+
+
+async def test_a_non_utf8_byte_is_reported_at_its_offset(proxy: Proxy) -> None:
+    body = b'{"model":"auto","messages":[{"role":"user","content":"caf\xe9"}]}'
+    status, error = await post(proxy, body)
+    assert status == 400 and error["code"] == "invalid_json"
+    message = str(error["message"])
+    offset = body.index(b"\xe9")
+    assert f"byte 0xe9 at offset {offset}" in message
+    assert "char 0" not in message and "line 1" not in message
+
+
+@pytest.mark.parametrize("literal", [b"99999999999999999999999", b"1e23"])
+async def test_a_max_tokens_too_large_for_any_integer_says_so(proxy: Proxy, literal: bytes) -> None:
+    body = (
+        b'{"model":"auto","max_tokens":'
+        + literal
+        + b',"messages":[{"role":"user","content":"hi"}]}'
+    )
+    status, error = await post(proxy, body)
+    assert status == 400 and error["param"] == "max_tokens", error
+    assert "too large" in str(error["message"]) and "non-negative" not in str(error["message"])
+    assert not proxy.sim.state.requests

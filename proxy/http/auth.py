@@ -17,7 +17,7 @@ from aiohttp import web
 
 from proxy.catalog import Catalog, Model
 from proxy.config import Config, KeyConfig
-from proxy.decide.intent import Intent
+from proxy.decide.intent import Intent, pinned_param
 from proxy.decide.tokens import bearer, hash_key
 from proxy.errors import RouterError
 from proxy.serve.record import RequestRecord
@@ -205,7 +205,7 @@ class Principal:
     def _check_models(key: KeyConfig, intent: Intent, catalog: Catalog) -> None:
         """Pinned models and an explicit tier are checked before routing, so the answer
         names what was refused instead of silently routing around it."""
-        for name in intent.pinned:
+        for i, name in enumerate(intent.pinned):
             model = catalog.get(name)
             if model is None:
                 continue  # routing answers 404 for it
@@ -217,7 +217,7 @@ class Principal:
                     f"API key {key.id!r} may not use model {model.id!r} (tier {model.tier}); "
                     f"it may use {_describe(key)}",
                     type="permission_error",
-                    param="model",
+                    param=pinned_param(intent, i),
                     code="model_not_allowed",
                 )
         if intent.tier is not None and key.allowed_tiers and intent.tier not in key.allowed_tiers:

@@ -84,6 +84,9 @@ def parse_json(raw: bytes, limits: LimitsSettings) -> Any:
     except orjson.JSONDecodeError as exc:
         if "depth limit" in exc.msg or "ecursion" in exc.msg:  # orjson's own cap: 1024
             raise _too_deep(limits) from None
+        if "UTF-8" in exc.msg and (bad := _not_utf8(raw)) is not None:
+            # orjson puts this at "line 1 column 1 (char 0)" wherever the byte is.
+            raise bad_request(bad, None, "invalid_json") from None
         # orjson's message names a position, never the document's text.
         raise bad_request(
             f"the request body is not valid JSON: {exc}", None, "invalid_json"
@@ -99,6 +102,18 @@ def parse_json(raw: bytes, limits: LimitsSettings) -> Any:
     if _deeper_than(data, limit):
         raise _too_deep(limits)
     return data
+
+
+def _not_utf8(raw: bytes) -> str | None:
+    """Where the body stops being UTF-8, by byte offset (the decoder knows; orjson does not)."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return (
+            f"the request body is not valid UTF-8: byte 0x{raw[exc.start]:02x} at offset "
+            f"{exc.start} ({exc.reason}); JSON must be UTF-8"
+        )
+    return None
 
 
 _COUNT_BYTES = 512
