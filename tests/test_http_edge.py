@@ -5,6 +5,7 @@ is allowed (RFC 9110 15.5.6), and 404/405 misses reach the access log."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import logging
 
 import orjson
@@ -157,3 +158,50 @@ async def test_a_max_tokens_too_large_for_any_integer_says_so(proxy: Proxy, lite
     assert status == 400 and error["param"] == "max_tokens", error
     assert "too large" in str(error["message"]) and "non-negative" not in str(error["message"])
     assert not proxy.sim.state.requests
+
+
+# --- Content-Encoding ------------------------------------------------------------------------
+
+CHAT = orjson.dumps({"model": "auto", "messages": MSG})
+
+
+async def encoded(proxy: Proxy, body: bytes, encoding: str) -> tuple[bytes, bytes]:
+    return await exchange(
+        proxy,
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nContent-Encoding: %s\r\nContent-Length: %d\r\n\r\n"
+        % (encoding.encode(), len(body))
+        + body,
+    )
+
+
+@pytest.mark.parametrize(
+    ("encoding", "body", "named"),
+    [
+        pytest.param("br", CHAT, "br", id="brotli"),
+        pytest.param("zstd", CHAT, "zstd", id="zstandard"),
+        pytest.param(
+            "gzip, gzip", gzip.compress(gzip.compress(CHAT)), "more than one", id="stacked"
+        ),
+        pytest.param("compress", CHAT, "compress", id="unix-compress"),
+    ],
+)
+async def test_a_content_encoding_we_cannot_decode_is_415_naming_it(
+    proxy: Proxy, encoding: str, body: bytes, named: str
+) -> None:
+    head, payload = await encoded(proxy, body, encoding)
+    assert head.split()[1] == b"415", head + payload
+    assert b"Accept-Encoding: gzip, deflate" in head
+    error = orjson.loads(payload)["error"]
+    assert error["code"] == "unsupported_content_encoding"
+    assert "Content-Encoding" in error["message"] and named in error["message"]
+    assert not proxy.sim.state.requests
+
+
+async def test_x_gzip_is_gzip(proxy: Proxy) -> None:
+    head, payload = await encoded(proxy, gzip.compress(CHAT), "x-gzip")
+    assert head.startswith(b"HTTP/1.1 200"), payload
+    assert orjson.loads(payload)["choices"]
+    head, payload = await encoded(proxy, b"not gzip at all", "X-GZIP")
+    assert head.startswith(b"HTTP/1.1 400")
+    assert orjson.loads(payload)["error"]["code"] == "invalid_content_encoding"

@@ -17,12 +17,14 @@ from typing import Any
 
 import orjson
 from aiohttp import web, web_protocol
+from aiohttp.http_exceptions import ContentEncodingError
 from aiohttp.web_request import BaseRequest
 
 from proxy.config import LimitsSettings
 from proxy.errors import RouterError, bad_request, quote
 from proxy.serve.state import ROUTER
 
+from .content_coding import decoded, unsupported_encoding
 from .hygiene import BadRequestLog
 from .respond import error_response
 
@@ -187,7 +189,10 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
 
 async def read_json(request: web.Request, limits: LimitsSettings) -> Any:
     """Read, parse and screen a request body; every refusal is a 4xx naming its limit."""
-    return screen(parse_json(await read_body(request, limits), limits), limits)
+    raw = await read_body(request, limits)
+    if (encoding := request.headers.get("Content-Encoding")) is not None:
+        raw = decoded(raw, encoding, request.client_max_size)
+    return screen(parse_json(raw, limits), limits)
 
 
 # --- the connection layer: header deadline and connection cap -------------------------
@@ -415,6 +420,10 @@ class GuardedHandler(web_protocol.RequestHandler):
             err = RouterError(
                 status, "internal error in the router", type="server_error", code="internal_error"
             )
+        elif isinstance(exc, ContentEncodingError) and "Can not decode" in exc.message:
+            # aiohttp refuses a coding it has no decoder for (br, zstd) while parsing the head:
+            # "Can not decode content-encoding: brotli (br). Please install `Brotli`".
+            err = unsupported_encoding(exc.message.split(": ", 1)[-1].split(".")[0])
         else:
             what = type(exc).__name__ if exc is not None else "malformed request"
             err = RouterError(
