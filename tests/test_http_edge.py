@@ -205,3 +205,51 @@ async def test_x_gzip_is_gzip(proxy: Proxy) -> None:
     head, payload = await encoded(proxy, b"not gzip at all", "X-GZIP")
     assert head.startswith(b"HTTP/1.1 400")
     assert orjson.loads(payload)["error"]["code"] == "invalid_content_encoding"
+
+
+# --- oversized heads ---------------------------------------------------------------------
+
+
+def head_with(path: str = "/v1/chat/completions", extra: bytes = b"") -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n".encode()
+        + extra
+        + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(CHAT)
+        + CHAT
+    )
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "code"),
+    [
+        pytest.param(
+            head_with("/v1/chat/completions?" + "a" * 9000), b"414", "uri_too_long", id="uri"
+        ),
+        pytest.param(
+            head_with(extra=b"Authorization: Bearer " + b"a" * 8200 + b"\r\n"),
+            b"431",
+            "request_header_fields_too_large",
+            id="header-value",
+        ),
+        pytest.param(
+            head_with(extra=b"X-" + b"n" * 8200 + b": v\r\n"),
+            b"431",
+            "request_header_fields_too_large",
+            id="header-name",
+        ),
+        pytest.param(
+            head_with(extra=b"".join(b"X-H%d: v\r\n" % i for i in range(200))),
+            b"431",
+            "request_header_fields_too_large",
+            id="too-many-headers",
+        ),
+    ],
+)
+async def test_an_oversized_head_gets_414_or_431_in_openai_shape(
+    proxy: Proxy, request_bytes: bytes, status: bytes, code: str
+) -> None:
+    head, payload = await exchange(proxy, request_bytes)
+    assert head.split()[1] == status, head
+    assert orjson.loads(payload)["error"]["code"] == code
+    assert b"aaaa" not in payload  # never the client's bytes back
+    assert not proxy.sim.state.requests

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web, web_protocol
-from aiohttp.http_exceptions import ContentEncodingError
+from aiohttp.http_exceptions import BadHttpMessage, ContentEncodingError, LineTooLong
 from aiohttp.web_request import BaseRequest
 
 from proxy.config import LimitsSettings
@@ -226,6 +226,34 @@ def fd_connection_cap() -> int | None:
     return max((soft - FD_RESERVE) // 2, 1)
 
 
+# aiohttp's C parser callbacks that raise LineTooLong for the request line, not a header.
+_REQUEST_LINE_CALLBACKS = frozenset({"cb_on_url", "cb_on_status"})
+
+
+def _too_large(exc: BaseException | None) -> RouterError | None:
+    """414 for a request-target past aiohttp's line limit, 431 for a header field past it or
+    too many header fields (RFC 9110 15.5.15, RFC 6585 5), where aiohttp says 400."""
+    if isinstance(exc, LineTooLong):
+        tb, callbacks = exc.__traceback__, set()
+        while tb is not None:
+            # Cython names them "aiohttp._http_parser.cb_on_url".
+            callbacks.add(tb.tb_frame.f_code.co_name.rpartition(".")[2])
+            tb = tb.tb_next
+        if callbacks & _REQUEST_LINE_CALLBACKS:
+            return RouterError(
+                414,
+                "the request line is too long (over 8190 bytes); the router's paths are short, "
+                "so look at what the client puts in the URL",
+                code="uri_too_long",
+            )
+        what = "a request header field is too long (over 8190 bytes)"
+    elif isinstance(exc, BadHttpMessage) and "Too many headers" in exc.message:
+        what = "the request has too many header fields (over 128)"
+    else:
+        return None
+    return RouterError(431, what, code="request_header_fields_too_large")
+
+
 def _closing(err: RouterError) -> web.Response:
     resp = error_response(err)
     resp.force_close()
@@ -420,6 +448,8 @@ class GuardedHandler(web_protocol.RequestHandler):
             err = RouterError(
                 status, "internal error in the router", type="server_error", code="internal_error"
             )
+        elif (too_large := _too_large(exc)) is not None:
+            err = too_large
         elif isinstance(exc, ContentEncodingError) and "Can not decode" in exc.message:
             # aiohttp refuses a coding it has no decoder for (br, zstd) while parsing the head:
             # "Can not decode content-encoding: brotli (br). Please install `Brotli`".
