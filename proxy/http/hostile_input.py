@@ -453,7 +453,8 @@ class GuardedHandler(web_protocol.RequestHandler):
         elif isinstance(exc, ContentEncodingError) and "Can not decode" in exc.message:
             # aiohttp refuses a coding it has no decoder for (br, zstd) while parsing the head:
             # "Can not decode content-encoding: brotli (br). Please install `Brotli`".
-            err = unsupported_encoding(exc.message.split(": ", 1)[-1].split(".")[0])
+            named = exc.message.split(": ", 1)[-1].split(".")[0]
+            err = unsupported_encoding(named.rpartition("(")[2].rstrip(")") or named)
         else:
             what = type(exc).__name__ if exc is not None else "malformed request"
             err = RouterError(
