@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -75,6 +76,11 @@ class ServerSettings:
     warm_connections: bool = True
     # Resolved upstream addresses are cached this long (aiohttp's DNS cache).
     dns_cache_s: float = 300.0
+    # Without [[keys]], browsers: origins besides loopback ones that may call the router
+    # ("https://chat.example.com"; "*" any), and Host names besides loopback ones
+    # (a reverse proxy in front that passes its own name; "*" any). proxy/http/cross_site.py.
+    allowed_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
 
 
 def _default_deadlines() -> dict[str, float]:
@@ -761,6 +767,28 @@ def _keys(raw: Any, catalog: Catalog) -> tuple[KeyConfig, ...]:
     return keys
 
 
+_ORIGIN = re.compile(r"^https?://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+)(:[0-9]{1,5})?/?$")
+_OTHER_ORIGIN = re.compile(r"^[a-z][a-z0-9+.-]*://[^/\s]+/?$")  # chrome-extension://id, app://x
+_HOST = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+)$")
+
+
+def _check_browser_lists(server: ServerSettings) -> None:
+    """allowed_origins are origins as a browser sends them (scheme://host[:port], no path);
+    allowed_hosts are names or addresses without a port (any port matches)."""
+    for origin in server.allowed_origins:
+        if origin != "*" and not (_ORIGIN.match(origin) or _OTHER_ORIGIN.match(origin)):
+            raise ConfigError(
+                f"server.allowed_origins: {origin!r} is not an origin: expected "
+                "scheme://host[:port] with no path (e.g. 'https://chat.example.com'), or '*'"
+            )
+    for host in server.allowed_hosts:
+        if host != "*" and not _HOST.match(host):
+            raise ConfigError(
+                f"server.allowed_hosts: {host!r} is not a host name or address: expected a "
+                "name like 'router.example.com' without scheme or port, or '*'"
+            )
+
+
 def parse_config(data: Mapping[str, Any], source: str = "<string>") -> Config:
     for key in data:
         if key not in TOP_LEVEL:
@@ -772,6 +800,7 @@ def parse_config(data: Mapping[str, Any], source: str = "<string>") -> Config:
         raise ConfigError("server.upstream_keepalive_s: must be > 0")
     if not server.dns_cache_s >= 0:
         raise ConfigError("server.dns_cache_s: must be >= 0")
+    _check_browser_lists(server)
     probes = _probes(data.get("probes", {}))
     routing = _routing(data.get("routing", {}))
     breaker = _breaker(data.get("breaker", {}))

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from proxy.accounting.usage_log import db_path
-from proxy.http.auth import is_loopback
+from proxy.http.cross_site import is_loopback
 from proxy.service.discovery import enabled_providers, how_to_enable
 
 from .config import Config

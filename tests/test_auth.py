@@ -22,7 +22,8 @@ from aiohttp import web
 
 from proxy.accounting.ledger import ACCOUNTING
 from proxy.config import ConfigError, parse_config
-from proxy.http.auth import hash_key, is_loopback
+from proxy.http.auth import hash_key
+from proxy.http.cross_site import is_loopback
 from proxy.sim.anthropic_api import add_anthropic_routes
 from proxy.sim.bedrock_api import add_bedrock_routes
 from proxy.sim.launch import bound_port, make_sim_app
@@ -470,8 +471,13 @@ async def test_the_key_id_not_the_key_is_on_the_outcome_and_in_the_access_log(
     await call(proxy, {"model": "auto", "messages": MSG}, ALPHA)
     await call(proxy, {"model": "auto", "messages": MSG}, BETA)  # 401: no outcome
     assert seen == ["alpha"]
-    (line,) = [r.getMessage() for r in caplog.records if r.name == "model_router.access"]
-    assert orjson.loads(line)["key_id"] == "alpha"
+    served, refused = [
+        orjson.loads(r.getMessage()) for r in caplog.records if r.name == "model_router.access"
+    ]
+    assert served["key_id"] == "alpha"
+    # The refusal has the edge's shorter line: no key id, what was called, why it was refused.
+    assert refused["key_id"] is None and refused["status"] == 401
+    assert refused["error"] == "invalid_api_key" and refused["path"] == "/v1/chat/completions"
     assert ALPHA not in caplog.text and BETA not in caplog.text
 
 

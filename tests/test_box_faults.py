@@ -445,7 +445,7 @@ def test_a_corrupt_usage_db_is_moved_aside_at_start_and_when_replaced_while_runn
 NOFILE = 200  # -> (200 - FD_RESERVE) // 2 = 68 client connections
 FD_CAP = 68
 REQUEST = (
-    b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
     b"Content-Length: %d\r\n\r\n%s"
 )
 

@@ -99,7 +99,7 @@ async def test_an_upstream_quiet_mid_stream_ends_with_an_error_event(
     reader, writer = await asyncio.open_connection(*proxy.url[7:].split(":"))
     payload = orjson.dumps(body)
     writer.write(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         b"Connection: close\r\nContent-Length: "
         + str(len(payload)).encode()
         + b"\r\n\r\n"
@@ -124,7 +124,7 @@ async def test_a_client_that_stops_reading_is_cut_off(start_proxy: StartProxy) -
     sock = socket.create_connection((host, int(port)))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.sendall(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
     )
     try:

@@ -357,6 +357,15 @@ def _max_output(body: dict[str, Any]) -> tuple[int, str]:
     """(max output tokens, the field it came from, for errors that name it)."""
     max_out, max_param = 0, "max_tokens"
     for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
+        if type(value) is float and value.is_integer() and value >= 2**63:
+            # orjson reads an integer past 64 bits as a float: the number is what is wrong.
+            raise bad_request(
+                f"'{name}' is too large ({value:.3g}): it must be an integer below 2^63, and "
+                "no model produces more than a few hundred thousand tokens",
+                name,
+                "integer_above_max_value",
+            )
         value = _check_type(body, name, int, "a non-negative integer")
         if value is not None and value < 0:
             raise bad_request(f"'{name}' must be a non-negative integer", name)
@@ -416,13 +425,20 @@ def forwarded_body(body: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if k not in EXTENSION_FIELDS}
 
 
-def not_found(model: str, catalog: Catalog | None = None) -> RouterError:
+def not_found(model: str, catalog: Catalog | None = None, param: str = "model") -> RouterError:
+    """404 for a model name; ``param`` is the field it came from (``model`` or ``models``)."""
     near = catalog.nearest(model) if catalog is not None else []
     hint = f" The nearest catalog ids: {', '.join(near)}." if near else ""
+    where = " (in 'models')" if param == "models" else ""
     return RouterError(
         404,
-        f"The model {quote(model)} does not exist or is not enabled.{hint} "
+        f"The model {quote(model)}{where} does not exist or is not enabled.{hint} "
         "GET /v1/models lists every routable model; use 'auto' to route by intent.",
-        param="model",
+        param=param,
         code="model_not_found",
     )
+
+
+def pinned_param(intent: Intent, index: int) -> str:
+    """The request field ``intent.pinned[index]`` came from: ``model`` is first unless auto."""
+    return "model" if index == 0 and not intent.auto else "models"

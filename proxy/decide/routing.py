@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from proxy.catalog import DEFAULT_PREFER, PREFERENCES, TIERS, Catalog, Deployment, Model
 from proxy.errors import RouterError, bad_request
 
-from .intent import Intent, not_found
+from .intent import Intent, not_found, pinned_param
 
 # The request field to name when no model supports what the request uses.
 CAPABILITY_PARAM = {
@@ -202,10 +202,10 @@ def _each_deployment(models: Iterable[Model], snap: Snapshot) -> Iterator[Deploy
 
 def _pinned(catalog: Catalog, intent: Intent, snap: Snapshot) -> Iterator[Deployment]:
     seen: set[str] = set()
-    for name in intent.pinned:
+    for i, name in enumerate(intent.pinned):
         model = catalog.get(name)
         if model is None:
-            raise not_found(name, catalog)
+            raise not_found(name, catalog, pinned_param(intent, i))
         if model.id in seen:
             continue
         seen.add(model.id)

@@ -23,7 +23,33 @@ def access_log_sink(record: RequestRecord, seconds: float) -> None:
     """A ``Router.sinks`` entry: runs once per request after its answer has gone out."""
     if not access_log.isEnabledFor(INFO):
         return
-    line = orjson.dumps(logged(record)).decode()
+    _write(orjson.dumps(logged(record)).decode())
+
+
+# How much of a path the router serves no route for is logged: enough to see what a client
+# called (``/v1/responses``), never a path-long payload.
+PATH_MAX = 128
+
+
+def access_log_edge(
+    request_id: str, key_id: str | None, method: str, path: str, status: int, error: str | None
+) -> None:
+    """A request answered at the edge, before any request record (a refused key or origin,
+    a route we do not serve): a shorter line, with the method and path instead of routing."""
+    if not access_log.isEnabledFor(INFO):
+        return
+    line = {
+        "request_id": request_id,
+        "key_id": key_id,
+        "method": method[:16],
+        "path": path[:PATH_MAX],
+        "status": status,
+        "error": error,
+    }
+    _write(orjson.dumps(line).decode())
+
+
+def _write(line: str) -> None:
     handlers = access_log.handlers
     if len(handlers) == 1 and not access_log.propagate and not access_log.filters:
         only = handlers[0]

@@ -6,7 +6,6 @@ concurrent streams). Keys live in config only as SHA-256 digests; a key never re
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
 import math
 import time
@@ -17,13 +16,14 @@ from typing import Protocol
 from aiohttp import web
 
 from proxy.catalog import Catalog, Model
-from proxy.config import KeyConfig
-from proxy.decide.intent import Intent
+from proxy.config import Config, KeyConfig
+from proxy.decide.intent import Intent, pinned_param
 from proxy.decide.tokens import bearer, hash_key
 from proxy.errors import RouterError
 from proxy.serve.record import RequestRecord
 from proxy.serve.state import ROUTER
 
+from .cross_site import BrowserGuard
 from .hostile_input import client_address
 
 log = logging.getLogger("model_router.auth")
@@ -37,16 +37,6 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz", "/status"})
 # Tokens reserved for the answer when the client does not say max_tokens; the bucket is
 # corrected to the real usage when the request ends.
 UNSTATED_MAX_TOKENS = 1024
-
-
-def is_loopback(host: str) -> bool:
-    """True when binding ``host`` is reachable from this machine only."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a hostname (or "" = every address): assume reachable
 
 
 class TokenBucket:
@@ -215,7 +205,7 @@ class Principal:
     def _check_models(key: KeyConfig, intent: Intent, catalog: Catalog) -> None:
         """Pinned models and an explicit tier are checked before routing, so the answer
         names what was refused instead of silently routing around it."""
-        for name in intent.pinned:
+        for i, name in enumerate(intent.pinned):
             model = catalog.get(name)
             if model is None:
                 continue  # routing answers 404 for it
@@ -227,7 +217,7 @@ class Principal:
                     f"API key {key.id!r} may not use model {model.id!r} (tier {model.tier}); "
                     f"it may use {_describe(key)}",
                     type="permission_error",
-                    param="model",
+                    param=pinned_param(intent, i),
                     code="model_not_allowed",
                 )
         if intent.tier is not None and key.allowed_tiers and intent.tier not in key.allowed_tiers:
@@ -261,6 +251,14 @@ class Access:
         self._principals: dict[KeyConfig, Principal] = {}
         self.anonymous = Principal(None, self)
         self.shared: SharedLimits | None = None
+        self._guard: BrowserGuard | None = None
+        self._guard_for: Config | None = None
+
+    def browser_guard(self, config: Config) -> BrowserGuard:
+        """The cross-site checks for ``config`` (made again after a reload)."""
+        if self._guard_for is not config or self._guard is None:
+            self._guard, self._guard_for = BrowserGuard(config), config
+        return self._guard
 
     @property
     def states(self) -> Mapping[str, KeyState]:
@@ -318,8 +316,16 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every path but liveness and readiness needs a configured key, when keys are on."""
     access = request.app[ACCESS]
-    keys = request.app[ROUTER].current.config.keys
-    if not keys or request.path in OPEN_PATHS:
+    config = request.app[ROUTER].current.config
+    keys = config.keys
+    if not keys:
+        # Anyone who connects may spend: a web page in the user's browser may not.
+        if (refused := access.browser_guard(config).refusal(request.headers)) is not None:
+            _log_refused(request, refused)
+            raise refused
+        request[PRINCIPAL] = access.anonymous
+        return await handler(request)
+    if request.path in OPEN_PATHS:
         request[PRINCIPAL] = access.anonymous
         return await handler(request)
     try:
@@ -332,12 +338,16 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             )
         key = access.authenticate(headers[0] if headers else None, keys)
     except RouterError as err:
-        peer = client_address(request, request.app[ROUTER].current.config.limits.trusted_proxies)
-        # The route, not the raw path: a path is client bytes and may carry anything.
-        log.info("refused %s %s from %s: %s", request.method, route_of(request), peer, err.code)
+        _log_refused(request, err)
         raise
     request[PRINCIPAL] = access.principal(key)
     return await handler(request)
+
+
+def _log_refused(request: web.Request, err: RouterError) -> None:
+    peer = client_address(request, request.app[ROUTER].current.config.limits.trusted_proxies)
+    # The route, not the raw path: a path is client bytes and may carry anything.
+    log.info("refused %s %s from %s: %s", request.method, route_of(request), peer, err.code)
 
 
 def route_of(request: web.Request) -> str:

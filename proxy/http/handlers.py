@@ -10,7 +10,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from aiohttp.typedefs import Handler
 
 from probes.kinds import Endpoint
@@ -28,7 +28,8 @@ from proxy.serve.record import MAX_TEXT, Asked, RequestRecord
 from proxy.serve.state import CLUSTER, ROUTER, WORKER, Router
 
 from . import hostile_input, respond
-from .auth import Principal, Ticket, principal, route_of
+from .access_log import access_log_edge
+from .auth import PRINCIPAL, Principal, Ticket, principal, route_of
 from .log_stream import access_handler
 from .respond import error_response, json_response
 
@@ -57,10 +58,17 @@ def request_id(request: web.Request) -> str:
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     """Every response carries the request id: errors, 404s and /metrics too. (Streams are
-    sent from inside the handler, so dispatch puts it in their headers itself.)"""
+    sent from inside the handler, so dispatch puts it in their headers itself.)
+
+    A stream sent to an HTTP/1.0 client has no length and no chunking, so only the end of the
+    connection can end it (RFC 9112 6.3). aiohttp sends it without ``Connection: keep-alive``
+    but keeps the connection open after it anyway (until keepalive_timeout_s), and a client
+    that asked for keep-alive waits that long for the end: close it."""
     response: web.StreamResponse = await handler(request)
     if not response.prepared:
         response.headers.setdefault("x-request-id", request_id(request))
+    elif request.version < HttpVersion11 and response.content_length is None:
+        response.force_close()
     return response
 
 
@@ -313,6 +321,7 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         response: web.StreamResponse = await handler(request)
         return response
     except RouterError as err:
+        _edge_logged(request, err.status, err.code or err.type)
         return error_response(err)
     except web.HTTPRequestEntityTooLarge as exc:
         limit = exc.text or ""
@@ -327,12 +336,18 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        code = exc.reason.lower().replace(" ", "_")
+        # A 405 says what the resource does allow (RFC 9110 15.5.6): aiohttp's own has it.
+        headers = {"Allow": allow} if (allow := exc.headers.get("Allow")) is not None else None
+        if route_of(request) == "(no route)":  # 404, 405: a client calling what we do not serve
+            _edge_logged(request, exc.status, code)
         return error_response(
             RouterError(
                 exc.status,
                 f"{request.method} {quote(request.path)}: {exc.reason}",
                 type="invalid_request_error" if exc.status < 500 else "server_error",
-                code=exc.reason.lower().replace(" ", "_"),
+                code=code,
+                headers=headers,
             )
         )
     except Exception as exc:
@@ -343,6 +358,19 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
                 500, "internal error in the router", type="server_error", code="internal_error"
             )
         )
+
+
+def _edge_logged(request: web.Request, status: int, error: str | None) -> None:
+    """The access line of a request answered here, not by ``_route`` (which writes its own)."""
+    caller = request.get(PRINCIPAL)
+    access_log_edge(
+        request_id(request),
+        caller.key_id if caller is not None else None,
+        request.method,
+        request.rel_url.raw_path,
+        status,
+        error,
+    )
 
 
 @web.middleware

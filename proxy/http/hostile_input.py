@@ -17,12 +17,14 @@ from typing import Any
 
 import orjson
 from aiohttp import web, web_protocol
+from aiohttp.http_exceptions import BadHttpMessage, ContentEncodingError, LineTooLong
 from aiohttp.web_request import BaseRequest
 
 from proxy.config import LimitsSettings
 from proxy.errors import RouterError, bad_request, quote
 from proxy.serve.state import ROUTER
 
+from .content_coding import decoded, unsupported_encoding
 from .hygiene import BadRequestLog
 from .respond import error_response
 
@@ -84,6 +86,9 @@ def parse_json(raw: bytes, limits: LimitsSettings) -> Any:
     except orjson.JSONDecodeError as exc:
         if "depth limit" in exc.msg or "ecursion" in exc.msg:  # orjson's own cap: 1024
             raise _too_deep(limits) from None
+        if "UTF-8" in exc.msg and (bad := _not_utf8(raw)) is not None:
+            # orjson puts this at "line 1 column 1 (char 0)" wherever the byte is.
+            raise bad_request(bad, None, "invalid_json") from None
         # orjson's message names a position, never the document's text.
         raise bad_request(
             f"the request body is not valid JSON: {exc}", None, "invalid_json"
@@ -99,6 +104,18 @@ def parse_json(raw: bytes, limits: LimitsSettings) -> Any:
     if _deeper_than(data, limit):
         raise _too_deep(limits)
     return data
+
+
+def _not_utf8(raw: bytes) -> str | None:
+    """Where the body stops being UTF-8, by byte offset (the decoder knows; orjson does not)."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return (
+            f"the request body is not valid UTF-8: byte 0x{raw[exc.start]:02x} at offset "
+            f"{exc.start} ({exc.reason}); JSON must be UTF-8"
+        )
+    return None
 
 
 _COUNT_BYTES = 512
@@ -172,7 +189,10 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
 
 async def read_json(request: web.Request, limits: LimitsSettings) -> Any:
     """Read, parse and screen a request body; every refusal is a 4xx naming its limit."""
-    return screen(parse_json(await read_body(request, limits), limits), limits)
+    raw = await read_body(request, limits)
+    if (encoding := request.headers.get("Content-Encoding")) is not None:
+        raw = decoded(raw, encoding, request.client_max_size)
+    return screen(parse_json(raw, limits), limits)
 
 
 # --- the connection layer: header deadline and connection cap -------------------------
@@ -204,6 +224,34 @@ def fd_connection_cap() -> int | None:
     if soft == resource.RLIM_INFINITY:
         return None
     return max((soft - FD_RESERVE) // 2, 1)
+
+
+# aiohttp's C parser callbacks that raise LineTooLong for the request line, not a header.
+_REQUEST_LINE_CALLBACKS = frozenset({"cb_on_url", "cb_on_status"})
+
+
+def _too_large(exc: BaseException | None) -> RouterError | None:
+    """414 for a request-target past aiohttp's line limit, 431 for a header field past it or
+    too many header fields (RFC 9110 15.5.15, RFC 6585 5), where aiohttp says 400."""
+    if isinstance(exc, LineTooLong):
+        tb, callbacks = exc.__traceback__, set()
+        while tb is not None:
+            # Cython names them "aiohttp._http_parser.cb_on_url".
+            callbacks.add(tb.tb_frame.f_code.co_name.rpartition(".")[2])
+            tb = tb.tb_next
+        if callbacks & _REQUEST_LINE_CALLBACKS:
+            return RouterError(
+                414,
+                "the request line is too long (over 8190 bytes); the router's paths are short, "
+                "so look at what the client puts in the URL",
+                code="uri_too_long",
+            )
+        what = "a request header field is too long (over 8190 bytes)"
+    elif isinstance(exc, BadHttpMessage) and "Too many headers" in exc.message:
+        what = "the request has too many header fields (over 128)"
+    else:
+        return None
+    return RouterError(431, what, code="request_header_fields_too_large")
 
 
 def _closing(err: RouterError) -> web.Response:
@@ -400,6 +448,13 @@ class GuardedHandler(web_protocol.RequestHandler):
             err = RouterError(
                 status, "internal error in the router", type="server_error", code="internal_error"
             )
+        elif (too_large := _too_large(exc)) is not None:
+            err = too_large
+        elif isinstance(exc, ContentEncodingError) and "Can not decode" in exc.message:
+            # aiohttp refuses a coding it has no decoder for (br, zstd) while parsing the head:
+            # "Can not decode content-encoding: brotli (br). Please install `Brotli`".
+            named = exc.message.split(": ", 1)[-1].split(".")[0]
+            err = unsupported_encoding(named.rpartition("(")[2].rstrip(")") or named)
         else:
             what = type(exc).__name__ if exc is not None else "malformed request"
             err = RouterError(
