@@ -162,6 +162,7 @@ async def _answer(
 ) -> web.StreamResponse:
     """From the cache, as a committed stream, or as a whole (maybe escalated) answer."""
     intent = chosen.intent
+    caller = principal(request)
     accounting = request.app.get(ACCOUNTING)
     admission = accounting.admit(intent, decision, body, record) if accounting else None
     if admission is not None and admission.hit is not None:
@@ -178,7 +179,7 @@ async def _answer(
         return await respond.StreamWriter(request, dispatcher, record).send(committed)
     if intent.escalate:
         answer = await complete_escalating(
-            router, intent, decision, upstream_body, record, chosen.notes
+            router, intent, decision, upstream_body, record, chosen.notes, caller.allow
         )
     else:
         answer = await dispatcher.complete(intent, decision, upstream_body, record)

@@ -5,11 +5,11 @@ empty or refused, ask the next tier up once. The answer kept is the better of th
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from proxy.catalog import DEFAULT_PREFER, TIERS, Tier
+from proxy.catalog import DEFAULT_PREFER, TIERS, Model, Tier
 from proxy.decide.intent import Intent
 from proxy.decide.policy import EscalationSettings
 from proxy.decide.routing import Plan, plan, spoken
@@ -74,6 +74,7 @@ async def complete_escalating(
     body: dict[str, Any],
     record: RequestRecord,
     notes: str = "",
+    allow: Callable[[Model], bool] | None = None,
 ) -> Answer:
     """Dispatch as usual; on a trigger, once more on the next tier up. If the higher tier
     cannot answer, the first answer is returned (it is better than an error)."""
@@ -90,8 +91,13 @@ async def complete_escalating(
     higher = replace(intent, pinned=(), tier=up, prefer=intent.prefer or DEFAULT_PREFER)
     step = f"{answered.tier}->{up}"
     try:
+        # Within the key's allowance: a key limited to economy escalates nowhere.
         second_plan = plan(
-            higher, router.catalog, router.health.snapshot(), router.config.routing.max_attempts
+            higher,
+            router.catalog,
+            router.health.snapshot(),
+            router.config.routing.max_attempts,
+            allow=allow,
         )
     except RouterError as err:
         first.note = f"none ({up}: {err.code or err.type})"
