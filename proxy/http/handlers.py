@@ -129,7 +129,7 @@ def _decide(
     who = caller.key_id
     if who is None and policy.experiments:
         who = key_id(request.headers.get("Authorization"))
-    chosen = resolve(intent, body, policy, record.request_id, who)
+    chosen = caller.narrow(resolve(intent, body, policy, record.request_id, who), router.catalog)
     key_hedge = caller.key.hedge if caller.key is not None else None
     if chosen.intent.hedge is None and key_hedge is not None:  # the key's say on hedging
         chosen = replace(chosen, intent=replace(chosen.intent, hedge=key_hedge))
