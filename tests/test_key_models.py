@@ -4,16 +4,17 @@ classifier) are narrowed to the key's, named ones are refused. Real sockets, the
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import openai
 import pytest
 
 from proxy.catalog import PREFERS, TIERS
-from proxy.decide.allowance import Allowance
+from proxy.decide.allowance import Allowance, auto_names
 from proxy.decide.intent import parse_intent
 from tests.conftest import Proxy, StartProxy
-from tests.test_auth import ALPHA, MSG, key, keyed, sdk, upstream_calls
+from tests.test_auth import ALPHA, MSG, call, key, keyed, sdk, upstream_calls
 from tests.test_auto_routing import HARD
 
 EVERY_AUTO = (
@@ -31,6 +32,69 @@ def tier_of(proxy: Proxy, model_id: str) -> str:
 
 async def listed(client: openai.AsyncOpenAI) -> list[str]:
     return [m.id async for m in client.models.list()]
+
+
+# --- /v1/models and /v1/models/{id} -----------------------------------------------------------
+
+
+async def test_without_keys_the_listing_is_every_model_and_every_auto_route(proxy: Proxy) -> None:
+    ids = await listed(proxy.client())
+    assert ids == [m.id for m in proxy.router.catalog.models] + EVERY_AUTO
+
+
+async def test_an_economy_key_lists_exactly_what_it_can_use(start_proxy: StartProxy) -> None:
+    proxy = await keyed(start_proxy, key("eco", ALPHA, allowed_tiers=["economy"]))
+    client = sdk(proxy, ALPHA)
+    ids = await listed(client)
+    catalog = proxy.router.catalog
+    economy = [m.id for m in catalog.models if m.tier == "economy"]
+    autos = [n for n in EVERY_AUTO if not n.startswith(("auto:standard", "auto:premium"))]
+    assert ids == economy + autos
+    assert "auto" in ids and "auto:quality" in ids and "auto:auto:fast" in ids
+
+    # Nothing listed is refused (completion-only models answer chat with a 400 naming the
+    # feature); everything the full listing has beside it is.
+    async def status_of(model: str) -> int:
+        status, _, _ = await call(proxy, {"model": model, "messages": MSG}, ALPHA)
+        return status
+
+    everything = [m.id for m in catalog.models] + EVERY_AUTO
+    statuses = dict(zip(everything, await asyncio.gather(*map(status_of, everything)), strict=True))
+    assert {m: s for m, s in statuses.items() if m in ids and s in (403, 404)} == {}
+    assert {m: s for m, s in statuses.items() if m not in ids and s != 403} == {}
+    assert upstream_calls(proxy) == sum(s == 200 for s in statuses.values()) > len(ids) // 2
+
+
+async def test_a_key_limited_to_one_model_lists_it_and_the_auto_routes_that_reach_it(
+    start_proxy: StartProxy,
+) -> None:
+    proxy = await keyed(start_proxy, key("nano", ALPHA, allowed_models=["gpt-5-nano"]))
+    ids = await listed(sdk(proxy, ALPHA))
+    assert ids[0] == "gpt-5-nano" and tier_of(proxy, "gpt-5-nano") == "economy"
+    assert ids[1:] == [n for n in EVERY_AUTO if not n.startswith(("auto:standard", "auto:premium"))]
+
+
+async def test_retrieving_a_model_the_key_may_not_use_is_404_like_an_unknown_one(
+    start_proxy: StartProxy,
+) -> None:
+    proxy = await keyed(start_proxy, key("eco", ALPHA, allowed_tiers=["economy"]))
+    client = sdk(proxy, ALPHA)
+    assert (await client.models.retrieve("gpt-5-nano")).id == "gpt-5-nano"
+    assert (await client.models.retrieve("auto")).id == "auto"
+    assert (await client.models.retrieve("auto:economy:fast")).id == "auto:economy:fast"
+    premium = next(m for m in proxy.router.catalog.models if m.tier == "premium")
+    allowed = {m.id for m in proxy.router.catalog.models if m.tier == "economy"}
+    for name in (premium.id, "auto:premium", "auto:standard:coding", "gpt-5-nanoo"):
+        with pytest.raises(openai.NotFoundError) as err:
+            await client.models.retrieve(name)
+        assert err.value.code == "model_not_found", name
+        assert "this API key may not use it" in err.value.message
+        hint = err.value.message.partition("nearest ids this key may use: ")[2]
+        near = [n.strip(". ") for n in hint.split("GET")[0].split(",") if n.strip(". ")]
+        assert set(near) <= allowed, (name, near)
+    # Over plain HTTP too, naming the field.
+    status, _, body = await call(proxy, None, ALPHA, path=f"/v1/models/{premium.id}")
+    assert status == 404 and body["error"]["param"] == "model"
 
 
 # --- tiers the client did not name ----------------------------------------------------------
@@ -123,3 +187,9 @@ def test_narrow_table(tiers: tuple[str, ...], body: dict[str, Any], tier: Any, n
     narrowed, said = allowance(tiers=tiers).narrow(intent, tiers)
     assert narrowed.tier == tier
     assert said == (f"narrowed={note}" if note else "")
+
+
+def test_auto_names_follow_the_reachable_tiers() -> None:
+    assert auto_names(TIERS) == EVERY_AUTO
+    assert auto_names(()) == []
+    assert "auto:standard" not in auto_names(("economy",))

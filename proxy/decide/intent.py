@@ -7,12 +7,12 @@ Validation happens here, before anything is sent upstream; every error names its
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from probes.kinds import Endpoint
-from proxy.catalog import DEFAULT_PREFER, PREFERS, TIERS, Catalog, Prefer, Tier
+from proxy.catalog import DEFAULT_PREFER, PREFERS, TIERS, Catalog, Model, Prefer, Tier
 from proxy.errors import RouterError, bad_request, quote
 
 from .fields import EXTENSION_FIELDS
@@ -422,13 +422,24 @@ def forwarded_body(body: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if k not in EXTENSION_FIELDS}
 
 
-def not_found(model: str, catalog: Catalog | None = None) -> RouterError:
-    near = catalog.nearest(model) if catalog is not None else []
-    hint = f" The nearest catalog ids: {', '.join(near)}." if near else ""
+def not_found(
+    model: str, catalog: Catalog | None = None, allow: Callable[[Model], bool] | None = None
+) -> RouterError:
+    """404 for a model name; with ``allow`` (a limited key's filter) it says the key may not
+    use it, as OpenAI does, and suggests only models the key may use."""
+    near = catalog.nearest(model, keep=allow) if catalog is not None else []
+    if allow is None:
+        hint = f" The nearest catalog ids: {', '.join(near)}." if near else ""
+        what = "does not exist or is not enabled"
+        listing = "every routable model"
+    else:
+        hint = f" The nearest ids this key may use: {', '.join(near)}." if near else ""
+        what = "does not exist or this API key may not use it"
+        listing = "every model this key may use"
     return RouterError(
         404,
-        f"The model {quote(model)} does not exist or is not enabled.{hint} "
-        "GET /v1/models lists every routable model; use 'auto' to route by intent.",
+        f"The model {quote(model)} {what}.{hint} "
+        f"GET /v1/models lists {listing}; use 'auto' to route by intent.",
         param="model",
         code="model_not_found",
     )

@@ -200,12 +200,14 @@ def _each_deployment(models: Iterable[Model], snap: Snapshot) -> Iterator[Deploy
             yield from sorted(m.deployments, key=snap.ttft)
 
 
-def _pinned(catalog: Catalog, intent: Intent, snap: Snapshot) -> Iterator[Deployment]:
+def _pinned(
+    catalog: Catalog, intent: Intent, snap: Snapshot, allow: Callable[[Model], bool] | None
+) -> Iterator[Deployment]:
     seen: set[str] = set()
     for name in intent.pinned:
         model = catalog.get(name)
         if model is None:
-            raise not_found(name, catalog)
+            raise not_found(name, catalog, allow)
         if model.id in seen:
             continue
         seen.add(model.id)
@@ -255,7 +257,7 @@ def plan(
     window = intent.prompt_tokens + writes
     source: Iterable[Deployment]
     if intent.pinned:
-        source = _pinned(catalog, intent, snap)
+        source = _pinned(catalog, intent, snap, allow)
     elif intent.min_coding_score is not None:
         source = _by_score(catalog, intent, snap)
     else:

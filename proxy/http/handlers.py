@@ -16,7 +16,8 @@ from aiohttp.typedefs import Handler
 from probes.kinds import Endpoint
 from proxy.accounting.cache import replay_sse
 from proxy.accounting.ledger import ACCOUNTING
-from proxy.catalog import PREFERS, TIERS
+from proxy.catalog import TIERS, Tier
+from proxy.decide.allowance import auto_names
 from proxy.decide.experiments import key_id
 from proxy.decide.intent import Intent, forwarded_body, not_found, parse_intent
 from proxy.decide.resolve import Resolution, resolve
@@ -209,35 +210,43 @@ async def completions(request: web.Request) -> web.StreamResponse:
     return await _route(request, "completions")
 
 
-def _virtual_models() -> list[dict[str, Any]]:
-    names = ["auto", *(f"auto:{p}" for p in PREFERS), *(f"auto:{t}" for t in TIERS)]
-    names += [f"auto:{t}:{p}" for t in TIERS for p in PREFERS]
-    names += ["auto:auto", *(f"auto:auto:{p}" for p in PREFERS)]  # tier chosen by the classifier
+def _virtual_models(reach: tuple[Tier, ...] = TIERS) -> list[dict[str, Any]]:
     return [
         {"id": n, "object": "model", "created": 0, "owned_by": "model-router", "virtual": True}
-        for n in names
+        for n in auto_names(reach)
     ]
 
 
 async def list_models(request: web.Request) -> web.Response:
+    """GET /v1/models: what the caller may use, as OpenAI lists a key's models. A key limited
+    to some tiers or models sees those models and the ``auto…`` names that route within them
+    (a bare ``auto`` is narrowed to its tiers); without limits, everything."""
     router: Router = request.app[ROUTER].current
-    return json_response({"object": "list", "data": router.models_listing + _virtual_models()})
+    caller = principal(request)
+    listing = router.models_listing
+    if (allow := caller.allow) is not None:
+        listing = [router.models_by_id[m.id] for m in router.catalog.models if allow(m)]
+    virtual = _virtual_models(caller.reach(router.catalog))
+    return json_response({"object": "list", "data": listing + virtual})
 
 
 async def retrieve_model(request: web.Request) -> web.Response:
     """GET /v1/models/{id}: one entry of the listing, by catalog id, alias or virtual name.
+    A model the caller's key may not use is a 404, as one it does not know (OpenAI's way).
 
     Ids hold ``/`` and ``:`` (``openai/gpt-4o``, ``auto:premium:coding``), so the route is
     greedy and the id is the rest of the path."""
     router: Router = request.app[ROUTER].current
+    caller = principal(request)
     name = request.match_info["model_id"]
     model = router.catalog.get(name)
-    if model is not None:
+    if model is not None and (caller.allow is None or caller.allow(model)):
         return json_response(router.models_by_id[model.id])
-    for entry in _virtual_models():
-        if entry["id"] == name:
-            return json_response(entry)
-    err = not_found(name, router.catalog)
+    if model is None:
+        for entry in _virtual_models(caller.reach(router.catalog)):
+            if entry["id"] == name:
+                return json_response(entry)
+    err = not_found(name, router.catalog, caller.allow)
     return error_response(err, request_id(request))
 
 
