@@ -127,6 +127,7 @@ def make_app(
     app.router.add_post("/v1/completions", handlers.completions, expect_handler=expect_continue)
     app.router.add_get("/v1/models", handlers.list_models)
     app.router.add_get("/v1/models/{model_id:.+}", handlers.retrieve_model)
+    app.router.add_route("*", "/v1/responses{rest:(/.*)?}", handlers.responses_api)
     app.router.add_get("/v1/router/status", handlers.router_status)
     app.router.add_get("/v1/router/history", router_history)
     app.router.add_get("/status", status_page)

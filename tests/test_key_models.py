@@ -193,3 +193,18 @@ def test_auto_names_follow_the_reachable_tiers() -> None:
     assert auto_names(TIERS) == EVERY_AUTO
     assert auto_names(()) == []
     assert "auto:standard" not in auto_names(("economy",))
+
+
+# --- endpoints not served -------------------------------------------------------------------
+
+
+async def test_the_responses_api_is_a_404_that_points_at_chat_completions(proxy: Proxy) -> None:
+    client = proxy.client()
+    with pytest.raises(openai.NotFoundError) as err:
+        await client.responses.create(model="auto", input="hi")
+    assert err.value.code == "unsupported_endpoint"
+    assert "/v1/chat/completions" in err.value.message
+    assert "openai.chat('auto')" in err.value.message
+    with pytest.raises(openai.NotFoundError):
+        await client.responses.retrieve("resp_123")
+    assert sum(proxy.sim.state.requests.values()) == 0

@@ -250,6 +250,21 @@ async def retrieve_model(request: web.Request) -> web.Response:
     return error_response(err, request_id(request))
 
 
+async def responses_api(request: web.Request) -> web.Response:
+    """OpenAI's Responses API (/v1/responses) is not served. Clients that default to it (the
+    Vercel AI SDK's ``openai('auto')``, the OpenAI Agents SDK) get a 404 that says how to reach
+    chat completions instead of a bare Not Found; nothing is read or sent upstream."""
+    raise RouterError(
+        404,
+        f"{request.method} /v1/responses: this router does not serve OpenAI's Responses API. "
+        "It serves POST /v1/chat/completions (and /v1/completions, GET /v1/models): point "
+        "the client at chat completions, e.g. the Vercel AI SDK's openai.chat('auto') "
+        "instead of openai('auto'), or set_default_openai_api('chat_completions') in the "
+        "OpenAI Agents SDK.",
+        code="unsupported_endpoint",
+    )
+
+
 async def router_status(request: web.Request) -> web.Response:
     router: Router = request.app[ROUTER].current
     status = router.status()
