@@ -121,6 +121,13 @@ def make_app(
     app.cleanup_ctx.append(accounting_ctx(config, env))
     app.cleanup_ctx.append(cluster_accounting)
     app.cleanup_ctx.append(history_ctx)
+    add_routes(app)
+    return app
+
+
+def add_routes(app: web.Application) -> None:
+    """The served endpoints. OpenAI's Responses API is not among them: its path answers a
+    404 that points at chat completions (handlers.responses_api)."""
     app.router.add_post(
         "/v1/chat/completions", handlers.chat_completions, expect_handler=expect_continue
     )
@@ -134,7 +141,6 @@ def make_app(
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
-    return app
 
 
 async def notifier_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -180,7 +180,7 @@ async def _answer(
         return await respond.StreamWriter(request, dispatcher, record).send(committed)
     if intent.escalate:
         answer = await complete_escalating(
-            router, intent, decision, upstream_body, record, chosen.notes, caller.allow
+            router, chosen, decision, upstream_body, record, caller.allow
         )
     else:
         answer = await dispatcher.complete(intent, decision, upstream_body, record)
