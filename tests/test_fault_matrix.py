@@ -330,8 +330,16 @@ def resources(proxy: Proxy) -> Resources:
 async def row8_client_disconnects_cancel_the_upstream_and_leak_nothing(
     mid_stream: bool, start_proxy: StartProxy, sim: Sim
 ) -> None:
-    # The TTFT deadline must not be what ends the hung attempts: only the disconnect may.
-    proxy = await start_proxy(settings(routing={"ttft_deadline_ms": {"pinned": 60_000.0}}))
+    # No deadline may end the streams: only the disconnect may. Not the TTFT deadline (the
+    # hung attempts), nor the upstream idle limit (the mid-stream answers pause 500 ms between
+    # tokens, and a loaded batch takes longer than 0.3 s from its first content to its close),
+    # nor the write-stall limit (the clients stop reading after their first event).
+    proxy = await start_proxy(
+        settings(
+            server={"upstream_idle_s": 60.0, "write_stall_s": 60.0},
+            routing={"ttft_deadline_ms": {"pinned": 60_000.0}},
+        )
+    )
     port = int(proxy.url.rsplit(":", 1)[1])
     status, _, raw = await post_raw(proxy, pinned_body())  # warm the pool and the code paths
     assert status == 200 and raw.endswith(b"data: [DONE]\n\n")
