@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from proxy.providers.base import UpstreamError
-from proxy.serve.relay import SSERelay
+from proxy.serve.relay import DONE, SSERelay
 
 
 def chunk(content: str | None = None, finish: str | None = None, role: bool = False) -> bytes:
@@ -137,14 +137,14 @@ def test_an_endless_event_is_refused_rather_than_buffered() -> None:
     ],
 )
 def test_the_upstream_model_name_becomes_the_catalog_id(event: bytes) -> None:
-    relay = SSERelay(False, lambda p, c: 0.0, rename=("up/m:1", "m"))
+    relay = SSERelay(False, lambda p, c: 0.0, model="m")
     out = relay.feed(event)
     assert out.endswith(b"\n\n")
     assert orjson.loads(out[6:-2]) == {"id": "c", "model": "m", "choices": []}
 
 
 def test_a_model_name_quoted_in_content_is_left_alone() -> None:
-    relay = SSERelay(False, lambda p, c: 0.0, rename=("m", "catalog-m"))
+    relay = SSERelay(False, lambda p, c: 0.0, model="catalog-m")
     text = 'say "model":"m" please'
     body = {"model": "m", "choices": [{"index": 0, "delta": {"content": text}}]}
     out = relay.feed(b"data: " + orjson.dumps(body) + b"\n\n")
@@ -196,7 +196,7 @@ def test_a_chunk_counts_the_same_alone_in_a_read_or_among_others(event: bytes, t
 )
 def test_a_content_chunk_read_alone_is_renamed_and_counted_once(rename: bytes) -> None:
     event = delta_chunk({"content": "hello"}, model="up/m:1").replace(b'"model":"up/m:1"', rename)
-    relay = SSERelay(False, lambda p, c: 0.0, rename=("up/m:1", "m"))
+    relay = SSERelay(False, lambda p, c: 0.0, model="m")
     out = relay.feed(event)
     assert out.startswith(b"data: ") and out.endswith(b"\n\n") and out.count(b"\n") == 2
     assert orjson.loads(out[6:]) == orjson.loads(event[6:]) | {"model": "m"}
@@ -210,3 +210,49 @@ def test_a_usage_whose_counts_are_not_numbers_is_charged_as_an_estimate() -> Non
     relay.feed(chunk("x" * 40) + b"data: " + orjson.dumps(body) + b"\n\n" + b"data: [DONE]\n\n")
     relay.finish()
     assert relay.charge() == (30, 10, pytest.approx(cost(30, 10)), True)
+
+
+def test_a_dated_name_the_upstream_answers_under_becomes_the_catalog_id() -> None:
+    # OpenAI answers a request for "gpt-4o" with "model": "gpt-4o-2024-08-06"; the answer
+    # without streaming names the catalog id, and so does every chunk.
+    relay = SSERelay(False, lambda p, c: 0.0, model="gpt-4o")
+    dated = "gpt-4o-2024-08-06"
+    events = [
+        delta_chunk({"role": "assistant", "content": ""}, model=dated),
+        delta_chunk({"content": "hello"}, model=dated),
+        delta_chunk({}, model=dated, finish_reason="stop"),
+    ]
+    for event in events:
+        out = relay.feed(event)
+        assert orjson.loads(out[6:]) == orjson.loads(event[6:]) | {"model": "gpt-4o"}
+    # A relay with no catalog id (the probes') leaves every name alone.
+    plain = SSERelay(False, lambda p, c: 0.0)
+    assert plain.feed(events[1]) == events[1]
+
+
+LITELLM_USAGE = {
+    "id": "c",
+    "model": "m",
+    "choices": [{"index": 0, "delta": {}}],
+    "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+}
+
+
+def test_usage_on_a_chunk_with_an_empty_choice_is_dropped_unless_asked_for() -> None:
+    # LiteLLM's usage chunk has a choice with an empty delta, not "choices": []: without
+    # stream_options.include_usage the client gets neither the usage nor the empty chunk,
+    # and the usage still counts for the charge.
+    event = b"data: " + orjson.dumps(LITELLM_USAGE) + b"\n\n"
+    relay = SSERelay(include_usage=False, cost=cost)
+    assert relay.feed(chunk("hi") + event + b"data: [DONE]\n\n") == chunk("hi") + DONE + b"\n\n"
+    assert relay.charge() == (7, 3, pytest.approx(cost(7, 3)), False)
+    asked = SSERelay(include_usage=True, cost=cost)
+    out = orjson.loads(asked.feed(event)[6:])
+    assert out["usage"]["prompt_tokens"] == 7 and out["usage"]["cost"] == pytest.approx(cost(7, 3))
+
+
+def test_usage_on_a_chunk_that_also_ends_the_answer_keeps_the_chunk_without_it() -> None:
+    body = {**LITELLM_USAGE, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    relay = SSERelay(include_usage=False, cost=cost)
+    out = orjson.loads(relay.feed(b"data: " + orjson.dumps(body) + b"\n\n")[6:])
+    assert "usage" not in out and out["choices"][0]["finish_reason"] == "stop"

@@ -15,7 +15,7 @@ from aiohttp import web
 from probes.deadline import Deadline
 from proxy.decide.routing import Candidate
 from proxy.errors import RouterError
-from proxy.providers.base import UpstreamError
+from proxy.providers.base import UpstreamError, UpstreamStream
 from proxy.serve.dispatch import Answer, Committed, Dispatcher
 from proxy.serve.drain import IN_FLIGHT, InFlight, OpenStream, shutdown_error
 from proxy.serve.record import RequestRecord
@@ -117,6 +117,34 @@ async def send_cached_stream(
     return resp
 
 
+# How long a stream waits, after [DONE], for the upstream to end its body (the client has
+# its end by then): a server's end usually follows within a millisecond.
+DONE_GRACE_S = 1.0
+# The upstream ends still being read; the loop keeps only weak references to tasks.
+_ENDING: set[asyncio.Task[None]] = set()
+
+
+def end_upstream(upstream: UpstreamStream, grace_s: float) -> None:
+    """Read what the upstream sends after [DONE] up to its end, for at most ``grace_s``, then
+    release it: an answer read to its end frees its connection for the next request. In the
+    background: the client has its whole answer, and a client that hangs up now (aiohttp
+    then cancels the handler) must not turn it into a 499 or close the connection early."""
+    task = asyncio.get_running_loop().create_task(_end_upstream(upstream, grace_s))
+    _ENDING.add(task)
+    task.add_done_callback(_ENDING.discard)
+
+
+async def _end_upstream(upstream: UpstreamStream, grace_s: float) -> None:
+    try:
+        async with Deadline(asyncio.get_running_loop().time() + grace_s, grace_s):
+            async for _ in upstream:
+                pass  # past the answer: dropped
+    except (TimeoutError, UpstreamError):
+        pass  # the connection is closed instead of pooled
+    finally:
+        await upstream.aclose()
+
+
 class StreamWriter:
     """Writes one committed stream to its client: the head at once, then each relayed event
     as it comes, with one deadline that is the client's write-stall limit while a write is
@@ -148,8 +176,22 @@ class StreamWriter:
         resp, record = self.resp, self.record
         resp.headers.update(SSE_HEADERS)
         resp.headers.update(router_headers(committed.candidate, record))
+        handed_off = False
         try:
             await self._pump(committed)
+            # [DONE] is out, so the answer is whole: a client that closes as soon as it reads
+            # it (an SDK may) is no 499. One that stops reading still is.
+            try:
+                async with asyncio.timeout(self.stall_s):
+                    await resp.write_eof()
+            except ConnectionError:
+                if self.request.transport is not None:
+                    self.request.transport.abort()
+            except TimeoutError:
+                return self._client_gone("client_stalled")
+            # The upstream's own end may follow [DONE] by a moment: read in the background.
+            end_upstream(committed.upstream, min(self.idle_s, DONE_GRACE_S))
+            handed_off = True
         except TimeoutError:
             if self.writing:
                 return self._client_gone("client_stalled")
@@ -169,13 +211,12 @@ class StreamWriter:
         finally:
             # The upstream's usage, or (a stream cut short) an estimate of what it generated.
             record.take_charge(committed.relay.charge())
-            await committed.upstream.aclose()
-        if not await self._write_bounded(None):
-            return self._client_gone("client_stalled")
+            if not handed_off:
+                await committed.upstream.aclose()
         return resp
 
     async def _pump(self, committed: Committed) -> None:
-        """Relay until the upstream ends."""
+        """Relay until the upstream says [DONE] (or ends without it: an error)."""
         request, resp, relay = self.request, self.resp, committed.relay
         idle, stall = self.idle_s, self.stall_s
         loop = asyncio.get_running_loop()
@@ -205,9 +246,12 @@ class StreamWriter:
                             except asyncio.CancelledError:
                                 self.writing = True
                                 raise
+                            if relay.done:
+                                break
                         if not stream.cut:
                             timer.at = clock() + idle
-                    relay.finish()
+                    else:
+                        relay.finish()  # the upstream ended without [DONE]: an error
 
     def _client_gone(self, why: str) -> web.StreamResponse:
         """End a stream nobody reads: nothing more can reach the client, so drop the

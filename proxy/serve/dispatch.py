@@ -245,10 +245,11 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
         deadline = self.routing.deadline_s(intent.prefer if not intent.pinned else None)
         provider = self.providers[cand.deployment.provider]
-        d = cand.deployment
-        rename = (d.upstream_id, cand.model.id) if d.upstream_id != cand.model.id else None
         relay = SSERelay(
-            intent.include_usage, cand.model.cost_usd, intent.prompt_tokens, rename=rename
+            intent.include_usage,
+            cand.model.cost_usd,
+            intent.prompt_tokens,
+            cand.model.id,
         )
         upstream: UpstreamStream | None = None
         key = cand.deployment.key

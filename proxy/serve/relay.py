@@ -19,6 +19,8 @@ from proxy.providers.base import UpstreamError
 from proxy.providers.sse import MAX_EVENT_BYTES, fields
 
 DONE = b"data: [DONE]"
+# A relay's upstream model name before the first chunk has told it (see SSERelay._learn).
+UNSEEN = object()
 
 CostFn = Callable[[int, int], float]
 
@@ -49,6 +51,19 @@ def _is_content(obj: dict[str, Any]) -> bool:
         ):
             return True
     return False
+
+
+def _says_something(choice: object) -> bool:
+    """Whether a streamed choice carries anything but its index: a delta with a key, a
+    finish reason, text or logprobs."""
+    if type(choice) is not dict:
+        return True  # not ours to judge: forwarded as it came
+    return bool(
+        choice.get("delta")
+        or choice.get("finish_reason")
+        or choice.get("text")
+        or choice.get("logprobs")
+    )
 
 
 # A streamed delta up to this long is one token (OpenAI streams one token per chunk, and
@@ -121,7 +136,7 @@ class SSERelay:
         include_usage: bool,
         cost: CostFn,
         prompt_estimate: int = 0,
-        rename: tuple[str, str] | None = None,
+        model: str = "",
     ) -> None:
         self.buf = b""
         self.done = False
@@ -133,19 +148,16 @@ class SSERelay:
         # the router's estimate of the prompt.
         self.produced = 0
         self.prompt_estimate = prompt_estimate
-        # rename = (upstream id, catalog id): the client sees the catalog id in every chunk.
-        self.upstream_model = rename[0] if rename else None
-        self.model = rename[1] if rename else ""
+        # The client sees the catalog's id (``model``) in every chunk, whatever name the
+        # upstream answers under (OpenAI answers "gpt-4o" as "gpt-4o-2024-08-06"): the first
+        # chunk that names one decides (_learn). upstream_model is that name while chunks
+        # are renamed from it, None while they are not (the same name, or no ``model``:
+        # the probes' relays), UNSEEN until the first chunk.
+        self.model = model
+        self.upstream_model: object = UNSEEN if model else None
         self.needles: tuple[tuple[bytes, bytes], ...] = ()
+        # The compact needle, for the common chunk's byte swap.
         self.swap_from = self.swap_to = b""
-        if rename:
-            old, new = orjson.dumps(rename[0]), orjson.dumps(rename[1])
-            self.needles = (
-                (b'"model":' + old, b'"model":' + new),
-                (b'"model": ' + old, b'"model": ' + new),
-            )
-            # The compact needle, for the common chunk's byte swap.
-            self.swap_from, self.swap_to = self.needles[0]
 
     def feed(self, chunk: bytes) -> bytes:
         if (
@@ -209,11 +221,15 @@ class SSERelay:
             return None  # not dicts and lists as above, or a text past the table
         if "text" in choice:
             return None
-        if self.upstream_model is not None and obj.get("model") == self.upstream_model:
-            if self.swap_from not in event:
-                return None  # spaced some other way: _checked re-encodes
-            # The needle cannot match in "data: ": this is the payload's first, as _renamed.
-            event = event.replace(self.swap_from, self.swap_to, 1)
+        upstream = self.upstream_model
+        if upstream is not None:  # 7 bytecodes a chunk when no rename is due
+            if upstream is UNSEEN:
+                upstream = self._learn(obj.get("model"))
+            if upstream is not None:
+                if obj.get("model") != upstream or self.swap_from not in event:
+                    return None  # another name, or spaced some other way: _checked decides
+                # The needle cannot match in "data: ": the payload's first, as _renamed.
+                event = event.replace(self.swap_from, self.swap_to, 1)
         self.produced += tokens
         if not self.content_seen and _is_content(obj):
             self.content_seen = True
@@ -258,7 +274,10 @@ class SSERelay:
         if not self.content_seen and _is_content(obj):
             self.content_seen = True
         self.produced += produced_tokens(obj)
-        renamed = self.upstream_model is not None and obj.get("model") == self.upstream_model
+        upstream = self.upstream_model
+        if upstream is UNSEEN:
+            upstream = self._learn(obj.get("model"))
+        renamed = upstream is not None and obj.get("model") == upstream
         usage = obj.get("usage")
         if isinstance(usage, dict):
             if renamed:
@@ -295,6 +314,21 @@ class SSERelay:
         prompt, completion = self.prompt_estimate, self.produced
         return prompt, completion, round(self.cost(prompt, completion), 10), True
 
+    def _learn(self, name: object) -> object:
+        """The first chunk's model name decides the stream's renaming: renamed from it
+        (needles made once) when it is a string other than the catalog's id, else never."""
+        if type(name) is not str or name == self.model:
+            self.upstream_model = None
+            return None
+        self.upstream_model = name
+        old, new = orjson.dumps(name), orjson.dumps(self.model)
+        self.needles = (
+            (b'"model":' + old, b'"model":' + new),
+            (b'"model": ' + old, b'"model": ' + new),
+        )
+        self.swap_from, self.swap_to = self.needles[0]
+        return name
+
     def _slow_path(self, event: bytes) -> bytes | None:
         name, data = fields(event, "upstream")
         if name == "error":
@@ -307,6 +341,13 @@ class SSERelay:
         if isinstance(prompt, int) and isinstance(completion, int) and min(prompt, completion) >= 0:
             usage["cost"] = round(self.cost(prompt, completion), 10)
         self.usage = usage
-        if not obj.get("choices") and not self.include_usage:
-            return None
+        if not self.include_usage:
+            if not obj.get("choices"):
+                return None
+            # Usage on a chunk with a choice (LiteLLM sends {"choices": [{"index": 0,
+            # "delta": {}}], "usage": ...}): the client did not ask for usage, so the usage
+            # goes, and so does the chunk if that leaves it saying nothing.
+            del obj["usage"]
+            if not any(map(_says_something, obj["choices"])):
+                return None
         return b"data: " + orjson.dumps(obj)
