@@ -23,7 +23,7 @@ from proxy.assembly.providers import SESSION_OF, make_session
 from proxy.assembly.router import build_router
 from proxy.assembly.warming import WARMER, make_warmer, noting, retarget, warm_ctx
 from proxy.decide import bundled
-from proxy.http import handlers
+from proxy.http import handlers, models_api
 from proxy.http.auth import ACCESS, Access, auth_middleware
 from proxy.http.hostile_input import GuardedRunner, expect_continue
 from proxy.http.hygiene import guard_library_logs
@@ -121,19 +121,26 @@ def make_app(
     app.cleanup_ctx.append(accounting_ctx(config, env))
     app.cleanup_ctx.append(cluster_accounting)
     app.cleanup_ctx.append(history_ctx)
+    add_routes(app)
+    return app
+
+
+def add_routes(app: web.Application) -> None:
+    """The served endpoints. OpenAI's Responses API is not among them: its path answers a
+    404 that points at chat completions (models_api.responses_api)."""
     app.router.add_post(
         "/v1/chat/completions", handlers.chat_completions, expect_handler=expect_continue
     )
     app.router.add_post("/v1/completions", handlers.completions, expect_handler=expect_continue)
-    app.router.add_get("/v1/models", handlers.list_models)
-    app.router.add_get("/v1/models/{model_id:.+}", handlers.retrieve_model)
+    app.router.add_get("/v1/models", models_api.list_models)
+    app.router.add_get("/v1/models/{model_id:.+}", models_api.retrieve_model)
+    app.router.add_route("*", "/v1/responses{rest:(/.*)?}", models_api.responses_api)
     app.router.add_get("/v1/router/status", handlers.router_status)
     app.router.add_get("/v1/router/history", router_history)
     app.router.add_get("/status", status_page)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
-    return app
 
 
 async def notifier_ctx(app: web.Application) -> AsyncIterator[None]:

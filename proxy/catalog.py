@@ -192,10 +192,13 @@ class Catalog:
     def get(self, name: str) -> Model | None:
         return self.by_name.get(name)
 
-    def nearest(self, name: str, n: int = 3) -> list[str]:
+    def nearest(
+        self, name: str, n: int = 3, keep: Callable[[Model], bool] | None = None
+    ) -> list[str]:
         """The ids of the models whose id or alias reads most like ``name`` (for a 404's
-        suggestions); best first, at most ``n``. Only on the error path: O(names)."""
-        lowered = {k.lower(): m.id for k, m in self.by_name.items()}
+        suggestions); best first, at most ``n``, only models ``keep`` passes (a key's own).
+        Only on the error path: O(names)."""
+        lowered = {k.lower(): m.id for k, m in self.by_name.items() if keep is None or keep(m)}
         found = difflib.get_close_matches(name[:MAX_SHOWN_NAME].lower(), lowered, n * 3, 0.6)
         return list(dict.fromkeys(lowered[k] for k in found))[:n]
 

@@ -11,7 +11,7 @@ import asyncio
 import os
 import socket
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -75,14 +75,21 @@ def closed_port() -> int:
     return port
 
 
-async def eventually(check: Callable[[], bool], what: str, within: float = 30.0) -> None:
+async def eventually(
+    check: Callable[[], bool],
+    what: str,
+    within: float = 30.0,
+    state: Callable[[], object] | None = None,
+) -> None:
     """Wait for ``check`` to hold; a bound on liveness, not a timing assertion (generous:
-    a hundred connections at once on a loaded 2-core box have taken more than 5 s)."""
+    a hundred connections at once on a loaded 2-core box have taken more than 5 s).
+    ``state``, if given, is what the failure reports as having happened instead."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     while not check():
         if loop.time() > deadline:
-            raise AssertionError(f"never happened: {what}")
+            seen = f" (instead: {state()})" if state is not None else ""
+            raise AssertionError(f"never happened: {what}{seen}")
         await asyncio.sleep(0.005)
 
 
@@ -312,6 +319,17 @@ class Resources:
         )
 
 
+async def close_clients(writers: Iterable[asyncio.StreamWriter]) -> None:
+    """Close raw client connections (a no-op for those already closed), bounded: this runs
+    while a row fails, and must not hang it."""
+    closing = []
+    for writer in writers:
+        writer.transport.abort()
+        closing.append(writer.wait_closed())
+    async with asyncio.timeout(10.0):
+        await asyncio.gather(*closing, return_exceptions=True)
+
+
 def resources(proxy: Proxy) -> Resources:
     """Open tasks, file descriptors and the upstream pool of this process (the proxy and
     the simulator share it)."""
@@ -330,8 +348,16 @@ def resources(proxy: Proxy) -> Resources:
 async def row8_client_disconnects_cancel_the_upstream_and_leak_nothing(
     mid_stream: bool, start_proxy: StartProxy, sim: Sim
 ) -> None:
-    # The TTFT deadline must not be what ends the hung attempts: only the disconnect may.
-    proxy = await start_proxy(settings(routing={"ttft_deadline_ms": {"pinned": 60_000.0}}))
+    # No deadline may end the streams: only the disconnect may. Not the TTFT deadline (the
+    # hung attempts), nor the upstream idle limit (the mid-stream answers pause 500 ms between
+    # tokens, and a loaded batch takes longer than 0.3 s from its first content to its close),
+    # nor the write-stall limit (the clients stop reading after their first event).
+    proxy = await start_proxy(
+        settings(
+            server={"upstream_idle_s": 60.0, "write_stall_s": 60.0},
+            routing={"ttft_deadline_ms": {"pinned": 60_000.0}},
+        )
+    )
     port = int(proxy.url.rsplit(":", 1)[1])
     status, _, raw = await post_raw(proxy, pinned_body())  # warm the pool and the code paths
     assert status == 200 and raw.endswith(b"data: [DONE]\n\n")
@@ -346,21 +372,42 @@ async def row8_client_disconnects_cancel_the_upstream_and_leak_nothing(
     else:
         sim.state.set_fault(UPSTREAM[NANO], Fault(mode="hang_first_token"))
 
+    def upstream() -> str:
+        ends = Counter((o.status, o.error) for o in seen)
+        counts = f"{sim.state.requests[UPSTREAM[NANO]]} sent to nano, {sim.state.open_streams} open"
+        done = f"{sim.state.cancelled} cancelled, {sim.state.completed} completed"
+        return f"{counts}, {done}; the router's ends {ends}"
+
     batch, batches = 100, 10
-    for _ in range(batches):
-        conns = await asyncio.gather(
-            *(asyncio.open_connection("127.0.0.1", port) for _ in range(batch))
-        )
-        for _, writer in conns:
-            writer.write(http_post(pinned_body()))
-        if mid_stream:
-            # Each client has its headers and first content: the proxy is past its commit point.
-            await asyncio.gather(*(reader.readuntil(b"data: ") for reader, _ in conns))
-        await eventually(lambda: sim.state.open_streams == batch, "every upstream stream open")
-        for _, writer in conns:
-            writer.close()
-        await eventually(lambda: sim.state.open_streams == 0, "every upstream stream cancelled")
-        await asyncio.gather(*(writer.wait_closed() for _, writer in conns))
+    conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    try:
+        for _ in range(batches):
+            conns = await asyncio.gather(
+                *(asyncio.open_connection("127.0.0.1", port) for _ in range(batch))
+            )
+            for _, writer in conns:
+                writer.write(http_post(pinned_body()))
+            if mid_stream:
+                # Each client has its headers and first content: the proxy is past its commit
+                # point.
+                await asyncio.gather(*(reader.readuntil(b"data: ") for reader, _ in conns))
+            await eventually(
+                lambda: sim.state.open_streams == batch,
+                "every upstream stream open",
+                state=upstream,
+            )
+            for _, writer in conns:
+                writer.close()
+            await eventually(
+                lambda: sim.state.open_streams == 0,
+                "every upstream stream cancelled",
+                state=upstream,
+            )
+            await asyncio.gather(*(writer.wait_closed() for _, writer in conns))
+    finally:
+        # A failed batch closes its hundred clients here: left to the garbage collector, their
+        # sockets' ResourceWarnings surface in a later test and fail that one too.
+        await close_clients(writer for _, writer in conns)
 
     assert sim.state.cancelled == batch * batches
     assert sim.state.requests[UPSTREAM[NANO]] == 1 + batch * batches  # no fallback on a leave

@@ -87,26 +87,34 @@ async def test_a_405_names_the_allowed_methods_and_is_logged(
     assert (line["method"], line["path"], line["status"]) == (method, path, 405)
 
 
+@pytest.mark.parametrize(
+    ("path", "code"),
+    [
+        ("/v1/assistants", "not_found"),
+        # The Vercel AI SDK's default: the Responses API, answered with how to reach chat.
+        ("/v1/responses", "unsupported_endpoint"),
+    ],
+)
 async def test_a_route_we_do_not_serve_is_404_in_openai_shape_and_logged(
-    proxy: Proxy, caplog: pytest.LogCaptureFixture
+    proxy: Proxy, caplog: pytest.LogCaptureFixture, path: str, code: str
 ) -> None:
-    # The Vercel AI SDK's default: the Responses API.
     caplog.set_level(logging.INFO, logger="model_router.access")
     head, body = await exchange(
         proxy,
-        b"POST /v1/responses?key=secret HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        f"POST {path}?key=secret HTTP/1.1\r\n".encode()
+        + b"Host: 127.0.0.1\r\nConnection: close\r\n"
         b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
     )
     assert head.startswith(b"HTTP/1.1 404")
-    assert orjson.loads(body)["error"]["code"] == "not_found"
+    assert orjson.loads(body)["error"]["code"] == code
     (line,) = access_lines(caplog)
     assert line == {
         "request_id": line["request_id"],
         "key_id": None,
         "method": "POST",
-        "path": "/v1/responses",  # never the query
+        "path": path,  # never the query
         "status": 404,
-        "error": "not_found",
+        "error": code,
     }
     assert "secret" not in caplog.text
 

@@ -7,12 +7,12 @@ Validation happens here, before anything is sent upstream; every error names its
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from probes.kinds import Endpoint
-from proxy.catalog import DEFAULT_PREFER, PREFERS, TIERS, Catalog, Prefer, Tier
+from proxy.catalog import DEFAULT_PREFER, PREFERS, TIERS, Catalog, Model, Prefer, Tier
 from proxy.errors import RouterError, bad_request, quote
 
 from .fields import EXTENSION_FIELDS
@@ -48,6 +48,10 @@ class Intent:
     # The field max_output_tokens came from, for errors that name it.
     max_output_param: str = "max_tokens"
     hedge: bool | None = None  # the request's (or its key's) say on hedging; None: default
+    # The tier the client named ('auto:<tier>' or the tier field). A key's limits refuse a
+    # named tier they exclude but narrow any other (a bare auto's standard, a task's, the
+    # classifier's): proxy/decide/allowance.py.
+    named_tier: Tier | None = None
 
 
 def _check_type(
@@ -270,26 +274,26 @@ def _plain_chat(body: dict[str, Any]) -> Intent | None:
     tokens = _messages(body, needs)
     pinned: tuple[str, ...]
     if route is None:
-        prefer, tier, tier_auto, pinned = None, None, False, (model,)
+        prefer, tier, tier_auto, named, pinned = None, None, False, None, (model,)
     else:
-        (prefer, tier, tier_auto), pinned = route, ()
+        (prefer, tier, tier_auto, named), pinned = route, ()
     return Intent(
         "chat", route is not None, pinned, prefer, tier, None, frozenset(needs), tokens, 0,
-        stream or False, False, tier_auto,
+        stream or False, False, tier_auto, named_tier=named,
     )  # fmt: skip
 
 
 @functools.cache
-def _auto_routes() -> Mapping[str, tuple[Prefer | None, Tier | None, bool]]:
-    """Every valid 'auto...' model name -> the (prefer, tier, tier_auto) _parse_intent gives
-    a chat body that names only it; built once, by _parse_intent."""
+def _auto_routes() -> Mapping[str, tuple[Prefer | None, Tier | None, bool, Tier | None]]:
+    """Every valid 'auto...' model name -> the (prefer, tier, tier_auto, named_tier)
+    _parse_intent gives a chat body that names only it; built once, by _parse_intent."""
     names = ["auto", *(f"auto:{p}" for p in PREFERS)]
     for tier in (*TIERS, "auto"):
         names += [f"auto:{tier}", *(f"auto:{tier}:{p}" for p in PREFERS)]
     routes = {}
     for name in names:
         got = _parse_intent({"model": name, "messages": [{"role": "user"}]}, "chat", {})
-        routes[name] = (got.prefer, got.tier, got.tier_auto)
+        routes[name] = (got.prefer, got.tier, got.tier_auto, got.named_tier)
     return routes
 
 
@@ -315,6 +319,7 @@ def _parse_intent(body: Any, endpoint: Endpoint, tasks: Mapping[str, TaskRoute])
     pinned: tuple[str, ...] = (() if auto else (model,)) + tuple(models)
     _check_escalate(escalate, stream, pinned)
     tier_auto = tier == "auto"
+    named = None if pinned or tier_auto else tier
     if task is not None:
         route = tasks[task]
         prefer = prefer or route.prefer
@@ -338,6 +343,7 @@ def _parse_intent(body: Any, endpoint: Endpoint, tasks: Mapping[str, TaskRoute])
         escalate=escalate,
         max_output_param=max_param,
         hedge=hedge,
+        named_tier=named,  # type: ignore[arg-type]
     )
 
 
@@ -425,15 +431,29 @@ def forwarded_body(body: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if k not in EXTENSION_FIELDS}
 
 
-def not_found(model: str, catalog: Catalog | None = None, param: str = "model") -> RouterError:
-    """404 for a model name; ``param`` is the field it came from (``model`` or ``models``)."""
-    near = catalog.nearest(model) if catalog is not None else []
-    hint = f" The nearest catalog ids: {', '.join(near)}." if near else ""
+def not_found(
+    model: str,
+    catalog: Catalog | None = None,
+    allow: Callable[[Model], bool] | None = None,
+    param: str = "model",
+) -> RouterError:
+    """404 for a model name; ``param`` is the field it came from (``model`` or ``models``).
+    With ``allow`` (a limited key's filter) it says the key may not use it, as OpenAI does,
+    and suggests only models the key may use."""
+    near = catalog.nearest(model, keep=allow) if catalog is not None else []
+    if allow is None:
+        hint = f" The nearest catalog ids: {', '.join(near)}." if near else ""
+        what = "does not exist or is not enabled"
+        listing = "every routable model"
+    else:
+        hint = f" The nearest ids this key may use: {', '.join(near)}." if near else ""
+        what = "does not exist or this API key may not use it"
+        listing = "every model this key may use"
     where = " (in 'models')" if param == "models" else ""
     return RouterError(
         404,
-        f"The model {quote(model)}{where} does not exist or is not enabled.{hint} "
-        "GET /v1/models lists every routable model; use 'auto' to route by intent.",
+        f"The model {quote(model)}{where} {what}.{hint} "
+        f"GET /v1/models lists {listing}; use 'auto' to route by intent.",
         param=param,
         code="model_not_found",
     )

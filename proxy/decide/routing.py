@@ -16,6 +16,7 @@ from proxy.errors import RouterError, bad_request
 
 from .intent import Intent, not_found, pinned_param
 
+Allow = Callable[[Model], bool] | None  # an API key's filter on models; None: every model
 # The request field to name when no model supports what the request uses.
 CAPABILITY_PARAM = {
     "chat": "model",
@@ -41,9 +42,8 @@ class Snapshot:
     ttft_ms: Mapping[str, float]  # deployment key -> expected TTFT
     open: frozenset[str] = frozenset()  # keys whose breaker refuses live traffic
     badness: Mapping[str, float] = field(default_factory=dict)  # lower is better
-    fast_order: Mapping[str, tuple[Deployment, ...]] = field(
-        default_factory=dict
-    )  # pool -> by TTFT
+    # pool -> its deployments by TTFT
+    fast_order: Mapping[str, tuple[Deployment, ...]] = field(default_factory=dict)
     # (tier or "any", prefer) -> that pool's Ranked on this snapshot, made on first use.
     ranked: dict[tuple[str, str], Ranked] = field(
         default_factory=dict, init=False, compare=False, repr=False
@@ -200,12 +200,12 @@ def _each_deployment(models: Iterable[Model], snap: Snapshot) -> Iterator[Deploy
             yield from sorted(m.deployments, key=snap.ttft)
 
 
-def _pinned(catalog: Catalog, intent: Intent, snap: Snapshot) -> Iterator[Deployment]:
+def _pinned(catalog: Catalog, intent: Intent, snap: Snapshot, allow: Allow) -> Iterator[Deployment]:
     seen: set[str] = set()
     for i, name in enumerate(intent.pinned):
         model = catalog.get(name)
         if model is None:
-            raise not_found(name, catalog, pinned_param(intent, i))
+            raise not_found(name, catalog, allow, pinned_param(intent, i))
         if model.id in seen:
             continue
         seen.add(model.id)
@@ -245,7 +245,7 @@ def plan(
     catalog: Catalog,
     snap: Snapshot,
     limit: int,
-    allow: Callable[[Model], bool] | None = None,
+    allow: Allow = None,
 ) -> Plan:
     """The ranked deployments to try, at most ``limit``; raises RouterError when none can serve.
 
@@ -255,7 +255,7 @@ def plan(
     window = intent.prompt_tokens + writes
     source: Iterable[Deployment]
     if intent.pinned:
-        source = _pinned(catalog, intent, snap)
+        source = _pinned(catalog, intent, snap, allow)
     elif intent.min_coding_score is not None:
         source = _by_score(catalog, intent, snap)
     else:

@@ -10,14 +10,16 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from aiohttp import web
 
-from proxy.catalog import Catalog, Model
+from proxy.catalog import TIERS, Catalog, Model, Tier
 from proxy.config import Config, KeyConfig
+from proxy.decide.allowance import Allowance
 from proxy.decide.intent import Intent, pinned_param
+from proxy.decide.resolve import Resolution
 from proxy.decide.tokens import bearer, hash_key
 from proxy.errors import RouterError
 from proxy.serve.record import RequestRecord
@@ -142,17 +144,39 @@ class Ticket:
 class Principal:
     """The caller of one request: a configured key, or ``None`` when keys are off."""
 
-    __slots__ = ("_access", "allow", "key", "key_id")
+    __slots__ = ("_access", "_reach", "allow", "allowance", "key", "key_id")
 
     def __init__(self, key: KeyConfig | None, access: Access) -> None:
         self.key = key
         self.key_id = key.id if key else None
         self._access = access
-        # The routing filter for this key; None when it may use every model.
+        # What this key may use, and the routing filter made of it; None: every model.
+        self.allowance: Allowance | None = None
         self.allow: Callable[[Model], bool] | None = None
         if key is not None and (key.allowed_tiers or key.allowed_models):
-            tiers, models = frozenset(key.allowed_tiers), frozenset(key.allowed_models)
-            self.allow = lambda m: (not tiers or m.tier in tiers) and (not models or m.id in models)
+            self.allowance = Allowance(frozenset(key.allowed_tiers), frozenset(key.allowed_models))
+            self.allow = self.allowance.allows
+        self._reach: tuple[Catalog, tuple[Tier, ...]] | None = None
+
+    def reach(self, catalog: Catalog) -> tuple[Tier, ...]:
+        """The tiers this key can use a model in (every tier when it is not limited)."""
+        if self.allowance is None:
+            return TIERS
+        known = self._reach
+        if known is None or known[0] is not catalog:  # a reload brings a new catalog
+            known = self._reach = (catalog, self.allowance.reach(catalog))
+        return known[1]
+
+    def narrow(self, chosen: Resolution, catalog: Catalog) -> Resolution:
+        """``chosen`` routed within this key's tiers when the client did not name one it
+        may not use; the narrowing joins the notes that lead ``x-router-reason``."""
+        if self.allowance is None:
+            return chosen
+        intent, note = self.allowance.narrow(chosen.intent, self.reach(catalog))
+        if not note:
+            return chosen
+        notes = f"{chosen.notes} {note}" if chosen.notes else note
+        return replace(chosen, intent=intent, notes=notes)
 
     def admit(self, intent: Intent, catalog: Catalog) -> Ticket | None:
         """Refuse what this key may not ask for (403) or may not ask for now (429); reserve
@@ -203,8 +227,9 @@ class Principal:
 
     @staticmethod
     def _check_models(key: KeyConfig, intent: Intent, catalog: Catalog) -> None:
-        """Pinned models and an explicit tier are checked before routing, so the answer
-        names what was refused instead of silently routing around it."""
+        """Pinned models and a tier the client named are checked before routing, so the
+        answer names what was refused instead of silently routing around it. A tier the client
+        did not name (a bare auto's standard, a task's) is narrowed later (``narrow``)."""
         for i, name in enumerate(intent.pinned):
             model = catalog.get(name)
             if model is None:
@@ -220,12 +245,12 @@ class Principal:
                     param=pinned_param(intent, i),
                     code="model_not_allowed",
                 )
-        if intent.tier is not None and key.allowed_tiers and intent.tier not in key.allowed_tiers:
+        named = intent.named_tier
+        if named is not None and key.allowed_tiers and named not in key.allowed_tiers:
             raise RouterError(
                 403,
-                f"API key {key.id!r} may not use tier {intent.tier!r} (a bare 'auto' means "
-                f"standard); it may use {_describe(key)}, e.g. model "
-                f"'auto:{key.allowed_tiers[0]}'",
+                f"API key {key.id!r} may not use tier {named!r}; it may use {_describe(key)}, "
+                f"e.g. model 'auto' or 'auto:{key.allowed_tiers[0]}'",
                 type="permission_error",
                 param="tier",
                 code="tier_not_allowed",
@@ -315,8 +340,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every path but liveness and readiness needs a configured key, when keys are on."""
-    access = request.app[ACCESS]
-    config = request.app[ROUTER].current.config
+    access, config = request.app[ACCESS], request.app[ROUTER].current.config
     keys = config.keys
     if not keys:
         # Anyone who connects may spend: a web page in the user's browser may not.

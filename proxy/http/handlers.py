@@ -16,9 +16,8 @@ from aiohttp.typedefs import Handler
 from probes.kinds import Endpoint
 from proxy.accounting.cache import replay_sse
 from proxy.accounting.ledger import ACCOUNTING
-from proxy.catalog import PREFERS, TIERS
 from proxy.decide.experiments import key_id
-from proxy.decide.intent import Intent, forwarded_body, not_found, parse_intent
+from proxy.decide.intent import Intent, forwarded_body, parse_intent
 from proxy.decide.resolve import Resolution, resolve
 from proxy.decide.routing import Plan, plan, spoken
 from proxy.errors import RouterError, quote
@@ -137,7 +136,7 @@ def _decide(
     who = caller.key_id
     if who is None and policy.experiments:
         who = key_id(request.headers.get("Authorization"))
-    chosen = resolve(intent, body, policy, record.request_id, who)
+    chosen = caller.narrow(resolve(intent, body, policy, record.request_id, who), router.catalog)
     key_hedge = caller.key.hedge if caller.key is not None else None
     if chosen.intent.hedge is None and key_hedge is not None:  # the key's say on hedging
         chosen = replace(chosen, intent=replace(chosen.intent, hedge=key_hedge))
@@ -170,6 +169,7 @@ async def _answer(
 ) -> web.StreamResponse:
     """From the cache, as a committed stream, or as a whole (maybe escalated) answer."""
     intent = chosen.intent
+    caller = principal(request)
     accounting = request.app.get(ACCOUNTING)
     admission = accounting.admit(intent, decision, body, record) if accounting else None
     if admission is not None and admission.hit is not None:
@@ -186,7 +186,7 @@ async def _answer(
         return await respond.StreamWriter(request, dispatcher, record).send(committed)
     if intent.escalate:
         answer = await complete_escalating(
-            router, intent, decision, upstream_body, record, chosen.notes
+            router, chosen, decision, upstream_body, record, caller.allow
         )
     else:
         answer = await dispatcher.complete(intent, decision, upstream_body, record)
@@ -214,38 +214,6 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 async def completions(request: web.Request) -> web.StreamResponse:
     return await _route(request, "completions")
-
-
-def _virtual_models() -> list[dict[str, Any]]:
-    names = ["auto", *(f"auto:{p}" for p in PREFERS), *(f"auto:{t}" for t in TIERS)]
-    names += [f"auto:{t}:{p}" for t in TIERS for p in PREFERS]
-    names += ["auto:auto", *(f"auto:auto:{p}" for p in PREFERS)]  # tier chosen by the classifier
-    return [
-        {"id": n, "object": "model", "created": 0, "owned_by": "model-router", "virtual": True}
-        for n in names
-    ]
-
-
-async def list_models(request: web.Request) -> web.Response:
-    router: Router = request.app[ROUTER].current
-    return json_response({"object": "list", "data": router.models_listing + _virtual_models()})
-
-
-async def retrieve_model(request: web.Request) -> web.Response:
-    """GET /v1/models/{id}: one entry of the listing, by catalog id, alias or virtual name.
-
-    Ids hold ``/`` and ``:`` (``openai/gpt-4o``, ``auto:premium:coding``), so the route is
-    greedy and the id is the rest of the path."""
-    router: Router = request.app[ROUTER].current
-    name = request.match_info["model_id"]
-    model = router.catalog.get(name)
-    if model is not None:
-        return json_response(router.models_by_id[model.id])
-    for entry in _virtual_models():
-        if entry["id"] == name:
-            return json_response(entry)
-    err = not_found(name, router.catalog)
-    return error_response(err, request_id(request))
 
 
 async def router_status(request: web.Request) -> web.Response:

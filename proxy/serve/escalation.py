@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from proxy.catalog import DEFAULT_PREFER, TIERS, Tier
-from proxy.decide.intent import Intent
+from proxy.catalog import DEFAULT_PREFER, TIERS, Model, Tier
 from proxy.decide.policy import EscalationSettings
+from proxy.decide.resolve import Resolution
 from proxy.decide.routing import Plan, plan, spoken
 from proxy.errors import RouterError
 
@@ -70,14 +70,16 @@ def trigger(data: Any, settings: EscalationSettings) -> str | None:
 
 async def complete_escalating(
     router: Router,
-    intent: Intent,
+    chosen: Resolution,
     decision: Plan,
     body: dict[str, Any],
     record: RequestRecord,
-    notes: str = "",
+    allow: Callable[[Model], bool] | None = None,
 ) -> Answer:
-    """Dispatch as usual; on a trigger, once more on the next tier up. If the higher tier
-    cannot answer, the first answer is returned (it is better than an error)."""
+    """Dispatch as usual; on a trigger, once more on the next tier up, within what ``allow``
+    (the caller's key) permits. If the higher tier cannot answer, the first answer is
+    returned (it is better than an error)."""
+    intent, notes = chosen.intent, chosen.notes
     dispatcher = router.dispatcher
     first = await dispatcher.answer(intent, decision, body, record)
     why = trigger(first.data, router.config.policy.escalation)
@@ -92,7 +94,11 @@ async def complete_escalating(
     step = f"{answered.tier}->{up}"
     try:
         second_plan = plan(
-            higher, router.catalog, router.health.snapshot(), router.config.routing.max_attempts
+            higher,
+            router.catalog,
+            router.health.snapshot(),
+            router.config.routing.max_attempts,
+            allow=allow,
         )
     except RouterError as err:
         first.note = f"none ({up}: {err.code or err.type})"
