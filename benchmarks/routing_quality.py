@@ -817,7 +817,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     humaneval = load_humaneval(coding_dir())
     if args.limit:
         humaneval = humaneval[: args.limit]
-    if len(humaneval) > 2 * (args.bins + 1):
+    if humaneval:
         # MapCoder's runs pair other models: ChatGPT (gpt-3.5-turbo) as the weak one, GPT-4
         # Turbo as the strong. Nothing was fitted to them either.
         more, figs, row = report_dataset(
